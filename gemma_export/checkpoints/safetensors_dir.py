@@ -1,0 +1,135 @@
+"""HF checkpoint folders: config.json + model.safetensors or shards with an index.
+
+The safetensors header is parsed here (it is JSON, never pickle) and tensors are read with plain
+file reads by row ranges, so nothing is memory-mapped and nothing is read before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from gemma_export.checkpoints.base import Source, check_weights
+from gemma_export.config import load_hf_config
+from gemma_export.errors import CheckpointError
+
+_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class _Entry:
+    __slots__ = ("path", "dtype", "shape", "begin", "end")
+
+    def __init__(self, path: Path, dtype: str, shape: tuple[int, ...], begin: int, end: int):
+        self.path, self.dtype, self.shape, self.begin, self.end = path, dtype, shape, begin, end
+
+
+def _read_header(path: Path) -> dict[str, _Entry]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file or truncated (header length {n})")
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: malformed safetensors header")
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    entries = {}
+    for name, meta in header.items():
+        try:
+            dtype, shape, (begin, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
+        if dtype not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype][1]
+        if end - begin != nbytes or begin < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets")
+        if data_start + end > size:
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
+        entries[name] = _Entry(path, dtype, shape, data_start + begin, data_start + end)
+    return entries
+
+
+class SafetensorsWeights:
+    """WeightSource over one or more safetensors files."""
+
+    def __init__(self, entries: dict[str, _Entry]):
+        self._entries = entries
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name].shape
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        e = self._entries[name]
+        np_dtype, itemsize = _DTYPES[e.dtype]
+        row = int(np.prod(e.shape[1:], dtype=np.int64)) * itemsize
+        with open(e.path, "rb") as f:
+            f.seek(e.begin + start * row)
+            buf = f.read((stop - start) * row)
+        if len(buf) != (stop - start) * row:
+            raise CheckpointError(f"{e.path}: truncated while reading {name!r}")
+        raw = np.frombuffer(buf, dtype=np_dtype).reshape((stop - start, *e.shape[1:]))
+        if e.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32, copy=e.dtype != "F32")
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({e})") from None
+        for name in files:
+            if "/" in name or "\\" in name or not (folder / name).is_file():
+                raise CheckpointError(f"{index}: shard {name!r} is missing")
+        return [folder / n for n in files]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
+        raise CheckpointError(
+            f"{folder}: only pickle (.bin/.pt) weights found; they are never unpickled. "
+            "Convert the checkpoint to safetensors first")
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def open_hf_folder(folder: Path) -> Source:
+    cfg, generation = load_hf_config(folder)
+    entries: dict[str, _Entry] = {}
+    fingerprints = {}
+    for path in _safetensors_files(folder):
+        for name, entry in _read_header(path).items():
+            if name in entries:
+                raise CheckpointError(f"{path}: tensor {name!r} appears in two shards")
+            entries[name] = entry
+        st = path.stat()
+        fingerprints[path.name] = f"size:{st.st_size}"
+    weights = SafetensorsWeights(entries)
+    check_weights(cfg, weights, str(folder))
+    tok = folder / "tokenizer.model"
+    return Source(
+        config=cfg,
+        weights=weights,
+        tokenizer_model=tok.read_bytes() if tok.is_file() else None,
+        generation_config=generation,
+        fingerprints=fingerprints,
+        description=f"HF folder {folder}",
+    )

@@ -1,0 +1,326 @@
+"""The normalized Gemma config: one dataclass for Gemma 1, 2 and 3, read from HF config.json
+(transformers 4.x and 5.x forms) or built by the GGUF reader.
+
+Every field of an HF config is either understood, on the explicit allow-list of fields that do
+not affect inference, or an error naming it. A value we do not support (attention bias, a RoPE
+type other than default/linear, ...) is an error too: never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from gemma_export.errors import ConfigError
+
+FAMILIES = ("gemma", "gemma2", "gemma3")
+MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+
+# Fields that say nothing about the math of inference: read and dropped on purpose.
+IGNORED_FIELDS = frozenset(
+    {
+        "transformers_version", "architectures", "dtype", "torch_dtype", "use_cache",
+        "initializer_range", "output_hidden_states", "output_attentions", "return_dict",
+        "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
+        "_name_or_path", "attention_dropout", "cache_implementation", "_sliding_window_pattern",
+        "sliding_window_pattern", "torchscript", "pruned_heads", "tie_encoder_decoder",
+        "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
+        "finetuning_task", "_attn_implementation_autoset", "model_type", "quantization_config",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float  # global (full-attention) layers
+    rope_local_theta: float  # sliding-window layers
+    rope_scaling_factor: float  # linear scaling, global layers only (1.0 = none)
+    query_pre_attn_scalar: float
+    attn_softcap: float | None
+    final_softcap: float | None
+    sliding_window: int | None
+    layer_types: tuple[str, ...]  # "sliding" or "full", one per layer
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.family == "gemma3"
+
+    @property
+    def sandwich_norms(self) -> bool:
+        """Gemma 2 and 3 normalise the outputs of attention and MLP before the residual add."""
+        return self.family in ("gemma2", "gemma3")
+
+    @property
+    def query_scale(self) -> float:
+        return float(self.query_pre_attn_scalar) ** -0.5
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.sliding_window if self.layer_types[layer] == "sliding" else None
+
+    def layer_rope(self, layer: int) -> tuple[float, float]:
+        """(theta, linear scaling factor) of one layer."""
+        if self.layer_types[layer] == "sliding":
+            return self.rope_local_theta, 1.0
+        return self.rope_theta, self.rope_scaling_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layer_types"] = list(self.layer_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
+        """Inverse of to_dict (the manifest's normalized config)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ConfigError(f"normalized config has unknown fields: {sorted(unknown)}")
+        return cls(**{**d, "layer_types": tuple(d["layer_types"])})
+
+    def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown family {self.family!r}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config field {name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_heads}) is not a multiple of num_key_value_heads "
+                f"({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if len(self.layer_types) != self.num_layers:
+            raise ConfigError(
+                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        bad = set(self.layer_types) - {"sliding", "full"}
+        if bad:
+            raise ConfigError(f"unsupported layer types {sorted(bad)}")
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise ConfigError("sliding-window layers present but sliding_window is not set")
+
+
+def load_hf_config(folder: Path) -> tuple[GemmaConfig, dict | None]:
+    """Read config.json (and generation_config.json if present) from an HF folder."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (an HF checkpoint folder needs config.json)")
+    raw = _read_json(path)
+    generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else None
+    return parse_hf_config(raw, where=str(path)), generation
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+class _Fields:
+    """Pops fields off a raw config, so that whatever is left at the end is unknown."""
+
+    def __init__(self, raw: dict, where: str):
+        self.raw = dict(raw)
+        self.where = where
+
+    def take(self, name: str, types: type | tuple, default: Any = ..., *, required: bool = False) -> Any:
+        if name not in self.raw:
+            if required or default is ...:
+                raise ConfigError(f"{self.where}: required field {name!r} is missing")
+            return default
+        value = self.raw.pop(name)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise ConfigError(f"{self.where}: field {name!r} has type bool, expected {types}")
+        if not isinstance(value, types):
+            raise ConfigError(f"{self.where}: field {name!r} = {value!r} has an unsupported type")
+        return value
+
+    def expect(self, name: str, allowed: tuple) -> None:
+        """A field whose only supported values are `allowed` (absent is fine)."""
+        if name in self.raw:
+            value = self.raw.pop(name)
+            if value not in allowed:
+                raise ConfigError(f"{self.where}: {name} = {value!r} is not supported (supported: {allowed})")
+
+    def finish(self) -> None:
+        unknown = sorted(k for k in self.raw if k not in IGNORED_FIELDS)
+        if unknown:
+            raise ConfigError(f"{self.where}: unknown or unsupported config field(s): {', '.join(unknown)}")
+
+
+def _token_id(value: Any, name: str, where: str) -> int:
+    if isinstance(value, list):  # eos may be a list (e.g. [1, 106]); the first is the model's eos
+        if not value or not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{where}: {name} = {value!r} is not a token id")
+        return value[0]
+    if not isinstance(value, int):
+        raise ConfigError(f"{where}: {name} = {value!r} is not a token id")
+    return value
+
+
+def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
+    model_type = raw.get("model_type")
+    if model_type == "gemma3" and "text_config" in raw:
+        raise ConfigError(
+            f"{where}: a multimodal Gemma 3 checkpoint (model_type 'gemma3' with text_config); "
+            "only text-only Gemma 3 (model_type 'gemma3_text') is supported; its vision weights "
+            "and prefixed text weights are not exported")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"{where}: unknown model_type {model_type!r} (supported: {', '.join(MODEL_TYPES)})")
+    family = MODEL_TYPES[model_type]
+    f = _Fields(raw, where)
+    f.raw.pop("model_type")
+
+    hidden = f.take("hidden_size", int, required=True)
+    heads = f.take("num_attention_heads", int, required=True)
+    kv_heads = f.take("num_key_value_heads", int, heads)
+    head_dim = f.take("head_dim", int, required=True)  # never derived from hidden / heads
+    layers = f.take("num_hidden_layers", int, required=True)
+
+    acts = {f.raw.pop(k) for k in ("hidden_act", "hidden_activation") if k in f.raw} - {None}
+    # Gemma's MLP is GeGLU with tanh GELU; old Gemma 1 configs say "gelu" but mean tanh (GEMMA.md).
+    if acts - {"gelu_pytorch_tanh", "gelu"}:
+        raise ConfigError(f"{where}: unsupported activation {sorted(acts)} (Gemma uses gelu_pytorch_tanh)")
+
+    f.expect("attention_bias", (False,))
+    f.expect("use_bidirectional_attention", (None, False))
+    f.expect("mlp_bias", (False,))
+    f.expect("pretraining_tp", (1,))
+    if f.take("tie_word_embeddings", bool, True) is not True:
+        raise ConfigError(f"{where}: tie_word_embeddings = false is not supported (Gemma ties lm_head)")
+
+    theta, local_theta, factor = _rope(f, family, where)
+
+    layer_types_raw = f.take("layer_types", list, None)
+    sliding_window = f.take("sliding_window", int, None) if family != "gemma" else None
+    if family == "gemma":
+        f.expect("sliding_window", (None,))
+        layer_types = ("full",) * layers
+    elif layer_types_raw is not None:
+        names = {"sliding_attention": "sliding", "full_attention": "full"}
+        unknown = [t for t in layer_types_raw if t not in names]
+        if unknown:
+            raise ConfigError(f"{where}: unsupported layer_types {sorted(set(map(str, unknown)))}")
+        layer_types = tuple(names[t] for t in layer_types_raw)
+    elif family == "gemma2":  # layer 0 local, alternating (transformers, gemma_pytorch)
+        layer_types = tuple("sliding" if i % 2 == 0 else "full" for i in range(layers))
+    else:
+        pattern = raw.get("sliding_window_pattern", 6)
+        if not isinstance(pattern, int) or pattern < 1:
+            raise ConfigError(f"{where}: sliding_window_pattern = {pattern!r} is not supported")
+        layer_types = tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(layers))
+
+    default_softcaps = {"gemma": (None, None), "gemma2": (50.0, 30.0), "gemma3": (None, None)}[family]
+    attn_softcap = f.take("attn_logit_softcapping", (int, float), default_softcaps[0]) if family != "gemma" else None
+    final_softcap = f.take("final_logit_softcapping", (int, float), default_softcaps[1]) if family != "gemma" else None
+    if family == "gemma":
+        f.expect("attn_logit_softcapping", (None,))
+        f.expect("final_logit_softcapping", (None,))
+    qpas = f.take("query_pre_attn_scalar", (int, float), head_dim) if family != "gemma" else head_dim
+
+    bos = _token_id(f.take("bos_token_id", (int, list), 2), "bos_token_id", where)
+    eos = _token_id(f.take("eos_token_id", (int, list), 1), "eos_token_id", where)
+    pad = _token_id(f.take("pad_token_id", (int, list), 0), "pad_token_id", where)
+    cfg = GemmaConfig(
+        family=family,
+        vocab_size=f.take("vocab_size", int, required=True),
+        hidden_size=hidden,
+        intermediate_size=f.take("intermediate_size", int, required=True),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=f.take("max_position_embeddings", int, 8192),
+        rms_norm_eps=float(f.take("rms_norm_eps", (int, float), 1e-6)),
+        rope_theta=theta,
+        rope_local_theta=local_theta,
+        rope_scaling_factor=factor,
+        query_pre_attn_scalar=float(qpas),
+        attn_softcap=None if attn_softcap is None else float(attn_softcap),
+        final_softcap=None if final_softcap is None else float(final_softcap),
+        sliding_window=sliding_window if "sliding" in layer_types else None,
+        layer_types=layer_types,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    f.finish()
+    cfg.validate()
+    return cfg
+
+
+def _rope_entry(entry: Any, where: str, what: str) -> tuple[float, float]:
+    """(theta, linear factor) from one transformers rope_parameters/rope_scaling dict."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: {what} = {entry!r} is not an object")
+    entry = dict(entry)
+    rope_type = entry.pop("rope_type", entry.pop("type", "default"))
+    theta = entry.pop("rope_theta", None)
+    factor = 1.0
+    if rope_type == "linear":
+        factor = entry.pop("factor", None)
+        if not isinstance(factor, (int, float)) or factor <= 0:
+            raise ConfigError(f"{where}: {what} linear scaling needs a positive factor")
+    elif rope_type != "default":
+        raise ConfigError(f"{where}: {what} rope_type {rope_type!r} is not supported (default, linear)")
+    if entry:
+        raise ConfigError(f"{where}: {what} has unsupported field(s): {', '.join(sorted(entry))}")
+    if theta is not None and not isinstance(theta, (int, float)):
+        raise ConfigError(f"{where}: {what} rope_theta = {theta!r} is not a number")
+    return (None if theta is None else float(theta)), float(factor)
+
+
+def _rope(f: _Fields, family: str, where: str) -> tuple[float, float, float]:
+    """(global theta, local theta, global linear factor) from either config form."""
+    params = f.take("rope_parameters", dict, None)
+    theta = f.take("rope_theta", (int, float), None)
+    local = f.take("rope_local_base_freq", (int, float), None)
+    scaling = f.take("rope_scaling", dict, None)
+    factor = 1.0
+    if params is not None:  # transformers 5.x
+        if set(params) <= {"sliding_attention", "full_attention"} and params:
+            g_theta, factor = _rope_entry(params.get("full_attention", {}), where, "rope_parameters.full_attention")
+            l_theta, l_factor = _rope_entry(params.get("sliding_attention", {}), where, "rope_parameters.sliding_attention")
+            if l_factor != 1.0:
+                raise ConfigError(f"{where}: RoPE scaling on sliding-window layers is not supported")
+            theta = g_theta if g_theta is not None else theta
+            local = l_theta if l_theta is not None else local
+        else:
+            p_theta, factor = _rope_entry(params, where, "rope_parameters")
+            theta = p_theta if p_theta is not None else theta
+    if scaling is not None:  # transformers 4.x
+        s_theta, factor = _rope_entry(scaling, where, "rope_scaling")
+        theta = s_theta if s_theta is not None else theta
+    defaults = {"gemma": (10000.0, 10000.0), "gemma2": (10000.0, 10000.0), "gemma3": (1_000_000.0, 10000.0)}
+    theta = float(theta) if theta is not None else defaults[family][0]
+    if family == "gemma3":
+        local = float(local) if local is not None else defaults[family][1]
+    else:
+        if local is not None and float(local) != theta:
+            raise ConfigError(f"{where}: rope_local_base_freq is only supported for Gemma 3")
+        local = theta
+        if factor != 1.0:
+            raise ConfigError(f"{where}: RoPE scaling is only supported for Gemma 3")
+    return theta, local, factor

@@ -1,0 +1,1 @@
+"""Emitters: the artifact directory (ONNX + weights + manifest + tokenizer)."""

@@ -1,0 +1,58 @@
+"""The artifact directory, written to a temporary folder beside OUT and moved into place only
+when complete; `--force` replaces an existing OUT in the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import onnx_ir as ir
+
+from gemma_export.errors import GemmaExportError
+
+from gemma_runtime.artifact import DATA_FILE, MANIFEST_FILE, MODEL_FILE
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise GemmaExportError(f"{out} already exists (use --force to replace it)")
+    if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
+        raise GemmaExportError(f"{out} exists and is not an artifact; refusing to replace it")
+
+
+@contextlib.contextmanager
+def staging(out: Path, force: bool) -> Iterator[Path]:
+    """Yields a temporary folder; on success it becomes OUT, on any failure it is removed."""
+    check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int], None] | None = None) -> None:
+    """model.onnx + model.onnx.data; on_tensor(name, index, total) after each tensor."""
+
+    def callback(tensor, info) -> None:
+        if on_tensor:
+            on_tensor(tensor.name, info.index, info.total)
+
+    ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, callback=callback)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,141 @@
+"""Initializers whose bytes are produced while they are written: read from the checkpoint by
+row ranges, converted (cast, transpose, quantize, ...) and written chunk by chunk, so an export
+never holds more than one chunk of a big tensor in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+from onnx_ir._core import TensorBase
+
+from gemma_export.checkpoints.base import WeightSource
+
+CHUNK_BYTES = 32 * 1024 * 1024
+
+RowReader = Callable[[int, int], np.ndarray]
+
+_NUMPY = {
+    ir.DataType.FLOAT: np.dtype(np.float32),
+    ir.DataType.FLOAT16: np.dtype(np.float16),
+    ir.DataType.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+    ir.DataType.UINT8: np.dtype(np.uint8),
+    ir.DataType.INT8: np.dtype(np.int8),
+    ir.DataType.INT64: np.dtype(np.int64),
+}
+
+
+class StreamedTensor(TensorBase, ir.TensorProtocol):
+    """A tensor defined by a function giving rows [start, stop) of dim 0 in its final dtype."""
+
+    def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
+                 *, whole: bool = False):
+        super().__init__(name=name)
+        self._rows = rows
+        self._shape = ir.Shape(shape)
+        self._shape.freeze()
+        self._dtype = dtype
+        self._whole = whole  # produce it in one piece (a transpose reads every source row)
+
+    @property
+    def dtype(self) -> ir.DataType:
+        return self._dtype
+
+    @property
+    def shape(self) -> ir.Shape:
+        return self._shape
+
+    @property
+    def raw(self) -> RowReader:
+        return self._rows
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        out = self._rows(start, stop)
+        expected = (stop - start, *self._shape.numpy()[1:])
+        if out.shape != expected or out.dtype != _NUMPY[self._dtype]:
+            raise AssertionError(f"{self.name}: produced {out.dtype}{list(out.shape)}, "
+                                 f"declared {_NUMPY[self._dtype]}{list(expected)}")
+        return out
+
+    def chunks(self):
+        n = self._shape[0] if self._shape.rank() else 1
+        if self._shape.rank() == 0 or self._whole:
+            yield self.numpy()
+            return
+        row_bytes = max(1, self.nbytes // max(n, 1))
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for start in range(0, n, step):
+            yield self.rows(start, min(n, start + step))
+
+    def numpy(self) -> np.ndarray:
+        if self._shape.rank() == 0:
+            return self._rows(0, 1).reshape(())
+        return self.rows(0, self._shape[0])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __dlpack__(self, *, stream=None):
+        return self.numpy().__dlpack__(stream=stream)
+
+    def __dlpack_device__(self):
+        return self.numpy().__dlpack_device__()
+
+    def tobytes(self) -> bytes:
+        return b"".join(c.tobytes() for c in self.chunks())
+
+    def tofile(self, file) -> None:
+        for chunk in self.chunks():
+            file.write(np.ascontiguousarray(chunk).data)
+
+    def __repr__(self) -> str:
+        return f"{self._repr_base()}(name={self.name!r})"
+
+
+def checkpoint_tensor(weights: WeightSource, name: str, initializer_name: str | None = None) -> StreamedTensor:
+    """A checkpoint tensor as fp32 (the traced graph's dtype)."""
+    return StreamedTensor(lambda a, b: weights.read_rows(name, a, b), tuple(weights.shape(name)),
+                          ir.DataType.FLOAT, initializer_name or name)
+
+
+def mapped(tensor: ir.TensorProtocol, fn: Callable[[np.ndarray], np.ndarray], name: str,
+           dtype: ir.DataType | None = None, shape: tuple[int, ...] | None = None,
+           whole: bool | None = None) -> StreamedTensor:
+    """A row-wise function of another tensor (cast, add a constant, quantize rows, ...)."""
+    base = as_streamed(tensor)
+    return StreamedTensor(lambda a, b: fn(base.rows(a, b)), shape or tuple(base.shape.numpy()),
+                          dtype or base.dtype, name, whole=base._whole if whole is None else whole)
+
+
+def transposed(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
+    """The 2-D transpose; produced whole, since every output row needs every input row."""
+    base = as_streamed(tensor)
+    rows, cols = base.shape.numpy()
+
+    def read(a: int, b: int) -> np.ndarray:
+        return np.ascontiguousarray(base.rows(0, rows)[:, a:b].T)
+
+    return StreamedTensor(read, (cols, rows), base.dtype, name, whole=True)
+
+
+def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:
+    if isinstance(tensor, StreamedTensor):
+        return tensor
+    array = tensor.numpy()
+    dtype = tensor.dtype
+    return StreamedTensor(lambda a, b: array[a:b] if array.ndim else array.reshape(1), tuple(array.shape),
+                          dtype, tensor.name or "")
+
+
+def numpy_dtype(dtype: ir.DataType) -> np.dtype:
+    return _NUMPY[dtype]
+
+
+def bind_weights(model: ir.Model, weights: WeightSource) -> None:
+    """Point every traced (data-less) initializer at its checkpoint tensor."""
+    for name, value in model.graph.initializers.items():
+        value.const_value = checkpoint_tensor(weights, name)

@@ -1,0 +1,87 @@
+"""Trace graphs/gemma.py on the meta device into ONNX IR: no weight is in memory at any point.
+
+The traced initializers keep the HF parameter names and hold no data; the emitter binds
+them to the checkpoint while writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx_ir as ir
+
+from gemma_export.config import GemmaConfig
+from gemma_export.frontend import onnx_ops
+
+
+def trace(cfg: GemmaConfig) -> ir.Model:
+    import torch
+
+    from gemma_graphs.gemma import GemmaForCausalLM, io_names
+
+    with torch.device("meta"):
+        module = GemmaForCausalLM(cfg).eval()
+    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
+    b, s, p = 2, 3, 4
+    meta = dict(device="meta")
+    args = [torch.zeros(b, s, dtype=torch.int64, **meta), torch.zeros(b, s, dtype=torch.int64, **meta),
+            torch.zeros(b, p + s, dtype=torch.int64, **meta)]
+    shapes = [{0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.AUTO}]
+    for _ in range(cfg.num_layers):
+        for _kv in range(2):
+            args.append(torch.zeros(b, cfg.num_kv_heads, p, cfg.head_dim, **meta))
+            shapes.append({0: batch, 2: past})
+    input_names, output_names = io_names(cfg)
+
+    with _quiet():
+        program = torch.onnx.export(
+            module, tuple(args), dynamo=True, optimize=False, opset_version=onnx_ops.OPSET,
+            dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),
+            input_names=input_names, output_names=output_names,
+            custom_translation_table=onnx_ops.translation_table(), verbose=False,
+        )
+    model = program.model
+    for fn in onnx_ops.function_bodies():
+        function = ir.serde.deserialize_function(fn)
+        model.functions[function.identifier()] = function
+    model.opset_imports[onnx_ops.DOMAIN] = onnx_ops.DOMAIN_VERSION
+    _name_dims(model)
+    return model
+
+
+def _name_dims(model: ir.Model) -> None:
+    """Readable symbolic dims on the graph's inputs and outputs."""
+    names = {"batch": "batch", "seq": "seq", "past": "past"}
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if value.shape is None:
+            continue
+        dims = []
+        for dim in value.shape:
+            text = str(dim)
+            if isinstance(dim, int):
+                dims.append(dim)
+            elif text in names:
+                dims.append(names[text])
+            elif "past" in text and "seq" in text:
+                dims.append("total")
+            else:
+                dims.append(text)
+        value.shape = ir.Shape(dims)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress and warnings meant for its own developers."""
+    stream = io.StringIO()
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

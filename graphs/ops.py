@@ -1,0 +1,118 @@
+"""The project's custom ops: Gemma's building blocks as single graph nodes.
+
+Each op has an eager implementation (the fp32 reference) and a fake one (shapes only, so the
+model traces on the meta device). Their ONNX form (a node in the project's domain carrying a
+function body of standard ops) lives in gemma_export/frontend/onnx_ops.py.
+
+Layouts: activations [batch, seq, heads, head_dim] around RoPE; the KV cache
+[batch, kv_heads, length, head_dim], with the single KV head of multi-query models kept single.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Finite, so that a query row with no visible key (left padding) gives a uniform softmax, not NaN.
+MASKED = -3.0e38
+
+
+@torch.library.custom_op("gemma::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * (1 + w), in fp32, cast back (w stored zero-centred)."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * (1.0 + weight.float())).to(x.dtype)
+
+
+@rms_norm.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scale: float) -> torch.Tensor:
+    """Inverse frequencies in fp32 as transformers computes them; linear scaling divides them."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (theta ** exponent) / scale
+
+
+@torch.library.custom_op("gemma::rope", mutates_args=())
+def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float, scale: float) -> torch.Tensor:
+    """Half-split (NeoX) rotary embedding of x [B, S, N, D] at position_ids [B, S]."""
+    d = x.shape[-1]
+    freqs = position_ids.float()[..., None] * rope_inv_freq(d, theta, scale).to(x.device)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+@rope.register_fake
+def _(x, position_ids, theta, scale):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("gemma::geglu", mutates_args=())
+def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(gate) * up: Gemma's MLP activation (tanh GELU, always)."""
+    return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
+
+@geglu.register_fake
+def _(gate, up):
+    return torch.empty_like(gate)
+
+
+@torch.library.custom_op("gemma::attention", mutates_args=())
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scale: float,
+    softcap: float,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention with a concatenating KV cache.
+
+    q [B, S, Hq, D]; k, v [B, S, Hkv, D]; past_k/v [B, Hkv, P, D]; attention_mask [B, P + S]
+    (1 = real token, 0 = padding; padding only on the left). softcap 0 = none; window 0 = full,
+    else a query sees the `window` most recent keys, itself included.
+    Returns out [B, S, Hq * D] and present_k/v [B, Hkv, P + S, D].
+    """
+    b, s, hq, d = q.shape
+    hkv = k.shape[2]
+    present_k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
+    present_v = torch.cat([past_v, v.transpose(1, 2)], dim=2)
+    total = present_k.shape[2]
+    qg = q.transpose(1, 2).reshape(b, hkv, hq // hkv, s, d).float()
+    scores = qg @ present_k.float()[:, :, None].transpose(-1, -2) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    qi = torch.arange(total - s, total, device=q.device)[:, None]
+    kj = torch.arange(total, device=q.device)[None, :]
+    visible = kj <= qi
+    if window:
+        visible = visible & (qi - kj < window)
+    visible = visible[None, None, None] & attention_mask.bool()[:, None, None, None, :]
+    scores = scores.masked_fill(~visible, MASKED)
+    probs = torch.softmax(scores, dim=-1)
+    out = probs @ present_v.float()[:, :, None]
+    out = out.reshape(b, hq, s, d).transpose(1, 2).reshape(b, s, hq * d).to(q.dtype)
+    return out, present_k, present_v
+
+
+@attention.register_fake
+def _(q, k, v, past_k, past_v, attention_mask, scale, softcap, window):
+    b, s, hq, d = q.shape
+    total = past_k.shape[2] + s
+    present = past_k.new_empty((b, k.shape[2], total, d))
+    return q.new_empty((b, s, hq * d)), present, torch.empty_like(present)
+
+
+def embed_scale(hidden_size: int, dtype: torch.dtype) -> float:
+    """sqrt(hidden), rounded to the activation dtype first (as transformers does)."""
+    return float(torch.tensor(math.sqrt(hidden_size), dtype=dtype).item())

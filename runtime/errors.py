@@ -1,0 +1,2 @@
+class RuntimeInputError(ValueError):
+    """Bad input to the runtime (artifact, prompt, options); the CLI prints it as one line."""

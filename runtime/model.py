@@ -1,0 +1,215 @@
+"""A loaded artifact: logits, generate and stream over a backend that owns the KV cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+from gemma_runtime.artifact import TOKENIZER_FILE, read_manifest
+from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.sampling import Sampler
+from gemma_runtime.tokenizer import Tokenizer
+
+Prompt = Union[str, Sequence[int]]
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    token_ids: list[int]  # new tokens only; the stop token is excluded
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+
+
+def load(path: Path | str, backend: str = "ort", threads: int | None = None) -> "Model":
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    tokenizer = Tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).is_file() else None
+    return Model(folder, manifest, _backend(folder, manifest, backend, threads), tokenizer)
+
+
+def _backend(folder: Path, manifest: dict, name: str, threads: int | None):
+    layout = manifest["kv_cache"]["layout"]
+    if name == "ort":
+        if layout == "concat":
+            from gemma_runtime.backends.ort_concat import OrtConcatBackend
+            return OrtConcatBackend(folder, manifest, threads)
+        raise RuntimeInputError(f"{folder}: KV-cache layout {layout!r} is not supported by this runtime")
+    raise RuntimeInputError(f"unknown backend {name!r} (available: ort)")
+
+
+class Model:
+    def __init__(self, folder: Path, manifest: dict, backend, tokenizer: Tokenizer | None):
+        self.folder = folder
+        self.manifest = manifest
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.max_seq_len = int(manifest["kv_cache"]["max_seq_len"])
+        tokens = manifest["tokens"]
+        self.pad_id = tokens["pad"]
+        self.stop_ids = {t for t in (tokens["eos"], tokens.get("end_of_turn")) if t is not None}
+
+    # -- logits ---------------------------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """[len(ids), vocab] float32 logits at every position, ids used as given."""
+        ids = self._check_ids(ids)
+        self.backend.start(1)
+        n = len(ids)
+        out = self.backend.forward(np.asarray([ids], np.int64), np.arange(n, dtype=np.int64)[None],
+                                   np.ones((1, n), np.int64))
+        return np.array(out[0], dtype=np.float32)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: Sequence[str] | None = None) -> GenerationResult | list[GenerationResult]:
+        prompts, batched = self._prompts(prompt)
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        generated = [[] for _ in prompts]
+        reasons: list[str | None] = [None] * len(prompts)
+        for row, token, reason in self._decode(prompts, max_new_tokens, sampler, stop or ()):
+            if token is not None:
+                generated[row].append(token)
+            if reason is not None:
+                reasons[row] = reason
+        results = []
+        for ids, reason, p in zip(generated, reasons, prompts):
+            text = self._text(ids)
+            text, cut = _cut_at_stop(text, stop or ())
+            results.append(GenerationResult(ids, text, "stop" if cut else reason, len(p)))
+        return results if batched else results[0]
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: Sequence[str] | None = None) -> Iterator[str]:
+        """Text pieces as they are generated; incomplete UTF-8 is held back until whole."""
+        prompts, batched = self._prompts(prompt)
+        if batched:
+            raise RuntimeInputError("stream takes one prompt")
+        self._require_tokenizer()
+        stops = tuple(stop or ())
+        ids: list[int] = []
+        sent = 0
+        for _, token, _ in self._decode(prompts, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stops):
+            if token is None:
+                continue
+            ids.append(token)
+            text = self.tokenizer.decode(ids)
+            text, cut = _cut_at_stop(text, stops)
+            ready = len(text) if cut else _safe_length(text, stops)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+            if cut:
+                return
+        text = self.tokenizer.decode(ids)
+        if len(text) > sent:
+            yield text[sent:]
+
+    def _decode(self, prompts: list[list[int]], max_new_tokens: int, sampler: Sampler, stops: Sequence[str]):
+        """Yields (row, token or None, finish reason or None) as rows advance."""
+        if max_new_tokens < 0:
+            raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        width = max(len(p) for p in prompts)
+        batch = len(prompts)
+        ids = np.full((batch, width), self.pad_id, np.int64)
+        mask = np.zeros((batch, width), np.int64)
+        for r, p in enumerate(prompts):  # left padding keeps every row's last token in the last column
+            ids[r, width - len(p):] = p
+            mask[r, width - len(p):] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        budget = min(max_new_tokens, self.max_seq_len - width)
+        done = [False] * batch
+        texts = [[] for _ in prompts]
+        self.backend.start(batch)
+        logits = self.backend.forward(ids, positions, mask)[:, -1]
+        for step in range(budget):
+            next_ids = np.full((batch, 1), self.pad_id, np.int64)
+            for r in range(batch):
+                if done[r]:
+                    continue
+                token = sampler(logits[r])
+                if token in self.stop_ids:
+                    done[r] = True
+                    yield r, None, "stop"
+                    continue
+                next_ids[r, 0] = token
+                yield r, token, None
+                if stops:
+                    texts[r].append(token)
+                    if _cut_at_stop(self._text(texts[r]), stops)[1]:
+                        done[r] = True
+                        yield r, None, "stop"
+            if all(done) or step == budget - 1:
+                break
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+            logits = self.backend.forward(next_ids, positions, mask)[:, -1]
+        for r in range(batch):
+            if not done[r]:
+                yield r, None, "length"
+
+    # -- input handling -------------------------------------------------------------------
+    def _prompts(self, prompt) -> tuple[list[list[int]], bool]:
+        if isinstance(prompt, str) or _is_ids(prompt):
+            return [self._encode(prompt)], False
+        if isinstance(prompt, (list, tuple)) and prompt:
+            return [self._encode(p) for p in prompt], True
+        raise RuntimeInputError("prompt must be text, a list of token ids, or a non-empty list of those")
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            self._require_tokenizer()
+            ids = self.tokenizer.encode(prompt)
+        elif _is_ids(prompt):
+            ids = [int(i) for i in prompt]
+        else:
+            raise RuntimeInputError(f"prompt of type {type(prompt).__name__} is neither text nor token ids")
+        return self._check_ids(ids)
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise RuntimeInputError("empty prompt")
+        vocab = self.manifest["config"]["vocab_size"]
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise RuntimeInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        if len(ids) > self.max_seq_len:
+            raise RuntimeInputError(
+                f"prompt has {len(ids)} tokens; this artifact's maximum sequence length is {self.max_seq_len}")
+        return ids
+
+    def _require_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise RuntimeInputError(f"{self.folder}: the artifact has no tokenizer.model; pass token ids")
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer else ""
+
+
+def _is_ids(x) -> bool:
+    return isinstance(x, (list, tuple, np.ndarray)) and len(x) > 0 and all(
+        isinstance(i, (int, np.integer)) for i in x)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _safe_length(text: str, stops: Sequence[str]) -> int:
+    """How much of text can be shown: no trailing replacement char (a character still being
+    assembled from byte tokens) and no tail that could begin a stop string."""
+    n = len(text)
+    while n and text[n - 1] == "\ufffd":
+        n -= 1
+    for s in stops:
+        for k in range(min(len(s) - 1, n), 0, -1):
+            if text[:n].endswith(s[:k]):
+                n -= k
+                break
+    return n
