@@ -7,6 +7,7 @@ transformers' modeling_gemma{,2,3}.py is the parity reference for every detail h
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -141,6 +142,6 @@ def load_reference(cfg: GemmaConfig, weights, dtype: torch.dtype = torch.float32
     state = {}
     for name, p in model.named_parameters():
         arr = weights.read_rows(name, 0, p.shape[0])
-        state[name] = torch.from_numpy(arr).to(dtype)
+        state[name] = torch.from_numpy(np.array(arr)).to(dtype)
     model.load_state_dict(state, assign=True)
     return model.eval()

@@ -47,7 +47,7 @@ class Model:
         self.manifest = manifest
         self.backend = backend
         self.tokenizer = tokenizer
-        self.max_seq_len = int(manifest["kv_cache"]["max_seq_len"])
+        self.max_seq_len = backend.max_seq_len
         tokens = manifest["tokens"]
         self.pad_id = tokens["pad"]
         self.stop_ids = {t for t in (tokens["eos"], tokens.get("end_of_turn")) if t is not None}
@@ -55,12 +55,7 @@ class Model:
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits at every position, ids used as given."""
-        ids = self._check_ids(ids)
-        self.backend.start(1)
-        n = len(ids)
-        out = self.backend.forward(np.asarray([ids], np.int64), np.arange(n, dtype=np.int64)[None],
-                                   np.ones((1, n), np.int64))
-        return np.array(out[0], dtype=np.float32)
+        return np.array(self.backend.teacher_forced(self._check_ids(ids)), dtype=np.float32)
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -113,21 +108,13 @@ class Model:
         """Yields (row, token or None, finish reason or None) as rows advance."""
         if max_new_tokens < 0:
             raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        width = max(len(p) for p in prompts)
         batch = len(prompts)
-        ids = np.full((batch, width), self.pad_id, np.int64)
-        mask = np.zeros((batch, width), np.int64)
-        for r, p in enumerate(prompts):  # left padding keeps every row's last token in the last column
-            ids[r, width - len(p):] = p
-            mask[r, width - len(p):] = 1
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        budget = min(max_new_tokens, self.max_seq_len - width)
+        budget = min(max_new_tokens, self.max_seq_len - max(len(p) for p in prompts))
         done = [False] * batch
         texts = [[] for _ in prompts]
-        self.backend.start(batch)
-        logits = self.backend.forward(ids, positions, mask)[:, -1]
+        logits = self.backend.prefill(prompts) if budget > 0 else None
         for step in range(budget):
-            next_ids = np.full((batch, 1), self.pad_id, np.int64)
+            next_ids = np.full(batch, self.pad_id, np.int64)
             for r in range(batch):
                 if done[r]:
                     continue
@@ -136,7 +123,7 @@ class Model:
                     done[r] = True
                     yield r, None, "stop"
                     continue
-                next_ids[r, 0] = token
+                next_ids[r] = token
                 yield r, token, None
                 if stops:
                     texts[r].append(token)
@@ -145,9 +132,7 @@ class Model:
                         yield r, None, "stop"
             if all(done) or step == budget - 1:
                 break
-            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
-            positions = positions[:, -1:] + 1
-            logits = self.backend.forward(next_ids, positions, mask)[:, -1]
+            logits = self.backend.decode(next_ids)
         for r in range(batch):
             if not done[r]:
                 yield r, None, "length"

@@ -53,23 +53,15 @@ def trace(cfg: GemmaConfig) -> ir.Model:
 
 
 def _name_dims(model: ir.Model) -> None:
-    """Readable symbolic dims on the graph's inputs and outputs."""
-    names = {"batch": "batch", "seq": "seq", "past": "past"}
+    """Readable symbolic dims on the graph's inputs and outputs: batch, seq, past, total."""
     for value in [*model.graph.inputs, *model.graph.outputs]:
-        if value.shape is None:
-            continue
-        dims = []
-        for dim in value.shape:
-            text = str(dim)
-            if isinstance(dim, int):
-                dims.append(dim)
-            elif text in names:
-                dims.append(names[text])
-            elif "past" in text and "seq" in text:
-                dims.append("total")
-            else:
-                dims.append(text)
-        value.shape = ir.Shape(dims)
+        if value.shape is not None:
+            value.shape = ir.Shape([d if isinstance(d, int) else _dim_name(str(d)) for d in value.shape])
+    model.graph.inputs[2].shape = ir.Shape(["batch", "total"])  # attention_mask: past + seq
+
+
+def _dim_name(text: str) -> str:
+    return "total" if "past" in text and "seq" in text else text
 
 
 @contextlib.contextmanager

@@ -47,6 +47,8 @@ def remove_dead(model: ir.Model) -> None:
 def replace_value(old: ir.Value, new: ir.Value) -> None:
     """Every use of old, graph outputs included, reads new; a graph output keeps its name."""
     output_name = old.name if old.is_graph_output() else None
+    new.shape = new.shape or old.shape
+    new.type = new.type or old.type
     old.replace_all_uses_with(new, replace_graph_outputs=True)
     if output_name is not None:
         old.name = f"{output_name}.replaced"

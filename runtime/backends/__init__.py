@@ -1,5 +1,6 @@
-"""Backends run an artifact's graph and own its KV cache. Each has:
-  start(batch)                                   reset the cache for a new batch
-  forward(input_ids, position_ids, attention_mask) -> logits [B, S, vocab] float32
-    (attention_mask covers the cache plus the new tokens; padding on the left)
+"""Backends run an artifact's graph and own its KV cache and its padding scheme. Each has:
+  max_seq_len                                  the longest sequence its cache holds
+  prefill(prompts: list[list[int]]) -> [B, vocab] float32   new cache; last-position logits per row
+  decode(tokens: np.ndarray [B]) -> [B, vocab] float32      one more token per row
+  teacher_forced(ids: list[int]) -> [len, vocab] float32    every position of one sequence
 """

@@ -1,0 +1,425 @@
+"""A GGUF file (llama.cpp's format) as a Source.
+
+The config comes from the metadata plus the facts of each family that GGUF does not store; the
+weights are dequantized to fp32 a range of rows at a time and renamed to HF's names; the
+tokenizer is rebuilt as a SentencePiece model. Where llama.cpp and transformers differ, the
+comment says which one is followed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from gemma_export.checkpoints.base import Source, check_weights
+from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
+from gemma_export.config import GemmaConfig
+from gemma_export.errors import CheckpointError, ConfigError
+
+ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Gemma 1 has a single norm before the MLP: llama.cpp calls it ffn_norm, HF post_attention_layernorm.
+_GEMMA1_LAYER_NAMES = {**_LAYER_NAMES, "ffn_norm": "post_attention_layernorm"}
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+
+# GGUF stores no query_pre_attn_scalar; llama.cpp (after gemma_pytorch) uses hidden / heads for the
+# 27B models, recognised by their layer count, and head_dim for every other size.
+_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+_MIB = 1 << 20
+_V = gguf.GGUFValueType
+_INT_TYPES = {_V.UINT8, _V.INT8, _V.UINT16, _V.INT16, _V.UINT32, _V.INT32, _V.UINT64, _V.INT64}
+_FLOAT_TYPES = {_V.FLOAT32, _V.FLOAT64}
+
+
+def open_gguf(path: Path) -> Source:
+    """Open a Gemma, Gemma 2 or Gemma 3 GGUF file for export."""
+    path = Path(path)
+    where = str(path)
+    reader = _open_reader(path)
+    meta = _Metadata(reader, where)
+    arch = meta.architecture()
+    tensors = _map_tensors(reader, arch, where)
+    cfg = _config(meta, arch, tensors, where)
+    weights = GGUFWeights(tensors, where)
+    check_weights(cfg, weights, where)
+    for name in weights.names():  # fail now, not mid-export, on a type that cannot be dequantized
+        weights.read_rows(name, 0, 1)
+    tokenizer = (sentencepiece_model_from_gguf(reader, where)
+                 if "tokenizer.ggml.tokens" in reader.fields else None)
+    return Source(
+        config=cfg,
+        weights=weights,
+        tokenizer_model=tokenizer,
+        generation_config=None,
+        fingerprints={path.name: _fingerprint(reader)},
+        description=f"GGUF file {path} ({arch})",
+    )
+
+
+class _Reader(gguf.GGUFReader):
+    """GGUFReader over a plain ndarray view of its memmap: the memmap subclass makes each of the
+    reader's million small slices slow (9 s instead of 3 s for a 262k-token vocabulary)."""
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._plain_data = value.view(np.ndarray)
+
+
+def _open_reader(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        reader = _Reader(path)
+    except Exception as e:  # the gguf parser fails on bad input with assorted exception types
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"{path}: not a valid GGUF file, corrupt or truncated ({detail})") from None
+    if reader.byte_order != "I":
+        raise CheckpointError(f"{path}: a GGUF file of the other byte order is not supported")
+    size = reader.data.nbytes
+    for t in reader.tensors:
+        end = t.data_offset + t.n_bytes
+        if end > size or t.data.nbytes != t.n_bytes:
+            raise CheckpointError(
+                f"{path}: tensor {t.name!r} ends at byte {end}, past the end of the file ({size} bytes): truncated")
+    return reader
+
+
+class _Metadata:
+    """Typed metadata access. Every `{arch}.` key must be read (understood) or it is an error."""
+
+    _REQUIRED = object()
+
+    def __init__(self, reader: gguf.GGUFReader, where: str):
+        self.fields = reader.fields
+        self.where = where
+        self.used: set[str] = set()
+
+    def architecture(self) -> str:
+        arch = self.get("general.architecture", str)
+        if arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"{self.where}: GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+        split = self.get("split.count", int, 1)
+        if split != 1:
+            raise CheckpointError(
+                f"{self.where}: part of a GGUF split into {split} files; merge it first (llama-gguf-split --merge)")
+        return arch
+
+    def get(self, key: str, kind: type, default: Any = _REQUIRED) -> Any:
+        """The value of `key` as int, float, str, bool or list; `default` when absent."""
+        self.used.add(key)
+        field = self.fields.get(key)
+        if field is None:
+            if default is self._REQUIRED:
+                raise ConfigError(f"{self.where}: metadata {key!r} is missing")
+            return default
+        types = list(field.types)
+        ok = {
+            int: types and types[0] in _INT_TYPES,
+            float: types and types[0] in _INT_TYPES | _FLOAT_TYPES,
+            str: types == [_V.STRING],
+            bool: types == [_V.BOOL],
+            list: types[:1] == [_V.ARRAY],
+        }[kind]
+        if not ok or (kind is not list and len(types) != 1):
+            raise ConfigError(
+                f"{self.where}: metadata {key!r} has type {[t.name for t in types]}, expected {kind.__name__}")
+        try:
+            value = field.contents()
+        except Exception as e:  # garbage the parser let through
+            raise CheckpointError(f"{self.where}: metadata {key!r} is unreadable ({e})") from None
+        if types == [_V.FLOAT32]:
+            # The shortest decimal that is this float32: the value the converter wrote (1e-6, not 9.99e-7).
+            return float(str(np.float32(value)))
+        return float(value) if kind is float else value
+
+    def check_all_read(self, arch: str) -> None:
+        unread = sorted(k for k in self.fields if k.startswith(arch + ".") and k not in self.used)
+        if unread:
+            raise ConfigError(f"{self.where}: unsupported GGUF metadata: {', '.join(unread)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    gguf_name: str
+    shape: tuple[int, ...]  # HF order: [out, in], the reverse of GGUF's ne
+    qtype: gguf.GGMLQuantizationType
+    data: np.ndarray  # the reader's view of the file, rows first
+    norm: bool  # stored as 1 + w
+
+
+def _map_tensors(reader: gguf.GGUFReader, arch: str, where: str) -> dict[str, _Tensor]:
+    layer_names = _GEMMA1_LAYER_NAMES if arch == "gemma" else _LAYER_NAMES
+    tensors: dict[str, _Tensor] = {}
+    for t in reader.tensors:
+        hf = _hf_name(t.name, layer_names)
+        if hf is None:
+            raise CheckpointError(f"{where}: unexpected tensor {t.name!r} for a {arch} model")
+        if hf in tensors:
+            raise CheckpointError(f"{where}: tensors {tensors[hf].gguf_name!r} and {t.name!r} both map to {hf!r}")
+        tensors[hf] = _Tensor(
+            gguf_name=t.name,
+            shape=tuple(int(n) for n in reversed(t.shape)),
+            qtype=t.tensor_type,
+            data=t.data,
+            norm="norm" in t.name,
+        )
+    _check_output_head(tensors, where)
+    return tensors
+
+
+def _hf_name(name: str, layer_names: dict[str, str]) -> str | None:
+    m = _LAYER_TENSOR.fullmatch(name)
+    if m and m.group(2) in layer_names:
+        return f"model.layers.{int(m.group(1))}.{layer_names[m.group(2)]}.weight"
+    stem = name.removesuffix(".weight")
+    if name.endswith(".weight") and stem in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[stem] + ".weight"
+    return None
+
+
+def _check_output_head(tensors: dict[str, _Tensor], where: str) -> None:
+    """Gemma ties lm_head to the embedding; a stored copy must at least have its shape."""
+    head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
+    if head is not None and (embed is None or head.shape != embed.shape):
+        raise CheckpointError(
+            f"{where}: an untied output head ('output.weight', shape {list(head.shape)}) is not supported; "
+            "Gemma ties lm_head to the embedding")
+
+
+def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str) -> GemmaConfig:
+    p = arch + "."
+    layers = meta.get(p + "block_count", int)
+    hidden = meta.get(p + "embedding_length", int)
+    heads = meta.get(p + "attention.head_count", int)
+    head_dim = _head_dim(meta, p, heads, tensors, where)
+    theta, local_theta, factor = _rope(meta, arch, head_dim, where)
+    attn_softcap, final_softcap = _softcaps(meta, arch, where)
+    layer_types = _layer_types(meta, arch, layers, where)
+    window = _sliding_window(meta, arch, where)
+    qpas = hidden / heads if layers == _27B_LAYERS.get(arch) else head_dim
+    cfg = GemmaConfig(
+        family=arch,
+        vocab_size=_vocab_size(meta, p, tensors, where),
+        hidden_size=hidden,
+        intermediate_size=meta.get(p + "feed_forward_length", int),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=meta.get(p + "attention.head_count_kv", int, heads),
+        head_dim=head_dim,
+        max_position_embeddings=meta.get(p + "context_length", int),
+        rms_norm_eps=meta.get(p + "attention.layer_norm_rms_epsilon", float, 1e-6),  # every Gemma's eps
+        rope_theta=theta,
+        rope_local_theta=local_theta,
+        rope_scaling_factor=factor,
+        query_pre_attn_scalar=float(qpas),
+        attn_softcap=attn_softcap,
+        final_softcap=final_softcap,
+        sliding_window=window if "sliding" in layer_types else None,
+        layer_types=layer_types,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id", int, 2),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id", int, 1),
+        pad_token_id=meta.get("tokenizer.ggml.padding_token_id", int, 0),
+    )
+    meta.check_all_read(arch)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg
+
+
+def _head_dim(meta: _Metadata, p: str, heads: int, tensors: dict[str, _Tensor], where: str) -> int:
+    head_dim = meta.get(p + "attention.key_length", int, None)
+    if head_dim is None:
+        # Older files: from the query projection, never from hidden / heads (7B: 16 x 256 != 3072).
+        q = tensors.get("model.layers.0.self_attn.q_proj.weight")
+        if q is None or not heads or q.shape[0] % heads:
+            raise ConfigError(f"{where}: no {p}attention.key_length and no query projection to infer head_dim from")
+        head_dim = q.shape[0] // heads
+    for key, what in (("attention.value_length", "value length"), ("rope.dimension_count", "RoPE dimension count")):
+        value = meta.get(p + key, int, head_dim)
+        if value != head_dim:
+            raise ConfigError(f"{where}: {p}{key} = {value} (a {what} other than head_dim {head_dim}) is not supported")
+    return head_dim
+
+
+def _vocab_size(meta: _Metadata, p: str, tensors: dict[str, _Tensor], where: str) -> int:
+    embed = tensors.get("model.embed_tokens.weight")
+    if embed is None:
+        raise CheckpointError(f"{where}: tensor 'token_embd.weight' is missing")
+    vocab = embed.shape[0]
+    tokens = meta.fields.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens.data) if tokens is not None else vocab
+    stated = meta.get(p + "vocab_size", int, vocab)
+    if not vocab == n_tokens == stated:
+        raise ConfigError(
+            f"{where}: vocabulary sizes disagree: embedding {vocab}, tokenizer {n_tokens}, {p}vocab_size {stated}")
+    return vocab
+
+
+def _rope(meta: _Metadata, arch: str, head_dim: int, where: str) -> tuple[float, float, float]:
+    """(global theta, local theta, linear factor of the global layers)."""
+    p = arch + "."
+    # Absent: the families' defaults (transformers: 1e4 for Gemma 1/2, 1e6 for Gemma 3's global layers).
+    theta = meta.get(p + "rope.freq_base", float, 1_000_000.0 if arch == "gemma3" else 10_000.0)
+    local = meta.get(p + "rope.freq_base_swa", float, None)
+    factor = _rope_scaling(meta, p, where)
+    if arch == "gemma3":
+        # llama.cpp's converter does not store the local base; Gemma 3's is always 10000.
+        return theta, 10_000.0 if local is None else local, factor
+    if local is not None and local != theta:
+        raise ConfigError(f"{where}: {p}rope.freq_base_swa (a separate local RoPE base) is only supported for gemma3")
+    if factor != 1.0:
+        raise ConfigError(f"{where}: RoPE scaling is only supported for gemma3")
+    return theta, theta, factor
+
+
+def _rope_scaling(meta: _Metadata, p: str, where: str) -> float:
+    """Linear factor; as in llama.cpp, a factor without a type is linear, and 0 means none."""
+    kind = meta.get(p + "rope.scaling.type", str, None)
+    factor = meta.get(p + "rope.scaling.factor", float, None)
+    legacy = meta.get(p + "rope.scale_linear", float, None)  # the key before rope.scaling.factor
+    if factor is None:
+        factor = legacy
+    if kind not in (None, "none", "linear"):
+        raise ConfigError(f"{where}: {p}rope.scaling.type = {kind!r} is not supported (none, linear)")
+    if factor is None or factor == 0.0:
+        return 1.0
+    if kind == "none" and factor != 1.0:
+        raise ConfigError(f"{where}: {p}rope.scaling.type is 'none' but the scaling factor is {factor}")
+    if factor < 0:
+        raise ConfigError(f"{where}: {p}rope.scaling.factor = {factor} must be positive")
+    return factor
+
+
+def _softcaps(meta: _Metadata, arch: str, where: str) -> tuple[float | None, float | None]:
+    p = arch + "."
+    attn = meta.get(p + "attn_logit_softcapping", float, None)
+    final = meta.get(p + "final_logit_softcapping", float, None)
+    if arch == "gemma":
+        if attn is not None or final is not None:
+            raise ConfigError(f"{where}: logit soft-capping is not part of Gemma 1")
+        return None, None
+    if arch == "gemma2":  # absent in old files: Gemma 2's values, as llama.cpp assumes
+        attn = 50.0 if attn is None else attn
+        final = 30.0 if final is None else final
+    # Gemma 3 has none; llama.cpp's converter writes none, transformers honours them when set.
+    for name, value in (("attn_logit_softcapping", attn), ("final_logit_softcapping", final)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: {p}{name} = {value} must be positive")
+    return attn, final
+
+
+def _layer_types(meta: _Metadata, arch: str, layers: int, where: str) -> tuple[str, ...]:
+    key = arch + ".attention.sliding_window_pattern"
+    pattern = meta.get(key, list, None) if _is_array(meta, key) else meta.get(key, int, None)
+    if arch == "gemma":
+        if pattern is not None:
+            raise ConfigError(f"{where}: {key}: Gemma 1 has no sliding-window layers")
+        return ("full",) * layers
+    if pattern is None:
+        # Gemma 2: layer 0 local, then alternating; Gemma 3: 5 local : 1 global (transformers, llama.cpp).
+        pattern = 2 if arch == "gemma2" else 6
+    if isinstance(pattern, list):  # one flag per layer, true = sliding window
+        if len(pattern) != layers or not all(isinstance(b, bool) for b in pattern):
+            raise ConfigError(f"{where}: {key} is not one boolean per layer")
+        return tuple("sliding" if b else "full" for b in pattern)
+    if pattern < 0:
+        raise ConfigError(f"{where}: {key} = {pattern} is not supported")
+    # llama.cpp's set_swa_pattern: every n-th layer is global, 0 means all are sliding.
+    return tuple("sliding" if pattern == 0 or i % pattern < pattern - 1 else "full" for i in range(layers))
+
+
+def _is_array(meta: _Metadata, key: str) -> bool:
+    field = meta.fields.get(key)
+    return field is not None and field.types[:1] == [_V.ARRAY]
+
+
+def _sliding_window(meta: _Metadata, arch: str, where: str) -> int | None:
+    key = arch + ".attention.sliding_window"
+    if arch == "gemma":
+        if key in meta.fields:
+            raise ConfigError(f"{where}: {key}: Gemma 1 has no sliding-window layers")
+        return None
+    # Gemma 2 files written before the key existed: its window, 4096 (llama.cpp's default). Gemma 3's
+    # window depends on the size (512 or 1024), so it is required.
+    window = meta.get(key, int, 4096 if arch == "gemma2" else _Metadata._REQUIRED)
+    if window <= 0:
+        raise ConfigError(f"{where}: {key} = {window} must be positive")
+    return window
+
+
+class GGUFWeights:
+    """The tensors of a GGUF file under HF names, dequantized to float32 on read.
+
+    Quantization blocks run along a row, so a range of rows is a contiguous slice of the file
+    that dequantizes on its own: a read costs memory for the rows asked for only.
+    """
+
+    def __init__(self, tensors: dict[str, _Tensor], where: str):
+        self._tensors = tensors
+        self._where = where
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._tensors[name].shape
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        t = self._tensors[name]
+        if not 0 <= start <= stop <= t.shape[0]:
+            raise ValueError(f"rows [{start}, {stop}) out of range for {name!r} of shape {list(t.shape)}")
+        if len(t.shape) == 1:  # small, and a 1-D quantized tensor has no rows to slice
+            values = self._dequantize(t, t.data)[start:stop]
+        else:
+            values = self._dequantize(t, t.data[start:stop])
+        out = np.array(values, dtype=np.float32).reshape((stop - start, *t.shape[1:]))
+        if t.norm:
+            out -= 1.0  # GGUF stores Gemma's norm weights as 1 + w
+        return out
+
+    def _dequantize(self, t: _Tensor, raw: np.ndarray) -> np.ndarray:
+        try:
+            return gguf.quants.dequantize(raw, t.qtype)
+        except NotImplementedError:
+            raise CheckpointError(
+                f"{self._where}: tensor {t.gguf_name!r} has type {t.qtype.name}, which cannot be dequantized") from None
+        except Exception as e:
+            raise CheckpointError(f"{self._where}: tensor {t.gguf_name!r} ({t.qtype.name}) is unreadable ({e})") from None
+
+
+def _fingerprint(reader: gguf.GGUFReader) -> str:
+    """Size and a hash of the header (metadata, tensor table) and the last MiB: cheap for any size."""
+    data = reader.data
+    size = data.nbytes
+    digest = hashlib.sha256(data[:reader.data_offset])
+    digest.update(data[max(reader.data_offset, size - _MIB):])
+    return f"size:{size} sha256-header-last-MiB:{digest.hexdigest()}"

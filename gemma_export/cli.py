@@ -1,0 +1,215 @@
+"""The gemma-export command line. Exit codes: 0 success, 1 parity failure, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gemma_export.errors import GemmaExportError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile Gemma checkpoints to ONNX / TensorRT and run them.")
+
+
+class _Progress:
+    """One line on stderr, redrawn while a phase advances."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.phase = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what != self.phase:
+            if self.phase is not None and self.tty:
+                sys.stderr.write("\n")
+            self.phase = what
+            if not self.tty:
+                sys.stderr.write(f"{what}...\n")
+        if self.tty:
+            width = 30
+            fill = int(width * done / total) if total else width
+            sys.stderr.write(f"\r{what:<32} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and self.phase is not None:
+            sys.stderr.write("\n")
+
+
+@app.command()
+def export(
+    source: Optional[Path] = typer.Argument(None, help="HF folder or .gguf file; none: the embedded default model"),
+    out: Path = typer.Option(..., "-o", "--out", help="artifact folder to write"),
+    target: str = typer.Option("generic", help="generic | onnx | ort-cpu | ort-cuda | tensorrt"),
+    dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
+    quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
+    block_size: int = typer.Option(32, help="int4 block size"),
+    calibrate: bool = typer.Option(False, help="calibrated int4 instead of round-to-nearest"),
+    keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),
+    max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),
+    dump_ir: Optional[Path] = typer.Option(None, help="write the graph after each pass to this folder"),
+    force: bool = typer.Option(False, help="replace an existing OUT"),
+) -> None:
+    """Export a checkpoint to an artifact folder."""
+    from gemma_export.export import export as run_export
+    from gemma_export.passes.context import ExportOptions
+
+    options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
+                            keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len)
+    progress = _Progress()
+    try:
+        manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)
+    finally:
+        progress.close()
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    typer.echo(f"wrote {out} ({manifest['family']}, target {manifest['target']}, {manifest['dtype']}, "
+               f"quant {manifest['quant']['method']}, {size:.1f} MiB, {manifest['export_seconds']} s)")
+
+
+def _sampling(model, temperature, top_k, top_p) -> dict:
+    """Explicit options win; else the checkpoint's generation_config; else greedy."""
+    gen = model.manifest.get("generation_config") or {}
+    sample = gen.get("do_sample", False)
+    return {
+        "temperature": temperature if temperature is not None else (gen.get("temperature", 1.0) if sample else 0.0),
+        "top_k": top_k if top_k is not None else (gen.get("top_k") if sample else None),
+        "top_p": top_p if top_p is not None else (gen.get("top_p") if sample else None),
+    }
+
+
+@app.command()
+def generate(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    prompt: str = typer.Option(..., help="prompt text"),
+    max_new_tokens: int = typer.Option(64),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy"),
+    top_k: Optional[int] = typer.Option(None),
+    top_p: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
+    backend: str = typer.Option("ort", help="ort | trt"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+) -> None:
+    """Generate a continuation, streamed to stdout."""
+    import gemma_runtime
+    from gemma_runtime.chat import render
+
+    model = gemma_runtime.load(artifact, backend=backend, threads=threads)
+    text = render([{"role": "user", "content": prompt}]) if chat else prompt
+    for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
+                              **_sampling(model, temperature, top_k, top_p)):
+        typer.echo(piece, nl=False)
+    typer.echo()
+
+
+@app.command()
+def chat(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    system: Optional[str] = typer.Option(None, help="system prompt (folded into the first user turn)"),
+    max_new_tokens: int = typer.Option(256),
+    temperature: Optional[float] = typer.Option(None),
+    top_k: Optional[int] = typer.Option(None),
+    top_p: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    backend: str = typer.Option("ort"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Multi-turn chat on stdin/stdout; /exit or end of input quits."""
+    import gemma_runtime
+    from gemma_runtime.chat import render
+
+    model = gemma_runtime.load(artifact, backend=backend, threads=threads)
+    if model.tokenizer is None:
+        raise GemmaExportError(f"{artifact}: chat needs a tokenizer.model in the artifact")
+    sampling = _sampling(model, temperature, top_k, top_p)
+    history: list[dict] = []
+    budget = model.max_seq_len - max_new_tokens
+    while True:
+        typer.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        prefix = [{"role": "system", "content": system}] if system else []
+        while len(model.tokenizer.encode(render(prefix + history))) > budget:
+            if len(history) <= 1:
+                raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
+            history = history[2:]  # drop the oldest user/model exchange, whole
+            typer.echo("[context full: the oldest turn was dropped]", err=True)
+        answer = []
+        for piece in model.stream(render(prefix + history), max_new_tokens=max_new_tokens, seed=seed, **sampling):
+            answer.append(piece)
+            typer.echo(piece, nl=False)
+        typer.echo()
+        history.append({"role": "model", "content": "".join(answer)})
+
+
+@app.command()
+def validate(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    reference: Optional[Path] = typer.Option(None, help="checkpoint (HF folder, .gguf) or artifact; "
+                                             "none: the embedded default model"),
+    text: Optional[Path] = typer.Option(None, help="text file to evaluate (default: built-in prompts)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    max_rel_diff: Optional[float] = typer.Option(None, help="fp32: max |diff| / max |logit|"),
+    min_top1: Optional[float] = typer.Option(None, help="minimum top-1 agreement"),
+) -> None:
+    """Compare an artifact's logits with a reference; exit 1 when a threshold fails."""
+    import gemma_runtime
+    from gemma_export.validate import Thresholds, default_thresholds, validate as run_validate
+
+    thresholds = default_thresholds(gemma_runtime.artifact.read_manifest(artifact))
+    thresholds = Thresholds(max_rel_diff if max_rel_diff is not None else thresholds.max_rel_diff,
+                            min_top1 if min_top1 is not None else thresholds.min_top1)
+    texts = None
+    if text is not None:
+        try:
+            texts = [t for t in text.read_text().split("\n\n") if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise GemmaExportError(f"{text}: unreadable ({e})") from None
+        if not texts:
+            raise GemmaExportError(f"{text}: no text")
+    report = run_validate(artifact, reference, texts, thresholds)
+    rows = [("reference", report["reference"]), ("positions", report["positions"]),
+            ("max |diff|", f"{report['max_abs_diff']:.3g} (max |logit| {report['max_abs_ref_logit']:.3g})"),
+            ("mean |diff|", f"{report['mean_abs_diff']:.3g}"),
+            ("top-1 agreement", f"{report['top1_agreement']:.4f} (decided positions {report['top1_agreement_decided']:.4f})"),
+            ("top-5 agreement", f"{report['top5_agreement']:.4f}"), ("KL divergence", f"{report['kl_divergence']:.3g}"),
+            ("perplexity", f"{report['perplexity']:.3f} (reference {report['reference_perplexity']:.3f})"),
+            ("greedy tokens matched", f"{report['greedy_tokens_matched']}/{report['greedy_tokens_total']}")]
+    for k, v in rows:
+        typer.echo(f"{k:<22} {v}")
+    typer.echo("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(artifact: Path = typer.Argument(..., help="artifact folder")) -> None:
+    """Op counts, inputs and outputs, passes and sizes of an artifact."""
+    from gemma_export.inspect import describe
+
+    typer.echo(describe(artifact))
+
+
+def main() -> None:
+    from gemma_runtime.errors import RuntimeInputError
+
+    try:
+        app()
+    except (GemmaExportError, RuntimeInputError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""A readable summary of an artifact: what it is, its IO, its passes, its ops and sizes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+from gemma_runtime.artifact import MODEL_FILE, read_manifest
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
+
+
+def describe(folder: Path | str) -> str:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    cfg = manifest["config"]
+    lines = [
+        f"{folder}: {manifest['family']} ({cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
+        f"{cfg['num_heads']} heads / {cfg['num_kv_heads']} KV heads, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']})",
+        f"target {manifest['target']}, dtype {manifest['dtype']}, quant {manifest['quant']['method']}, "
+        f"KV cache {manifest['kv_cache']['layout']} (max {manifest['kv_cache']['max_seq_len']}, {manifest['kv_cache']['dtype']})",
+        "", "inputs:"]
+    io = [(k, v) for k, v in manifest["inputs"].items() if not k.startswith("past_")]
+    lines += [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in io]
+    past = [k for k in manifest["inputs"] if k.startswith("past_")]
+    if past:
+        v = manifest["inputs"][past[0]]
+        lines.append(f"  {len(past)} cache inputs like {past[0]}: {v['dtype']} {v['shape']}")
+    lines += ["outputs:"] + [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in manifest["outputs"].items()
+                             if not k.startswith("present_")]
+    lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest["passes"]]
+    lines += ["", f"ops ({len(model.graph.node)} nodes):"]
+    lines += [f"  {op:<40} {n}" for op, n in sorted(op_counts(model).items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines += ["", "files:"]
+    for f in sorted(folder.iterdir()):
+        lines.append(f"  {f.name:<28} {f.stat().st_size / 2**20:10.2f} MiB")
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""lm_head only where logits are needed: a new input `logits_index` [batch, keep] (int64)
+picks the positions whose logits are computed, before the final norm. Generation asks for each
+row's last real token (1 of a 128-token prompt skips 127/128 of the vocab projection);
+validation asks for every position."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import add_node, constant_int64
+
+NAME = "logits_index"
+FINAL_NORM = "model.norm.weight"
+INPUT = "logits_index"
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    graph = model.graph
+    norms = [n for n in graph if len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].name == FINAL_NORM]
+    if len(norms) != 1:
+        raise AssertionError(f"expected one final norm reading {FINAL_NORM}, found {len(norms)}")
+    norm = norms[0]
+    index = ir.Value(name=INPUT, shape=ir.Shape(["batch", "keep"]), type=ir.TensorType(ir.DataType.INT64))
+    graph.inputs.append(index)
+    unsqueezed = add_node(graph, norm, "Unsqueeze", [index, constant_int64(graph, "const.last_axis", [-1])])
+    picked = add_node(graph, norm, "GatherND", [norm.inputs[0], unsqueezed.outputs[0]], {"batch_dims": 1})
+    norm.replace_input_with(0, picked.outputs[0])
+    logits = graph.outputs[0]
+    logits.shape = ir.Shape(["batch", "keep", ctx.config.vocab_size])
+    return 1

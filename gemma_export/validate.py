@@ -1,0 +1,187 @@
+"""Parity of an artifact against a reference: a checkpoint (run through the fp32 torch module in
+graphs/) or another artifact. Teacher-forced logits over a prompt set, plus greedy decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gemma_export.errors import GemmaExportError
+
+PROMPTS = [
+    "The capital of France is Paris. It is known for the Eiffel Tower, museums such as the Louvre,"
+    " and its cafés along the Seine.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Der schnelle braune Fuchs springt über den faulen Hund. Übung macht den Meister!",
+    "Prices rose 3.7% in 2023; 1,024 units cost $12,345.67 (about €11,400).",
+    "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
+    "In mathematics, a prime number is a natural number greater than 1 that is not a product of two"
+    " smaller natural numbers. 🙂 Emoji and    spaces\tand tabs.",
+]
+
+# Minimum teacher-forced top-1 agreement by precision (DESIGN.md); fp32 is checked exactly instead.
+TOP1_THRESHOLDS = {"fp16": 0.99, "bf16": 0.99, "int8": 0.98, "int4": 0.90}
+FP32_RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass
+class Thresholds:
+    max_rel_diff: float | None  # max |diff| <= this x max |ref logit| (fp32)
+    min_top1: float  # agreement where the reference's top-2 margin exceeds the tolerance (fp32) or overall
+
+
+def default_thresholds(manifest: dict) -> Thresholds:
+    quant = manifest["quant"]["method"]
+    if quant != "none":
+        return Thresholds(None, TOP1_THRESHOLDS[quant])
+    if manifest["dtype"] != "fp32":
+        return Thresholds(None, TOP1_THRESHOLDS[manifest["dtype"]])
+    return Thresholds(FP32_RELATIVE_TOLERANCE, 1.0)
+
+
+LogitsFn = Callable[[list[int]], np.ndarray]
+
+
+def reference_logits_fn(reference: Path | str | None) -> tuple[LogitsFn, str]:
+    """Teacher-forced logits of a reference: an artifact folder or a checkpoint source."""
+    ref = Path(reference) if reference is not None else None
+    if ref is not None and (ref / "manifest.json").is_file():
+        import gemma_runtime
+        other = gemma_runtime.load(ref)
+        return other.logits, f"artifact {ref}"
+    import torch
+
+    from gemma_export.checkpoints import open_source
+    from gemma_graphs.gemma import load_reference
+
+    source = open_source(ref)
+    module = load_reference(source.config, source.weights)
+    cfg = source.config
+
+    def run(ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        empty = torch.zeros(1, cfg.num_kv_heads, 0, cfg.head_dim)
+        with torch.no_grad():
+            out = module(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
+                         *([empty] * (2 * cfg.num_layers)))
+        return out[0][0].numpy()
+
+    return run, f"fp32 torch reference of {source.description}"
+
+
+def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]]:
+    """Token ids to evaluate: the texts through the artifact's tokenizer, or (no tokenizer)
+    seeded random ids, BOS first."""
+    texts = list(texts or PROMPTS)
+    if model.tokenizer is not None:
+        return [model.tokenizer.encode(t)[: model.max_seq_len] for t in texts]
+    rng = np.random.default_rng(0)
+    bos = model.manifest["tokens"]["bos"]
+    return [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, model.max_seq_len - 1)).tolist()]
+            for i in range(len(texts))]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def compare(ours: np.ndarray, ref: np.ndarray, ids: list[int]) -> dict:
+    diff = np.abs(ours.astype(np.float64) - ref)
+    tol = FP32_RELATIVE_TOLERANCE * float(np.abs(ref).max())
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > tol
+    agree = ours.argmax(-1) == ref.argmax(-1)
+    top5 = np.argsort(-ours, axis=-1)[:, :5]
+    lp_ref, lp_ours = _log_softmax(ref), _log_softmax(ours)
+    kl = (np.exp(lp_ref) * (lp_ref - lp_ours)).sum(-1)
+    targets = np.asarray(ids[1:])
+    nll_ours = -lp_ours[np.arange(len(targets)), targets] if len(targets) else np.zeros(0)
+    nll_ref = -lp_ref[np.arange(len(targets)), targets] if len(targets) else np.zeros(0)
+    return {
+        "positions": len(ids), "max_abs_diff": float(diff.max()), "sum_abs_diff": float(diff.sum()),
+        "max_abs_ref": float(np.abs(ref).max()), "top1_agree": int(agree.sum()),
+        "decided": int(decided.sum()), "decided_agree": int((agree & decided).sum()),
+        "top5_hit": int((top5 == ref.argmax(-1)[:, None]).any(-1).sum()),
+        "kl_sum": float(kl.sum()), "nll_ours": float(nll_ours.sum()), "nll_ref": float(nll_ref.sum()),
+        "vocab": int(ref.shape[-1]),
+    }
+
+
+def greedy(logits_fn: LogitsFn, ids: list[int], n: int, stop: set[int]) -> list[int]:
+    """Greedy continuation by repeated teacher-forced passes (works for any reference)."""
+    ids, out = list(ids), []
+    for _ in range(n):
+        t = int(logits_fn(ids)[-1].argmax())
+        if t in stop:
+            break
+        out.append(t)
+        ids.append(t)
+    return out
+
+
+def validate(artifact: Path | str, reference: Path | str | None, texts: Sequence[str] | None = None,
+             thresholds: Thresholds | None = None, greedy_tokens: int = 16,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    import gemma_runtime
+
+    model = gemma_runtime.load(artifact)
+    manifest = model.manifest
+    thresholds = thresholds or default_thresholds(manifest)
+    ref_fn, ref_desc = reference_logits_fn(reference)
+    vocab = manifest["config"]["vocab_size"]
+    prompts = prompt_ids(model, texts, vocab)
+    rows = []
+    greedy_match = greedy_total = 0
+    for i, ids in enumerate(prompts):
+        ours, ref = model.logits(ids), ref_fn(ids)
+        if ours.shape != ref.shape:
+            raise GemmaExportError(f"reference logits have shape {ref.shape}, artifact {ours.shape}")
+        rows.append(compare(ours, ref, ids))
+        head = ids[: max(2, len(ids) // 2)]
+        a = model.generate(head, max_new_tokens=greedy_tokens).token_ids
+        b = greedy(ref_fn, head, greedy_tokens, model.stop_ids)
+        same = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        greedy_match += same
+        greedy_total += max(len(a), len(b))
+        if progress:
+            progress(i + 1, len(prompts))
+    return _summary(rows, thresholds, manifest, ref_desc, greedy_match, greedy_total, str(artifact))
+
+
+def _summary(rows, thresholds: Thresholds, manifest, ref_desc, greedy_match, greedy_total, artifact) -> dict:
+    positions = sum(r["positions"] for r in rows)
+    targets = sum(r["positions"] - 1 for r in rows)
+    max_abs_ref = max(r["max_abs_ref"] for r in rows)
+    decided = sum(r["decided"] for r in rows)
+    s = {
+        "artifact": artifact, "reference": ref_desc, "target": manifest["target"], "dtype": manifest["dtype"],
+        "quant": manifest["quant"]["method"], "prompts": len(rows), "positions": positions,
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "mean_abs_diff": sum(r["sum_abs_diff"] for r in rows) / (positions * rows[0]["vocab"]),
+        "max_abs_ref_logit": max_abs_ref,
+        "top1_agreement": sum(r["top1_agree"] for r in rows) / positions,
+        "top1_agreement_decided": (sum(r["decided_agree"] for r in rows) / decided) if decided else 1.0,
+        "top5_agreement": sum(r["top5_hit"] for r in rows) / positions,
+        "kl_divergence": sum(r["kl_sum"] for r in rows) / positions,
+        "perplexity": float(np.exp(sum(r["nll_ours"] for r in rows) / max(targets, 1))),
+        "reference_perplexity": float(np.exp(sum(r["nll_ref"] for r in rows) / max(targets, 1))),
+        "greedy_tokens_matched": greedy_match, "greedy_tokens_total": greedy_total,
+        "thresholds": dataclasses.asdict(thresholds),
+    }
+    failures = []
+    if thresholds.max_rel_diff is not None:
+        limit = thresholds.max_rel_diff * max_abs_ref
+        if s["max_abs_diff"] > limit:
+            failures.append(f"max |diff| {s['max_abs_diff']:.3g} > {limit:.3g}")
+        if s["top1_agreement_decided"] < thresholds.min_top1:
+            failures.append(f"top-1 agreement {s['top1_agreement_decided']:.4f} < {thresholds.min_top1}")
+    elif s["top1_agreement"] < thresholds.min_top1:
+        failures.append(f"top-1 agreement {s['top1_agreement']:.4f} < {thresholds.min_top1}")
+    s["passed"] = not failures
+    s["failures"] = failures
+    return s
