@@ -219,7 +219,7 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str)
     hidden = meta.get(p + "embedding_length", int)
     heads = meta.get(p + "attention.head_count", int)
     head_dim = _head_dim(meta, p, heads, tensors, where)
-    theta, local_theta, factor = _rope(meta, arch, head_dim, where)
+    theta, local_theta, factor = _rope(meta, arch, where)
     attn_softcap, final_softcap = _softcaps(meta, arch, where)
     layer_types = _layer_types(meta, arch, layers, where)
     window = _sliding_window(meta, arch, where)
@@ -248,6 +248,9 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str)
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id", int, 0),
     )
     meta.check_all_read(arch)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if not 0 <= getattr(cfg, name) < cfg.vocab_size:
+            raise ConfigError(f"{where}: {name} {getattr(cfg, name)} is outside the vocabulary ({cfg.vocab_size})")
     try:
         cfg.validate()
     except ConfigError as e:
@@ -284,7 +287,7 @@ def _vocab_size(meta: _Metadata, p: str, tensors: dict[str, _Tensor], where: str
     return vocab
 
 
-def _rope(meta: _Metadata, arch: str, head_dim: int, where: str) -> tuple[float, float, float]:
+def _rope(meta: _Metadata, arch: str, where: str) -> tuple[float, float, float]:
     """(global theta, local theta, linear factor of the global layers)."""
     p = arch + "."
     # Absent: the families' defaults (transformers: 1e4 for Gemma 1/2, 1e6 for Gemma 3's global layers).
@@ -397,6 +400,8 @@ class GGUFWeights:
         t = self._tensors[name]
         if not 0 <= start <= stop <= t.shape[0]:
             raise ValueError(f"rows [{start}, {stop}) out of range for {name!r} of shape {list(t.shape)}")
+        if start == stop:  # the quant kernels fail on no data
+            return np.zeros((0, *t.shape[1:]), np.float32)
         if len(t.shape) == 1:  # small, and a 1-D quantized tensor has no rows to slice
             values = self._dequantize(t, t.data)[start:stop]
         else:
@@ -413,7 +418,8 @@ class GGUFWeights:
             raise CheckpointError(
                 f"{self._where}: tensor {t.gguf_name!r} has type {t.qtype.name}, which cannot be dequantized") from None
         except Exception as e:
-            raise CheckpointError(f"{self._where}: tensor {t.gguf_name!r} ({t.qtype.name}) is unreadable ({e})") from None
+            raise CheckpointError(
+                f"{self._where}: tensor {t.gguf_name!r} ({t.qtype.name}) is unreadable ({e})") from None
 
 
 def _fingerprint(reader: gguf.GGUFReader) -> str:

@@ -1,0 +1,73 @@
+"""config.json in both transformers forms; anything unknown or unsupported is an error."""
+
+import pytest
+
+from gemma_export.config import parse_hf_config
+from gemma_export.errors import ConfigError
+
+GEMMA3_V4 = {  # transformers 4.x form of a Gemma 3 270M config
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "attention_bias": False,
+    "attention_dropout": 0.0, "attn_logit_softcapping": None, "bos_token_id": 2, "eos_token_id": 1,
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 640, "initializer_range": 0.02, "intermediate_size": 2048,
+    "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 18,
+    "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000.0, "rope_scaling": None, "rope_theta": 1000000.0,
+    "sliding_window": 512, "torch_dtype": "bfloat16", "transformers_version": "4.55.0",
+    "use_cache": True, "vocab_size": 262144, "_sliding_window_pattern": 6,
+    "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+}
+
+
+def test_gemma3_v4_form():
+    cfg = parse_hf_config(GEMMA3_V4)
+    assert cfg.family == "gemma3" and cfg.num_kv_heads == 1 and cfg.head_dim == 256
+    assert [i for i, t in enumerate(cfg.layer_types) if t == "full"] == [5, 11, 17]
+    assert cfg.layer_rope(0) == (10000.0, 1.0) and cfg.layer_rope(5) == (1_000_000.0, 1.0)
+    assert cfg.attn_softcap is None and cfg.final_softcap is None and cfg.sliding_window == 512
+
+
+def test_gemma3_v5_form_with_linear_scaling():
+    raw = {k: v for k, v in GEMMA3_V4.items() if k not in ("rope_local_base_freq", "rope_scaling", "rope_theta")}
+    raw["rope_parameters"] = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}
+    cfg = parse_hf_config(raw)
+    assert cfg.layer_rope(5) == (1e6, 8.0) and cfg.layer_rope(4) == (10000.0, 1.0)
+
+
+def test_gemma2_defaults_put_layer_zero_local():
+    raw = {"model_type": "gemma2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 16, "num_hidden_layers": 4, "vocab_size": 100, "intermediate_size": 128,
+           "sliding_window": 4096, "query_pre_attn_scalar": 144}
+    cfg = parse_hf_config(raw)
+    assert cfg.layer_types == ("sliding", "full", "sliding", "full")
+    assert (cfg.attn_softcap, cfg.final_softcap) == (50.0, 30.0)
+    assert cfg.query_scale == pytest.approx(144 ** -0.5)
+
+
+def test_head_dim_is_never_derived():
+    raw = {"model_type": "gemma", "hidden_size": 3072, "num_attention_heads": 16, "num_hidden_layers": 2,
+           "vocab_size": 100, "intermediate_size": 128}
+    with pytest.raises(ConfigError, match="head_dim"):
+        parse_hf_config(raw)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "llama"}, "unknown model_type 'llama'"),
+    ({"frobnicate": 3}, "frobnicate"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"hidden_activation": "relu"}, "activation"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    ({"num_key_value_heads": 3}, "multiple"),
+    ({"layer_types": ["sliding_attention"] * 3}, "layer_types"),
+    ({"tie_word_embeddings": False}, "tie_word_embeddings"),
+    ({"head_dim": "256"}, "head_dim"),
+])
+def test_unknown_or_unsupported_fields_are_errors(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_hf_config({**GEMMA3_V4, **change})
+
+
+def test_multimodal_gemma3_is_refused_clearly():
+    with pytest.raises(ConfigError, match="multimodal"):
+        parse_hf_config({"model_type": "gemma3", "text_config": GEMMA3_V4, "vision_config": {}})
