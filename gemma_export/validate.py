@@ -10,17 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gemma_export.errors import GemmaExportError
-
-PROMPTS = [
-    "The capital of France is Paris. It is known for the Eiffel Tower, museums such as the Louvre,"
-    " and its cafés along the Seine.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "Der schnelle braune Fuchs springt über den faulen Hund. Übung macht den Meister!",
-    "Prices rose 3.7% in 2023; 1,024 units cost $12,345.67 (about €11,400).",
-    "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
-    "In mathematics, a prime number is a natural number greater than 1 that is not a product of two"
-    " smaller natural numbers. 🙂 Emoji and    spaces\tand tabs.",
-]
+from gemma_export.texts import PROMPTS
 
 # Minimum teacher-forced top-1 agreement by precision (DESIGN.md); fp32 is checked exactly instead.
 TOP1_THRESHOLDS = {"fp16": 0.99, "bf16": 0.99, "int8": 0.98, "int4": 0.90}

@@ -27,7 +27,8 @@ class GenerationResult:
 def load(path: Path | str, backend: str = "ort", threads: int | None = None) -> "Model":
     folder = Path(path)
     manifest = read_manifest(folder)
-    tokenizer = Tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).is_file() else None
+    tokenizer_file = folder / TOKENIZER_FILE
+    tokenizer = Tokenizer(tokenizer_file, manifest["tokens"]["bos"]) if tokenizer_file.is_file() else None
     return Model(folder, manifest, _backend(folder, manifest, backend, threads), tokenizer)
 
 
@@ -37,6 +38,9 @@ def _backend(folder: Path, manifest: dict, name: str, threads: int | None):
         if layout == "concat":
             from gemma_runtime.backends.ort_concat import OrtConcatBackend
             return OrtConcatBackend(folder, manifest, threads)
+        if layout == "inplace":
+            from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
+            return OrtInplaceBackend(folder, manifest, threads)
         raise RuntimeInputError(f"{folder}: KV-cache layout {layout!r} is not supported by this runtime")
     raise RuntimeInputError(f"unknown backend {name!r} (available: ort)")
 

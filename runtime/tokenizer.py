@@ -10,15 +10,13 @@ from gemma_runtime.errors import RuntimeInputError
 
 
 class Tokenizer:
-    def __init__(self, model_file: Path | str):
+    def __init__(self, model_file: Path | str, bos_id: int):
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.LoadFromSerializedProto(Path(model_file).read_bytes())
         except (OSError, RuntimeError) as e:
             raise RuntimeInputError(f"{model_file}: not a SentencePiece model ({e})") from None
-        self.bos_id = self._sp.bos_id()
-        self.eos_id = self._sp.eos_id()
-        self.pad_id = self._sp.pad_id()
+        self.bos_id = bos_id  # the model's (manifest), whatever the piece names in the proto
         self.vocab_size = self._sp.get_piece_size()
 
     def token_id(self, piece: str) -> int | None:
