@@ -13,7 +13,7 @@ from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import Source
 from gemma_export.emit import artifact
 from gemma_export.emit.weights import bind_weights
-from gemma_export.errors import GemmaExportError
+from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import trace
 from gemma_export.passes.context import DTYPES, QUANTS, TARGETS, ExportOptions, PassContext
 from gemma_export.passes.pipeline import run_pipeline
@@ -87,6 +87,9 @@ def _special_tokens(source: Source) -> dict:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor()
         sp.LoadFromSerializedProto(source.tokenizer_model)
+        if sp.get_piece_size() > cfg.vocab_size:
+            raise CheckpointError(f"{source.description}: tokenizer has {sp.get_piece_size()} pieces, "
+                                  f"more than the model's vocabulary ({cfg.vocab_size})")
         for key, piece in (("start_of_turn", "<start_of_turn>"), ("end_of_turn", "<end_of_turn>")):
             i = sp.piece_to_id(piece)
             tokens[key] = i if sp.id_to_piece(i) == piece else None

@@ -65,8 +65,8 @@ class Model:
     def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: Sequence[str] | None = None) -> GenerationResult | list[GenerationResult]:
-        prompts, batched = self._prompts(prompt)
         sampler = Sampler(temperature, top_k, top_p, seed)
+        prompts, batched = self._prompts(prompt)
         generated = [[] for _ in prompts]
         reasons: list[str | None] = [None] * len(prompts)
         for row, token, reason in self._decode(prompts, max_new_tokens, sampler, stop or ()):
@@ -85,6 +85,7 @@ class Model:
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str] | None = None) -> Iterator[str]:
         """Text pieces as they are generated; incomplete UTF-8 is held back until whole."""
+        sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched = self._prompts(prompt)
         if batched:
             raise RuntimeInputError("stream takes one prompt")
@@ -92,7 +93,7 @@ class Model:
         stops = tuple(stop or ())
         ids: list[int] = []
         sent = 0
-        for _, token, _ in self._decode(prompts, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stops):
+        for _, token, _ in self._decode(prompts, max_new_tokens, sampler, stops):
             if token is None:
                 continue
             ids.append(token)

@@ -19,7 +19,7 @@ def gemma1_like_tokenizer() -> bytes:
     pieces += [(f"<unused{i}>", t.USER_DEFINED) for i in range(4, 106)]
     pieces += [("<start_of_turn>", t.USER_DEFINED), ("<end_of_turn>", t.USER_DEFINED)]
     pieces += [(f"<0x{b:02X}>", t.BYTE) for b in range(256)]
-    pieces += [(c, t.NORMAL) for c in "\u2581abcdefghijklmnopqrstuvwxyz"]
+    pieces += [(c, t.NORMAL) for c in "\u2581abcdefghijklmnopqrs"]  # 384 pieces: the tiny vocab
     for i, (piece, kind) in enumerate(pieces):
         proto.pieces.add(piece=piece, score=-float(i), type=kind)
     proto.trainer_spec.model_type = sp_pb2.TrainerSpec.BPE
