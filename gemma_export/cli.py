@@ -198,6 +198,47 @@ def inspect(artifact: Path = typer.Argument(..., help="artifact folder")) -> Non
     typer.echo(describe(artifact))
 
 
+@app.command()
+def bench(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    prompt_tokens: int = typer.Option(128, help="prompt length (random ids, BOS first)"),
+    new_tokens: int = typer.Option(128, help="tokens generated (greedy, no early stop)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+    backend: str = typer.Option("ort", help="ort | trt"),
+    repeats: int = typer.Option(3, help="best of this many runs"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+) -> None:
+    """Prefill tok/s, time to first token, decode tok/s and peak RSS, measured in a fresh process."""
+    from gemma_export.bench import format_table, measure
+
+    result = measure(artifact, prompt_tokens, new_tokens, threads, backend, repeats)
+    typer.echo(format_table([result]))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command("build-engine")
+def build_engine(
+    artifact: Path = typer.Argument(..., help="artifact folder exported with --target tensorrt"),
+    max_batch: int = typer.Option(1, help="largest batch the engine runs"),
+    opt_seq_len: Optional[int] = typer.Option(None, help="prompt length the prefill profile is tuned for "
+                                              "(default: 128, or the maximum sequence length if shorter)"),
+    compute_capability: Optional[str] = typer.Option(None, help="X.Y: build ahead of time with TensorRT-RTX for "
+                                                     "this GPU architecture (default: this machine's GPU)"),
+) -> None:
+    """Build a TensorRT engine into the artifact (TensorRT with a GPU, else TensorRT-RTX ahead of time)."""
+    from gemma_export.emit import engine
+
+    progress = _Progress()
+    try:
+        entry = engine.build(artifact, max_batch, opt_seq_len, compute_capability, progress)
+    finally:
+        progress.close()
+    typer.echo(f"wrote {artifact / entry['file']} ({entry['library']} {entry['version']}, compute capability "
+               f"{entry['compute_capability']}, batch <= {entry['max_batch']}, prefill tuned for "
+               f"{entry['opt_seq_len']} tokens)")
+
+
 def main() -> None:
     from gemma_runtime.errors import RuntimeInputError
 

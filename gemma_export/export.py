@@ -54,7 +54,7 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     say("tracing", 0, 1)
     model = trace(cfg)
     bind_weights(model, source.weights)
-    ctx = PassContext(cfg, options)
+    ctx = PassContext(cfg, options, tokenizer_model=source.tokenizer_model)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes)
     with artifact.staging(out, force) as tmp:

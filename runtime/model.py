@@ -42,7 +42,10 @@ def _backend(folder: Path, manifest: dict, name: str, threads: int | None):
             from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
             return OrtInplaceBackend(folder, manifest, threads)
         raise RuntimeInputError(f"{folder}: KV-cache layout {layout!r} is not supported by this runtime")
-    raise RuntimeInputError(f"unknown backend {name!r} (available: ort)")
+    if name == "trt":
+        from gemma_runtime.backends.trt import TrtBackend
+        return TrtBackend(folder, manifest, threads)
+    raise RuntimeInputError(f"unknown backend {name!r} (available: ort, trt)")
 
 
 class Model:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
 from gemma_export.checkpoints import open_source
+from gemma_export.config import GemmaConfig
 from gemma_export.emit.weights import bind_weights
 from gemma_export.frontend.trace import trace
 from gemma_export.passes.context import ExportOptions, PassContext
@@ -14,10 +18,17 @@ from gemma_export.passes.ir_utils import remove_dead
 
 
 def traced(folder, options: ExportOptions | None = None) -> tuple[ir.Model, PassContext]:
+    """A fresh copy of the checkpoint's traced model (traced once per test session: it takes seconds)."""
+    proto, config = _traced(str(folder))
+    return ir.serde.deserialize_model(proto), PassContext(config, options or ExportOptions())
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(folder: str) -> tuple[onnx.ModelProto, GemmaConfig]:
     source = open_source(folder)
     model = trace(source.config)
     bind_weights(model, source.weights)
-    return model, PassContext(source.config, options or ExportOptions())
+    return ir.serde.serialize_model(model), source.config
 
 
 def apply(model: ir.Model, ctx: PassContext, *passes) -> tuple[ir.Model, list[int]]:
@@ -48,6 +59,22 @@ def feeds(cfg, batch: int = 2, seq: int = 9, past: int = 0, seed: int = 0) -> di
     for i in range(cfg.num_layers):
         for kind in ("key", "value"):
             out[f"past_{kind}.{i}"] = rng.standard_normal((batch, cfg.num_kv_heads, past, cfg.head_dim)).astype(np.float32)
+    return out
+
+
+def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """The call `concat` (from feeds()) through the in-place interface: each past cache at the front
+    of a static [batch, kv_heads, max_seq_len, head_dim] buffer whose tail holds other finite values."""
+    rng = np.random.default_rng(seed)
+    batch, seq = concat["input_ids"].shape
+    past = concat["position_ids"][:, 0]
+    out = {"input_ids": concat["input_ids"], "position_ids": concat["position_ids"], "past_lengths": past,
+           "seq_lengths": np.full(batch, seq, np.int64)}
+    for name, cache in concat.items():
+        if name.startswith("past_"):
+            static = rng.standard_normal((*cache.shape[:2], max_seq_len, cache.shape[3])).astype(np.float32)
+            static[:, :, :cache.shape[2]] = cache
+            out[name] = static
     return out
 
 

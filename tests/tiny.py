@@ -25,12 +25,17 @@ CONFIGS = {
                                                                   "rope_theta": 1000000.0}})),
 }
 
+# onnxruntime's GroupQueryAttention rotates q/k only when head_dim is a multiple of 16 (every real
+# Gemma's is): the ort-cpu/ort-cuda tests use these variants (still head_dim != hidden / heads).
+GQA_OVERRIDES = dict(head_dim=32)
 
-def hf_model(name: str, seed: int = 0):
+
+def hf_model(name: str, seed: int = 0, **overrides):
+    """overrides: config fields changed from CONFIGS[name] (e.g. head_dim)."""
     import transformers
 
     family, extra = CONFIGS[name]
-    kw = {**BASE, **extra}
+    kw = {**BASE, **extra, **overrides}
     if family == "gemma":
         cfg, cls = transformers.GemmaConfig(**kw), transformers.GemmaForCausalLM
     elif family == "gemma2":
@@ -49,7 +54,8 @@ def hf_model(name: str, seed: int = 0):
     return model
 
 
-def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
-    model = hf_model(name, seed).to(dtype)
+def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0,
+                     **overrides) -> Path:
+    model = hf_model(name, seed, **overrides).to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     return folder

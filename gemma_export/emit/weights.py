@@ -25,11 +25,18 @@ _NUMPY = {
     ir.DataType.UINT8: np.dtype(np.uint8),
     ir.DataType.INT8: np.dtype(np.int8),
     ir.DataType.INT64: np.dtype(np.int64),
+    ir.DataType.UINT4: np.dtype(ml_dtypes.uint4),
+    ir.DataType.INT4: np.dtype(ml_dtypes.int4),
 }
+_FOUR_BIT = (ir.DataType.UINT4, ir.DataType.INT4)
 
 
 class StreamedTensor(TensorBase, ir.TensorProtocol):
     """A tensor defined by a function giving rows [start, stop) of dim 0 in its final dtype."""
+
+    # How it was built, where untransposed() can stream through it instead of transposing it whole.
+    transpose_of: StreamedTensor | None = None
+    side_by_side: list[StreamedTensor] | None = None
 
     def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
                  *, whole: bool = False):
@@ -86,11 +93,21 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
         return self.numpy().__dlpack_device__()
 
     def tobytes(self) -> bytes:
-        return b"".join(c.tobytes() for c in self.chunks())
+        return b"".join(self._bytes(c) for c in self.chunks())
 
     def tofile(self, file) -> None:
         for chunk in self.chunks():
-            file.write(np.ascontiguousarray(chunk).data)
+            file.write(self._bytes(chunk))
+
+    def _bytes(self, chunk: np.ndarray):
+        """4-bit values go two to a byte, low nibble first (ONNX's packing); a chunk holds whole rows,
+        so an even row length keeps every chunk on byte boundaries."""
+        if self._dtype in _FOUR_BIT:
+            if chunk.size % 2:
+                raise AssertionError(f"{self.name}: 4-bit rows of odd length cannot be written in chunks")
+            nibbles = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8) & 0x0F
+            return (nibbles[0::2] | (nibbles[1::2] << 4)).data
+        return np.ascontiguousarray(chunk).reshape(-1).view(np.uint8).data  # bf16 has no buffer format
 
     def __repr__(self) -> str:
         return f"{self._repr_base()}(name={self.name!r})"
@@ -119,7 +136,54 @@ def transposed(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
     def read(a: int, b: int) -> np.ndarray:
         return np.ascontiguousarray(base.rows(0, rows)[:, a:b].T)
 
-    return StreamedTensor(read, (cols, rows), base.dtype, name, whole=True)
+    out = StreamedTensor(read, (cols, rows), base.dtype, name, whole=True)
+    out.transpose_of = base  # read by untransposed()
+    return out
+
+
+def concatenated(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
+    """2-D tensors with equal row counts side by side (axis 1), e.g. packed [in, q+k+v] weights."""
+    parts = [as_streamed(t) for t in tensors]
+    rows = parts[0].shape[0]
+    if any(p.shape.rank() != 2 or p.shape[0] != rows or p.dtype != parts[0].dtype for p in parts):
+        raise AssertionError(f"{name}: cannot place {[f'{p.dtype}{list(p.shape)}' for p in parts]} side by side")
+    cols = sum(p.shape[1] for p in parts)
+    out = StreamedTensor(lambda a, b: np.concatenate([p.rows(a, b) for p in parts], axis=1), (rows, cols),
+                         parts[0].dtype, name, whole=any(p._whole for p in parts))
+    out.side_by_side = parts  # read by untransposed()
+    return out
+
+
+def untransposed(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
+    """The 2-D transpose, streamed by rows where the tensor is itself a transpose (or transposes
+    side by side, e.g. packed [in, out] weights): quantizers want the [out, in] rows back."""
+    base = as_streamed(tensor)
+    if base.transpose_of is not None:
+        return base.transpose_of
+    if base.side_by_side is not None:
+        return stacked([untransposed(p, f"{name}.{i}") for i, p in enumerate(base.side_by_side)], name)
+    return transposed(base, name)
+
+
+def stacked(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
+    """2-D tensors with equal row lengths one above the other (axis 0), read row range by row range."""
+    parts = [as_streamed(t) for t in tensors]
+    starts = np.cumsum([0] + [p.shape[0] for p in parts])
+
+    def read(a: int, b: int) -> np.ndarray:
+        pieces = [p.rows(max(a, s) - s, min(b, e) - s) for p, s, e in zip(parts, starts, starts[1:]) if a < e and b > s]
+        return np.concatenate(pieces, axis=0)
+
+    return StreamedTensor(read, (int(starts[-1]), parts[0].shape[1]), parts[0].dtype, name,
+                          whole=any(p._whole for p in parts))
+
+
+def scaled_rows(tensor: ir.TensorProtocol, factors: np.ndarray, name: str) -> StreamedTensor:
+    """Row i multiplied by factors[i] (in fp32, then back to the tensor's dtype)."""
+    base = as_streamed(tensor)
+    factors = np.asarray(factors, np.float32).reshape(-1, *[1] * (base.shape.rank() - 1))
+    return StreamedTensor(lambda a, b: (base.rows(a, b).astype(np.float32) * factors[a:b]).astype(numpy_dtype(base.dtype)),
+                          tuple(base.shape.numpy()), base.dtype, name, whole=base._whole)
 
 
 def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:

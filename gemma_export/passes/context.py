@@ -28,3 +28,4 @@ class PassContext:
     config: GemmaConfig
     options: ExportOptions
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
+    tokenizer_model: bytes | None = None  # the source's SentencePiece model: calibration text -> ids

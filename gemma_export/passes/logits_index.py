@@ -26,6 +26,19 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     unsqueezed = add_node(graph, norm, "Unsqueeze", [index, constant_int64(graph, "const.last_axis", [-1])])
     picked = add_node(graph, norm, "GatherND", [norm.inputs[0], unsqueezed.outputs[0]], {"batch_dims": 1})
     norm.replace_input_with(0, picked.outputs[0])
+    _seq_becomes_keep(graph, picked)
     logits = graph.outputs[0]
     logits.shape = ir.Shape(["batch", "keep", ctx.config.vocab_size])
     return 1
+
+
+def _seq_becomes_keep(graph: ir.Graph, gather: ir.Node) -> None:
+    """Every value computed from the gathered positions has `keep` rows, not the traced `seq`:
+    onnxruntime plans its buffers by these shapes (and warns of each mismatch)."""
+    reached = {gather.outputs[0]}
+    for node in graph:
+        if any(v in reached for v in node.inputs):
+            for out in node.outputs:
+                reached.add(out)
+                if out.shape is not None:
+                    out.shape = ir.Shape(["keep" if d == "seq" else d for d in out.shape])

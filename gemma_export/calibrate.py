@@ -1,0 +1,128 @@
+"""The graph being compiled, run by onnxruntime over the built-in calibration text, for the passes
+that act on measured activations (precision: the largest |value| of each tensor; activation-aware
+int4: the inputs of each MatMul). Also the element type onnxruntime infers for every value, which
+the precision pass needs for the nodes other passes created without types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from gemma_export.passes.context import PassContext
+from gemma_export.texts import CALIBRATION
+
+RANDOM_SEQUENCES, RANDOM_LENGTH = 6, 48  # without a tokenizer: seeded random ids
+_WEIGHTLESS_MIN_ELEMENTS = 1024
+
+
+def sequences(ctx: PassContext) -> list[list[int]]:
+    """Token ids of the calibration text (BOS first), or seeded random ids when the source has no
+    tokenizer; each at most max_seq_len long."""
+    cfg, limit = ctx.config, ctx.options.max_seq_len
+    if ctx.tokenizer_model is not None:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(ctx.tokenizer_model)
+        return [([cfg.bos_token_id] + sp.encode(text))[:limit] for text in CALIBRATION]
+    rng = np.random.default_rng(0)
+    return [[cfg.bos_token_id, *rng.integers(3, cfg.vocab_size, RANDOM_LENGTH - 1).tolist()][:limit]
+            for _ in range(RANDOM_SEQUENCES)]
+
+
+def value_dtypes(model: ir.Model) -> dict[str, ir.DataType]:
+    """The element type of every node output, as onnxruntime infers it (no weight is read: large
+    initializers become typed graph inputs of a throwaway copy)."""
+    with _without_data(model) as held:
+        proto = ir.serde.serialize_model(model)
+    graph = proto.graph
+    infos = {vi.name: vi for vi in graph.value_info}
+    for value in held:
+        graph.input.append(infos[value.name])
+    declared = {o.name for o in graph.output}
+    for node in graph.node:
+        graph.output.extend(onnx.ValueInfoProto(name=o) for o in node.output if o and o not in declared)
+    del graph.value_info[:]  # onnxruntime infers them again, from the same schemas
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return {o.name: _DTYPES.get(o.type, ir.DataType.UNDEFINED) for o in session.get_outputs()}
+
+
+def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[list[np.ndarray]]:
+    """For each calibration sequence (one prefill from an empty cache), the given values as
+    onnxruntime computes them in the graph as it stands."""
+    with tempfile.TemporaryDirectory(prefix="gemma-calibration-") as tmp:
+        path = Path(tmp) / "calibration.onnx"
+        extra = [v for v in values if not v.is_graph_output()]
+        model.graph.outputs.extend(extra)
+        try:
+            ir.save(model, path, external_data=path.name + ".data")
+        finally:
+            for value in extra:
+                model.graph.outputs.remove(value)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [v.name for v in values]
+        for ids in sequences(ctx):
+            yield session.run(names, _feeds(model.graph, ids))
+
+
+def _feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
+    """Inputs for one prefill of `ids` from an empty cache, for either KV-cache interface."""
+    n = len(ids)
+    known = {
+        "input_ids": np.asarray([ids], np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None],
+        "attention_mask": np.ones((1, n), np.int64),
+        "past_lengths": np.zeros(1, np.int64),
+        "seq_lengths": np.full(1, n, np.int64),
+        "logits_index": np.asarray([[n - 1]], np.int64),
+    }
+    feeds = {}
+    for value in graph.inputs:
+        if value.name in known:
+            feeds[value.name] = known[value.name]
+        else:  # a KV cache: [batch, kv_heads, past or max_seq_len, head_dim], zeroed
+            dims = [d if isinstance(d, int) else (1 if str(d) == "batch" else 0) for d in value.shape]
+            feeds[value.name] = np.zeros(dims, value.dtype.numpy())
+    return feeds
+
+
+@contextlib.contextmanager
+def _without_data(model: ir.Model) -> Iterator[list[ir.Value]]:
+    """Large initializers lose their data for the duration (the serializer then writes only
+    their types and shapes); yields them."""
+    held = {v: v.const_value for v in model.graph.initializers.values()
+            if v.const_value is not None and v.const_value.size >= _WEIGHTLESS_MIN_ELEMENTS}
+    serde_log = logging.getLogger("onnx_ir.serde")
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)  # it warns of each initializer without data
+    for value in held:
+        value.const_value = None
+    try:
+        yield list(held)
+    finally:
+        for value, tensor in held.items():
+            value.const_value = tensor
+        serde_log.setLevel(level)
+
+
+_DTYPES = {f"tensor({name})": dtype for name, dtype in [
+    ("float", ir.DataType.FLOAT), ("float16", ir.DataType.FLOAT16), ("bfloat16", ir.DataType.BFLOAT16),
+    ("double", ir.DataType.DOUBLE), ("int64", ir.DataType.INT64), ("int32", ir.DataType.INT32),
+    ("int8", ir.DataType.INT8), ("uint8", ir.DataType.UINT8), ("bool", ir.DataType.BOOL),
+    ("int4", ir.DataType.INT4), ("uint4", ir.DataType.UINT4)]}

@@ -1,0 +1,30 @@
+"""GemmaGeGLU(gate, up) -> Gelu(gate, approximate='tanh') * up.
+
+Gelu-20 rather than com.microsoft FastGelu: on onnxruntime 1.32 CPU both give bit-identical
+results at the same speed (gate 16384 wide: 25 us per decode step, 1.7 ms for 128 positions,
+either op), and the standard op keeps the graph readable by other tools."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from gemma_export.frontend.onnx_ops import DOMAIN, GEGLU
+from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import add_node, replace_value
+
+NAME = "geglu"
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.domain != DOMAIN or node.op_type != GEGLU:
+            continue
+        gate, up = node.inputs
+        gelu = add_node(graph, node, "Gelu", [gate], {"approximate": "tanh"})
+        out = add_node(graph, node, "Mul", [gelu.outputs[0], up])
+        replace_value(node.outputs[0], out.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count

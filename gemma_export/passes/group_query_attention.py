@@ -1,0 +1,117 @@
+"""GemmaAttention with its two GemmaRoPE inputs -> com.microsoft GroupQueryAttention over the
+in-place cache (one max-length buffer per layer, bound as both past and present).
+
+Rotary runs inside the kernel (do_rotary=1, half-split: rotary_interleaved=0) from cos/sin caches
+[max_seq_len, head_dim/2] computed in fp32 as transformers does, one pair per distinct
+(theta, scale) (Gemma 3: local and global layers). Gemma 3's QK-norm stays in front of the kernel,
+so it is applied before rotary, as in transformers.
+
+Lengths come from the in-place cache interface: seqlens_k = past + new - 1 per row,
+query_seqlens = new tokens per row (prompts right-padded: padding rows never enter the cache, and
+a batch may continue from a cache), total_sequence_length = the batch's longest total.
+
+local_window_size is the window itself: onnxruntime's CPU kernel, like transformers' Gemma, lets
+a query see `window` keys, itself included (checked against transformers with prompts longer than
+the window: window - 1 and window + 1 both break parity).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN, ROPE
+from gemma_export.errors import GemmaExportError
+from gemma_export.passes import inplace_cache_io
+from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+
+NAME = "group_query_attention"
+MS_DOMAIN = "com.microsoft"
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    graph = model.graph
+    cfg = ctx.config
+    if cfg.head_dim % 16:
+        raise GemmaExportError(f"target {ctx.options.target!r}: GroupQueryAttention's rotary needs head_dim "
+                               f"to be a multiple of 16, got {cfg.head_dim} (use --target onnx)")
+    lengths = None
+    count = 0
+    for node in list(graph):
+        if node.domain != DOMAIN or node.op_type != ATTENTION:
+            continue
+        q_rope, k_rope = (v.producer() for v in node.inputs[:2])
+        if not (_is_rope(q_rope) and _is_rope(k_rope) and _rope_key(q_rope) == _rope_key(k_rope)):
+            raise AssertionError(f"{node.name}: query and key do not come from the same GemmaRoPE")
+        if lengths is None:
+            lengths = _lengths(graph, node)
+        cos, sin = _rotary_caches(graph, *_rope_key(q_rope), cfg.head_dim, ctx.options.max_seq_len)
+        seqlens_k, total, query_seqlens = lengths
+        q, k, v = (_merge_heads(graph, node, x) for x in (q_rope.inputs[0], k_rope.inputs[0], node.inputs[2]))
+        past_k, past_v = node.inputs[3], node.inputs[4]
+        window = node.attributes.get_int("window")
+        gqa = add_node(
+            graph, node, "GroupQueryAttention",
+            [q, k, v, past_k, past_v, seqlens_k, total, cos, sin, *[None] * 7, query_seqlens],
+            {"num_heads": cfg.num_heads, "kv_num_heads": cfg.num_kv_heads,
+             "scale": node.attributes.get_float("scale"), "softcap": node.attributes.get_float("softcap"),
+             "local_window_size": window if window else -1, "do_rotary": 1, "rotary_interleaved": 0},
+            domain=MS_DOMAIN, num_outputs=3, name=node.name)
+        for new, past in zip(gqa.outputs[1:], (past_k, past_v)):
+            new.shape, new.type = past.shape, past.type
+        for old, new in zip(node.outputs, gqa.outputs):
+            replace_value(old, new)
+        graph.remove(node, safe=True)
+        count += 1
+    if count:
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+    return count
+
+
+def _is_rope(node: ir.Node | None) -> bool:
+    return node is not None and node.domain == DOMAIN and node.op_type == ROPE
+
+
+def _rope_key(node: ir.Node) -> tuple[float, float]:
+    return node.attributes.get_float("theta"), node.attributes.get_float("scale")
+
+
+def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """seqlens_k [B], total_sequence_length (scalar) and query_seqlens [B], all int32."""
+    past_lengths, seq_lengths = inplace_cache_io.lengths(graph)
+    int32 = ir.DataType.INT32
+    total = add_node(graph, before, "Add", [past_lengths, seq_lengths]).outputs[0]
+    last = add_node(graph, before, "Sub", [total, constant_int64(graph, "const.one", [1])]).outputs[0]
+    seqlens_k = add_node(graph, before, "Cast", [last], {"to": int32}, name="seqlens_k").outputs[0]
+    longest = add_node(graph, before, "ReduceMax", [total], {"keepdims": 0}).outputs[0]
+    total_len = add_node(graph, before, "Cast", [longest], {"to": int32}, name="total_sequence_length").outputs[0]
+    query_seqlens = add_node(graph, before, "Cast", [seq_lengths], {"to": int32}, name="query_seqlens").outputs[0]
+    return seqlens_k, total_len, query_seqlens
+
+
+def _rotary_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int,
+                   max_seq_len: int) -> tuple[ir.Value, ir.Value]:
+    import torch  # the compiler's reference math; imported only when a pass needs it
+
+    from gemma_graphs.ops import rope_inv_freq
+
+    name = f"rotary.theta_{theta:g}.scale_{scale:g}"
+    if f"{name}.cos" not in graph.initializers:
+        # transformers: (inv_freq[:, None] @ positions[None, :]).T in fp32, then cos/sin in fp32
+        positions = torch.arange(max_seq_len, dtype=torch.int64).float()
+        freqs = positions[:, None] * rope_inv_freq(head_dim, theta, scale)[None, :]
+        add_initializer(graph, f"{name}.cos", freqs.cos().numpy())
+        add_initializer(graph, f"{name}.sin", freqs.sin().numpy())
+    return graph.initializers[f"{name}.cos"], graph.initializers[f"{name}.sin"]
+
+
+def _merge_heads(graph: ir.Graph, before: ir.Node, x: ir.Value) -> ir.Value:
+    """[B, S, heads, D] -> [B, S, heads * D]: the tensor the traced view was made from when there
+    is one (then the view goes dead), else a Reshape."""
+    producer = x.producer()
+    if producer is not None and producer.op_type == "Reshape":
+        flat = producer.inputs[0]
+        if flat.shape is not None and x.shape is not None and flat.shape.rank() == 3 \
+                and list(flat.shape)[:2] == list(x.shape)[:2]:
+            return flat
+    return add_node(graph, before, "Reshape", [x, constant_int64(graph, "const.merge_heads", [0, 0, -1])]).outputs[0]

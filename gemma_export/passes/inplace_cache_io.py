@@ -1,0 +1,61 @@
+"""The in-place KV-cache interface shared by the targets whose cache is one static buffer per
+layer, updated in place (`onnx`, `ort-cpu`, `ort-cuda`); the contract itself is written in
+runtime/backends/ort_inplace.py.
+
+Only the graph's inputs and outputs change here: `attention_mask` goes, `past_lengths` and
+`seq_lengths` [batch] come in, and every cache input and output gets the static shape
+[batch, kv_heads, max_seq_len, head_dim]. Each GemmaAttention node loses its mask input and keeps
+reading its cache input and producing its cache output: the target's attention pass, which must
+follow, gives it in-place meaning (write the new keys at past_lengths, attend to the first
+past_lengths + seq_lengths positions) from the two lengths (`lengths()`).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN
+from gemma_export.passes.context import PassContext
+
+NAME = "inplace_cache_io"
+PAST_LENGTHS, SEQ_LENGTHS = "past_lengths", "seq_lengths"
+MASK_INPUT = 5  # GemmaAttention's attention_mask
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    graph = model.graph
+    mask = _input(graph, "attention_mask")
+    for node in attention_nodes(graph):
+        node.replace_input_with(MASK_INPUT, None)
+    if mask.uses():
+        raise AssertionError(f"attention_mask is still read by {[user.op_type for user, _ in mask.uses()]}")
+    at = graph.inputs.index(mask)
+    graph.inputs[at:at + 1] = [
+        ir.Value(name=name, shape=ir.Shape(["batch"]), type=ir.TensorType(ir.DataType.INT64))
+        for name in (PAST_LENGTHS, SEQ_LENGTHS)]
+    cfg, max_seq_len = ctx.config, ctx.options.max_seq_len
+    static = ir.Shape(["batch", cfg.num_kv_heads, max_seq_len, cfg.head_dim])
+    caches = [v for v in [*graph.inputs, *graph.outputs]
+              if v.name.split(".")[0] in ("past_key", "past_value", "present_key", "present_value")]
+    if len(caches) != 4 * cfg.num_layers:
+        raise AssertionError(f"expected {4 * cfg.num_layers} cache inputs and outputs, found {len(caches)}")
+    for value in caches:
+        value.shape = static
+    ctx.report["kv_cache"] = {"layout": "inplace", "max_seq_len": max_seq_len}
+    return len(caches)
+
+
+def attention_nodes(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.domain == DOMAIN and n.op_type == ATTENTION]
+
+
+def lengths(graph: ir.Graph) -> tuple[ir.Value, ir.Value]:
+    """The graph inputs past_lengths and seq_lengths (this pass must have run)."""
+    return _input(graph, PAST_LENGTHS), _input(graph, SEQ_LENGTHS)
+
+
+def _input(graph: ir.Graph, name: str) -> ir.Value:
+    for value in graph.inputs:
+        if value.name == name:
+            return value
+    raise AssertionError(f"the graph has no input {name!r}")

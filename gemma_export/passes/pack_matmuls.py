@@ -1,0 +1,71 @@
+"""Sibling projections packed into one MatMul: the MatMuls reading the same activation with
+[in, n_i] weights (q/k/v, gate/up) become one MatMul with the weights side by side (written
+lazily), followed by a Split. One larger product instead of several small ones: one pass over
+the activation and fewer kernel launches per token.
+
+A GroupQueryAttention reading exactly the three split pieces as query, key and value takes the
+packed tensor as its query instead (its packed-QKV form), so the Split goes away. Gemma 3 keeps
+the Split: its q/k norms sit between the projections and the kernel."""
+
+from __future__ import annotations
+
+import os
+
+import onnx_ir as ir
+
+from gemma_export.emit.weights import concatenated
+from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
+
+NAME = "pack_matmuls"
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    graph = model.graph
+    siblings: dict[ir.Value, list[ir.Node]] = {}
+    for node in graph:
+        weight = initializer_of(node.inputs[1]) if node.op_type == "MatMul" and node.domain == "" else None
+        if weight is not None and weight.shape is not None and weight.shape.rank() == 2:
+            siblings.setdefault(node.inputs[0], []).append(node)
+    count = 0
+    for x, nodes in siblings.items():
+        if len(nodes) > 1:
+            _pack(graph, x, nodes)
+            count += 1
+    for node in list(graph):
+        if node.op_type == "GroupQueryAttention":
+            _feed_packed_qkv(node)
+    return count
+
+
+def _pack(graph: ir.Graph, x: ir.Value, nodes: list[ir.Node]) -> None:
+    weights = [n.inputs[1] for n in nodes]
+    name = _packed_name([w.name for w in weights])
+    packed = add_initializer(graph, name, concatenated([w.const_value for w in weights], name))
+    sizes = [w.shape[1] for w in weights]
+    first = nodes[0]
+    product = add_node(graph, first, "MatMul", [x, packed])
+    split = add_node(graph, first, "Split", [product.outputs[0], constant_int64(graph, f"{name}.sizes", sizes)],
+                     {"axis": -1}, num_outputs=len(nodes))
+    for node, piece in zip(nodes, split.outputs):
+        replace_value(node.outputs[0], piece)
+    graph.remove(nodes, safe=True)
+
+
+def _packed_name(names: list[str]) -> str:
+    """model.layers.0.self_attn.q_proj.weight.T, ...k_proj... -> model.layers.0.self_attn.q_proj+k_proj+v_proj"""
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    return prefix + "+".join(n[len(prefix):].split(".")[0] for n in names)
+
+
+def _feed_packed_qkv(gqa: ir.Node) -> None:
+    q, k, v = gqa.inputs[:3]
+    split = q.producer() if q is not None else None
+    if split is None or split.op_type != "Split" or list(split.outputs) != [q, k, v]:
+        return
+    if any(len(piece.uses()) != 1 for piece in split.outputs):
+        return
+    gqa.replace_input_with(0, split.inputs[0])
+    gqa.replace_input_with(1, None)
+    gqa.replace_input_with(2, None)

@@ -1,0 +1,163 @@
+"""Weight quantization as a pair of functions: `quantize` rows of an [out, in] matrix in groups
+along `in`, and `dequantize` them back (for the calibration search and the tests).
+
+Codes are unsigned with a zero point per group (value = (code - zero_point) * scale), the form
+MatMulNBits, GatherBlockQuantized and DequantizeLinear (uint4) read. A symmetric scheme has the fixed
+zero point 2**(bits - 1) (8 or 128: the kernels' default, so no zero-point tensor is stored).
+  int8: one scale per output channel (the whole row), symmetric.
+  int4: one scale and zero point per block of `block_size` inputs, asymmetric (min/max): on the real
+        Gemma 3 270M it agrees with fp32 more often than symmetric int4 at the same size (see
+        benchmarks/precision.py), for 4 bits per 32 values of zero points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from gemma_export.emit.weights import StreamedTensor, as_streamed, numpy_dtype
+from gemma_export.errors import GemmaExportError
+
+INT8_STORAGE_BLOCK = 128  # MatMulNBits/GatherBlockQuantized block of a per-channel int8 row
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    bits: int
+    group: int | None  # inputs sharing a scale; None: the whole row
+    symmetric: bool
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits - 1
+
+    def group_for(self, k: int) -> int:
+        return k if self.group is None else self.group
+
+
+@dataclasses.dataclass
+class Quantized:
+    codes: np.ndarray  # uint8 [rows, K], each < 2**bits
+    scales: np.ndarray  # float32 [rows, K / group]
+    zero_points: np.ndarray  # uint8 [rows, K / group]
+
+
+def scheme(quant: str, block_size: int) -> Scheme:
+    if quant == "int8":
+        return Scheme(8, None, True)
+    if quant == "int4":
+        return Scheme(4, block_size, False)
+    raise GemmaExportError(f"no quantization scheme {quant!r}")
+
+
+def block_for(k: int, wanted: int) -> int:
+    """The largest power of two <= wanted that divides k, at least 16 (the kernels' minimum)."""
+    block = wanted
+    while block >= 16 and k % block:
+        block //= 2
+    if block < 16:
+        raise GemmaExportError(f"an input dimension of {k} has no power-of-two block >= 16 dividing it")
+    return block
+
+
+def quantize(w: np.ndarray, s: Scheme) -> Quantized:
+    rows, k = w.shape
+    group = s.group_for(k)
+    blocks = w.astype(np.float32).reshape(rows, k // group, group)
+    if s.symmetric:
+        half = 2 ** (s.bits - 1)
+        scales = np.abs(blocks).max(-1) / (half - 1)
+        zero = np.full(scales.shape, half, np.float32)
+    else:
+        # min <= 0 <= max: zero stays exactly representable
+        lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+        scales = (hi - lo) / s.levels
+        zero = np.clip(np.round(-lo / np.where(scales > 0, scales, 1)), 0, s.levels)
+    safe = np.where(scales > 0, scales, 1)[..., None]
+    codes = np.clip(np.round(blocks / safe) + zero[..., None], 0, s.levels)
+    return Quantized(codes.reshape(rows, k).astype(np.uint8), scales.astype(np.float32), zero.astype(np.uint8))
+
+
+def dequantize(q: Quantized, s: Scheme) -> np.ndarray:
+    rows, k = q.codes.shape
+    group = s.group_for(k)
+    blocks = q.codes.reshape(rows, k // group, group).astype(np.float32) - q.zero_points[..., None]
+    return (blocks * q.scales[..., None]).reshape(rows, k)
+
+
+def expand(a: np.ndarray, k: int, s: Scheme, block: int) -> np.ndarray:
+    """Per-group [rows, K / group] values repeated per storage block [rows, K / block] (a per-channel
+    int8 scale repeated over the blocks the kernels store)."""
+    return np.repeat(a, s.group_for(k) // block, axis=1)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """uint8 values < 16, two to a byte along the last axis, the first in the low nibble."""
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), codes.dtype)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+# --- storage layouts: tensors streamed from the [out, in] rows of a weight -------------------
+
+def nbits_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> tuple[StreamedTensor, StreamedTensor,
+                                                                              StreamedTensor | None]:
+    """MatMulNBits' B [N, blocks, block * bits / 8] (uint8, 4-bit codes two to a byte), scales
+    [N, blocks] and, asymmetric, zero points [N, ceil(blocks / 2)] (4-bit, packed). The same B is
+    GatherBlockQuantized's data (quantize_axis 2, scales [N, blocks, 1])."""
+    base = as_streamed(rows)
+    n, k = base.shape.numpy()
+    block = storage_block(k, s)
+    blocks = k // block
+
+    def codes(a: int, b: int) -> np.ndarray:
+        c = quantize(base.rows(a, b), s).codes.reshape(b - a, blocks, block)
+        return pack_nibbles(c) if s.bits == 4 else c
+
+    b_tensor = StreamedTensor(codes, (n, blocks, block * s.bits // 8), ir.DataType.UINT8, f"{name}.q",
+                              whole=base._whole)
+    scales = StreamedTensor(lambda a, b: expand(quantize(base.rows(a, b), s).scales, k, s, block), (n, blocks),
+                            ir.DataType.FLOAT, f"{name}.scales", whole=base._whole)
+    if s.symmetric:
+        return b_tensor, scales, None
+    zero = StreamedTensor(lambda a, b: pack_nibbles(quantize(base.rows(a, b), s).zero_points),
+                          (n, (blocks + 1) // 2), ir.DataType.UINT8, f"{name}.zero_points", whole=base._whole)
+    return b_tensor, scales, zero
+
+
+def dequantize_linear_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> tuple[
+        StreamedTensor, StreamedTensor, StreamedTensor | None]:
+    """DequantizeLinear's inputs for the [N, K] rows quantized along K: data [N, K] (int8 symmetric,
+    uint4 with zero points), scale [N] per channel (axis 0) or [N, K / block] per block (axis 1,
+    block_size), zero points like the scale (uint4) or none."""
+    base = as_streamed(rows)
+    n, k = base.shape.numpy()
+    half = 2 ** (s.bits - 1)
+    if s.symmetric:
+        dtype = ir.DataType.INT8 if s.bits == 8 else ir.DataType.INT4
+        data = StreamedTensor(lambda a, b: (quantize(base.rows(a, b), s).codes.astype(np.int16) - half)
+                              .astype(numpy_dtype(dtype)), (n, k), dtype, f"{name}.q", whole=base._whole)
+    else:
+        dtype = ir.DataType.UINT8 if s.bits == 8 else ir.DataType.UINT4
+        data = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).codes.astype(numpy_dtype(dtype)), (n, k), dtype,
+                              f"{name}.q", whole=base._whole)
+    groups = k // s.group_for(k)
+    shape = (n,) if s.group is None else (n, groups)
+    scale = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).scales.reshape(b - a, *shape[1:]), shape,
+                           ir.DataType.FLOAT, f"{name}.scale", whole=base._whole)
+    if s.symmetric:
+        return data, scale, None
+    zero = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).zero_points.reshape(b - a, *shape[1:])
+                          .astype(numpy_dtype(dtype)), shape, dtype, f"{name}.zero_point", whole=base._whole)
+    return data, scale, zero
+
+
+def storage_block(k: int, s: Scheme) -> int:
+    return s.group_for(k) if s.group is not None else block_for(k, INT8_STORAGE_BLOCK)
+
+
+def for_matrix(s: Scheme, k: int) -> Scheme:
+    """The scheme for one matrix with K inputs: the block shrunk to a power of two dividing K."""
+    return s if s.group is None else dataclasses.replace(s, group=block_for(k, s.group))

@@ -1,0 +1,100 @@
+"""onnxruntime with the in-place KV cache (targets `onnx`, `ort-cpu`, `ort-cuda`; manifest
+kv_cache.layout "inplace").
+
+The graph interface every in-place target's passes produce (gemma_export/passes/inplace_cache_io.py
+writes the inputs and outputs; each target's attention pass gives them their meaning):
+
+  inputs
+    input_ids      [batch, seq] int64    the new tokens; ragged rows RIGHT-padded (any pad id)
+    position_ids   [batch, seq] int64    past_lengths[b] + column
+    past_lengths   [batch] int64         valid tokens already in row b's cache
+    seq_lengths    [batch] int64         valid new tokens of row b in this call (1..seq)
+    logits_index   [batch, keep] int64   the columns whose logits are computed
+    past_key.{i}, past_value.{i}         [batch, kv_heads, max_seq_len, head_dim], layer i's cache
+  outputs
+    logits         [batch, keep, vocab] float32
+    present_key.{i}, present_value.{i}   the same shape: the past buffer, updated in place
+
+A call writes row b's real new keys and values at cache positions past_lengths[b] ..
+past_lengths[b] + seq_lengths[b] - 1 and attends to the positions before past_lengths[b] +
+seq_lengths[b]; the padded columns may write after them (never read; the row's next tokens
+overwrite it), so past_lengths[b] + seq <= max_seq_len
+(manifest kv_cache.max_seq_len, the static cache length). Multi-query models keep one KV head.
+Cache entries beyond the valid lengths are still read by some kernels (masked by addition) and
+so must be finite: a buffer is zeroed once, when allocated.
+
+The runtime binds one OrtValue per cache tensor as both past_key.{i} and present_key.{i}
+(IOBinding), allocated once per batch size and never copied between steps; logits are bound
+fresh each call and copied out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from gemma_runtime.artifact import MODEL_FILE
+from gemma_runtime.backends.ort_session import create_session
+from gemma_runtime.errors import RuntimeInputError
+
+_NP = {"fp32": np.float32, "fp16": np.float16}
+
+
+class OrtInplaceBackend:
+    def __init__(self, folder: Path, manifest: dict, threads: int | None):
+        cfg, kv = manifest["config"], manifest["kv_cache"]
+        self.session = create_session(folder / MODEL_FILE, threads)
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.max_seq_len = int(kv["max_seq_len"])
+        self.pad_id = manifest["tokens"]["pad"]
+        self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
+        self.cache_shape = (cfg["num_kv_heads"], self.max_seq_len, cfg["head_dim"])
+        self.cache_dtype = _NP[kv["dtype"]]
+        self.binding = self.session.io_binding()
+        self.cache: list[ort.OrtValue] = []
+        self.lengths = np.zeros(0, np.int64)
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        lengths = np.asarray([len(p) for p in prompts], np.int64)
+        ids = np.full((len(prompts), lengths.max()), self.pad_id, np.int64)
+        for r, p in enumerate(prompts):
+            ids[r, :len(p)] = p
+        self._allocate(len(prompts))
+        return self._run(ids, np.zeros_like(lengths), lengths, (lengths - 1)[:, None])[:, 0]
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        ids = np.asarray(tokens, np.int64).reshape(-1, 1)
+        batch = len(ids)
+        return self._run(ids, self.lengths, np.ones(batch, np.int64), np.zeros((batch, 1), np.int64))[:, 0]
+
+    def teacher_forced(self, ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        self._allocate(1)
+        return self._run(np.asarray([ids], np.int64), np.zeros(1, np.int64), np.asarray([n], np.int64),
+                         np.arange(n, dtype=np.int64)[None])[0]
+
+    def _allocate(self, batch: int) -> None:
+        """Zeroed cache buffers for this batch size, each bound as both past and present."""
+        if self.cache and self.cache[0].shape()[0] == batch:
+            return
+        self.cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, *self.cache_shape), self.cache_dtype),
+                                                       self.device, 0) for _ in self.cache_names]
+        for name, value in zip(self.cache_names, self.cache):
+            self.binding.bind_ortvalue_input(f"past_{name}", value)
+            self.binding.bind_ortvalue_output(f"present_{name}", value)
+
+    def _run(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        width = ids.shape[1]
+        if int((past + width).max()) > self.max_seq_len:
+            raise RuntimeInputError(f"the sequence would exceed this artifact's maximum length {self.max_seq_len}")
+        feeds = {"input_ids": ids, "position_ids": past[:, None] + np.arange(width, dtype=np.int64),
+                 "past_lengths": past, "seq_lengths": seq, "logits_index": keep}
+        for name, array in feeds.items():
+            self.binding.bind_cpu_input(name, np.ascontiguousarray(array, np.int64))
+        self.binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(self.binding)
+        self.lengths = past + seq
+        logits = self.binding.get_outputs()[len(self.cache)]  # bound after the caches
+        return np.array(logits.numpy())  # numpy() is a view of onnxruntime's buffer

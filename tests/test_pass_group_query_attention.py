@@ -1,0 +1,42 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gemma_export.errors import GemmaExportError
+from gemma_export.frontend.onnx_ops import ATTENTION, ROPE
+from gemma_export.passes import group_query_attention, inplace_cache_io
+from gemma_export.passes.context import ExportOptions
+from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
+
+MAX = 32
+
+
+# gemma2: grouped KV heads, softcap, sliding window; gemma3: multi-query, QK-norm, two RoPE bases.
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_attention_becomes_group_query_attention_over_the_in_place_cache(name, gqa_checkpoints):
+    model, ctx = traced(gqa_checkpoints[name], ExportOptions(max_seq_len=MAX))
+    cfg = ctx.config
+    after, (_, count) = apply(model, ctx, inplace_cache_io, group_query_attention)
+    assert count == cfg.num_layers and not {ATTENTION, ROPE} & set(op_types(after))
+    gqas = [n for n in after.graph if n.op_type == "GroupQueryAttention"]
+    windows = [n.attributes.get_int("local_window_size") for n in gqas]
+    assert windows == [cfg.layer_window(i) or -1 for i in range(cfg.num_layers)]
+    assert {n.attributes.get_float("softcap") for n in gqas} == {cfg.attn_softcap or 0.0}
+    caches = {n.inputs[7].name for n in gqas}
+    assert len(caches) == len({cfg.layer_rope(i) for i in range(cfg.num_layers)})
+    # 9 new tokens after 5 cached ones: longer than the window (6), a batch continuing from its cache
+    concat = feeds(cfg, batch=2, past=5, seq=9)
+    before, now = run(model, concat), run(after, inplace_feeds(concat, MAX))
+    np.testing.assert_allclose(now["logits"], before["logits"], rtol=1e-4, atol=1e-4)
+    for i in range(cfg.num_layers):
+        for kind in ("key", "value"):
+            np.testing.assert_allclose(now[f"present_{kind}.{i}"][:, :, :14], before[f"present_{kind}.{i}"],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_head_dim_the_kernel_cannot_rotate_is_refused(gqa_checkpoints):
+    model, ctx = traced(gqa_checkpoints["gemma-mqa"], ExportOptions(target="ort-cpu", max_seq_len=MAX))
+    ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, head_dim=24))
+    with pytest.raises(GemmaExportError, match="multiple of 16"):
+        apply(model, ctx, inplace_cache_io, group_query_attention)

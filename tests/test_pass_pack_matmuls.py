@@ -1,0 +1,32 @@
+import numpy as np
+
+from gemma_export.passes import fold_weight_transposes, group_query_attention, inplace_cache_io, pack_matmuls
+from gemma_export.passes.context import ExportOptions
+from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
+
+
+def test_sibling_projections_share_one_matmul(gqa_checkpoints):
+    model, ctx = traced(gqa_checkpoints["gemma3"])
+    cfg = ctx.config
+    folded, _ = apply(model, ctx, fold_weight_transposes)
+    packed, (count,) = apply(folded, ctx, pack_matmuls)
+    assert count == 2 * cfg.num_layers  # q/k/v and gate/up
+    assert op_types(packed).count("MatMul") == op_types(folded).count("MatMul") - 3 * cfg.num_layers
+    qkv = packed.graph.initializers["model.layers.0.self_attn.q_proj+k_proj+v_proj"].const_value.numpy()
+    parts = [folded.graph.initializers[f"model.layers.0.self_attn.{p}_proj.weight.T"].const_value.numpy() for p in "qkv"]
+    np.testing.assert_array_equal(qkv, np.concatenate(parts, axis=1))
+    f = feeds(cfg, past=2)
+    np.testing.assert_allclose(run(packed, f)["logits"], run(model, f)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_group_query_attention_reads_packed_qkv(gqa_checkpoints):
+    model, ctx = traced(gqa_checkpoints["gemma-mqa"], ExportOptions(max_seq_len=24))
+    fused, _ = apply(model, ctx, fold_weight_transposes, inplace_cache_io, group_query_attention)
+    packed, (count,) = apply(fused, ctx, pack_matmuls)
+    assert count == 2 * ctx.config.num_layers
+    for node in (n for n in packed.graph if n.op_type == "GroupQueryAttention"):
+        assert node.inputs[1] is None and node.inputs[2] is None
+        assert node.inputs[0].producer().op_type == "MatMul"
+    assert op_types(packed).count("Split") == ctx.config.num_layers  # gate/up only
+    f = inplace_feeds(feeds(ctx.config, batch=1, past=4, seq=3), 24)
+    np.testing.assert_allclose(run(packed, f)["logits"], run(fused, f)["logits"], rtol=1e-5, atol=1e-5)

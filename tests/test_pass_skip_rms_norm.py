@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+from gemma_export.passes import rms_norm, skip_rms_norm
+from pass_harness import apply, feeds, op_types, run, traced
+
+
+# Every residual add feeds a norm: Gemma 1 the pre-MLP and the next layer's input norm, Gemma 2/3
+# (sandwich) the pre-FFW and the next input norm; the last add feeds the final norm.
+@pytest.mark.parametrize("name", ["gemma-mqa", "gemma2"])
+def test_residual_add_and_norm_become_one_skip_norm(name, gqa_checkpoints):
+    model, ctx = traced(gqa_checkpoints[name])
+    adds = op_types(model).count("Add")
+    normed, (_, count) = apply(model, ctx, rms_norm, skip_rms_norm)
+    assert count == adds == 2 * ctx.config.num_layers
+    assert op_types(normed).count("SkipSimplifiedLayerNormalization") == count and "Add" not in op_types(normed)
+    plain = 1 + (2 * ctx.config.num_layers if ctx.config.sandwich_norms else 0)  # first input norm, post norms
+    assert op_types(normed).count("SimplifiedLayerNormalization") == plain
+    f = feeds(ctx.config, past=3)
+    before, now = run(model, f), run(normed, f)
+    for key in before:
+        np.testing.assert_allclose(now[key], before[key], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,49 @@
+"""The quantization math (gemma_export/quant.py) and the 4-bit StreamedTensor writer."""
+
+import io
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from gemma_export import quant
+from gemma_export.emit.weights import StreamedTensor, concatenated, stacked, transposed, untransposed
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_round_trip_error_is_at_most_half_a_step(name):
+    w = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32)
+    s = quant.scheme(name, 32)
+    q = quant.quantize(w, s)
+    assert q.codes.max() <= s.levels and q.scales.shape == (6, 1 if name == "int8" else 4)
+    step = np.repeat(q.scales, s.group_for(128), axis=1)
+    assert (np.abs(quant.dequantize(q, s) - w) <= step / 2 + 1e-6).all()
+
+
+def test_int8_is_symmetric_per_channel_and_keeps_zero_exact():
+    w = np.array([[0.0, 1.0, -2.0, 0.5]], np.float32)
+    q = quant.quantize(w, quant.scheme("int8", 32))
+    assert q.zero_points.tolist() == [[128]] and q.codes[0, 0] == 128
+    assert q.scales[0, 0] == pytest.approx(2.0 / 127)
+
+
+def test_block_shrinks_to_a_power_of_two_dividing_the_input():
+    assert quant.block_for(640, 256) == 128 and quant.block_for(96, 64) == 32
+    assert quant.for_matrix(quant.scheme("int4", 256), 640).group == 128
+
+
+def test_four_bit_tensors_are_written_two_to_a_byte_low_nibble_first():
+    values = np.array([[1, 2, 3, 4], [15, 0, 7, 8]], np.uint8)
+    t = StreamedTensor(lambda a, b: values[a:b].astype(ir.DataType.UINT4.numpy()), (2, 4), ir.DataType.UINT4, "t")
+    f = io.BytesIO()
+    t.tofile(f)
+    assert f.getvalue() == bytes([0x21, 0x43, 0x0F, 0x87]) and t.nbytes == 4
+
+
+def test_untransposed_streams_through_packed_transposes():
+    a, b = (np.arange(n * 3, dtype=np.float32).reshape(n, 3) for n in (2, 4))
+    side = concatenated([transposed(ir.tensor(a), "aT"), transposed(ir.tensor(b), "bT")], "packed")
+    rows = untransposed(side, "rows")
+    assert not rows._whole  # read row range by row range, never transposed whole
+    np.testing.assert_array_equal(rows.rows(1, 5), np.concatenate([a, b])[1:5])
+    np.testing.assert_array_equal(stacked([ir.tensor(a), ir.tensor(b)], "s").numpy(), np.concatenate([a, b]))

@@ -1,0 +1,183 @@
+"""The trt backend's plumbing (engine choice, buffers bound once, profiles, the runtime cache) on a
+machine without a GPU: CUDA and TensorRT are replaced by host-memory fakes whose execution
+context runs the artifact's graph with onnxruntime on the bound buffers, as TensorRT would run
+the engine. What only a GPU shows (the engine's own numbers) is in test_target_tensorrt.py."""
+
+import gc
+import itertools
+import json
+import types
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import gemma_runtime
+from gemma_export.export import export
+from gemma_export.passes.context import ExportOptions
+from gemma_runtime.backends import cuda_driver, trt
+from gemma_runtime.errors import RuntimeInputError
+from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
+from tiny import hf_model
+
+ENGINE = {"file": "model.tensorrt_rtx.sm89.engine", "library": "tensorrt_rtx", "version": "1.7.1.116",
+          "compute_capability": "8.9", "max_batch": 2, "opt_seq_len": 16}
+MEMORY: dict[int, np.ndarray] = {}  # fake device pointer -> bytes
+_pointers = itertools.count(4096, 4096)
+
+
+class FakeBuffer:
+    def __init__(self, nbytes):
+        self.nbytes, self.ptr = nbytes, next(_pointers)
+        MEMORY[self.ptr] = np.zeros(nbytes, np.uint8)
+
+    def upload(self, array):
+        MEMORY[self.ptr][:array.nbytes] = np.ascontiguousarray(array).view(np.uint8).ravel()
+
+    def download(self, out):
+        out.view(np.uint8).ravel()[:] = MEMORY[self.ptr][:out.nbytes]
+        return out
+
+
+class FakeContext:
+    """Runs the graph with onnxruntime on the bound buffers; present_* must alias past_*."""
+
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses, self.profile, self.runs = engine, {}, {}, None, 0
+
+    def set_optimization_profile_async(self, index, stream):
+        self.profile = index
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream):
+        session = self.engine.session
+        feeds = {}
+        for i in session.get_inputs():
+            dtype = np.int64 if i.type == "tensor(int64)" else np.float32
+            size = int(np.prod(self.shapes[i.name])) * np.dtype(dtype).itemsize
+            feeds[i.name] = MEMORY[self.addresses[i.name]][:size].view(dtype).reshape(self.shapes[i.name])
+        names = [o.name for o in session.get_outputs()]
+        for name, value in zip(names, session.run(names, feeds)):
+            if name.startswith("present_"):
+                assert self.addresses[name] == self.addresses[name.replace("present_", "past_")]
+            MEMORY[self.addresses[name]][:value.nbytes] = value.view(np.uint8).ravel()
+        self.runs += 1
+        return True
+
+
+class FakeEngine:
+    def __init__(self, folder):
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.contexts = []
+
+    def get_tensor_dtype(self, name):
+        return np.float32
+
+    def create_runtime_config(self):
+        return types.SimpleNamespace(create_runtime_cache=FakeCache, set_runtime_cache=lambda cache: True)
+
+    def create_execution_context(self, config):
+        self.contexts.append(FakeContext(self))
+        return self.contexts[-1]
+
+
+class FakeCache:
+    loaded = None
+
+    def deserialize(self, blob):
+        FakeCache.loaded = bytes(blob)
+        return True
+
+    def serialize(self):
+        return b"kernels compiled for this GPU"
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_checkpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trt-backend") / "gemma3"
+    export(tiny_checkpoints["gemma3"], folder, ExportOptions(target="tensorrt", max_seq_len=64))
+    (folder / ENGINE["file"]).write_bytes(b"an engine")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "engines": [ENGINE]}))
+    return folder
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, artifact):
+    """An 8.9 GPU, and a TensorRT-RTX of the engine's version that 'deserializes' it."""
+    engines = []
+
+    def deserialize(data):
+        engines.append(FakeEngine(artifact))
+        return engines[-1]
+
+    library = types.SimpleNamespace(__version__=ENGINE["version"], nptype=lambda dtype: dtype,
+                                    Runtime=lambda log: types.SimpleNamespace(deserialize_cuda_engine=deserialize))
+    monkeypatch.setattr(cuda_driver, "device_count", lambda: 1)
+    monkeypatch.setattr(cuda_driver, "compute_capability", lambda device=0: "8.9")
+    monkeypatch.setattr(cuda_driver, "use_primary_context", lambda device=0: None)
+    monkeypatch.setattr(cuda_driver, "Buffer", FakeBuffer)
+    monkeypatch.setattr(cuda_driver, "Stream", lambda: types.SimpleNamespace(handle=0, synchronize=lambda: None))
+    monkeypatch.setattr(trt, "installed", lambda name: name == "tensorrt_rtx")
+    monkeypatch.setattr(trt, "import_library", lambda name: library)
+    monkeypatch.setattr(trt, "error_log", lambda lib: types.SimpleNamespace(errors=[]))
+    return engines
+
+
+def test_prefill_and_decode_through_the_bound_cache_match_transformers(artifact, fake_gpu):
+    model = gemma_runtime.load(artifact, backend="trt")
+    ids = prompt(2, 30)
+    reference = hf_logits(hf_model("gemma3"), ids)
+    assert_fp32_parity(model.logits(ids), reference)
+    assert_fp32_parity(stepwise_logits(model, ids, prefill=5), reference[4:])
+    prefill, decode = fake_gpu[0].contexts
+    assert (prefill.profile, decode.profile) == (trt.PREFILL_PROFILE, trt.DECODE_PROFILE)
+    assert prefill.runs == 2 and decode.runs == len(ids) - 5  # teacher-forced + prefill; each new token
+
+
+def test_cache_is_allocated_once_per_batch_size_and_bound_in_both_profiles(artifact, fake_gpu):
+    backend = gemma_runtime.load(artifact, backend="trt").backend
+    backend.prefill([prompt(5, 9), prompt(6, 3)])
+    pointers = [buffer.ptr for buffer in backend.cache]
+    for token in (7, 8, 9):
+        backend.decode(np.asarray([token, token]))
+    assert [buffer.ptr for buffer in backend.cache] == pointers
+    for context in fake_gpu[0].contexts:
+        assert [context.addresses[f"present_{name}"] for name in backend.cache_names] == pointers
+    np.testing.assert_array_equal(backend.lengths, [12, 6])
+    with pytest.raises(RuntimeInputError, match="batch 3 is larger than this engine's maximum"):
+        backend.prefill([[2, 5]] * 3)
+
+
+def test_ragged_batch_generates_what_each_prompt_generates_alone(artifact, fake_gpu):
+    model = gemma_runtime.load(artifact, backend="trt")
+    short, long = prompt(3, 7), prompt(4, 19)
+    alone = [model.generate(p, max_new_tokens=8).token_ids for p in (short, long)]
+    assert [r.token_ids for r in model.generate([short, long], max_new_tokens=8)] == alone
+
+
+def test_runtime_cache_is_read_at_load_and_written_back(artifact, fake_gpu):
+    cache = artifact / (ENGINE["file"] + trt.RUNTIME_CACHE_SUFFIX)
+    cache.write_bytes(b"from last time")
+    model = gemma_runtime.load(artifact, backend="trt")
+    assert FakeCache.loaded == b"from last time"
+    del model
+    gc.collect()
+    assert cache.read_bytes() == b"kernels compiled for this GPU"
+
+
+def test_refuses_an_engine_for_another_gpu_or_library_version(artifact, fake_gpu, monkeypatch):
+    monkeypatch.setattr(cuda_driver, "compute_capability", lambda device=0: "12.0")
+    with pytest.raises(RuntimeInputError, match=r"no engine for this GPU \(compute capability 12.0\)"):
+        gemma_runtime.load(artifact, backend="trt")
+    monkeypatch.setattr(cuda_driver, "compute_capability", lambda device=0: "8.9")
+    monkeypatch.setattr(trt, "import_library", lambda name: types.SimpleNamespace(__version__="1.8.0"))
+    with pytest.raises(RuntimeInputError, match="was built with tensorrt_rtx 1.7.1.116, this is 1.8.0: rebuild"):
+        gemma_runtime.load(artifact, backend="trt")
+    assert not fake_gpu  # no engine was deserialized
