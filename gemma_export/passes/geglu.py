@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.frontend.onnx_ops import DOMAIN, GEGLU
+from gemma_export.frontend.onnx_ops import GEGLU
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.ir_utils import add_node, replace_value
+from gemma_export.passes.ir_utils import add_node, project_nodes, replace_value
 
 NAME = "geglu"
 
@@ -18,9 +18,7 @@ NAME = "geglu"
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
     count = 0
-    for node in list(graph):
-        if node.domain != DOMAIN or node.op_type != GEGLU:
-            continue
+    for node in project_nodes(graph, GEGLU):
         gate, up = node.inputs
         gelu = add_node(graph, node, "Gelu", [gate], {"approximate": "tanh"})
         out = add_node(graph, node, "Mul", [gelu.outputs[0], up])

@@ -23,7 +23,8 @@ from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN, ROPE
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes import inplace_cache_io
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+from gemma_export.passes.rotary_embedding import cos_sin_caches
+from gemma_export.passes.ir_utils import add_node, constant_int64, project_nodes, replace_value
 
 NAME = "group_query_attention"
 MS_DOMAIN = "com.microsoft"
@@ -37,15 +38,13 @@ def run(model: ir.Model, ctx: PassContext) -> int:
                                f"to be a multiple of 16, got {cfg.head_dim} (use --target onnx)")
     lengths = None
     count = 0
-    for node in list(graph):
-        if node.domain != DOMAIN or node.op_type != ATTENTION:
-            continue
+    for node in project_nodes(graph, ATTENTION):
         q_rope, k_rope = (v.producer() for v in node.inputs[:2])
         if not (_is_rope(q_rope) and _is_rope(k_rope) and _rope_key(q_rope) == _rope_key(k_rope)):
             raise AssertionError(f"{node.name}: query and key do not come from the same GemmaRoPE")
         if lengths is None:
             lengths = _lengths(graph, node)
-        cos, sin = _rotary_caches(graph, *_rope_key(q_rope), cfg.head_dim, ctx.options.max_seq_len)
+        cos, sin = cos_sin_caches(graph, *_rope_key(q_rope), cfg.head_dim, ctx.options.max_seq_len)
         seqlens_k, total, query_seqlens = lengths
         q, k, v = (_merge_heads(graph, node, x) for x in (q_rope.inputs[0], k_rope.inputs[0], node.inputs[2]))
         past_k, past_v = node.inputs[3], node.inputs[4]
@@ -87,22 +86,6 @@ def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value, ir.V
     total_len = add_node(graph, before, "Cast", [longest], {"to": int32}, name="total_sequence_length").outputs[0]
     query_seqlens = add_node(graph, before, "Cast", [seq_lengths], {"to": int32}, name="query_seqlens").outputs[0]
     return seqlens_k, total_len, query_seqlens
-
-
-def _rotary_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int,
-                   max_seq_len: int) -> tuple[ir.Value, ir.Value]:
-    import torch  # the compiler's reference math; imported only when a pass needs it
-
-    from gemma_graphs.ops import rope_inv_freq
-
-    name = f"rotary.theta_{theta:g}.scale_{scale:g}"
-    if f"{name}.cos" not in graph.initializers:
-        # transformers: (inv_freq[:, None] @ positions[None, :]).T in fp32, then cos/sin in fp32
-        positions = torch.arange(max_seq_len, dtype=torch.int64).float()
-        freqs = positions[:, None] * rope_inv_freq(head_dim, theta, scale)[None, :]
-        add_initializer(graph, f"{name}.cos", freqs.cos().numpy())
-        add_initializer(graph, f"{name}.sin", freqs.sin().numpy())
-    return graph.initializers[f"{name}.cos"], graph.initializers[f"{name}.sin"]
 
 
 def _merge_heads(graph: ir.Graph, before: ir.Node, x: ir.Value) -> ir.Value:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN
+from gemma_export.frontend.onnx_ops import ATTENTION
 from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import project_nodes
 
 NAME = "inplace_cache_io"
 PAST_LENGTHS, SEQ_LENGTHS = "past_lengths", "seq_lengths"
@@ -46,7 +47,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
 
 
 def attention_nodes(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == DOMAIN and n.op_type == ATTENTION]
+    return project_nodes(graph, ATTENTION)
 
 
 def lengths(graph: ir.Graph) -> tuple[ir.Value, ir.Value]:

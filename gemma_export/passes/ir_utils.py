@@ -53,3 +53,9 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
     if output_name is not None:
         old.name = f"{output_name}.replaced"
         new.name = output_name
+
+
+def project_nodes(graph: ir.Graph, op_type: str) -> list[ir.Node]:
+    """The graph's nodes of one of the project's custom ops (a list: safe to rewrite while iterating)."""
+    from gemma_export.frontend.onnx_ops import DOMAIN
+    return [n for n in graph if n.domain == DOMAIN and n.op_type == op_type]

@@ -8,23 +8,26 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export.emit.weights import mapped
-from gemma_export.frontend.onnx_ops import DOMAIN, RMS_NORM
+from gemma_export.frontend.onnx_ops import RMS_NORM
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
+from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, project_nodes, replace_value
 
 NAME = "rms_norm"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    graph = model.graph
+    return lower_norms(model.graph, "SimplifiedLayerNormalization")
+
+
+def lower_norms(graph: ir.Graph, op_type: str) -> int:
+    """Every GemmaRMSNorm becomes `op_type`(X, 1 + W) over the last axis with fp32 statistics
+    (SimplifiedLayerNormalization and opset-23 RMSNormalization share these inputs and attributes)."""
     count = 0
-    for node in list(graph):
-        if node.domain != DOMAIN or node.op_type != RMS_NORM:
-            continue
+    for node in project_nodes(graph, RMS_NORM):
         weight = initializer_of(node.inputs[1])
         if weight is None:
             raise AssertionError(f"{node.name}: the norm weight is not an initializer")
-        norm = add_node(graph, node, "SimplifiedLayerNormalization", [node.inputs[0], one_plus(graph, weight)],
+        norm = add_node(graph, node, op_type, [node.inputs[0], one_plus(graph, weight)],
                         {"axis": -1, "epsilon": node.attributes.get_float("epsilon"), "stash_type": 1})
         replace_value(node.outputs[0], norm.outputs[0])
         graph.remove(node, safe=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.frontend.onnx_ops import DOMAIN, ROPE
+from gemma_export.frontend.onnx_ops import ROPE
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, project_nodes, replace_value
 
 NAME = "rotary_embedding"
 
@@ -16,9 +16,7 @@ NAME = "rotary_embedding"
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
     count = 0
-    for node in list(graph):
-        if node.domain != DOMAIN or node.op_type != ROPE:
-            continue
+    for node in project_nodes(graph, ROPE):
         x, position_ids = node.inputs
         heads, head_dim = x.shape[2], x.shape[3]
         if not isinstance(heads, int) or not isinstance(head_dim, int):
