@@ -44,7 +44,7 @@ class _Progress:
 def export(
     source: Optional[Path] = typer.Argument(None, help="HF folder or .gguf file; none: the embedded default model"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact folder to write"),
-    target: str = typer.Option("generic", help="generic | onnx | ort-cpu | ort-cuda | tensorrt"),
+    target: str = typer.Option("ort-cpu", help="generic | onnx | ort-cpu | ort-cuda | tensorrt"),
     dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
     quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
     block_size: int = typer.Option(32, help="int4 block size"),

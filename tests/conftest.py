@@ -18,15 +18,6 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def gqa_checkpoints(tmp_path_factory):
-    """name -> HF folder of each tiny checkpoint with tiny.GQA_OVERRIDES (head_dim 32)."""
-    from tiny import CONFIGS, GQA_OVERRIDES, write_checkpoint
-
-    root = tmp_path_factory.mktemp("gqa_checkpoints")
-    return {name: write_checkpoint(name, root / name, **GQA_OVERRIDES) for name in CONFIGS}
-
-
-@pytest.fixture(scope="session")
 def generic_artifacts(tiny_checkpoints, tmp_path_factory):
     """name -> generic-target artifact of each tiny checkpoint."""
     from gemma_export.export import export

@@ -4,8 +4,8 @@ from gemma_export.passes import constant_view_shapes
 from pass_harness import apply, feeds, op_types, run, traced
 
 
-def test_head_views_get_constant_shapes(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma3"])
+def test_head_views_get_constant_shapes(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma3"])
     cfg = ctx.config
     after, (count,) = apply(model, ctx, constant_view_shapes)
     assert count == 3 * cfg.num_layers  # the q, k and v views

@@ -5,8 +5,8 @@ from gemma_export.passes import geglu
 from pass_harness import apply, feeds, op_types, run, traced
 
 
-def test_geglu_becomes_tanh_gelu_times_up(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma-mqa"])
+def test_geglu_becomes_tanh_gelu_times_up(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma-mqa"])
     after, (count,) = apply(model, ctx, geglu)
     assert count == ctx.config.num_layers and GEGLU not in op_types(after)
     gelus = [n for n in after.graph if n.op_type == "Gelu"]

@@ -14,8 +14,8 @@ MAX = 32
 
 # gemma2: grouped KV heads, softcap, sliding window; gemma3: multi-query, QK-norm, two RoPE bases.
 @pytest.mark.parametrize("name", ["gemma2", "gemma3"])
-def test_attention_becomes_group_query_attention_over_the_in_place_cache(name, gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints[name], ExportOptions(max_seq_len=MAX))
+def test_attention_becomes_group_query_attention_over_the_in_place_cache(name, tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints[name], ExportOptions(max_seq_len=MAX))
     cfg = ctx.config
     after, (_, count) = apply(model, ctx, inplace_cache_io, group_query_attention)
     assert count == cfg.num_layers and not {ATTENTION, ROPE} & set(op_types(after))
@@ -35,8 +35,8 @@ def test_attention_becomes_group_query_attention_over_the_in_place_cache(name, g
                                        rtol=1e-5, atol=1e-5)
 
 
-def test_head_dim_the_kernel_cannot_rotate_is_refused(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma-mqa"], ExportOptions(target="ort-cpu", max_seq_len=MAX))
+def test_head_dim_the_kernel_cannot_rotate_is_refused(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(target="ort-cpu", max_seq_len=MAX))
     ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, head_dim=24))
     with pytest.raises(GemmaExportError, match="multiple of 16"):
         apply(model, ctx, inplace_cache_io, group_query_attention)

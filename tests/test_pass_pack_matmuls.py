@@ -5,8 +5,8 @@ from gemma_export.passes.context import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 
 
-def test_sibling_projections_share_one_matmul(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma3"])
+def test_sibling_projections_share_one_matmul(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma3"])
     cfg = ctx.config
     folded, _ = apply(model, ctx, fold_weight_transposes)
     packed, (count,) = apply(folded, ctx, pack_matmuls)
@@ -19,8 +19,8 @@ def test_sibling_projections_share_one_matmul(gqa_checkpoints):
     np.testing.assert_allclose(run(packed, f)["logits"], run(model, f)["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_group_query_attention_reads_packed_qkv(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma-mqa"], ExportOptions(max_seq_len=24))
+def test_group_query_attention_reads_packed_qkv(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(max_seq_len=24))
     fused, _ = apply(model, ctx, fold_weight_transposes, inplace_cache_io, group_query_attention)
     packed, (count,) = apply(fused, ctx, pack_matmuls)
     assert count == 2 * ctx.config.num_layers

@@ -34,10 +34,10 @@ def dequantized(model: ir.Model, options: ExportOptions) -> ir.Model:
 
 
 @pytest.mark.parametrize("target,method", CASES)
-def test_matmuls_read_quantized_weights(target, method, gqa_checkpoints, monkeypatch):
+def test_matmuls_read_quantized_weights(target, method, tiny_checkpoints, monkeypatch):
     monkeypatch.setattr(quantize_matmuls, "ACCURACY_LEVEL", 0)  # fp32 activations: exact products
     options = ExportOptions(target=target, quant=method)
-    model, ctx = traced(gqa_checkpoints["gemma3"], options)
+    model, ctx = traced(tiny_checkpoints["gemma3"], options)
     folded, _ = apply(model, ctx, set_opset, fold_weight_transposes)
     quantized, (count,) = apply(folded, ctx, quantize_matmuls)
     matmuls = 7 * ctx.config.num_layers  # q, k, v, o, gate, up, down (the lm_head is the embedding's)
@@ -53,9 +53,9 @@ def test_matmuls_read_quantized_weights(target, method, gqa_checkpoints, monkeyp
     assert np.abs(ours - fp32).max() > 100 * np.abs(ours - ref).max()  # the rounding is really there
 
 
-def test_int4_weights_take_a_quarter_and_a_bit_of_fp32(gqa_checkpoints):
+def test_int4_weights_take_a_quarter_and_a_bit_of_fp32(tiny_checkpoints):
     options = ExportOptions(target="ort-cpu", quant="int4")
-    model, ctx = traced(gqa_checkpoints["gemma3"], options)
+    model, ctx = traced(tiny_checkpoints["gemma3"], options)
     folded, _ = apply(model, ctx, fold_weight_transposes)
     quantized, _ = apply(folded, ctx, quantize_matmuls)
     fp32 = sum(v.const_value.nbytes for v in folded.graph.initializers.values() if v.name.endswith(".T"))

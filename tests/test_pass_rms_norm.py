@@ -5,8 +5,8 @@ from gemma_export.passes import rms_norm
 from pass_harness import apply, feeds, op_types, run, traced
 
 
-def test_gemma_norms_become_simplified_layer_normalization_with_folded_weight(gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints["gemma3"])  # sandwich norms and QK norms (4-D)
+def test_gemma_norms_become_simplified_layer_normalization_with_folded_weight(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma3"])  # sandwich norms and QK norms (4-D)
     norms = op_types(model).count(RMS_NORM)
     after, (count,) = apply(model, ctx, rms_norm)
     assert count == norms and RMS_NORM not in op_types(after)

@@ -8,8 +8,8 @@ from pass_harness import apply, feeds, op_types, run, traced
 # Every residual add feeds a norm: Gemma 1 the pre-MLP and the next layer's input norm, Gemma 2/3
 # (sandwich) the pre-FFW and the next input norm; the last add feeds the final norm.
 @pytest.mark.parametrize("name", ["gemma-mqa", "gemma2"])
-def test_residual_add_and_norm_become_one_skip_norm(name, gqa_checkpoints):
-    model, ctx = traced(gqa_checkpoints[name])
+def test_residual_add_and_norm_become_one_skip_norm(name, tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints[name])
     adds = op_types(model).count("Add")
     normed, (_, count) = apply(model, ctx, rms_norm, skip_rms_norm)
     assert count == adds == 2 * ctx.config.num_layers

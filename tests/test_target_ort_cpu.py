@@ -1,5 +1,5 @@
 """The ort-cpu target against transformers' Gemma classes, fp32, through gemma_runtime (the in-place
-cache bound once with IOBinding). Checkpoints: tiny.GQA_OVERRIDES (head_dim 32)."""
+cache bound once with IOBinding)."""
 
 from collections import Counter
 
@@ -11,17 +11,17 @@ from gemma_export.export import export
 from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes.context import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
-from tiny import CONFIGS, GQA_OVERRIDES, hf_model
+from tiny import CONFIGS, hf_model
 
 NAMES = list(CONFIGS)
 MAX_SEQ_LEN = 64
 
 
 @pytest.fixture(scope="module")
-def artifacts(gqa_checkpoints, tmp_path_factory):
+def artifacts(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("ort_cpu")
     for name in NAMES:
-        export(gqa_checkpoints[name], root / name, ExportOptions(target="ort-cpu", max_seq_len=MAX_SEQ_LEN))
+        export(tiny_checkpoints[name], root / name, ExportOptions(target="ort-cpu", max_seq_len=MAX_SEQ_LEN))
     return {name: root / name for name in NAMES}
 
 
@@ -32,7 +32,7 @@ def models(artifacts):
 
 @pytest.fixture(scope="module")
 def references():
-    return {name: hf_model(name, **GQA_OVERRIDES) for name in NAMES}
+    return {name: hf_model(name) for name in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)

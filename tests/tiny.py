@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 # head_dim != hidden / heads on purpose (as in Gemma 7B).
-BASE = dict(vocab_size=384, hidden_size=48, intermediate_size=96, num_hidden_layers=3, head_dim=24,
+# head_dim a multiple of 16: onnxruntime's GroupQueryAttention rotates only such heads (every real Gemma's is).
+BASE = dict(vocab_size=384, hidden_size=48, intermediate_size=96, num_hidden_layers=3, head_dim=32,
             max_position_embeddings=256, rms_norm_eps=1e-6)
 CONFIGS = {
     "gemma-mqa": ("gemma", dict(num_attention_heads=4, num_key_value_heads=1)),
@@ -24,11 +25,6 @@ CONFIGS = {
                                                "full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                   "rope_theta": 1000000.0}})),
 }
-
-# onnxruntime's GroupQueryAttention rotates q/k only when head_dim is a multiple of 16 (every real
-# Gemma's is): the ort-cpu/ort-cuda tests use these variants (still head_dim != hidden / heads).
-GQA_OVERRIDES = dict(head_dim=32)
-
 
 def hf_model(name: str, seed: int = 0, **overrides):
     """overrides: config fields changed from CONFIGS[name] (e.g. head_dim)."""

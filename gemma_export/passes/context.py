@@ -14,7 +14,7 @@ QUANTS = ("none", "int8", "int4")
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    target: str = "generic"
+    target: str = "ort-cpu"
     dtype: str = "fp32"
     quant: str = "none"
     block_size: int = 32
