@@ -28,6 +28,7 @@ IGNORED_FIELDS = frozenset(
         "sliding_window_pattern", "torchscript", "pruned_heads", "tie_encoder_decoder",
         "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
         "finetuning_task", "_attn_implementation_autoset", "model_type", "quantization_config",
+        "_model_name_or_path", "unk_token_id",  # the unknown token matters to the tokenizer only
     }
 )
 
