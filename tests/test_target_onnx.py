@@ -41,7 +41,7 @@ def test_manifest_describes_the_in_place_cache(models):
     manifest = models["gemma-mqa"].manifest
     context = BASE["max_position_embeddings"]  # the default 4096 clamped to the model's context
     assert manifest["kv_cache"]["layout"] == "inplace" and manifest["kv_cache"]["max_seq_len"] == context
-    assert manifest["inputs"]["past_key.0"]["shape"] == ["batch", 1, context, 24]  # multi-query: one KV head
+    assert manifest["inputs"]["past_key.0"]["shape"] == ["batch", 1, context, BASE["head_dim"]]  # multi-query: one KV head
     assert "attention_mask" not in manifest["inputs"]
     assert {"past_lengths", "seq_lengths", "logits_index"} <= set(manifest["inputs"])
 
