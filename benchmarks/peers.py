@@ -2,7 +2,10 @@
 subprocesses; each subcommand prints one JSON line on stdout.
 
   hf-from-gguf GGUF OUT        an HF folder (fp32) from a GGUF file, through transformers' GGUF loader
-  build-genai HF OUT           onnxruntime-genai's model builder, fp32, CPU (-p fp32 -e cpu)
+  build-genai HF OUT [--precision P]  onnxruntime-genai's model builder for the CPU (-p P -e cpu;
+                               fp32 unless told: int8 and int4 for benchmarks/precision.py)
+  logits-genai GENAI IDS OUT   teacher-forced logits [len, vocab] of each id sequence in the JSON file
+                               IDS, one forward pass each, written as OUT/<i>.npy
   run-hf HF [...]              transformers eager
   run-genai GENAI [--threads]  onnxruntime-genai; without --threads its session defaults are kept
 
@@ -55,7 +58,7 @@ def _flatten_gemma3_rope(config) -> None:
         config.rope_theta = rope["rope_theta"]
 
 
-def build_genai(hf: Path, out: Path) -> dict:
+def build_genai(hf: Path, out: Path, precision: str = "fp32") -> dict:
     import runpy
 
     import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path as `builders`)
@@ -72,7 +75,7 @@ def build_genai(hf: Path, out: Path) -> dict:
 
     builders.base.Model.__init__ = init
     builders.base.Model.save_processing = save_processing
-    sys.argv = ["builder", "-i", str(hf), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out / ".cache")]
+    sys.argv = ["builder", "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out / ".cache")]
     runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
     return {"genai_folder": str(out)}
 
@@ -138,6 +141,24 @@ def run_genai(folder: Path, prompt_tokens: int, new_tokens: int, repeats: int, t
             "peak_rss_mib": peak_rss_mib()}
 
 
+def logits_genai(folder: Path, ids_file: Path, out: Path) -> dict:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    window = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"].get(
+        "sliding_window", {}).get("window_size", 0)
+    out.mkdir(parents=True, exist_ok=True)
+    sequences = json.loads(ids_file.read_text())
+    for i, ids in enumerate(sequences):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=max(len(ids) + 1, window), do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array([ids], np.int32))
+        np.save(out / f"{i}.npy", np.asarray(generator.get_output("logits"), np.float32)[0])
+    return {"sequences": len(sequences)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +167,11 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p = sub.add_parser("build-genai")
     p.add_argument("hf", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--precision", default="fp32")
+    p = sub.add_parser("logits-genai")
+    p.add_argument("model", type=Path)
+    p.add_argument("ids", type=Path)
     p.add_argument("out", type=Path)
     for name in ("run-hf", "run-genai"):
         p = sub.add_parser(name)
@@ -158,7 +184,9 @@ def main() -> None:
     if args.command == "hf-from-gguf":
         result = hf_from_gguf(args.gguf, args.out)
     elif args.command == "build-genai":
-        result = build_genai(args.hf, args.out)
+        result = build_genai(args.hf, args.out, args.precision)
+    elif args.command == "logits-genai":
+        result = logits_genai(args.model, args.ids, args.out)
     elif args.command == "run-hf":
         result = run_hf(args.model, args.prompt_tokens, args.new_tokens, args.repeats)
     else:

@@ -90,7 +90,7 @@ def _feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
         "attention_mask": np.ones((1, n), np.int64),
         "past_lengths": np.zeros(1, np.int64),
         "seq_lengths": np.full(1, n, np.int64),
-        "logits_index": np.asarray([[n - 1]], np.int64),
+        "logits_index": np.arange(n, dtype=np.int64)[None],  # the lm_head sees every position too
     }
     feeds = {}
     for value in graph.inputs:

@@ -47,7 +47,7 @@ def export(
     target: str = typer.Option("ort-cpu", help="generic | onnx | ort-cpu | ort-cuda | tensorrt"),
     dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
     quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
-    block_size: int = typer.Option(32, help="int4 block size"),
+    block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="calibrated int4 instead of round-to-nearest"),
     keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),
     max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),

@@ -34,9 +34,35 @@ def describe(folder: Path | str) -> str:
     lines += ["outputs:"] + [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in manifest["outputs"].items()
                              if not k.startswith("present_")]
     lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest["passes"]]
+    lines += low_precision(manifest)
     lines += ["", f"ops ({len(model.graph.node)} nodes):"]
     lines += [f"  {op:<40} {n}" for op, n in sorted(op_counts(model).items(), key=lambda kv: (-kv[1], kv[0]))]
     lines += ["", "files:"]
     for f in sorted(folder.iterdir()):
         lines.append(f"  {f.name:<28} {f.stat().st_size / 2**20:10.2f} MiB")
     return "\n".join(lines)
+
+
+def low_precision(manifest: dict) -> list[str]:
+    """What the precision and calibration passes did (their reports in the manifest)."""
+    report, quant = manifest.get("report", {}), manifest["quant"]
+    lines = []
+    if quant["method"] != "none":
+        lines.append(f"quantization: {quant['method']}, blocks of {quant['block_size']}"
+                     + (", calibrated" if quant["calibrated"] else "")
+                     + ("" if quant["embeddings_quantized"] else ", embedding kept in floating point"))
+    if "calibration" in report:
+        c = report["calibration"]
+        alphas = list(c["alpha"].values())
+        lines.append(f"calibration: {c['method']} over {c['tokens']} tokens, {len(alphas)} products, "
+                     f"alpha {min(alphas):.2f}..{max(alphas):.2f}")
+    if "precision" in report:
+        p = report["precision"]
+        lines.append(f"precision: {p['dtype']} storage, {p['compute']} compute, {p['casts']} casts; "
+                     f"fp32 by rule: {', '.join(p['fp32_by_rule'])}")
+        kept = p["kept_fp32"]
+        if kept:
+            lines.append(f"  kept in fp32 (calibrated |x| > {p['fp16_limit']:g}): {len(kept)} tensors, "
+                         f"largest |x| {max(kept.values()):.4g}")
+            lines += [f"    {name:<40} {m:.4g}" for name, m in kept.items()]
+    return ["", *lines] if lines else []

@@ -18,6 +18,15 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def precision_checkpoints(tmp_path_factory):
+    """"peaked" and "huge_residual" tiny Gemma 3 checkpoints (see tests/precision_models.py)."""
+    from precision_models import write
+
+    root = tmp_path_factory.mktemp("precision_checkpoints")
+    return {"peaked": write(root / "peaked"), "huge_residual": write(root / "huge_residual", huge_residual=True)}
+
+
+@pytest.fixture(scope="session")
 def generic_artifacts(tiny_checkpoints, tmp_path_factory):
     """name -> generic-target artifact of each tiny checkpoint."""
     from gemma_export.export import export

@@ -41,9 +41,14 @@ def apply(model: ir.Model, ctx: PassContext, *passes) -> tuple[ir.Model, list[in
     return model, counts
 
 
-def run(model: ir.Model, feeds: dict) -> dict[str, np.ndarray]:
+def run(model: ir.Model, feeds: dict, optimize: bool = True) -> dict[str, np.ndarray]:
+    """optimize=False: onnxruntime runs the graph as written (no fusion, e.g. of DequantizeLinear +
+    MatMul into a MatMulNBits that quantizes activations)."""
     proto = ir.serde.serialize_model(model)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     outputs = session.run(None, {k: v for k, v in feeds.items() if k in names})
     return dict(zip([o.name for o in session.get_outputs()], outputs))

@@ -15,21 +15,29 @@ def test_round_trip_error_is_at_most_half_a_step(name):
     w = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32)
     s = quant.scheme(name, 32)
     q = quant.quantize(w, s)
-    assert q.codes.max() <= s.levels and q.scales.shape == (6, 1 if name == "int8" else 4)
-    step = np.repeat(q.scales, s.group_for(128), axis=1)
+    assert q.codes.max() <= s.levels and q.scales.shape == (6, 4)
+    step = np.repeat(q.scales, 32, axis=1)
     assert (np.abs(quant.dequantize(q, s) - w) <= step / 2 + 1e-6).all()
 
 
-def test_int8_is_symmetric_per_channel_and_keeps_zero_exact():
+def test_int8_is_symmetric_and_keeps_zero_exact():
     w = np.array([[0.0, 1.0, -2.0, 0.5]], np.float32)
-    q = quant.quantize(w, quant.scheme("int8", 32))
+    q = quant.quantize(w, quant.scheme("int8", 4))
     assert q.zero_points.tolist() == [[128]] and q.codes[0, 0] == 128
     assert q.scales[0, 0] == pytest.approx(2.0 / 127)
 
 
 def test_block_shrinks_to_a_power_of_two_dividing_the_input():
     assert quant.block_for(640, 256) == 128 and quant.block_for(96, 64) == 32
-    assert quant.for_matrix(quant.scheme("int4", 256), 640).group == 128
+    assert quant.for_matrix(quant.scheme("int4", 256), 640).block == 128
+
+
+def test_int4_has_zero_points_unless_the_target_reads_none():
+    w = np.random.default_rng(1).uniform(0.1, 1.0, (2, 32)).astype(np.float32)  # all positive
+    asym, sym = quant.scheme("int4", 32), quant.scheme("int4", 32, zero_points=False)
+    assert not asym.symmetric and sym.symmetric
+    err = [np.abs(quant.dequantize(quant.quantize(w, s), s) - w).max() for s in (asym, sym)]
+    assert err[0] < err[1]
 
 
 def test_four_bit_tensors_are_written_two_to_a_byte_low_nibble_first():

@@ -13,7 +13,7 @@ from gemma_export.passes import (attention_scatter, drop_project_domain, geglu, 
                                   rms_normalization, rotary_embedding, set_opset)
 from gemma_export.passes import constant_view_shapes, group_query_attention, pack_matmuls, rms_norm, skip_rms_norm
 from gemma_export.passes import tensorrt_attention
-from gemma_export.passes import precision, quantize_embedding, quantize_matmuls
+from gemma_export.passes import activation_scaling, precision, quantize_embedding, quantize_matmuls
 from gemma_export.passes.context import PassContext, TARGETS
 from gemma_export.passes.ir_utils import remove_dead
 from gemma_export.errors import GemmaExportError
@@ -57,10 +57,11 @@ PIPELINES["ort-cuda"] = PIPELINES["ort-cpu"]
 # tensorrt: the onnx target's graph, which TensorRT's ONNX parser takes op by op once the Attention
 # nodes are cut to what TensorRT's Attention has (tensorrt_attention, after precision).
 PIPELINES["tensorrt"] = list(PIPELINES["onnx"])
-# Low precision last, on whatever products, weights and kernels the fusions left (--quant, --dtype;
-# each is a no-op at its default). ort-cuda shares ort-cpu's list.
+# Low precision last, on whatever products, weights and kernels the fusions left (--calibrate,
+# --quant, --dtype; each is a no-op at its default). ort-cuda shares ort-cpu's list.
+LOW_PRECISION = [activation_scaling, quantize_matmuls, quantize_embedding, precision]
 for _target in ("onnx", "ort-cpu", "tensorrt"):
-    PIPELINES[_target].extend([quantize_matmuls, quantize_embedding, precision])
+    PIPELINES[_target].extend(LOW_PRECISION)
 PIPELINES["tensorrt"].append(tensorrt_attention)
 
 

@@ -204,9 +204,19 @@ def _report(ctx: PassContext, low: ir.DataType, hot: dict[str, float], graph: ir
         "dtype": _suffix(low),
         "compute": _suffix(low) if computed else "fp32",
         "fp16_limit": FP16_LIMIT if low == ir.DataType.FLOAT16 else None,
-        "kept_fp32": {name: round(m, 1) for name, m in sorted(hot.items(), key=lambda kv: -kv[1])},
+        "kept_fp32": {_describe(graph, name): round(m, 1) for name, m in sorted(hot.items(), key=lambda kv: -kv[1])},
         "fp32_by_rule": ["logits", "norm statistics (stash_type=1)", "attention softmax"],
         "low_precision_nodes": len(computed),
         "casts": casts,
     }
     ctx.report.setdefault("kv_cache", {})["dtype"] = cache_dtype
+
+
+def _describe(graph: ir.Graph, name: str) -> str:
+    """A kept value as `name: Op output i (weight it reads)`, findable in the graph and the model."""
+    for node in graph:
+        for i, out in enumerate(node.outputs):
+            if out.name == name:
+                weights = [v.name for v in node.inputs if v is not None and v.is_initializer()]
+                return f"{name}: {node.op_type} output {i}" + (f" ({weights[0]})" if weights else "")
+    return name

@@ -1,6 +1,6 @@
 """`--quant int8|int4` for the tied embedding, both its uses: the token lookup and the lm_head
-(Gemm(h, E, transB=1) after tied_lm_head), quantized once along the hidden axis (per vocab row
-for int8, per block for int4). `--keep-embeddings-fp` leaves both to the precision pass.
+(Gemm(h, E, transB=1) after tied_lm_head), quantized once along the hidden axis, in blocks as the
+MatMuls are. `--keep-embeddings-fp` leaves both to the precision pass.
 
 ort-cpu, ort-cuda: the lookup is com.microsoft GatherBlockQuantized and the lm_head MatMulNBits,
 reading the same B bytes (MatMulNBits' [vocab, blocks, block * bits / 8] layout, which
@@ -16,7 +16,7 @@ from gemma_export import quant
 from gemma_export.emit.weights import StreamedTensor, as_streamed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
-from gemma_export.passes.quantize_matmuls import MS_DOMAIN, ORT_TARGETS, matmul_nbits, nbits_initializers
+from gemma_export.passes.quantize_matmuls import MS_DOMAIN, ORT_TARGETS, matmul_nbits, nbits_initializers, target_scheme
 from gemma_export.passes.tied_lm_head import EMBEDDING
 
 NAME = "quantize_embedding"
@@ -29,7 +29,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if options.quant == "none" or options.keep_embeddings_fp or table is None:
         return 0
     hidden = table.shape[1]
-    scheme = quant.for_matrix(quant.scheme(options.quant, options.block_size), hidden)
+    scheme = quant.for_matrix(target_scheme(options), hidden)
     uses = list(table.uses())
     if options.target in ORT_TARGETS:
         packed = nbits_initializers(graph, table.const_value, scheme, EMBEDDING)
@@ -64,7 +64,7 @@ def _gather_block_quantized(graph: ir.Graph, node: ir.Node, packed, scheme: quan
         zero = _zero_points_by_block(as_streamed(graph.initializers[EMBEDDING].const_value), scheme, (vocab, blocks, 1))
         inputs.append(add_initializer(graph, zero.name, zero))
     gathered = add_node(graph, node, "GatherBlockQuantized", inputs,
-                        {"gather_axis": 0, "quantize_axis": 2, "block_size": quant.storage_block(hidden, scheme),
+                        {"gather_axis": 0, "quantize_axis": 2, "block_size": scheme.block,
                          "bits": scheme.bits}, domain=MS_DOMAIN)
     rows = add_node(graph, node, "Reshape", [gathered.outputs[0], constant_int64(graph, "const.merge_blocks", [0, 0, -1])])
     return rows.outputs[0]
@@ -79,7 +79,7 @@ def _zero_points_by_block(table: StreamedTensor, scheme: quant.Scheme, shape: tu
 def _dequantized(graph: ir.Graph, table: ir.Value, scheme: quant.Scheme) -> None:
     data, scale, zero = quant.dequantize_linear_tensors(table.const_value, scheme, EMBEDDING)
     inputs = [add_initializer(graph, t.name, t) for t in (data, scale, zero) if t is not None]
-    attrs = {"axis": 0} if scheme.group is None else {"axis": 1, "block_size": scheme.group}
+    attrs = {"axis": 1, "block_size": scheme.block}
     before = min((n for n, _ in table.uses()), key=lambda n: list(graph).index(n))
     weight = add_node(graph, before, "DequantizeLinear", inputs, attrs).outputs[0]
     weight.shape, weight.type = table.shape, table.type

@@ -1,12 +1,13 @@
-"""`--quant int8|int4`: every MatMul with a 2-D weight [K, N] reads it quantized along K
-(gemma_export/quant.py: int8 per output channel, int4 per block of `--block-size`).
+"""`--quant int8|int4`: every MatMul with a 2-D weight [K, N] reads it quantized along K in blocks
+of `--block-size` (gemma_export/quant.py: int8 symmetric, int4 with zero points where the target
+reads them).
 
 ort-cpu, ort-cuda: com.microsoft MatMulNBits. accuracy_level 4 lets the CPU kernel quantize the
 activations to int8 per block: its 8-bit kernel has no other fast path (an fp32-activation int8
 MatMulNBits ran 50-75x slower than at level 4 on this machine), and at 4 bits it is about 1.7x
 faster; the CUDA kernel ignores the attribute.
-onnx, tensorrt: DequantizeLinear (int8 per axis, or uint4 blocks along K with block_size: opset 21+,
-which set_opset gives them) feeding the MatMul, the form TensorRT builds and onnxruntime fuses into MatMulNBits itself.
+onnx, tensorrt: DequantizeLinear (blocks along K, block_size: opset 21+, which set_opset gives them)
+feeding the MatMul, the form TensorRT builds and onnxruntime fuses into MatMulNBits itself.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         weight = initializer_of(node.inputs[1])
         if weight is None or weight.shape is None or weight.shape.rank() != 2 or weight.dtype != ir.DataType.FLOAT:
             continue
-        k = weight.shape[0]
-        scheme = quant.for_matrix(quant.scheme(options.quant, options.block_size), k)
+        scheme = quant.for_matrix(target_scheme(options), weight.shape[0])
         rows = untransposed(weight.const_value, weight.name + ".rows")  # [N, K]
         if options.target in ORT_TARGETS:
             out = matmul_nbits(graph, node, node.inputs[0], rows, scheme, weight.name)
@@ -51,13 +51,17 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     return count
 
 
+def target_scheme(options) -> quant.Scheme:
+    return quant.scheme(options.quant, options.block_size, zero_points=options.target != "tensorrt")
+
+
 def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: quant.Scheme,
                  name: str, packed: tuple[ir.Value, ir.Value, ir.Value | None] | None = None) -> ir.Value:
     """x @ rows.T through MatMulNBits; `packed` reuses already-added (B, scales, zero points)."""
     n, k = rows.shape.numpy()
     b, scales, zero = packed or nbits_initializers(graph, rows, scheme, name)
     node = add_node(graph, before, "MatMulNBits", [x, b, scales] + ([zero] if zero is not None else []),
-                    {"K": k, "N": n, "bits": scheme.bits, "block_size": quant.storage_block(k, scheme),
+                    {"K": k, "N": n, "bits": scheme.bits, "block_size": scheme.block,
                      "accuracy_level": ACCURACY_LEVEL}, domain=MS_DOMAIN)
     return node.outputs[0]
 
@@ -71,12 +75,7 @@ def nbits_initializers(graph: ir.Graph, rows: ir.TensorProtocol, scheme: quant.S
 def _dequantized_matmul(graph: ir.Graph, node: ir.Node, rows: ir.TensorProtocol, scheme: quant.Scheme,
                         name: str) -> ir.Value:
     """MatMul(x, DequantizeLinear(q [K, N])): the quantized rows transposed back."""
-    data, scale, zero = quant.dequantize_linear_tensors(rows, scheme, name)
-    per_channel = scheme.group is None
-    inputs = [add_initializer(graph, data.name, transposed(data, data.name)),
-              add_initializer(graph, scale.name, scale if per_channel else transposed(scale, scale.name))]
-    if zero is not None:
-        inputs.append(add_initializer(graph, zero.name, transposed(zero, zero.name)))
-    attrs = {"axis": 1} if per_channel else {"axis": 0, "block_size": scheme.group}
-    weight = add_node(graph, node, "DequantizeLinear", inputs, attrs).outputs[0]
+    tensors = [t for t in quant.dequantize_linear_tensors(rows, scheme, name) if t is not None]
+    inputs = [add_initializer(graph, t.name, transposed(t, t.name)) for t in tensors]
+    weight = add_node(graph, node, "DequantizeLinear", inputs, {"axis": 0, "block_size": scheme.block}).outputs[0]
     return add_node(graph, node, "MatMul", [node.inputs[0], weight]).outputs[0]

@@ -39,7 +39,9 @@ from gemma_runtime.artifact import MODEL_FILE
 from gemma_runtime.backends.ort_session import create_session
 from gemma_runtime.errors import RuntimeInputError
 
-_NP = {"fp32": np.float32, "fp16": np.float16}
+# manifest kv_cache.dtype -> (numpy type of the zeros, ONNX element type). bf16 has no numpy type:
+# its zeros are uint16 zeros copied into a bfloat16 OrtValue (GPU targets compute in bf16).
+_CACHE_TYPES = {"fp32": (np.float32, 1), "fp16": (np.float16, 10), "bf16": (np.uint16, 16)}
 
 
 class OrtInplaceBackend:
@@ -51,7 +53,7 @@ class OrtInplaceBackend:
         self.pad_id = manifest["tokens"]["pad"]
         self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
         self.cache_shape = (cfg["num_kv_heads"], self.max_seq_len, cfg["head_dim"])
-        self.cache_dtype = _NP[kv["dtype"]]
+        self.cache_type = _CACHE_TYPES[kv["dtype"]]
         self.binding = self.session.io_binding()
         self.cache: list[ort.OrtValue] = []
         self.lengths = np.zeros(0, np.int64)
@@ -79,11 +81,16 @@ class OrtInplaceBackend:
         """Zeroed cache buffers for this batch size, each bound as both past and present."""
         if self.cache and self.cache[0].shape()[0] == batch:
             return
-        self.cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, *self.cache_shape), self.cache_dtype),
-                                                       self.device, 0) for _ in self.cache_names]
+        self.cache = [self._zeroed((batch, *self.cache_shape)) for _ in self.cache_names]
         for name, value in zip(self.cache_names, self.cache):
             self.binding.bind_ortvalue_input(f"past_{name}", value)
             self.binding.bind_ortvalue_output(f"present_{name}", value)
+
+    def _zeroed(self, shape: tuple[int, ...]) -> ort.OrtValue:
+        storage, element_type = self.cache_type
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), element_type, self.device, 0)
+        value.update_inplace(np.zeros(shape, storage))
+        return value
 
     def _run(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray) -> np.ndarray:
         width = ids.shape[1]

@@ -1,0 +1,136 @@
+"""Calibrated int4 (`--calibrate`): activation-aware scaling (AWQ, Lin et al. 2023) ahead of the
+round-to-nearest quantizer. For each product y = x W^T that will be quantized (the MatMuls, and the
+tied lm_head unless --keep-embeddings-fp), the input channels of W are multiplied by
+s = rms(x)^alpha (normalised) and x is divided by s, which leaves y unchanged in exact arithmetic but
+gives the channels that carry large activations finer quantization steps. alpha is searched on a
+grid per product, by the output error ||X Q(W s)^T / s - X W^T|| over the calibration activations
+(gemma_export/calibrate.py: the fp32 graph on the built-in text).
+
+x / s is folded into the norm that produces x when that norm feeds only this product (q/k/v,
+gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
+embedding table, scaled for the lm_head, is read by the token lookup too: a Mul by 1 / s follows it.
+
+On the real Gemma 3 270M (int4, blocks of 32; fp32 activations), top-1 agreement with fp32 went
+from 67.5% to 74.8% and perplexity from 23.7 to 22.4 with the layers' products alone. GPTQ-style
+error compensation was tried on the same 678 calibration tokens and lost in perplexity (24.6):
+too few tokens for its K x K Hessians; AWQ's one parameter per product does not overfit them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from gemma_export import calibrate, quant
+from gemma_export.emit.weights import StreamedTensor, as_streamed, mapped, transposed, untransposed
+from gemma_export.passes.context import PassContext
+from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of
+from gemma_export.passes.quantize_matmuls import target_scheme
+from gemma_export.passes.tied_lm_head import EMBEDDING
+
+NAME = "activation_scaling"
+ALPHAS = np.linspace(0.0, 1.0, 11)
+SEARCH_ROWS = 2048  # output channels sampled for the search (the error estimate, not the result)
+NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization")
+
+
+def run(model: ir.Model, ctx: PassContext) -> int:
+    if not ctx.options.calibrate:
+        return 0
+    graph = model.graph
+    products = _products(graph, ctx)
+    inputs = list(dict.fromkeys(x for _, x, _ in products))
+    seen: dict[ir.Value, list[np.ndarray]] = {x: [] for x in inputs}
+    for outputs in calibrate.run(model, ctx, inputs):
+        for x, array in zip(inputs, outputs):
+            seen[x].append(array.reshape(-1, array.shape[-1]).astype(np.float32))
+    activations = {x: np.concatenate(arrays) for x, arrays in seen.items()}
+    alphas = {}
+    for node, x, weight in products:
+        rows = _rows(weight)
+        scheme = quant.for_matrix(target_scheme(ctx.options), rows.shape[1])
+        alpha, s = _search(rows, activations[x], scheme)
+        _scale_weight(weight, s)
+        _divide_input(graph, node, x, weight, s)
+        alphas[weight.name] = round(float(alpha), 2)
+    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ)",
+                                 "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
+                                 "alpha": alphas}
+    return len(products)
+
+
+def _products(graph: ir.Graph, ctx: PassContext) -> list[tuple[ir.Node, ir.Value, ir.Value]]:
+    """(node, input x, weight) of every product the quantizers will take."""
+    found = []
+    for node in graph:
+        if node.op_type == "MatMul" and node.domain == "":
+            weight = initializer_of(node.inputs[1])
+            if weight is not None and weight.shape is not None and weight.shape.rank() == 2 \
+                    and weight.dtype == ir.DataType.FLOAT:
+                found.append((node, node.inputs[0], weight))
+        elif node.op_type == "Gemm" and not ctx.options.keep_embeddings_fp:
+            weight = initializer_of(node.inputs[1])
+            if weight is not None and weight.name == EMBEDDING and node.attributes.get_int("transB", 0) == 1:
+                found.append((node, node.inputs[0], weight))
+    return found
+
+
+def _rows(weight: ir.Value) -> StreamedTensor:
+    """The weight as streamed [out, in] rows."""
+    if weight.name == EMBEDDING:
+        return as_streamed(weight.const_value)
+    return untransposed(weight.const_value, weight.name + ".rows")
+
+
+def _sample(rows: StreamedTensor) -> np.ndarray:
+    """Up to SEARCH_ROWS rows, spread over the matrix, read chunk by chunk."""
+    n = rows.shape[0]
+    step = max(1, -(-n // SEARCH_ROWS))
+    chunk = step * 1024
+    return np.concatenate([rows.rows(a, min(n, a + chunk))[::step] for a in range(0, n, chunk)]).astype(np.float32)
+
+
+def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme) -> tuple[float, np.ndarray]:
+    """The alpha whose scales s give the smallest output error over the calibration activations."""
+    w = _sample(rows)
+    ref = x @ w.T
+    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0)) + 1e-8
+    best = (np.inf, 0.0, np.ones(x.shape[1], np.float32))
+    for alpha in ALPHAS:
+        s = rms ** alpha
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+        q = quant.dequantize(quant.quantize(w * s, scheme), scheme) / s
+        err = float(np.square(x @ q.T - ref).sum())
+        if err < best[0]:
+            best = (err, alpha, s)
+    return best[1], best[2]
+
+
+def _scale_weight(weight: ir.Value, s: np.ndarray) -> None:
+    """Input channel k times s[k]: columns of the [out, in] rows, kept as streamed rows."""
+    if weight.name == EMBEDDING:
+        weight.const_value = mapped(weight.const_value, lambda r: (r * s).astype(np.float32), EMBEDDING)
+        return
+    rows = untransposed(weight.const_value, weight.name + ".rows")
+    scaled = mapped(rows, lambda r: (r * s).astype(np.float32), weight.name + ".scaled_rows")
+    weight.const_value = transposed(scaled, weight.name)
+
+
+def _divide_input(graph: ir.Graph, node: ir.Node, x: ir.Value, weight: ir.Value, s: np.ndarray) -> None:
+    norm = x.producer()
+    gamma = initializer_of(norm.inputs[-1]) if norm is not None and norm.op_type in NORMS \
+        and x is norm.outputs[0] else None
+    if gamma is not None and len(gamma.uses()) == 1 and len(x.uses()) == 1:
+        gamma.const_value = mapped(gamma.const_value, lambda g: (g / s).astype(np.float32), gamma.name)
+    else:
+        inverse = add_initializer(graph, f"{weight.name}.input_scale", (1.0 / s).astype(np.float32))
+        divided = add_node(graph, node, "Mul", [x, inverse]).outputs[0]
+        node.replace_input_with(0, divided)
+    if weight.name == EMBEDDING:  # the scaled table is also looked up: undo s on the rows it gives
+        for gather in [n for n, _ in weight.uses() if n.op_type == "Gather"]:
+            looked_up = gather.outputs[0]
+            uses = list(looked_up.uses())
+            inverse = add_initializer(graph, f"{EMBEDDING}.lookup_scale", (1.0 / s).astype(np.float32))
+            undone = add_node(graph, uses[0][0], "Mul", [looked_up, inverse]).outputs[0]
+            for user, i in uses:
+                user.replace_input_with(i, undone)

@@ -1,0 +1,28 @@
+import numpy as np
+import onnx_ir as ir
+
+from gemma_export.passes import activation_scaling, quantize_embedding, quantize_matmuls
+from gemma_export.passes.tied_lm_head import EMBEDDING
+from pass_harness import apply, run
+from test_pass_precision import fused, inputs
+
+
+def test_scaling_changes_no_output_and_lowers_the_int4_error(precision_checkpoints):
+    model, ctx = fused(precision_checkpoints["peaked"], "ort-cpu", "fp32")
+    ctx.options = type(ctx.options)(**{**ctx.options.__dict__, "quant": "int4", "calibrate": True})
+    scaled, (count,) = apply(model, ctx, activation_scaling)
+    layers = ctx.config.num_layers
+    assert count == 4 * layers + 1  # q/k/v, o, gate/up, down per layer, and the lm_head
+    assert len(ctx.report["calibration"]["alpha"]) == count and ctx.report["calibration"]["tokens"] > 0
+    # o and down take a Mul in front; q/k/v and gate/up fold into their norms; the lookup is undone
+    assert sum(n.op_type == "Mul" and n.inputs[1].name.endswith("input_scale") for n in scaled.graph) >= 2 * layers
+    assert any(v.name == f"{EMBEDDING}.lookup_scale" for v in scaled.graph.initializers.values())
+    f = inputs(ctx.config, model)
+    ref = run(model, f)["logits"]
+    np.testing.assert_allclose(run(scaled, f)["logits"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    errors = []
+    for calibrated in (False, True):
+        ctx.options = type(ctx.options)(**{**ctx.options.__dict__, "calibrate": calibrated})
+        quantized, _ = apply(scaled if calibrated else model, ctx, quantize_matmuls, quantize_embedding)
+        errors.append(np.abs(run(quantized, f)["logits"] - ref).mean())
+    assert errors[1] < errors[0]
