@@ -8,61 +8,45 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from gemma_export.passes import fold_weight_transposes, tied_lm_head
-from gemma_export.passes import (attention_scatter, drop_project_domain, geglu, inplace_cache_io, logits_index,
-                                  rms_normalization, rotary_embedding, set_opset)
-from gemma_export.passes import constant_view_shapes, group_query_attention, pack_matmuls, rms_norm, skip_rms_norm
-from gemma_export.passes import tensorrt_attention
-from gemma_export.passes import activation_scaling, precision, quantize_embedding, quantize_matmuls
+from gemma_export.errors import GemmaExportError
+from gemma_export.passes import (activation_scaling, attention_scatter, constant_view_shapes, drop_project_domain,
+                                 fold_weight_transposes, geglu, group_query_attention, inplace_cache_io,
+                                 logits_index, pack_matmuls, precision, quantize_embedding, quantize_matmuls,
+                                 rms_norm, rms_normalization, rotary_embedding, set_opset, skip_rms_norm,
+                                 tensorrt_attention, tied_lm_head)
 from gemma_export.passes.context import PassContext, TARGETS
 from gemma_export.passes.ir_utils import remove_dead
-from gemma_export.errors import GemmaExportError
+
+# Low precision comes last, on whatever products, weights and kernels the fusions left
+# (--calibrate, --quant, --dtype; each pass is a no-op at its default).
+LOW_PRECISION = [activation_scaling, quantize_matmuls, quantize_embedding, precision]
+
+_ORT = [
+    tied_lm_head, fold_weight_transposes, logits_index, inplace_cache_io,
+    group_query_attention, constant_view_shapes, rms_norm, skip_rms_norm, geglu, pack_matmuls,
+    drop_project_domain,
+    *LOW_PRECISION,
+]
+
+_STANDARD = [
+    set_opset, tied_lm_head, fold_weight_transposes, logits_index, inplace_cache_io,
+    rms_normalization, rotary_embedding, geglu, attention_scatter,
+    drop_project_domain,
+    *LOW_PRECISION,
+]
 
 PIPELINES: dict[str, list[ModuleType]] = {
-    "generic": [
-        tied_lm_head,
-        fold_weight_transposes,
-    ],
-    "onnx": [
-        set_opset,
-        tied_lm_head,
-        fold_weight_transposes,
-        logits_index,
-        inplace_cache_io,
-        rms_normalization,
-        rotary_embedding,
-        geglu,
-        attention_scatter,
-        drop_project_domain,
-    ],
-    "ort-cpu": [
-        tied_lm_head,
-        fold_weight_transposes,
-        logits_index,
-        inplace_cache_io,
-        group_query_attention,
-        constant_view_shapes,
-        rms_norm,
-        skip_rms_norm,
-        geglu,
-        pack_matmuls,
-        drop_project_domain,
-    ],
+    "generic": [tied_lm_head, fold_weight_transposes],
+    "onnx": _STANDARD,
+    "ort-cpu": _ORT,
+    # The same graph as ort-cpu: GroupQueryAttention rotates q/k inside on both providers, so the
+    # CUDA-only GemmaRotaryEmbedding has no place; its in-kernel q/k norm (CUDA only) would fold
+    # Gemma 3's QK-norm but is left out until it can be checked on a GPU.
+    "ort-cuda": _ORT,
+    # The standard graph, its Attention nodes cut to what TensorRT's Attention has (no softcap,
+    # no softmax_precision): after precision, which may set the latter.
+    "tensorrt": [*_STANDARD, tensorrt_attention],
 }
-# ort-cuda runs the same graph. GroupQueryAttention rotates q/k inside on both providers, so the
-# CUDA-only GemmaRotaryEmbedding (no CPU kernel) has no place; GroupQueryAttention's in-kernel
-# q/k norm (q_norm_weight, honoured only on CUDA) would fold Gemma 3's QK-norm but is left out
-# until it can be checked on a GPU.
-PIPELINES["ort-cuda"] = PIPELINES["ort-cpu"]
-# tensorrt: the onnx target's graph, which TensorRT's ONNX parser takes op by op once the Attention
-# nodes are cut to what TensorRT's Attention has (tensorrt_attention, after precision).
-PIPELINES["tensorrt"] = list(PIPELINES["onnx"])
-# Low precision last, on whatever products, weights and kernels the fusions left (--calibrate,
-# --quant, --dtype; each is a no-op at its default). ort-cuda shares ort-cpu's list.
-LOW_PRECISION = [activation_scaling, quantize_matmuls, quantize_embedding, precision]
-for _target in ("onnx", "ort-cpu", "tensorrt"):
-    PIPELINES[_target].extend(LOW_PRECISION)
-PIPELINES["tensorrt"].append(tensorrt_attention)
 
 
 def targets_available() -> list[str]:
