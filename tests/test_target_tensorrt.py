@@ -116,6 +116,16 @@ def test_an_fp16_graph_builds_too(fp16_artifact, tmp_path):
     assert engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
 
 
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_graphs_build_too(quant, tiny_checkpoints, tmp_path):
+    """Q/DQ weights: int8 per channel, int4 in blocks (signed, no zero points: all TensorRT takes)."""
+    folder = tmp_path / quant
+    export(tiny_checkpoints["gemma3"], folder, ExportOptions(target="tensorrt", quant=quant, max_seq_len=MAX_SEQ_LEN))
+    proto = onnx.load(folder / "model.onnx", load_external_data=False)
+    assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+    assert engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_onnxruntime_runs_the_same_graph_at_fp32_parity_with_transformers(name, models):
     model = models[name]
