@@ -26,12 +26,12 @@ CONFIGS = {
                                                                   "rope_theta": 1000000.0}})),
 }
 
-def hf_model(name: str, seed: int = 0, **overrides):
-    """overrides: config fields changed from CONFIGS[name] (e.g. head_dim)."""
+
+def hf_model(name: str, seed: int = 0):
     import transformers
 
     family, extra = CONFIGS[name]
-    kw = {**BASE, **extra, **overrides}
+    kw = {**BASE, **extra}
     if family == "gemma":
         cfg, cls = transformers.GemmaConfig(**kw), transformers.GemmaForCausalLM
     elif family == "gemma2":
@@ -50,8 +50,7 @@ def hf_model(name: str, seed: int = 0, **overrides):
     return model
 
 
-def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0,
-                     **overrides) -> Path:
-    model = hf_model(name, seed, **overrides).to(dtype)
+def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    model = hf_model(name, seed).to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
