@@ -178,14 +178,6 @@ def stacked(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
                           whole=any(p._whole for p in parts))
 
 
-def scaled_rows(tensor: ir.TensorProtocol, factors: np.ndarray, name: str) -> StreamedTensor:
-    """Row i multiplied by factors[i] (in fp32, then back to the tensor's dtype)."""
-    base = as_streamed(tensor)
-    factors = np.asarray(factors, np.float32).reshape(-1, *[1] * (base.shape.rank() - 1))
-    return StreamedTensor(lambda a, b: (base.rows(a, b).astype(np.float32) * factors[a:b]).astype(numpy_dtype(base.dtype)),
-                          tuple(base.shape.numpy()), base.dtype, name, whole=base._whole)
-
-
 def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:
     if isinstance(tensor, StreamedTensor):
         return tensor

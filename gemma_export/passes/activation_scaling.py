@@ -10,10 +10,11 @@ x / s is folded into the norm that produces x when that norm feeds only this pro
 gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
 embedding table, scaled for the lm_head, is read by the token lookup too: a Mul by 1 / s follows it.
 
-On the real Gemma 3 270M (int4, blocks of 32; fp32 activations), top-1 agreement with fp32 went
-from 67.5% to 74.8% and perplexity from 23.7 to 22.4 with the layers' products alone. GPTQ-style
-error compensation was tried on the same 678 calibration tokens and lost in perplexity (24.6):
-too few tokens for its K x K Hessians; AWQ's one parameter per product does not overfit them.
+On the real Gemma 3 270M (ort-cpu, int4, blocks of 32, against its fp32 export over
+gemma_export.texts.PROMPTS) top-1 agreement went from 66.8% to 71.8% and perplexity from 23.7 to
+21.8 (benchmarks/results/precision.json). GPTQ-style error compensation was tried on the same 678
+calibration tokens and lost in perplexity (24.6 against round-to-nearest's 23.7, in a numpy
+simulation): too few tokens for its K x K Hessians, where AWQ fits one number per product.
 """
 
 from __future__ import annotations
