@@ -28,6 +28,4 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         replace_value(node.outputs[0], new)
         graph.remove(node, safe=True)
         count += 1
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.inputs]:
-        graph.initializers.pop(name)
     return count
