@@ -24,8 +24,10 @@ Cache entries beyond the valid lengths are still read by some kernels (masked by
 so must be finite: a buffer is zeroed once, when allocated.
 
 The runtime binds one OrtValue per cache tensor as both past_key.{i} and present_key.{i}
-(IOBinding), allocated once per batch size and never copied between steps; logits are bound
-fresh each call and copied out.
+(IOBinding), allocated once per batch size and never copied between steps. A decode step binds
+nothing: its inputs and its logits are numpy arrays bound once per batch size (the OrtValues share
+their memory), which the step overwrites before running. Prefill and teacher-forced calls, whose
+shapes vary, bind their inputs and logits per call.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class OrtInplaceBackend:
         self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
         self.cache_shape = (cfg["num_kv_heads"], self.max_seq_len, cfg["head_dim"])
         self.cache_type = _CACHE_TYPES[kv["dtype"]]
-        self.binding = self.session.io_binding()
+        self.vocab_size = cfg["vocab_size"]
+        self.binding = self.session.io_binding()  # prefill and teacher-forced calls
+        self.step: _DecodeStep | None = None
         self.cache: list[ort.OrtValue] = []
         self.lengths = np.zeros(0, np.int64)
 
@@ -67,9 +71,22 @@ class OrtInplaceBackend:
         return self._run(ids, np.zeros_like(lengths), lengths, (lengths - 1)[:, None])[:, 0]
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """[batch, vocab] logits of one new token per row."""
         ids = np.asarray(tokens, np.int64).reshape(-1, 1)
-        batch = len(ids)
-        return self._run(ids, self.lengths, np.ones(batch, np.int64), np.zeros((batch, 1), np.int64))[:, 0]
+        if len(ids) != len(self.lengths):
+            raise RuntimeInputError(f"decode got {len(ids)} tokens for a batch of {len(self.lengths)}")
+        if int(self.lengths.max()) + 1 > self.max_seq_len:
+            raise RuntimeInputError(f"the sequence would exceed this artifact's maximum length {self.max_seq_len}")
+        return self._decode_step(ids)
+
+    def _decode_step(self, ids: np.ndarray) -> np.ndarray:
+        step = self.step
+        step.ids[:] = ids
+        step.past[:] = self.lengths
+        step.positions[:, 0] = self.lengths
+        self.session.run_with_iobinding(step.binding)
+        self.lengths = self.lengths + 1
+        return step.logits[:, 0].copy()  # the buffer is the next step's output
 
     def teacher_forced(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
@@ -82,9 +99,11 @@ class OrtInplaceBackend:
         if self.cache and self.cache[0].shape()[0] == batch:
             return
         self.cache = [self._zeroed((batch, *self.cache_shape)) for _ in self.cache_names]
-        for name, value in zip(self.cache_names, self.cache):
-            self.binding.bind_ortvalue_input(f"past_{name}", value)
-            self.binding.bind_ortvalue_output(f"present_{name}", value)
+        self.step = _DecodeStep(self.session, batch, self.vocab_size)
+        for binding in (self.binding, self.step.binding):
+            for name, value in zip(self.cache_names, self.cache):
+                binding.bind_ortvalue_input(f"past_{name}", value)
+                binding.bind_ortvalue_output(f"present_{name}", value)
 
     def _zeroed(self, shape: tuple[int, ...]) -> ort.OrtValue:
         storage, element_type = self.cache_type
@@ -105,3 +124,21 @@ class OrtInplaceBackend:
         self.lengths = past + seq
         logits = self.binding.get_outputs()[len(self.cache)]  # bound after the caches
         return np.array(logits.numpy())  # numpy() is a view of onnxruntime's buffer
+
+
+class _DecodeStep:
+    """A decode step's inputs and logits, bound once: OrtValues made from numpy arrays share their
+    memory, so writing the arrays is all a step needs."""
+
+    def __init__(self, session: ort.InferenceSession, batch: int, vocab_size: int):
+        self.ids = np.zeros((batch, 1), np.int64)
+        self.positions = np.zeros((batch, 1), np.int64)
+        self.past = np.zeros(batch, np.int64)
+        self.logits = np.zeros((batch, 1, vocab_size), np.float32)
+        inputs = {"input_ids": self.ids, "position_ids": self.positions, "past_lengths": self.past,
+                  "seq_lengths": np.ones(batch, np.int64), "logits_index": np.zeros((batch, 1), np.int64)}
+        self.binding = session.io_binding()
+        self._keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in (*inputs.values(), self.logits)]
+        for name, value in zip(inputs, self._keep):
+            self.binding.bind_ortvalue_input(name, value)
+        self.binding.bind_ortvalue_output("logits", self._keep[-1])

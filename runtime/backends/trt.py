@@ -109,6 +109,10 @@ class TrtBackend(OrtInplaceBackend):
                 context.set_tensor_address(f"past_{name}", buffer.ptr)
                 context.set_tensor_address(f"present_{name}", buffer.ptr)
 
+    def _decode_step(self, ids: np.ndarray) -> np.ndarray:
+        batch = len(ids)
+        return self._run(ids, self.lengths, np.ones(batch, np.int64), np.zeros((batch, 1), np.int64))[:, 0]
+
     def _run(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray) -> np.ndarray:
         batch, width = ids.shape
         if int((past + width).max()) > self.max_seq_len:
