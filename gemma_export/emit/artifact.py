@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+import onnx
 import onnx_ir as ir
 
 from gemma_export.errors import GemmaExportError
@@ -45,13 +46,45 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
 
 
 def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int], None] | None = None) -> None:
-    """model.onnx + model.onnx.data; on_tensor(name, index, total) after each tensor."""
+    """model.onnx + model.onnx.data; on_tensor(name, index, total) after each tensor. An
+    initializer that is a row view of another (weights.row_view) is not written: its TensorProto
+    points into the other's bytes in model.onnx.data."""
 
     def callback(tensor, info) -> None:
         if on_tensor:
             on_tensor(tensor.name, info.index, info.total)
 
-    ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, callback=callback)
+    graph = model.graph
+    views = {name: v for name, v in graph.initializers.items()
+             if getattr(v.const_value, "view_of", None) is not None}
+    for name in views:
+        graph.initializers.pop(name)
+    try:
+        ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, callback=callback)
+    finally:
+        for name, value in views.items():
+            graph.initializers[name] = value
+    if views:
+        _add_views(folder / MODEL_FILE, views)
+
+
+def _add_views(path: Path, views: dict[str, ir.Value]) -> None:
+    proto = onnx.load(str(path), load_external_data=False)
+    saved = {t.name: t for t in proto.graph.initializer}
+    for name, value in views.items():
+        base, first_row = value.const_value.view_of
+        source = saved.get(base)
+        where = {e.key: e.value for e in source.external_data} if source is not None else {}
+        if "offset" not in where:
+            raise AssertionError(f"{name}: its base {base} was not written as external data")
+        row_bytes = value.const_value.nbytes // value.shape[0]
+        tensor = onnx.TensorProto(name=name, dims=list(value.shape.numpy()), data_type=int(value.dtype),
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        for key, val in (("location", where["location"]), ("offset", str(int(where["offset"]) + first_row * row_bytes)),
+                         ("length", str(value.const_value.nbytes))):
+            tensor.external_data.add(key=key, value=val)
+        proto.graph.initializer.append(tensor)
+    onnx.save(proto, str(path))
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -37,6 +37,9 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
     # How it was built, where untransposed() can stream through it instead of transposing it whole.
     transpose_of: StreamedTensor | None = None
     side_by_side: list[StreamedTensor] | None = None
+    # (initializer name, first row): these bytes are rows of that initializer; saved as a
+    # reference into its external data, never written twice (emit/artifact.py)
+    view_of: tuple[str, int] | None = None
 
     def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
                  *, whole: bool = False):
@@ -151,6 +154,17 @@ def concatenated(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
     out = StreamedTensor(lambda a, b: np.concatenate([p.rows(a, b) for p in parts], axis=1), (rows, cols),
                          parts[0].dtype, name, whole=any(p._whole for p in parts))
     out.side_by_side = parts  # read by untransposed()
+    return out
+
+
+def row_view(initializer: ir.Value, start: int, stop: int, name: str) -> StreamedTensor:
+    """Rows [start, stop) of an initializer, stored as a reference to its bytes (see view_of)."""
+    base = as_streamed(initializer.const_value)
+    if base.dtype in _FOUR_BIT:
+        raise AssertionError(f"{name}: 4-bit rows are not byte-addressable views")
+    out = StreamedTensor(lambda a, b: base.rows(start + a, start + b), (stop - start, *base.shape.numpy()[1:]),
+                         base.dtype, name, whole=base._whole)
+    out.view_of = (initializer.name, start)
     return out
 
 

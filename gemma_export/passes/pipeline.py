@@ -13,7 +13,7 @@ from gemma_export.passes import (activation_scaling, attention_scatter, constant
                                  fold_weight_transposes, geglu, group_query_attention, inplace_cache_io,
                                  logits_index, pack_matmuls, precision, quantize_embedding, quantize_matmuls,
                                  rms_norm, rms_normalization, rotary_embedding, set_opset, skip_rms_norm,
-                                 tensorrt_attention, tied_lm_head)
+                                 split_lm_head, tensorrt_attention, tied_lm_head)
 from gemma_export.passes.context import PassContext, TARGETS
 from gemma_export.passes.ir_utils import remove_dead
 
@@ -26,6 +26,7 @@ _ORT = [
     group_query_attention, constant_view_shapes, rms_norm, skip_rms_norm, geglu, pack_matmuls,
     drop_project_domain,
     *LOW_PRECISION,
+    split_lm_head,
 ]
 
 _STANDARD = [
@@ -37,7 +38,7 @@ _STANDARD = [
 
 PIPELINES: dict[str, list[ModuleType]] = {
     "generic": [tied_lm_head, fold_weight_transposes],
-    "onnx": _STANDARD,
+    "onnx": [*_STANDARD, split_lm_head],
     "ort-cpu": _ORT,
     # The same graph as ort-cpu: GroupQueryAttention rotates q/k inside on both providers, so the
     # CUDA-only GemmaRotaryEmbedding has no place; its in-kernel q/k norm (CUDA only) would fold
