@@ -1,9 +1,9 @@
 """Low precision side by side (issue 5): for each precision of our ort-cpu export (fp32, fp16, bf16,
-int8, int4, int4 calibrated) and onnxruntime-genai's `-p int8` and `-p int4` builds of the same
-checkpoint: size, prefill and decode tokens/s (gemma_export.bench, 128-token prompt), and, teacher-
-forced over the built-in prompts (gemma_export.texts.PROMPTS; random ids for the tokenizer-less
-checkpoint) against our fp32 export: top-1 agreement, KL(fp32 || ours) per position and perplexity;
-fp16 and bf16 are also run on a 2048-token prompt (prefill and 8 decode steps) for inf/NaN.
+int8, int8 calibrated, int4, int4 calibrated) and onnxruntime-genai's `-p int8` and `-p int4`
+builds of the same checkpoint: size, prefill and decode tokens/s (gemma_export.bench, 128-token
+prompt), and, teacher-forced over the built-in prompts (gemma_export.texts.PROMPTS; random ids for
+the tokenizer-less checkpoint) against our fp32 export: top-1 agreement, KL(fp32 || ours) per
+position and perplexity; fp16 and bf16 are also run on a 2048-token prompt (prefill and 8 decode steps) for inf/NaN.
 Models: the real Gemma 3 270M (our exports from the embedded default, genai from the HF folder that
 benchmarks/decode.py makes from the same GGUF) and the Gemma-2B-shaped 4-layer random checkpoint.
 
@@ -44,6 +44,7 @@ OURS = {  # name -> (dtype, quant, calibrate)
     "fp16": ("fp16", "none", False),
     "bf16": ("bf16", "none", False),
     "int8": ("fp32", "int8", False),
+    "int8 calibrated": ("fp32", "int8", True),
     "int4": ("fp32", "int4", False),
     "int4 calibrated": ("fp32", "int4", True),
 }

@@ -48,7 +48,7 @@ def export(
     dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
     quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
-    calibrate: bool = typer.Option(False, help="calibrated int4 instead of round-to-nearest"),
+    calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
     keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),
     max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),
     dump_ir: Optional[Path] = typer.Option(None, help="write the graph after each pass to this folder"),

@@ -35,8 +35,8 @@ def check_options(options: ExportOptions) -> None:
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
     if options.target == "generic" and (options.dtype, options.quant) != ("fp32", "none"):
         raise GemmaExportError("target 'generic' exports fp32 without quantization")
-    if options.calibrate and options.quant != "int4":
-        raise GemmaExportError("--calibrate applies to --quant int4 only")
+    if options.calibrate and options.quant == "none":
+        raise GemmaExportError("--calibrate applies to --quant int8 or int4")
 
 
 def export(source_path: Path | str | None, out: Path | str, options: ExportOptions, *, force: bool = False,

@@ -83,6 +83,16 @@ def dequantize(q: Quantized, s: Scheme) -> np.ndarray:
     return (blocks * q.scales[..., None]).reshape(rows, k)
 
 
+def int8_blocks(x: np.ndarray, block: int) -> np.ndarray:
+    """x [rows, k] as onnxruntime's CPU MatMulNBits sees it at accuracy_level 4: rounded to int8
+    symmetrically in blocks of `block` along k (one scale, max |x| / 127, per block)."""
+    rows, k = x.shape
+    blocks = x.astype(np.float32).reshape(rows, k // block, block)
+    scales = np.abs(blocks).max(-1, keepdims=True) / 127
+    safe = np.where(scales > 0, scales, 1)
+    return (np.round(blocks / safe) * scales).reshape(rows, k)
+
+
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
     """uint8 values < 16, two to a byte along the last axis, the first in the low nibble."""
     if codes.shape[-1] % 2:

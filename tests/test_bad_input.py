@@ -76,6 +76,8 @@ def test_unsupported_option_combination(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = cli(capsys, "export", checkpoint, "-o", out, "--target", "generic", "--quant", "int4")
     _assert_clean_failure(code, err, out, "generic")
+    code, _, err = cli(capsys, "export", checkpoint, "-o", out, "--calibrate")
+    _assert_clean_failure(code, err, out, "--calibrate")
 
 
 def test_existing_output_is_refused_unless_forced(checkpoint, tmp_path, capsys):

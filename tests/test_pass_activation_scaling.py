@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import onnx_ir as ir
 
 from gemma_export.passes import activation_scaling, quantize_embedding, quantize_matmuls
@@ -7,9 +8,10 @@ from pass_harness import apply, run
 from test_pass_precision import fused, inputs
 
 
-def test_scaling_changes_no_output_and_lowers_the_int4_error(precision_checkpoints):
+@pytest.mark.parametrize("bits", ["int4", "int8"])
+def test_scaling_changes_no_output_and_lowers_the_quantization_error(precision_checkpoints, bits):
     model, ctx = fused(precision_checkpoints["peaked"], "ort-cpu", "fp32")
-    ctx.options = type(ctx.options)(**{**ctx.options.__dict__, "quant": "int4", "calibrate": True})
+    ctx.options = type(ctx.options)(**{**ctx.options.__dict__, "quant": bits, "calibrate": True})
     scaled, (count,) = apply(model, ctx, activation_scaling)
     layers = ctx.config.num_layers
     assert count == 4 * layers + 1  # q/k/v, o, gate/up, down per layer, and the lm_head

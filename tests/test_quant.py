@@ -55,3 +55,15 @@ def test_untransposed_streams_through_packed_transposes():
     assert not rows._whole  # read row range by row range, never transposed whole
     np.testing.assert_array_equal(rows.rows(1, 5), np.concatenate([a, b])[1:5])
     np.testing.assert_array_equal(stacked([ir.tensor(a), ir.tensor(b)], "s").numpy(), np.concatenate([a, b]))
+
+
+def test_int8_blocks_rounds_each_block_on_its_own_scale():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    x[0, 5] = 100.0  # an outlier coarsens its own block only
+    y = quant.int8_blocks(x, 32)
+    scales = np.abs(x.reshape(3, 2, 32)).max(-1) / 127
+    err = np.abs(y - x).reshape(3, 2, 32).max(-1)
+    assert np.all(err <= scales / 2 + 1e-6)
+    assert err[0, 0] > 10 * err[0, 1]
+    assert np.array_equal(quant.int8_blocks(y, 32), y)  # already on the grid: unchanged

@@ -1,20 +1,24 @@
-"""Calibrated int4 (`--calibrate`): activation-aware scaling (AWQ, Lin et al. 2023) ahead of the
+"""Calibrated quantization (`--calibrate`, int8 or int4): activation-aware scaling ahead of the
 round-to-nearest quantizer. For each product y = x W^T that will be quantized (the MatMuls, and the
-tied lm_head unless --keep-embeddings-fp), the input channels of W are multiplied by
-s = rms(x)^alpha (normalised) and x is divided by s, which leaves y unchanged in exact arithmetic but
-gives the channels that carry large activations finer quantization steps. alpha is searched on a
-grid per product, by the output error ||X Q(W s)^T / s - X W^T|| over the calibration activations
-(gemma_export/calibrate.py: the fp32 graph on the built-in text).
+tied lm_head unless --keep-embeddings-fp), the input channels of W are multiplied by s and x is
+divided by s, which leaves y unchanged in exact arithmetic but moves quantization error between
+weights and activations. s is searched per product among two families on an alpha grid, AWQ's
+rms(x)^alpha (Lin et al. 2023) and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (Xiao et al.
+2023), by the output error ||Qa(X / s) Q(W s)^T - X W^T|| over the calibration activations
+(gemma_export/calibrate.py: the fp32 graph on the built-in text). Qa is the kernel's own rounding
+of its input: ort-cpu's MatMulNBits at accuracy level 4 quantizes x to int8 in blocks (quant.
+int8_blocks); elsewhere x stays as it is.
 
 x / s is folded into the norm that produces x when that norm feeds only this product (q/k/v,
 gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
 embedding table, scaled for the lm_head, is read by the token lookup too: a Mul by 1 / s follows it.
 
-On the real Gemma 3 270M (ort-cpu, int4, blocks of 32, against its fp32 export over
-gemma_export.texts.PROMPTS) top-1 agreement went from 66.8% to 71.8% and perplexity from 23.7 to
-21.8 (benchmarks/results/precision.json). GPTQ-style error compensation was tried on the same 678
+On the real Gemma 3 270M (ort-cpu, blocks of 32, against its fp32 export over
+gemma_export.texts.PROMPTS; calibration text gemma_export.texts.CALIBRATION, disjoint from it):
+int4 top-1 agreement 66.8% -> 74.4% and perplexity 23.7 -> 21.0; int8 96.5% -> 97.6% and KL
+0.0034 -> 0.0019 (benchmarks/precision.py). GPTQ-style error compensation was tried on the same 678
 calibration tokens and lost in perplexity (24.6 against round-to-nearest's 23.7, in a numpy
-simulation): too few tokens for its K x K Hessians, where AWQ fits one number per product.
+simulation): too few tokens for its K x K Hessians, where this fits one number per product.
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     for node, x, weight in products:
         rows = _rows(weight)
         scheme = quant.for_matrix(target_scheme(ctx.options), rows.shape[1])
-        alpha, s = _search(rows, activations[x], scheme)
+        alpha, s = _search(rows, activations[x], scheme, quantizes_activations(ctx.options))
         _scale_weight(weight, s)
         _divide_input(graph, node, x, weight, s)
-        alphas[weight.name] = round(float(alpha), 2)
+        alphas[weight.name] = alpha
     ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ)",
                                  "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
                                  "alpha": alphas}
@@ -91,19 +95,32 @@ def _sample(rows: StreamedTensor) -> np.ndarray:
     return np.concatenate([rows.rows(a, min(n, a + chunk))[::step] for a in range(0, n, chunk)]).astype(np.float32)
 
 
-def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme) -> tuple[float, np.ndarray]:
-    """The alpha whose scales s give the smallest output error over the calibration activations."""
+def quantizes_activations(options) -> bool:
+    """Whether the kernel that will run the product quantizes its input: MatMulNBits at
+    accuracy_level 4 on the CPU does, to int8 per block of the weight's block size."""
+    return options.target == "ort-cpu"
+
+
+def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme,
+            int8_inputs: bool) -> tuple[str, np.ndarray]:
+    """The scales s with the smallest output error over the calibration activations, the kernel's
+    int8 rounding of x / s included when it has one. Two families, alpha on a grid: AWQ's
+    rms(x)^alpha and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (per input channel)."""
     w = _sample(rows)
     ref = x @ w.T
     rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0)) + 1e-8
-    best = (np.inf, 0.0, np.ones(x.shape[1], np.float32))
-    for alpha in ALPHAS:
-        s = rms ** alpha
+    x_max = np.abs(x).max(0).astype(np.float64) + 1e-8
+    w_max = np.abs(w).max(0).astype(np.float64) + 1e-8
+    candidates = [(f"rms^{a:.1f}", rms ** a) for a in ALPHAS]
+    candidates += [(f"max^{a:.1f}", x_max ** a / w_max ** (1 - a)) for a in ALPHAS[1:]]
+    best = (np.inf, "none", np.ones(x.shape[1], np.float32))
+    for name, s in candidates:
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
-        q = quant.dequantize(quant.quantize(w * s, scheme), scheme) / s
-        err = float(np.square(x @ q.T - ref).sum())
+        q = quant.dequantize(quant.quantize(w * s, scheme), scheme)
+        xs = quant.int8_blocks(x / s, scheme.block) if int8_inputs else x / s
+        err = float(np.square(xs @ q.T - ref).sum())
         if err < best[0]:
-            best = (err, alpha, s)
+            best = (err, name, s)
     return best[1], best[2]
 
 
