@@ -53,9 +53,9 @@ def low_precision(manifest: dict) -> list[str]:
                      + ("" if quant["embeddings_quantized"] else ", embedding kept in floating point"))
     if "calibration" in report:
         c = report["calibration"]
-        alphas = list(c["alpha"].values())
-        lines.append(f"calibration: {c['method']} over {c['tokens']} tokens, {len(alphas)} products, "
-                     f"alpha {min(alphas):.2f}..{max(alphas):.2f}")
+        chosen = Counter(c["alpha"].values())
+        lines.append(f"calibration: {c['method']} over {c['tokens']} tokens, {sum(chosen.values())} products; "
+                     f"scales chosen: {', '.join(f'{k} x{n}' for k, n in chosen.most_common())}")
     if "precision" in report:
         p = report["precision"]
         lines.append(f"precision: {p['dtype']} storage, {p['compute']} compute, {p['casts']} casts; "

@@ -53,8 +53,10 @@ def test_agreement_meets_the_default_threshold(name, reports):
     assert report["thresholds"]["max_rel_diff"] is None  # the per-precision top-1 threshold applied
 
 
-def test_calibrated_int4_is_closer_to_fp32_than_round_to_nearest(reports):
+def test_calibrated_int4_is_closer_to_fp32_than_round_to_nearest(reports, artifacts):
     assert reports["int4-calibrated"]["kl_divergence"] < reports["int4"]["kl_divergence"]
+    text = describe(artifacts["int4-calibrated"])
+    assert "calibrated" in text and "calibration: activation-aware scaling" in text and "scales chosen: " in text
 
 
 def weight_bytes(folder) -> int:

@@ -57,6 +57,10 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
     graph = model.graph
     views = {name: v for name, v in graph.initializers.items()
              if getattr(v.const_value, "view_of", None) is not None}
+    for name, value in views.items():
+        base, tensor, _ = value.const_value.view_of
+        if base not in graph.initializers or graph.initializers[base].const_value is not tensor:
+            raise AssertionError(f"{name} is a view of {base}, which a later pass replaced or removed")
     for name in views:
         graph.initializers.pop(name)
     try:
@@ -72,11 +76,13 @@ def _add_views(path: Path, views: dict[str, ir.Value]) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     saved = {t.name: t for t in proto.graph.initializer}
     for name, value in views.items():
-        base, first_row = value.const_value.view_of
+        base, _, first_row = value.const_value.view_of
         source = saved.get(base)
         where = {e.key: e.value for e in source.external_data} if source is not None else {}
         if "offset" not in where:
             raise AssertionError(f"{name}: its base {base} was not written as external data")
+        if source.data_type != int(value.dtype) or list(source.dims[1:]) != list(value.shape.numpy()[1:]):
+            raise AssertionError(f"{name}: its rows do not match {base} as saved")
         row_bytes = value.const_value.nbytes // value.shape[0]
         tensor = onnx.TensorProto(name=name, dims=list(value.shape.numpy()), data_type=int(value.dtype),
                                   data_location=onnx.TensorProto.EXTERNAL)

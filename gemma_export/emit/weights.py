@@ -37,9 +37,9 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
     # How it was built, where untransposed() can stream through it instead of transposing it whole.
     transpose_of: StreamedTensor | None = None
     side_by_side: list[StreamedTensor] | None = None
-    # (initializer name, first row): these bytes are rows of that initializer; saved as a
-    # reference into its external data, never written twice (emit/artifact.py)
-    view_of: tuple[str, int] | None = None
+    # (initializer name, its tensor, first row): these bytes are rows of that initializer; saved
+    # as a reference into its external data, never written twice (emit/artifact.py)
+    view_of: tuple[str, ir.TensorProtocol, int] | None = None
 
     def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
                  *, whole: bool = False):
@@ -164,7 +164,7 @@ def row_view(initializer: ir.Value, start: int, stop: int, name: str) -> Streame
         raise AssertionError(f"{name}: 4-bit rows are not byte-addressable views")
     out = StreamedTensor(lambda a, b: base.rows(start + a, start + b), (stop - start, *base.shape.numpy()[1:]),
                          base.dtype, name, whole=base._whole)
-    out.view_of = (initializer.name, start)
+    out.view_of = (initializer.name, initializer.const_value, start)
     return out
 
 

@@ -6,8 +6,8 @@ weights and activations. s is searched per product among two families on an alph
 rms(x)^alpha (Lin et al. 2023) and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (Xiao et al.
 2023), by the output error ||Qa(X / s) Q(W s)^T - X W^T|| over the calibration activations
 (gemma_export/calibrate.py: the fp32 graph on the built-in text). Qa is the kernel's own rounding
-of its input: ort-cpu's MatMulNBits at accuracy level 4 quantizes x to int8 in blocks (quant.
-int8_blocks); elsewhere x stays as it is.
+of its input: onnxruntime's CPU MatMulNBits at accuracy level 4 (ort-cpu, and onnx as
+onnxruntime runs it) quantizes x to int8 in blocks (quant.int8_blocks); elsewhere x stays as it is.
 
 x / s is folded into the norm that produces x when that norm feeds only this product (q/k/v,
 gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
@@ -35,7 +35,7 @@ from gemma_export.passes.tied_lm_head import EMBEDDING
 
 NAME = "activation_scaling"
 ALPHAS = np.linspace(0.0, 1.0, 11)
-SEARCH_ROWS = 2048  # output channels sampled for the search (the error estimate, not the result)
+SEARCH_ROWS = 2048  # output channels sampled for the search (its error estimate and max|w|)
 NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization")
 
 
@@ -58,7 +58,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         _scale_weight(weight, s)
         _divide_input(graph, node, x, weight, s)
         alphas[weight.name] = alpha
-    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ)",
+    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families)",
                                  "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
                                  "alpha": alphas}
     return len(products)
@@ -97,8 +97,10 @@ def _sample(rows: StreamedTensor) -> np.ndarray:
 
 def quantizes_activations(options) -> bool:
     """Whether the kernel that will run the product quantizes its input: MatMulNBits at
-    accuracy_level 4 on the CPU does, to int8 per block of the weight's block size."""
-    return options.target == "ort-cpu"
+    accuracy_level 4 on the CPU does, to int8 per block of the weight's block size; so does
+    onnxruntime's CPU provider on the `onnx` target, where it fuses DequantizeLinear + MatMul into
+    MatMulNBits (session.qdq_matmulnbits_accuracy_level, 4 by default)."""
+    return options.target in ("ort-cpu", "onnx")
 
 
 def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme,

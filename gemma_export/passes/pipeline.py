@@ -26,7 +26,6 @@ _ORT = [
     group_query_attention, constant_view_shapes, rms_norm, skip_rms_norm, geglu, pack_matmuls,
     drop_project_domain,
     *LOW_PRECISION,
-    split_lm_head,
 ]
 
 _STANDARD = [
@@ -39,10 +38,11 @@ _STANDARD = [
 PIPELINES: dict[str, list[ModuleType]] = {
     "generic": [tied_lm_head, fold_weight_transposes],
     "onnx": [*_STANDARD, split_lm_head],
-    "ort-cpu": _ORT,
-    # The same graph as ort-cpu: GroupQueryAttention rotates q/k inside on both providers, so the
+    "ort-cpu": [*_ORT, split_lm_head],
+    # The ort-cpu graph: GroupQueryAttention rotates q/k inside on both providers, so the
     # CUDA-only GemmaRotaryEmbedding has no place; its in-kernel q/k norm (CUDA only) would fold
-    # Gemma 3's QK-norm but is left out until it can be checked on a GPU.
+    # Gemma 3's QK-norm but is left out until it can be checked on a GPU. No split_lm_head: CUDA
+    # does not prepack, and separate slices would hold the table twice in GPU memory.
     "ort-cuda": _ORT,
     # The standard graph, its Attention nodes cut to what TensorRT's Attention has (no softcap,
     # no softmax_precision): after precision, which may set the latter.

@@ -67,7 +67,7 @@ class OrtInplaceBackend:
         ids = np.full((len(prompts), lengths.max()), self.pad_id, np.int64)
         for r, p in enumerate(prompts):
             ids[r, :len(p)] = p
-        self._allocate(len(prompts))
+        self._start(len(prompts), ids.shape[1])
         return self._run(ids, np.zeros_like(lengths), lengths, (lengths - 1)[:, None])[:, 0]
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
@@ -90,9 +90,16 @@ class OrtInplaceBackend:
 
     def teacher_forced(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
-        self._allocate(1)
+        self._start(1, n)
         return self._run(np.asarray([ids], np.int64), np.zeros(1, np.int64), np.asarray([n], np.int64),
                          np.arange(n, dtype=np.int64)[None])[0]
+
+    def _start(self, batch: int, width: int) -> None:
+        """A new sequence per row: checked first, so a refused call leaves the state as it was."""
+        if width > self.max_seq_len:
+            raise RuntimeInputError(f"the sequence would exceed this artifact's maximum length {self.max_seq_len}")
+        self._allocate(batch)
+        self.lengths = np.zeros(batch, np.int64)
 
     def _allocate(self, batch: int) -> None:
         """Zeroed cache buffers for this batch size, each bound as both past and present."""
