@@ -31,6 +31,10 @@ def describe(folder: Path | str) -> str:
     if past:
         v = manifest["inputs"][past[0]]
         lines.append(f"  {len(past)} cache inputs like {past[0]}: {v['dtype']} {v['shape']}")
+    rings = manifest["kv_cache"].get("window_layers", {})
+    if rings:
+        sizes = sorted(set(rings.values()))
+        lines.append(f"  layers {', '.join(rings)}: window-sized ring caches ({', '.join(map(str, sizes))} slots)")
     lines += ["outputs:"] + [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in manifest["outputs"].items()
                              if not k.startswith("present_")]
     lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest["passes"]]

@@ -67,9 +67,12 @@ def feeds(cfg, batch: int = 2, seq: int = 9, past: int = 0, seed: int = 0) -> di
     return out
 
 
-def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1) -> dict[str, np.ndarray]:
+def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1,
+                  windows: dict[int, int] | None = None) -> dict[str, np.ndarray]:
     """The call `concat` (from feeds()) through the in-place interface: each past cache at the front
-    of a static [batch, kv_heads, max_seq_len, head_dim] buffer whose tail holds other finite values."""
+    of a static [batch, kv_heads, max_seq_len, head_dim] buffer whose tail holds other finite values;
+    layer i in `windows` (attention_scatter's report kv_cache.window_layers) as a ring of that many
+    slots, position p in slot p mod window."""
     rng = np.random.default_rng(seed)
     batch, seq = concat["input_ids"].shape
     past = concat["position_ids"][:, 0]
@@ -77,8 +80,11 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
            "seq_lengths": np.full(batch, seq, np.int64)}
     for name, cache in concat.items():
         if name.startswith("past_"):
-            static = rng.standard_normal((*cache.shape[:2], max_seq_len, cache.shape[3])).astype(np.float32)
-            static[:, :, :cache.shape[2]] = cache
+            window = (windows or {}).get(int(name.split(".")[1]))
+            static = rng.standard_normal((*cache.shape[:2], window or max_seq_len, cache.shape[3])).astype(np.float32)
+            held = cache.shape[2]
+            for p in range(max(0, held - window) if window else 0, held):
+                static[:, :, p % window if window else p] = cache[:, :, p]
             out[name] = static
     return out
 

@@ -12,42 +12,65 @@ MAX = 32
 @pytest.fixture(scope="module")
 def graphs(tiny_checkpoints):
     """gemma2 (GQA, softcap, sliding window 6) before and after the lowering."""
-    model, ctx = traced(tiny_checkpoints["gemma2"], ExportOptions(max_seq_len=MAX))
+    model, ctx = traced(tiny_checkpoints["gemma2"], ExportOptions(target="onnx", max_seq_len=MAX))
     after, counts = apply(model, ctx, set_opset, inplace_cache_io, attention_scatter)
     return model, after, ctx, counts[-1]
+
+
+WINDOW = 6
 
 
 def test_attention_becomes_tensor_scatter_and_attention(graphs):
     _, after, ctx, count = graphs
     layers = ctx.config.num_layers
     assert count == layers and ATTENTION not in op_types(after)
-    assert op_types(after).count("TensorScatter") == 2 * layers
+    scatters = [n for n in after.graph if n.op_type == "TensorScatter"]
+    assert len(scatters) == 2 * layers
     attention = [n for n in after.graph if n.op_type == "Attention"]
     assert len(attention) == layers
     assert {n.attributes.get_float("softcap") for n in attention} == {5.0}
-    assert all(n.inputs[6] is not None for n in attention)  # nonpad_kv_seqlen
-    assert all(n.inputs[1].producer().op_type == "Slice" for n in attention)  # only the longest row's keys
+    rings = ctx.report["kv_cache"]["window_layers"]
+    assert rings == {0: WINDOW, 2: WINDOW}  # gemma2: even layers slide
     assert ctx.report["kv_cache"]["update"] == "TensorScatter"
+    for i, node in enumerate(attention):
+        if i in rings:  # the ring's filled slots, then the new keys; visibility from positions alone
+            assert node.inputs[1].producer().op_type == "Concat" and len(node.inputs) == 4
+        else:  # only the longest row's keys, nonpad_kv_seqlen
+            assert node.inputs[1].producer().op_type == "Slice" and node.inputs[6] is not None
+    modes = sorted(n.attributes.get_string("mode", "linear") for n in scatters)
+    assert modes == ["circular"] * 4 + ["linear"] * 4
+    shapes = {v.name: v.shape[2] for v in [*after.graph.inputs, *after.graph.outputs] if "_key." in v.name}
+    assert shapes == {"past_key.0": WINDOW, "past_key.1": MAX, "past_key.2": WINDOW, "past_key.3": MAX,
+                      "present_key.0": WINDOW, "present_key.1": MAX, "present_key.2": WINDOW, "present_key.3": MAX}
 
 
-def test_prefill_after_a_past_longer_than_the_window(graphs):
+def _assert_cache(cache, reference, held: int, window: int | None):
+    """cache (one row or a batch) holds positions < held of reference at their slots."""
+    for p in range(max(0, held - window) if window else 0, held):
+        np.testing.assert_allclose(cache[:, :, p % window if window else p], reference[:, :, p], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("past,seq", [(5, 9), (9, 1), (0, 4), (13, 2)])
+def test_calls_across_the_window_match_the_concatenating_graph(graphs, past, seq):
     model, after, ctx, _ = graphs
-    concat = feeds(ctx.config, past=5, seq=9)
-    static = inplace_feeds(concat, MAX)
+    rings = ctx.report["kv_cache"]["window_layers"]
+    concat = feeds(ctx.config, past=past, seq=seq)
+    static = inplace_feeds(concat, MAX, windows=rings)
     before, now = run(model, concat), run(after, static)
     np.testing.assert_allclose(now["logits"], before["logits"], rtol=1e-5, atol=1e-5)
     for i in range(ctx.config.num_layers):
-        cache = now[f"present_value.{i}"]
-        np.testing.assert_allclose(cache[:, :, :14], before[f"present_value.{i}"], rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(cache[:, :, 14:], static[f"past_value.{i}"][:, :, 14:])  # untouched
+        _assert_cache(now[f"present_value.{i}"], before[f"present_value.{i}"], past + seq, rings.get(i))
+    full = now["present_value.1"]
+    np.testing.assert_array_equal(full[:, :, past + seq:], static["past_value.1"][:, :, past + seq:])  # untouched
 
 
 def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs):
     model, after, ctx, _ = graphs
     cfg = ctx.config
+    rings = ctx.report["kv_cache"]["window_layers"]
     pasts, lengths, width = [2, 9], [9, 4], 9
     rows = [feeds(cfg, batch=1, seq=n, past=p, seed=r) for r, (p, n) in enumerate(zip(pasts, lengths))]
-    static = [inplace_feeds(f, MAX) for f in rows]
+    static = [inplace_feeds(f, MAX, windows=rings) for f in rows]
     batch = {"input_ids": np.zeros((2, width), np.int64), "position_ids": np.zeros((2, width), np.int64),
              "past_lengths": np.asarray(pasts), "seq_lengths": np.asarray(lengths)}
     for r, (p, n) in enumerate(zip(pasts, lengths)):
@@ -60,5 +83,6 @@ def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs):
     for r, (p, n) in enumerate(zip(pasts, lengths)):
         alone = run(model, rows[r])
         np.testing.assert_allclose(now["logits"][r, :n], alone["logits"][0], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(now["present_key.3"][r, :, :p + n], alone["present_key.3"][0], rtol=1e-5, atol=1e-5)
+        for i in (2, 3):  # a ring and a full-length cache
+            _assert_cache(now[f"present_key.{i}"][r:r + 1], alone[f"present_key.{i}"], p + n, rings.get(i))
         assert np.isfinite(now["logits"][r]).all()

@@ -7,6 +7,7 @@ import pytest
 
 import gemma_runtime
 from gemma_export.export import export
+from gemma_export.inspect import describe
 from gemma_export.passes.context import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import BASE, CONFIGS, hf_model
@@ -66,6 +67,18 @@ def test_ragged_batch_generates_what_each_prompt_generates_alone(name, models):
     batch = model.generate([short, long], max_new_tokens=12)
     assert [r.token_ids for r in batch] == alone
     assert all(len(t) > 0 for t in alone)
+
+
+def test_sliding_layers_keep_a_window_sized_ring(artifacts, models):
+    manifest = models["gemma3"].manifest
+    sliding = ["0", "1", "3", "4"]  # tiny.py's layer_types
+    assert manifest["kv_cache"]["window_layers"] == {i: 6 for i in sliding}
+    shapes = {name: v["shape"][2] for name, v in manifest["inputs"].items() if name.startswith("past_key.")}
+    assert shapes == {f"past_key.{i}": 6 if str(i) in sliding else manifest["kv_cache"]["max_seq_len"] for i in range(6)}
+    assert "layers 0, 1, 3, 4: window-sized ring caches (6 slots)" in describe(artifacts["gemma3"])
+    backend = models["gemma3"].backend
+    backend.prefill([prompt(7, 3)])
+    assert [v.shape()[2] for v in backend.cache] == [shapes[f"past_key.{i}"] for i in range(6) for _ in "kv"]
 
 
 def test_cache_buffers_are_bound_once_and_updated_in_place(models):

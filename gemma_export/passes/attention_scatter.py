@@ -1,18 +1,28 @@
-"""GemmaAttention over the in-place cache (after inplace_cache_io) -> standard ops:
-TensorScatter (opset 24) writes the new keys and values into the static cache at past_lengths,
-then Attention (opset 24, nonpad_kv_seqlen = past_lengths + seq_lengths, q scale and softcap as
-attributes) reads the cache's first `longest` positions, longest = the batch's largest
-past_lengths + seq_lengths. The Slice is for speed: onnxruntime's CPU kernel reads every key it
-is given whatever nonpad_kv_seqlen says (one decode step, 8 heads x 256, 40 valid keys of 4096:
-5.3 ms over the whole cache, 0.15 ms over a slice).
+"""GemmaAttention over the in-place cache (after inplace_cache_io) -> standard ops, TensorScatter
+(opset 24) and Attention (opset 24, q scale and softcap as attributes). Two cache forms:
 
-Visibility is a boolean mask [batch, 1, seq, longest], one per window size, shared by the layers:
-key j is visible to the query in column i of row b iff j <= q and (no window, or q - j < window),
-q = past_lengths[b] + i. Attention's is_causal is not used: it puts query i at
-nonpad_kv_seqlen - seq + i, which in a right-padded row (seq_lengths[b] < seq) hides keys from
-the real queries. A padded column (i >= seq_lengths[b]) takes the row's last real position as its
-q, so that no query row is ever fully masked (runtimes disagree on what such a row gives) and
-what it writes into the cache stays finite.
+Full-length (global layers, and sliding layers whose window is not shorter than the cache):
+TensorScatter writes the new keys and values at past_lengths, then Attention
+(nonpad_kv_seqlen = past_lengths + seq_lengths) reads the cache's first `longest` positions,
+longest = the batch's largest past_lengths + seq_lengths. The Slice is for speed: onnxruntime's
+CPU kernel reads every key it is given whatever nonpad_kv_seqlen says (one decode step, 8 heads x
+256, 40 valid keys of 4096: 5.3 ms over the whole cache, 0.15 ms over a slice).
+
+Window-sized (target `onnx`: sliding layers, window < max_seq_len): the cache is a ring of `window` slots, position
+p in slot p mod window. Attention reads the ring's filled slots followed by the call's own new keys
+(Concat), each key's position computed from past_lengths, so the order of the slots does not
+matter; then TensorScatter (mode circular) writes the row's last min(seq, window) positions,
+gathered from that concatenation: a row shorter than the call (right padding) rewrites slots it
+already holds rather than writing its padding over keys it still needs. No write exceeds the
+ring, so no slot is written twice in a call.
+
+Visibility is a boolean mask [batch, 1, seq, keys], one per window size, shared by the layers:
+key at position j is visible to the query in column i of row b iff j <= q and (no window, or
+q - j < window), q = past_lengths[b] + i; an empty ring slot has a position no query reaches.
+Attention's is_causal is not used: it puts query i at nonpad_kv_seqlen - seq + i, which in a
+right-padded row (seq_lengths[b] < seq) hides keys from the real queries. A padded column
+(i >= seq_lengths[b]) takes the row's last real position as its q, so that no query row is ever
+fully masked (runtimes disagree on what such a row gives) and what it writes stays finite.
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int
 NAME = "attention_scatter"
 HEADS_FIRST = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 CACHE_AXIS = 2
+NEVER = 2 ** 62  # the position of an empty ring slot: after every query
+# tensorrt lowers this pass's Attention further and its runtime allocates full-length caches;
+# whether TensorRT builds the ring's circular TensorScatter is untested (no GPU here), so it keeps them.
+RING_TARGETS = ("onnx",)
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -35,22 +49,37 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if not nodes:
         return 0
     shared = _Shared(graph, nodes[0])
-    for node in nodes:
+    rings = {}
+    for i, node in enumerate(nodes):
         q, k, v, past_key, past_value = node.inputs[:5]
         scale, softcap, window = (node.attributes.get_float("scale"), node.attributes.get_float("softcap"),
                                   node.attributes.get_int("window"))
-        present = [add_node(graph, node, "TensorScatter", [cache, _heads_first(graph, node, new), shared.past_lengths],
-                            {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
-        keys, values = (shared.valid(node, cache) for cache in present)
         attrs = {"scale": scale, "is_causal": 0, **({"softcap": softcap} if softcap else {})}
-        y = add_node(graph, node, "Attention", [_heads_first(graph, node, q), keys, values, shared.visible(window),
-                                                None, None, shared.nonpad], attrs).outputs[0]
+        q, k, v = (_heads_first(graph, node, x) for x in (q, k, v))
+        if ctx.options.target in RING_TARGETS and 0 < window < ctx.options.max_seq_len:
+            ring = shared.ring(window, ctx.config.num_kv_heads, ctx.config.head_dim)
+            keys, values = (add_node(graph, node, "Concat", [ring.filled_slots(node, cache), new], {"axis": CACHE_AXIS})
+                            .outputs[0] for cache, new in ((past_key, k), (past_value, v)))
+            y = add_node(graph, node, "Attention", [q, keys, values, ring.visible], attrs).outputs[0]
+            present = [ring.write(node, cache, both) for cache, both in ((past_key, keys), (past_value, values))]
+            for value in (past_key, past_value, *node.outputs[1:3]):
+                value.shape = ir.Shape([value.shape[0], value.shape[1], window, value.shape[3]])
+            rings[i] = window
+        else:
+            present = [add_node(graph, node, "TensorScatter", [cache, new, shared.past_lengths],
+                                {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
+            keys, values = (shared.valid(node, cache) for cache in present)
+            y = add_node(graph, node, "Attention", [q, keys, values, shared.visible(window), None, None,
+                                                    shared.nonpad], attrs).outputs[0]
         y = add_node(graph, node, "Reshape", [_heads_first(graph, node, y),
                                               constant_int64(graph, "const.merge_heads", [0, 0, -1])])
         for old, new in zip(node.outputs, [y.outputs[0], *present]):
             replace_value(old, new)
         graph.remove(node, safe=True)
-    ctx.report.setdefault("kv_cache", {})["update"] = "TensorScatter"
+    kv = ctx.report.setdefault("kv_cache", {})
+    kv["update"] = "TensorScatter"
+    if rings:
+        kv["window_layers"] = rings
     return len(nodes)
 
 
@@ -63,38 +92,99 @@ class _Shared:
 
     def __init__(self, graph: ir.Graph, first: ir.Node):
         self.graph, self.first = graph, first
-        self.past_lengths, seq_lengths = lengths(graph)
-        self.nonpad = self._node("Add", self.past_lengths, seq_lengths)
-        self.longest = self._node("ReduceMax", self.nonpad, keepdims=1)
-        zero, one = self._scalar("const.scalar_0", 0), self._scalar("const.scalar_1", 1)
-        self.k = self._node("Range", zero, self._node("Squeeze", self.longest), one)
+        self.past_lengths, self.seq_lengths = lengths(graph)
+        self.nonpad = self.node("Add", self.past_lengths, self.seq_lengths)
+        self.longest = self.node("ReduceMax", self.nonpad, keepdims=1)
+        self.zero, self.one = self.scalar(0), self.scalar(1)
+        self.k = self.node("Range", self.zero, self.node("Squeeze", self.longest), self.one)
         # q per column: past_lengths + i, capped at the row's last real position (padded columns)
         input_ids = next(v for v in graph.inputs if v.name == "input_ids")
-        columns = self._node("Range", zero, self._node("Squeeze", self._node("Shape", input_ids, start=1, end=2)), one)
-        axis_1 = constant_int64(graph, "const.axis_1", [1])
-        q = self._node("Add", self._node("Unsqueeze", self.past_lengths, axis_1), columns)
-        last = self._node("Unsqueeze", self._node("Sub", self.nonpad, one), axis_1)
-        self.q = self._node("Unsqueeze", self._node("Min", q, last), constant_int64(graph, "const.axes_1_3", [1, 3]))
-        self.causal = self._node("LessOrEqual", self.k, self.q)
+        self.width = self.node("Shape", input_ids, start=1, end=2)
+        self.columns = self.node("Range", self.zero, self.node("Squeeze", self.width), self.one)
+        self.axis_1 = constant_int64(graph, "const.axis_1", [1])
+        q = self.node("Add", self.rows(self.past_lengths), self.columns)
+        last = self.rows(self.node("Sub", self.nonpad, self.one))
+        self.q = self.node("Unsqueeze", self.node("Min", q, last), constant_int64(graph, "const.axes_1_3", [1, 3]))
+        self.causal = self.node("LessOrEqual", self.k, self.q)
         self._by_window: dict[int, ir.Value] = {0: self.causal}
+        self._rings: dict[int, _Ring] = {}
 
     def valid(self, before: ir.Node, cache: ir.Value) -> ir.Value:
         """The cache's first `longest` positions."""
-        starts = constant_int64(self.graph, "const.zero_1d", [0])
-        axes = constant_int64(self.graph, "const.cache_axis", [CACHE_AXIS])
-        return add_node(self.graph, before, "Slice", [cache, starts, self.longest, axes]).outputs[0]
+        return add_node(self.graph, before, "Slice", [cache, constant_int64(self.graph, "const.zero_1d", [0]),
+                                                      self.longest, self.cache_axis]).outputs[0]
 
     def visible(self, window: int) -> ir.Value:
         if window not in self._by_window:
-            distance = self._node("Sub", self.q, self.k)
-            inside = self._node("Less", distance, self._scalar(f"const.scalar_{window}", window))
-            self._by_window[window] = self._node("And", self.causal, inside)
+            self._by_window[window] = self.window_mask(self.k, window)
         return self._by_window[window]
 
-    def _node(self, op: str, *inputs: ir.Value, **attrs) -> ir.Value:
+    def window_mask(self, keys: ir.Value, window: int) -> ir.Value:
+        """keys: the keys' positions, broadcastable to [batch, 1, 1, keys]."""
+        inside = self.node("Less", self.node("Sub", self.q, keys), self.scalar(window))
+        return self.node("And", self.node("LessOrEqual", keys, self.q), inside)
+
+    def ring(self, window: int, heads: int, dims: int) -> _Ring:
+        if window not in self._rings:
+            self._rings[window] = _Ring(self, window, heads, dims)
+        return self._rings[window]
+
+    @property
+    def cache_axis(self) -> ir.Value:
+        return constant_int64(self.graph, "const.cache_axis", [CACHE_AXIS])
+
+    def rows(self, per_row: ir.Value) -> ir.Value:
+        """[batch] -> [batch, 1]."""
+        return self.node("Unsqueeze", per_row, self.axis_1)
+
+    def node(self, op: str, *inputs: ir.Value, **attrs) -> ir.Value:
         return add_node(self.graph, self.first, op, list(inputs), attrs).outputs[0]
 
-    def _scalar(self, name: str, value: int) -> ir.Value:
+    def scalar(self, value: int) -> ir.Value:
+        name = f"const.scalar_{value}"
         if name not in self.graph.initializers:
             add_initializer(self.graph, name, np.asarray(value, dtype=np.int64))
         return self.graph.initializers[name]
+
+
+class _Ring:
+    """The index arithmetic of the window-sized caches of one window size, shared by their layers.
+    In a layer, keys = Concat(the ring's first `filled` slots, the call's new keys)."""
+
+    def __init__(self, shared: _Shared, window: int, heads: int, dims: int):
+        self.shared, self.window = shared, window
+        node, size = shared.node, shared.scalar(window)
+        past = shared.rows(shared.past_lengths)  # [B, 1]
+        # slots read: min(longest past, window) (a row's own filled slots are 0 .. min(past, window) - 1)
+        self.filled = node("Min", node("ReduceMax", shared.past_lengths, keepdims=1),
+                           constant_int64(shared.graph, f"const.window_{window}", [window]))
+        slots = node("Range", shared.zero, node("Squeeze", self.filled), shared.one)
+        # slot r holds the latest position before past that is r mod window
+        before = node("Sub", past, shared.one)
+        held = node("Sub", before, node("Mod", node("Sub", before, slots), size))
+        held = node("Where", node("Less", slots, past), held, shared.scalar(NEVER))
+        positions = node("Concat", held, node("Add", past, shared.columns), axis=1)  # [B, keys]
+        self.visible = shared.window_mask(node("Unsqueeze", positions, constant_int64(
+            shared.graph, "const.axes_1_2", [1, 2])), window)
+        # written: each row's last min(seq, window) positions, from where they lie in the keys
+        count = node("Min", shared.width, constant_int64(shared.graph, f"const.window_{window}", [window]))
+        end = shared.rows(shared.nonpad)
+        written = node("Add", node("Sub", end, count),
+                       node("Range", shared.zero, node("Squeeze", count), shared.one))  # [B, count]
+        from_new = node("Add", self.filled, node("Sub", written, past))
+        from_ring = node("Mod", written, size)  # a negative position (a short row): any slot, never read
+        source = node("Where", node("Less", written, past), from_ring, from_new)
+        source = node("Min", source, node("Sub", node("Add", self.filled, shared.width), shared.one))
+        self.source = node("Expand", node("Unsqueeze", source, constant_int64(shared.graph, "const.axes_1_3", [1, 3])),
+                           constant_int64(shared.graph, f"const.ring_index_{heads}_{dims}", [1, heads, 1, dims]))
+        self.start = node("Mod", node("Sub", shared.nonpad, node("Squeeze", count)), size)
+
+    def filled_slots(self, before: ir.Node, cache: ir.Value) -> ir.Value:
+        return add_node(self.shared.graph, before, "Slice", [cache, constant_int64(self.shared.graph, "const.zero_1d", [0]),
+                                                             self.filled, self.shared.cache_axis]).outputs[0]
+
+    def write(self, before: ir.Node, cache: ir.Value, keys: ir.Value) -> ir.Value:
+        graph = self.shared.graph
+        update = add_node(graph, before, "GatherElements", [keys, self.source], {"axis": CACHE_AXIS}).outputs[0]
+        return add_node(graph, before, "TensorScatter", [cache, update, self.start],
+                        {"axis": CACHE_AXIS, "mode": "circular"}).outputs[0]

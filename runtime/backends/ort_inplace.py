@@ -10,7 +10,8 @@ writes the inputs and outputs; each target's attention pass gives them their mea
     past_lengths   [batch] int64         valid tokens already in row b's cache
     seq_lengths    [batch] int64         valid new tokens of row b in this call (1..seq)
     logits_index   [batch, keep] int64   the columns whose logits are computed
-    past_key.{i}, past_value.{i}         [batch, kv_heads, max_seq_len, head_dim], layer i's cache
+    past_key.{i}, past_value.{i}         [batch, kv_heads, length, head_dim], layer i's cache: length
+                                         max_seq_len, or the window of a sliding layer kept as a ring
   outputs
     logits         [batch, keep, vocab] float32
     present_key.{i}, present_value.{i}   the same shape: the past buffer, updated in place
@@ -19,7 +20,10 @@ A call writes row b's real new keys and values at cache positions past_lengths[b
 past_lengths[b] + seq_lengths[b] - 1 and attends to the positions before past_lengths[b] +
 seq_lengths[b]; the padded columns may write after them (never read; the row's next tokens
 overwrite it), so past_lengths[b] + seq <= max_seq_len
-(manifest kv_cache.max_seq_len, the static cache length). Multi-query models keep one KV head.
+(manifest kv_cache.max_seq_len, the static cache length). A ring (`onnx` target, layers in
+manifest kv_cache.window_layers) holds position p in slot p mod window and is written whole by the
+graph. The runtime allocates each cache by its input's shape in the manifest. Multi-query models
+keep one KV head.
 Cache entries beyond the valid lengths are still read by some kernels (masked by addition) and
 so must be finite: a buffer is zeroed once, when allocated.
 
@@ -54,7 +58,7 @@ class OrtInplaceBackend:
         self.max_seq_len = int(kv["max_seq_len"])
         self.pad_id = manifest["tokens"]["pad"]
         self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
-        self.cache_shape = (cfg["num_kv_heads"], self.max_seq_len, cfg["head_dim"])
+        self.cache_shapes = [tuple(manifest["inputs"][f"past_{name}"]["shape"][1:]) for name in self.cache_names]
         self.cache_type = _CACHE_TYPES[kv["dtype"]]
         self.vocab_size = cfg["vocab_size"]
         self.binding = self.session.io_binding()  # prefill and teacher-forced calls
@@ -105,7 +109,7 @@ class OrtInplaceBackend:
         """Zeroed cache buffers for this batch size, each bound as both past and present."""
         if self.cache and self.cache[0].shape()[0] == batch:
             return
-        self.cache = [self._zeroed((batch, *self.cache_shape)) for _ in self.cache_names]
+        self.cache = [self._zeroed((batch, *shape)) for shape in self.cache_shapes]
         self.step = _DecodeStep(self.session, batch, self.vocab_size)
         for binding in (self.binding, self.step.binding):
             for name, value in zip(self.cache_names, self.cache):
