@@ -64,14 +64,15 @@ def test_calls_across_the_window_match_the_concatenating_graph(graphs, past, seq
     np.testing.assert_array_equal(full[:, :, past + seq:], static["past_value.1"][:, :, past + seq:])  # untouched
 
 
-def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs):
+@pytest.mark.parametrize("pasts,lengths", [([2, 9], [9, 4]), ([0, 14, 5], [1, 3, 8]), ([20, 6, 0], [7, 1, 2])])
+def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs, pasts, lengths):
     model, after, ctx, _ = graphs
     cfg = ctx.config
     rings = ctx.report["kv_cache"]["window_layers"]
-    pasts, lengths, width = [2, 9], [9, 4], 9
+    width, batch_size = max(lengths), len(pasts)
     rows = [feeds(cfg, batch=1, seq=n, past=p, seed=r) for r, (p, n) in enumerate(zip(pasts, lengths))]
     static = [inplace_feeds(f, MAX, windows=rings) for f in rows]
-    batch = {"input_ids": np.zeros((2, width), np.int64), "position_ids": np.zeros((2, width), np.int64),
+    batch = {"input_ids": np.zeros((batch_size, width), np.int64), "position_ids": np.zeros((batch_size, width), np.int64),
              "past_lengths": np.asarray(pasts), "seq_lengths": np.asarray(lengths)}
     for r, (p, n) in enumerate(zip(pasts, lengths)):
         batch["input_ids"][r, :n] = rows[r]["input_ids"][0]
