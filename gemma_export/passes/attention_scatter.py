@@ -8,10 +8,10 @@ longest = the batch's largest past_lengths + seq_lengths. The Slice is for speed
 CPU kernel reads every key it is given whatever nonpad_kv_seqlen says (one decode step, 8 heads x
 256, 40 valid keys of 4096: 5.3 ms over the whole cache, 0.15 ms over a slice).
 
-Window-sized (target `onnx`: sliding layers, window < max_seq_len): the cache is a ring of `window` slots, position
-p in slot p mod window. Attention reads the ring's filled slots followed by the call's own new keys
-(Concat), each key's position computed from past_lengths, so the order of the slots does not
-matter; then TensorScatter (mode circular) writes the row's last min(seq, window) positions,
+Window-sized (target `onnx`: sliding layers, window < max_seq_len): the cache is a ring of
+`window` slots, position p in slot p mod window. Attention reads the ring's filled slots followed
+by the call's own new keys (Concat), each key's position computed from past_lengths, so the order
+of the slots does not matter; then TensorScatter (mode circular) writes the row's last min(seq, window) positions,
 gathered from that concatenation: a row shorter than the call (right padding) rewrites slots it
 already holds rather than writing its padding over keys it still needs. No write exceeds the
 ring, so no slot is written twice in a call.
@@ -58,7 +58,8 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         q, k, v = (_heads_first(graph, node, x) for x in (q, k, v))
         if ctx.options.target in RING_TARGETS and 0 < window < ctx.options.max_seq_len:
             ring = shared.ring(window, ctx.config.num_kv_heads, ctx.config.head_dim)
-            keys, values = (add_node(graph, node, "Concat", [ring.filled_slots(node, cache), new], {"axis": CACHE_AXIS})
+            keys, values = (add_node(graph, node, "Concat", [shared.leading(node, cache, ring.filled), new],
+                                     {"axis": CACHE_AXIS})
                             .outputs[0] for cache, new in ((past_key, k), (past_value, v)))
             y = add_node(graph, node, "Attention", [q, keys, values, ring.visible], attrs).outputs[0]
             present = [ring.write(node, cache, both) for cache, both in ((past_key, keys), (past_value, values))]
@@ -68,7 +69,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         else:
             present = [add_node(graph, node, "TensorScatter", [cache, new, shared.past_lengths],
                                 {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
-            keys, values = (shared.valid(node, cache) for cache in present)
+            keys, values = (shared.leading(node, cache, shared.longest) for cache in present)
             y = add_node(graph, node, "Attention", [q, keys, values, shared.visible(window), None, None,
                                                     shared.nonpad], attrs).outputs[0]
         y = add_node(graph, node, "Reshape", [_heads_first(graph, node, y),
@@ -92,8 +93,8 @@ class _Shared:
 
     def __init__(self, graph: ir.Graph, first: ir.Node):
         self.graph, self.first = graph, first
-        self.past_lengths, self.seq_lengths = lengths(graph)
-        self.nonpad = self.node("Add", self.past_lengths, self.seq_lengths)
+        self.past_lengths, seq_lengths = lengths(graph)
+        self.nonpad = self.node("Add", self.past_lengths, seq_lengths)
         self.longest = self.node("ReduceMax", self.nonpad, keepdims=1)
         self.zero, self.one = self.scalar(0), self.scalar(1)
         self.k = self.node("Range", self.zero, self.node("Squeeze", self.longest), self.one)
@@ -109,10 +110,11 @@ class _Shared:
         self._by_window: dict[int, ir.Value] = {0: self.causal}
         self._rings: dict[int, _Ring] = {}
 
-    def valid(self, before: ir.Node, cache: ir.Value) -> ir.Value:
-        """The cache's first `longest` positions."""
-        return add_node(self.graph, before, "Slice", [cache, constant_int64(self.graph, "const.zero_1d", [0]),
-                                                      self.longest, self.cache_axis]).outputs[0]
+    def leading(self, before: ir.Node, cache: ir.Value, end: ir.Value) -> ir.Value:
+        """The cache's first `end` positions."""
+        return add_node(self.graph, before, "Slice", [cache, constant_int64(self.graph, "const.zero_1d", [0]), end,
+                                                      constant_int64(self.graph, "const.cache_axis", [CACHE_AXIS])]
+                        ).outputs[0]
 
     def visible(self, window: int) -> ir.Value:
         if window not in self._by_window:
@@ -128,10 +130,6 @@ class _Shared:
         if window not in self._rings:
             self._rings[window] = _Ring(self, window, heads, dims)
         return self._rings[window]
-
-    @property
-    def cache_axis(self) -> ir.Value:
-        return constant_int64(self.graph, "const.cache_axis", [CACHE_AXIS])
 
     def rows(self, per_row: ir.Value) -> ir.Value:
         """[batch] -> [batch, 1]."""
@@ -152,7 +150,7 @@ class _Ring:
     In a layer, keys = Concat(the ring's first `filled` slots, the call's new keys)."""
 
     def __init__(self, shared: _Shared, window: int, heads: int, dims: int):
-        self.shared, self.window = shared, window
+        self.shared = shared
         node, size = shared.node, shared.scalar(window)
         past = shared.rows(shared.past_lengths)  # [B, 1]
         # slots read: min(longest past, window) (a row's own filled slots are 0 .. min(past, window) - 1)
@@ -178,10 +176,6 @@ class _Ring:
         self.source = node("Expand", node("Unsqueeze", source, constant_int64(shared.graph, "const.axes_1_3", [1, 3])),
                            constant_int64(shared.graph, f"const.ring_index_{heads}_{dims}", [1, heads, 1, dims]))
         self.start = node("Mod", node("Sub", shared.nonpad, node("Squeeze", count)), size)
-
-    def filled_slots(self, before: ir.Node, cache: ir.Value) -> ir.Value:
-        return add_node(self.shared.graph, before, "Slice", [cache, constant_int64(self.shared.graph, "const.zero_1d", [0]),
-                                                             self.filled, self.shared.cache_axis]).outputs[0]
 
     def write(self, before: ir.Node, cache: ir.Value, keys: ir.Value) -> ir.Value:
         graph = self.shared.graph
