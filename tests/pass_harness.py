@@ -82,11 +82,18 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
         if name.startswith("past_"):
             window = (windows or {}).get(int(name.split(".")[1]))
             static = rng.standard_normal((*cache.shape[:2], window or max_seq_len, cache.shape[3])).astype(np.float32)
-            held = cache.shape[2]
-            for p in range(max(0, held - window) if window else 0, held):
-                static[:, :, p % window if window else p] = cache[:, :, p]
+            for position, slot in cache_slots(cache.shape[2], window):
+                static[:, :, slot] = cache[:, :, position]
             out[name] = static
     return out
+
+
+def cache_slots(held: int, window: int | None) -> list[tuple[int, int]]:
+    """(position, slot) of what a cache keeps of positions 0 .. held - 1: every position at its own
+    index, or, in a ring of `window` slots, the last `window` positions, p at slot p mod window."""
+    if not window:
+        return [(p, p) for p in range(held)]
+    return [(p, p % window) for p in range(max(0, held - window), held)]
 
 
 def op_types(model: ir.Model) -> list[str]:

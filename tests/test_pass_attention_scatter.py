@@ -4,7 +4,7 @@ import pytest
 from gemma_export.frontend.onnx_ops import ATTENTION
 from gemma_export.passes import attention_scatter, inplace_cache_io, set_opset
 from gemma_export.passes.context import ExportOptions
-from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
+from pass_harness import apply, cache_slots, feeds, inplace_feeds, op_types, run, traced
 
 MAX = 32
 
@@ -46,8 +46,8 @@ def test_attention_becomes_tensor_scatter_and_attention(graphs):
 
 def _assert_cache(cache, reference, held: int, window: int | None):
     """cache (one row or a batch) holds positions < held of reference at their slots."""
-    for p in range(max(0, held - window) if window else 0, held):
-        np.testing.assert_allclose(cache[:, :, p % window if window else p], reference[:, :, p], rtol=1e-5, atol=1e-5)
+    for position, slot in cache_slots(held, window):
+        np.testing.assert_allclose(cache[:, :, slot], reference[:, :, position], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("past,seq", [(5, 9), (9, 1), (0, 4), (13, 2)])
