@@ -19,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint import gemma_2b_checkpoint  # noqa: E402
 
+from gemma_export.targets import TARGETS as ALL_TARGETS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,15 +66,6 @@ def export_run(checkpoint: Path, target: str, layers: int) -> dict:
             "under_budget": result["exit"] == 0 and result["peak_rss_mib"] * 2**20 < BUDGET_BYTES}
 
 
-def available_targets(wanted: list[str]) -> list[str]:
-    from gemma_export.passes.pipeline import PIPELINES
-
-    for t in wanted:
-        if t not in PIPELINES:
-            print(f"note: target {t!r} is not in PIPELINES yet; skipped")
-    return [t for t in wanted if t in PIPELINES]
-
-
 def growth(runs: list[dict]) -> list[dict]:
     """Per target: peak RSS at the most layers minus at the fewest."""
     out = []
@@ -99,11 +92,11 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="layer counts to export")
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS))
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(ALL_TARGETS))
     args = parser.parse_args()
     if not TIME.is_file():
         sys.exit(f"error: {TIME} not found; it reports the peak RSS (apt-get install -y time)")
-    targets = available_targets(args.targets)
+    targets = args.targets
     runs = []
     for layers in sorted(set(args.layers), reverse=True):
         checkpoint = gemma_2b_checkpoint(WORK / f"gemma-2b-{layers}l", layers)

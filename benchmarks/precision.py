@@ -80,8 +80,8 @@ def agreement(logits_of, reference: list[np.ndarray], sequences: list[list[int]]
 
 def long_prompt_finite(artifact: Path) -> bool:
     model = gemma_runtime.load(artifact)
-    cfg = model.manifest["config"]
-    ids = [model.manifest["tokens"]["bos"]] + np.random.default_rng(0).integers(4, cfg["vocab_size"],
+    cfg = model.manifest.config
+    ids = [model.manifest.tokens.bos] + np.random.default_rng(0).integers(4, cfg["vocab_size"],
                                                                                 LONG_PROMPT - 1).tolist()
     logits = [model.backend.prefill([ids])]
     for _ in range(8):
@@ -164,8 +164,8 @@ def profile_decode(artifact: Path, steps: int = 32) -> dict:
         model = gemma_runtime.load(artifact)
     finally:
         ort_inplace.create_session = original
-    cfg = model.manifest["config"]
-    ids = [model.manifest["tokens"]["bos"]] + np.random.default_rng(1).integers(4, cfg["vocab_size"], 127).tolist()
+    cfg = model.manifest.config
+    ids = [model.manifest.tokens.bos] + np.random.default_rng(1).integers(4, cfg["vocab_size"], 127).tolist()
     token = int(model.backend.prefill([ids])[0].argmax())
     t = time.perf_counter()
     for _ in range(steps):
@@ -193,7 +193,7 @@ def one_model(model: str, args, python: Path | None, report: dict) -> None:
     reference_dir = root / "fp32"
     first = our_row("fp32", model, reference_dir, source, None, None, args)
     fp32 = gemma_runtime.load(reference_dir)
-    sequences = prompt_ids(fp32, None, fp32.manifest["config"]["vocab_size"])
+    sequences = prompt_ids(fp32, None, fp32.manifest.config["vocab_size"])
     reference = [fp32.logits(ids) for ids in sequences]
     first.update({"top1_agreement": 1.0, "kl_divergence": 0.0, "positions": sum(map(len, sequences)),
                   "perplexity": agreement(lambda i, ids: reference[i], reference, sequences)["perplexity"]})

@@ -3,8 +3,8 @@ the real Gemma 3 270M (15 of its 18 layers slide, window 512): KV-cache bytes, p
 tokens/s and peak RSS at a short and a long prompt, and whether greedy generation after a prompt
 longer than the window is the same token for token.
 
-The full-length artifact is the same export with attention_scatter's ring switched off
-(RING_TARGETS emptied in this process), so the two differ only in the sliding layers' caches.
+The full-length artifact is the same export with the `onnx` target's ring_caches fact switched off
+(its table entry replaced within this process), so the two differ only in the sliding layers' caches.
 Each measurement runs in its own process (gemma_export.bench.measure).
 
 Run: .venv/bin/python benchmarks/window_cache.py [--max-seq-len 4096] [--long 2048] [--repeats 2]
@@ -14,6 +14,7 @@ Writes benchmarks/results/window_cache.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -23,8 +24,9 @@ import numpy as np
 import gemma_runtime
 from gemma_export.bench import format_table, measure
 from gemma_export.export import export
-from gemma_export.passes import attention_scatter
+from gemma_export import targets
 from gemma_export.passes.context import ExportOptions
+from gemma_runtime.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench" / "window_cache"
@@ -36,19 +38,18 @@ def build(folder: Path, max_seq_len: int, ring: bool, reuse: bool) -> Path:
     if reuse and (folder / "manifest.json").is_file():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    saved = attention_scatter.RING_TARGETS
-    attention_scatter.RING_TARGETS = saved if ring else ()
+    saved = targets.TARGETS["onnx"]
+    targets.TARGETS["onnx"] = dataclasses.replace(saved, ring_caches=ring)
     try:
         export(None, folder, ExportOptions(target="onnx", max_seq_len=max_seq_len))
     finally:
-        attention_scatter.RING_TARGETS = saved
+        targets.TARGETS["onnx"] = saved
     return folder
 
 
 def cache_mib(folder: Path) -> float:
-    """Bytes of every past_* cache at batch 1, from the manifest's input shapes (fp32)."""
-    inputs = json.loads((folder / "manifest.json").read_text())["inputs"]
-    return sum(4 * int(np.prod(v["shape"][1:])) for k, v in inputs.items() if k.startswith("past_")) / MiB
+    """Bytes of every cache buffer at batch 1, from the manifest."""
+    return sum(b.nbytes(1) for b in read_manifest(folder).kv_cache.buffers) / MiB
 
 
 def greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
@@ -71,7 +72,7 @@ def main() -> None:
             row.update(name=f"{name}, prompt {prompt_tokens}", cache_mib=cache_mib(folder))
             rows.append(row)
             print(format_table(rows[-1:]), flush=True)  # progress
-    vocab = json.loads((folders["ring"] / "manifest.json").read_text())["config"]["vocab_size"]
+    vocab = read_manifest(folders["ring"]).config["vocab_size"]
     prompt = [2] + list(np.random.default_rng(0).integers(4, vocab, args.long - 1))
     tokens = {name: greedy(folder, prompt, 32) for name, folder in folders.items()}
     same = tokens["ring"] == tokens["full"]

@@ -82,7 +82,7 @@ def peak_rss_mib() -> float:
 
 
 def measure_here(artifact: Path, prompt_tokens: int = 128, new_tokens: int = 128, threads: int | None = None,
-                 backend: str = "ort", repeats: int = 3) -> dict:
+                 backend: str | None = None, repeats: int = 3, device: str | None = None) -> dict:
     """The measurement in this process (peak RSS includes whatever the process held before)."""
     import gemma_runtime
     from gemma_runtime.errors import RuntimeInputError
@@ -91,29 +91,30 @@ def measure_here(artifact: Path, prompt_tokens: int = 128, new_tokens: int = 128
         raise RuntimeInputError("need prompt_tokens >= 1, new_tokens >= 2 (one from the prefill, at least "
                                 "one decode step) and repeats >= 1")
     t0 = time.perf_counter()
-    model = gemma_runtime.load(artifact, backend=backend, threads=threads)
+    model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     load_s = time.perf_counter() - t0
     manifest = model.manifest
     if prompt_tokens + new_tokens > model.max_seq_len:
         raise RuntimeInputError(f"{prompt_tokens} + {new_tokens} tokens exceed the artifact's maximum "
                                 f"sequence length {model.max_seq_len}")
-    prompt = random_prompt(prompt_tokens, manifest["config"]["vocab_size"], manifest["tokens"]["bos"])
+    prompt = random_prompt(prompt_tokens, manifest.config["vocab_size"], manifest.tokens.bos)
     be = model.backend
     result = time_generation(lambda ids: be.prefill([ids])[0],
                              lambda token: be.decode(np.array([token], np.int64))[0],
                              prompt, new_tokens, repeats)
-    return {"artifact": str(artifact), "target": manifest.get("target"), "dtype": manifest.get("dtype"),
-            "quant": manifest.get("quant", {}).get("method"), "backend": backend, "threads": threads,
+    return {"artifact": str(artifact), "target": manifest.target, "dtype": manifest.dtype,
+            "quant": manifest.quant["method"], "backend": backend or manifest.execution.backends[0], "threads": threads,
             "load_s": load_s, **result, "peak_rss_mib": peak_rss_mib()}
 
 
 def measure(artifact: Path, prompt_tokens: int = 128, new_tokens: int = 128, threads: int | None = None,
-            backend: str = "ort", repeats: int = 3) -> dict:
+            backend: str | None = None, repeats: int = 3, device: str | None = None) -> dict:
     """`measure_here` in a fresh Python process, so the peak RSS is the model's alone."""
     cmd = [sys.executable, "-m", "gemma_export.bench", str(artifact), "--prompt-tokens", str(prompt_tokens),
-           "--new-tokens", str(new_tokens), "--backend", backend, "--repeats", str(repeats), "--json"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
+           "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--json"]
+    for flag, value in (("--threads", threads), ("--backend", backend), ("--device", device)):
+        if value is not None:
+            cmd += [flag, str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -152,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--backend", default="ort")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     args = parser.parse_args(argv)
@@ -160,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         result = measure_here(args.artifact, args.prompt_tokens, args.new_tokens, args.threads, args.backend,
-                              args.repeats)
+                              args.repeats, args.device)
     except (GemmaExportError, RuntimeInputError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result) if args.json else format_table([result]))

@@ -10,7 +10,11 @@ from typing import Optional
 import typer
 
 from gemma_export.errors import GemmaExportError
+from gemma_export.passes.context import DTYPES
+from gemma_export.targets import DEFAULT_TARGET, TARGETS
 
+BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
+DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile Gemma checkpoints to ONNX / TensorRT and run them.")
 
@@ -44,8 +48,9 @@ class _Progress:
 def export(
     source: Optional[Path] = typer.Argument(None, help="HF folder or .gguf file; none: the embedded default model"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact folder to write"),
-    target: str = typer.Option("ort-cpu", help="generic | onnx | ort-cpu | ort-cuda | tensorrt"),
-    dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
+    target: str = typer.Option(DEFAULT_TARGET, help=" | ".join(TARGETS)),
+    dtype: Optional[str] = typer.Option(None, help=f"{' | '.join(DTYPES)} (default: the target's first: "
+                                        + ", ".join(f"{t.name} {t.dtypes[0]}" for t in TARGETS.values()) + ")"),
     quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
@@ -66,13 +71,13 @@ def export(
     finally:
         progress.close()
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    typer.echo(f"wrote {out} ({manifest['family']}, target {manifest['target']}, {manifest['dtype']}, "
-               f"quant {manifest['quant']['method']}, {size:.1f} MiB, {manifest['export_seconds']} s)")
+    typer.echo(f"wrote {out} ({manifest.family}, target {manifest.target}, {manifest.dtype}, "
+               f"quant {manifest.quant['method']}, {size:.1f} MiB, {manifest.export_seconds} s)")
 
 
 def _sampling(model, temperature, top_k, top_p) -> dict:
     """Explicit options win; else the checkpoint's generation_config; else greedy."""
-    gen = model.manifest.get("generation_config") or {}
+    gen = model.manifest.generation_config or {}
     sample = gen.get("do_sample", False)
     return {
         "temperature": temperature if temperature is not None else (gen.get("temperature", 1.0) if sample else 0.0),
@@ -91,14 +96,15 @@ def generate(
     top_p: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
-    backend: str = typer.Option("ort", help="ort | trt"),
+    backend: Optional[str] = BACKEND,
+    device: Optional[str] = DEVICE,
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
 ) -> None:
     """Generate a continuation, streamed to stdout."""
     import gemma_runtime
     from gemma_runtime.chat import render
 
-    model = gemma_runtime.load(artifact, backend=backend, threads=threads)
+    model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     text = render([{"role": "user", "content": prompt}]) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
                               **_sampling(model, temperature, top_k, top_p)):
@@ -115,14 +121,15 @@ def chat(
     top_k: Optional[int] = typer.Option(None),
     top_p: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
-    backend: str = typer.Option("ort"),
+    backend: Optional[str] = BACKEND,
+    device: Optional[str] = DEVICE,
     threads: Optional[int] = typer.Option(None),
 ) -> None:
     """Multi-turn chat on stdin/stdout; /exit or end of input quits."""
     import gemma_runtime
     from gemma_runtime.chat import render
 
-    model = gemma_runtime.load(artifact, backend=backend, threads=threads)
+    model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     if model.tokenizer is None:
         raise GemmaExportError(f"{artifact}: chat needs a tokenizer.model in the artifact")
     sampling = _sampling(model, temperature, top_k, top_p)
@@ -159,10 +166,10 @@ def validate(
     min_top1: Optional[float] = typer.Option(None, help="minimum top-1 agreement"),
 ) -> None:
     """Compare an artifact's logits with a reference; exit 1 when a threshold fails."""
-    import gemma_runtime
     from gemma_export.validate import Thresholds, default_thresholds, validate as run_validate
+    from gemma_runtime.manifest import read_manifest
 
-    thresholds = default_thresholds(gemma_runtime.artifact.read_manifest(artifact))
+    thresholds = default_thresholds(read_manifest(artifact))
     thresholds = Thresholds(max_rel_diff if max_rel_diff is not None else thresholds.max_rel_diff,
                             min_top1 if min_top1 is not None else thresholds.min_top1)
     texts = None
@@ -204,14 +211,15 @@ def bench(
     prompt_tokens: int = typer.Option(128, help="prompt length (random ids, BOS first)"),
     new_tokens: int = typer.Option(128, help="tokens generated (greedy, no early stop)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
-    backend: str = typer.Option("ort", help="ort | trt"),
+    backend: Optional[str] = BACKEND,
+    device: Optional[str] = DEVICE,
     repeats: int = typer.Option(3, help="best of this many runs"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
 ) -> None:
     """Prefill tok/s, time to first token, decode tok/s and peak RSS, measured in a fresh process."""
     from gemma_export.bench import format_table, measure
 
-    result = measure(artifact, prompt_tokens, new_tokens, threads, backend, repeats)
+    result = measure(artifact, prompt_tokens, new_tokens, threads, backend, repeats, device)
     typer.echo(format_table([result]))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -246,6 +254,12 @@ def main() -> None:
         app()
     except (GemmaExportError, RuntimeInputError) as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":
+            raise
+        typer.echo("error: onnxruntime is not installed: pip install 'gemma-export[cpu]' "
+                   "(or 'gemma-export[gpu]' for CUDA, in an environment without onnxruntime)", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

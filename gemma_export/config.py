@@ -1,5 +1,5 @@
-"""The normalized Gemma config: one dataclass for Gemma 1, 2 and 3, read from HF config.json
-(transformers 4.x and 5.x forms) or built by the GGUF reader.
+"""HF config.json (transformers 4.x and 5.x forms) -> the normalized GemmaConfig, with the
+family's defaults (gemma_graphs.config.FAMILIES) for the fields a config leaves out.
 
 Every field of an HF config is either understood, on the explicit allow-list of fields that do
 not affect inference, or an error naming it. A value we do not support (attention bias, a RoPE
@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_export.errors import ConfigError
-
-FAMILIES = ("gemma", "gemma2", "gemma3")
-MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+from gemma_graphs.config import FAMILIES, MODEL_TYPES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
 
 # Fields that say nothing about the math of inference: read and dropped on purpose.
 IGNORED_FIELDS = frozenset(
@@ -31,89 +29,6 @@ IGNORED_FIELDS = frozenset(
         "_model_name_or_path", "unk_token_id",  # the unknown token matters to the tokenizer only
     }
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class GemmaConfig:
-    family: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    max_position_embeddings: int
-    rms_norm_eps: float
-    rope_theta: float  # global (full-attention) layers
-    rope_local_theta: float  # sliding-window layers
-    rope_scaling_factor: float  # linear scaling, global layers only (1.0 = none)
-    query_pre_attn_scalar: float
-    attn_softcap: float | None
-    final_softcap: float | None
-    sliding_window: int | None
-    layer_types: tuple[str, ...]  # "sliding" or "full", one per layer
-    bos_token_id: int = 2
-    eos_token_id: int = 1
-    pad_token_id: int = 0
-
-    @property
-    def qk_norm(self) -> bool:
-        return self.family == "gemma3"
-
-    @property
-    def sandwich_norms(self) -> bool:
-        """Gemma 2 and 3 normalise the outputs of attention and MLP before the residual add."""
-        return self.family in ("gemma2", "gemma3")
-
-    @property
-    def query_scale(self) -> float:
-        return float(self.query_pre_attn_scalar) ** -0.5
-
-    def layer_window(self, layer: int) -> int | None:
-        return self.sliding_window if self.layer_types[layer] == "sliding" else None
-
-    def layer_rope(self, layer: int) -> tuple[float, float]:
-        """(theta, linear scaling factor) of one layer."""
-        if self.layer_types[layer] == "sliding":
-            return self.rope_local_theta, 1.0
-        return self.rope_theta, self.rope_scaling_factor
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layer_types"] = list(self.layer_types)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
-        """Inverse of to_dict (the manifest's normalized config)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ConfigError(f"normalized config has unknown fields: {sorted(unknown)}")
-        return cls(**{**d, "layer_types": tuple(d["layer_types"])})
-
-    def validate(self) -> None:
-        if self.family not in FAMILIES:
-            raise ConfigError(f"unknown family {self.family!r}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"config field {name} must be positive, got {getattr(self, name)}")
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"num_attention_heads ({self.num_heads}) is not a multiple of num_key_value_heads "
-                f"({self.num_kv_heads})")
-        if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if len(self.layer_types) != self.num_layers:
-            raise ConfigError(
-                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
-        bad = set(self.layer_types) - {"sliding", "full"}
-        if bad:
-            raise ConfigError(f"unsupported layer types {sorted(bad)}")
-        if "sliding" in self.layer_types and not self.sliding_window:
-            raise ConfigError("sliding-window layers present but sliding_window is not set")
 
 
 def load_hf_config(folder: Path) -> tuple[GemmaConfig, dict | None]:
@@ -190,7 +105,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     if model_type not in MODEL_TYPES:
         raise ConfigError(
             f"{where}: unknown model_type {model_type!r} (supported: {', '.join(MODEL_TYPES)})")
-    family = MODEL_TYPES[model_type]
+    family = FAMILIES[MODEL_TYPES[model_type]]
     f = _Fields(raw, where)
     f.raw.pop("model_type")
 
@@ -201,7 +116,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     layers = f.take("num_hidden_layers", int, required=True)
 
     acts = {f.raw.pop(k) for k in ("hidden_act", "hidden_activation") if k in f.raw} - {None}
-    # Gemma's MLP is GeGLU with tanh GELU; old Gemma 1 configs say "gelu" but mean tanh (GEMMA.md).
+    # Gemma's MLP is GeGLU with tanh GELU; old Gemma 1 configs say "gelu" but mean tanh (gemma_pytorch).
     if acts - {"gelu_pytorch_tanh", "gelu"}:
         raise ConfigError(f"{where}: unsupported activation {sorted(acts)} (Gemma uses gelu_pytorch_tanh)")
 
@@ -215,37 +130,36 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     theta, local_theta, factor = _rope(f, family, where)
 
     layer_types_raw = f.take("layer_types", list, None)
-    sliding_window = f.take("sliding_window", int, None) if family != "gemma" else None
-    if family == "gemma":
+    sliding_window = f.take("sliding_window", int, None) if family.sliding_pattern else None
+    if not family.sliding_pattern:
         f.expect("sliding_window", (None,))
-        layer_types = ("full",) * layers
+        layer_types = sliding_layer_types(family, layers)
     elif layer_types_raw is not None:
         names = {"sliding_attention": "sliding", "full_attention": "full"}
         unknown = [t for t in layer_types_raw if t not in names]
         if unknown:
             raise ConfigError(f"{where}: unsupported layer_types {sorted(set(map(str, unknown)))}")
         layer_types = tuple(names[t] for t in layer_types_raw)
-    elif family == "gemma2":  # layer 0 local, alternating (transformers, gemma_pytorch)
-        layer_types = tuple("sliding" if i % 2 == 0 else "full" for i in range(layers))
     else:
-        pattern = raw.get("sliding_window_pattern", 6)
+        pattern = raw.get("sliding_window_pattern", family.sliding_pattern)
         if not isinstance(pattern, int) or pattern < 1:
             raise ConfigError(f"{where}: sliding_window_pattern = {pattern!r} is not supported")
-        layer_types = tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(layers))
+        layer_types = sliding_layer_types(dataclasses.replace(family, sliding_pattern=pattern), layers)
 
-    default_softcaps = {"gemma": (None, None), "gemma2": (50.0, 30.0), "gemma3": (None, None)}[family]
-    attn_softcap = f.take("attn_logit_softcapping", (int, float), default_softcaps[0]) if family != "gemma" else None
-    final_softcap = f.take("final_logit_softcapping", (int, float), default_softcaps[1]) if family != "gemma" else None
-    if family == "gemma":
+    if family.softcaps:
+        attn_softcap = f.take("attn_logit_softcapping", (int, float), family.attn_softcap)
+        final_softcap = f.take("final_logit_softcapping", (int, float), family.final_softcap)
+    else:
         f.expect("attn_logit_softcapping", (None,))
         f.expect("final_logit_softcapping", (None,))
-    qpas = f.take("query_pre_attn_scalar", (int, float), head_dim) if family != "gemma" else head_dim
+        attn_softcap = final_softcap = None
+    qpas = f.take("query_pre_attn_scalar", (int, float), head_dim) if family.query_pre_attn_scalar else head_dim
 
     bos = _token_id(f.take("bos_token_id", (int, list), 2), "bos_token_id", where)
     eos = _token_id(f.take("eos_token_id", (int, list), 1), "eos_token_id", where)
     pad = _token_id(f.take("pad_token_id", (int, list), 0), "pad_token_id", where)
     cfg = GemmaConfig(
-        family=family,
+        family=family.name,
         vocab_size=f.take("vocab_size", int, required=True),
         hidden_size=hidden,
         intermediate_size=f.take("intermediate_size", int, required=True),
@@ -268,7 +182,10 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         pad_token_id=pad,
     )
     f.finish()
-    cfg.validate()
+    try:
+        cfg.validate()
+    except InvalidConfig as e:
+        raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 
@@ -293,7 +210,7 @@ def _rope_entry(entry: Any, where: str, what: str) -> tuple[float, float]:
     return (None if theta is None else float(theta)), float(factor)
 
 
-def _rope(f: _Fields, family: str, where: str) -> tuple[float, float, float]:
+def _rope(f: _Fields, family: Family, where: str) -> tuple[float, float, float]:
     """(global theta, local theta, global linear factor) from either config form."""
     params = f.take("rope_parameters", dict, None)
     theta = f.take("rope_theta", (int, float), None)
@@ -314,14 +231,13 @@ def _rope(f: _Fields, family: str, where: str) -> tuple[float, float, float]:
     if scaling is not None:  # transformers 4.x
         s_theta, factor = _rope_entry(scaling, where, "rope_scaling")
         theta = s_theta if s_theta is not None else theta
-    defaults = {"gemma": (10000.0, 10000.0), "gemma2": (10000.0, 10000.0), "gemma3": (1_000_000.0, 10000.0)}
-    theta = float(theta) if theta is not None else defaults[family][0]
-    if family == "gemma3":
-        local = float(local) if local is not None else defaults[family][1]
+    theta = float(theta) if theta is not None else family.rope_theta
+    if family.rope_local_theta is not None:
+        local = float(local) if local is not None else family.rope_local_theta
     else:
         if local is not None and float(local) != theta:
-            raise ConfigError(f"{where}: rope_local_base_freq is only supported for Gemma 3")
+            raise ConfigError(f"{where}: rope_local_base_freq is not part of {family.name} (a separate local RoPE base)")
         local = theta
-        if factor != 1.0:
-            raise ConfigError(f"{where}: RoPE scaling is only supported for Gemma 3")
+    if factor != 1.0 and not family.rope_scaling:
+        raise ConfigError(f"{where}: RoPE scaling is not part of {family.name}")
     return theta, local, factor

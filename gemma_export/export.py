@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,37 +13,48 @@ from gemma_export import __version__
 from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import Source
 from gemma_export.emit import artifact
-from gemma_export.emit.weights import bind_weights
 from gemma_export.errors import CheckpointError, GemmaExportError
-from gemma_export.frontend.trace import trace
-from gemma_export.passes.context import DTYPES, QUANTS, TARGETS, ExportOptions, PassContext
+from gemma_export.frontend.trace import bind_weights, trace
+from gemma_export.passes.context import DTYPES, QUANTS, ExportOptions, PassContext
 from gemma_export.passes.pipeline import run_pipeline
-from gemma_runtime.artifact import FORMAT_VERSION, TOKENIZER_FILE
+from gemma_export.targets import TARGETS
+from gemma_graphs.config import GemmaConfig
+from gemma_graphs.gemma import CacheSlot, cache_slots
+from gemma_runtime.manifest import (BATCH, FORMAT_VERSION, TOKENIZER_FILE, CacheBuffer, Execution, KVCache,
+                                    Manifest, TensorSpec, Tokens, write_manifest)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+_CACHE_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
 
 
-def check_options(options: ExportOptions) -> None:
-    if options.target not in TARGETS:
+def resolve_options(options: ExportOptions) -> ExportOptions:
+    """The options checked against the target's table entry, with the target's default dtype filled in."""
+    target = TARGETS.get(options.target)
+    if target is None:
         raise GemmaExportError(f"unknown target {options.target!r} (targets: {', '.join(TARGETS)})")
-    if options.dtype not in DTYPES:
-        raise GemmaExportError(f"unknown dtype {options.dtype!r} (dtypes: {', '.join(DTYPES)})")
+    dtype = options.dtype or target.dtypes[0]
+    if dtype not in DTYPES:
+        raise GemmaExportError(f"unknown dtype {dtype!r} (dtypes: {', '.join(DTYPES)})")
     if options.quant not in QUANTS:
         raise GemmaExportError(f"unknown quantization {options.quant!r} (choices: {', '.join(QUANTS)})")
+    if dtype not in target.dtypes:
+        raise GemmaExportError(f"target {target.name!r} exports {' or '.join(target.dtypes)}, not {dtype}")
+    if options.quant not in target.quants:
+        raise GemmaExportError(f"target {target.name!r} exports {' or '.join(target.quants)} quantization, "
+                               f"not {options.quant}")
     if options.max_seq_len < 1:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
-    if options.target == "generic" and (options.dtype, options.quant) != ("fp32", "none"):
-        raise GemmaExportError("target 'generic' exports fp32 without quantization")
     if options.calibrate and options.quant == "none":
         raise GemmaExportError("--calibrate applies to --quant int8 or int4")
+    return dataclasses.replace(options, dtype=dtype)
 
 
 def export(source_path: Path | str | None, out: Path | str, options: ExportOptions, *, force: bool = False,
-           dump_ir: Path | None = None, progress: Progress | None = None) -> dict:
+           dump_ir: Path | None = None, progress: Progress | None = None) -> Manifest:
     """Writes the artifact; returns its manifest."""
-    check_options(options)
+    options = resolve_options(options)
     out = Path(out)
     artifact.check_output(out, force)  # fail before the slow part
     say = progress or (lambda what, done, total: None)
@@ -50,39 +62,36 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     say("reading checkpoint", 0, 1)
     source = open_source(source_path)
     cfg = source.config
-    options = _clamp_seq_len(options, cfg.max_position_embeddings)
+    options = dataclasses.replace(options, max_seq_len=min(options.max_seq_len, cfg.max_position_embeddings))
     say("tracing", 0, 1)
     model = trace(cfg)
     bind_weights(model, source.weights)
-    ctx = PassContext(cfg, options, tokenizer_model=source.tokenizer_model)
+    ctx = pass_context(cfg, options, source.tokenizer_model)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes)
     with artifact.staging(out, force) as tmp:
         artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
         if source.tokenizer_model is not None:
             (tmp / TOKENIZER_FILE).write_bytes(source.tokenizer_model)
-        manifest["export_seconds"] = round(time.time() - started, 2)
-        artifact.write_manifest(tmp, manifest)
+        manifest = dataclasses.replace(manifest, export_seconds=round(time.time() - started, 2))
+        write_manifest(tmp, manifest)
     return manifest
 
 
-def _clamp_seq_len(options: ExportOptions, context: int) -> ExportOptions:
-    import dataclasses
-    return dataclasses.replace(options, max_seq_len=min(options.max_seq_len, context))
+def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer_model: bytes | None = None) -> PassContext:
+    """What the passes of an export read; options as resolve_options() returns them."""
+    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer_model=tokenizer_model)
 
 
-def _io(values) -> dict:
-    out = {}
-    for v in values:
-        dims = [d if isinstance(d, int) else str(d) for d in (v.shape or [])]
-        out[v.name] = {"dtype": v.dtype.name.lower() if v.dtype is not None else None, "shape": dims}
-    return out
+def _specs(values) -> dict[str, TensorSpec]:
+    return {v.name: TensorSpec(v.dtype.name.lower() if v.dtype is not None else None,
+                               tuple(d if isinstance(d, int) else str(d) for d in (v.shape or [])))
+            for v in values}
 
 
-def _special_tokens(source: Source) -> dict:
+def _special_tokens(source: Source) -> Tokens:
     cfg = source.config
-    tokens = {"bos": cfg.bos_token_id, "eos": cfg.eos_token_id, "pad": cfg.pad_token_id,
-              "start_of_turn": None, "end_of_turn": None}
+    chat = {"start_of_turn": None, "end_of_turn": None}
     if source.tokenizer_model is not None:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor()
@@ -92,32 +101,45 @@ def _special_tokens(source: Source) -> dict:
                                   f"more than the model's vocabulary ({cfg.vocab_size})")
         for key, piece in (("start_of_turn", "<start_of_turn>"), ("end_of_turn", "<end_of_turn>")):
             i = sp.piece_to_id(piece)
-            tokens[key] = i if sp.id_to_piece(i) == piece else None
-    return tokens
+            chat[key] = i if sp.id_to_piece(i) == piece else None
+    return Tokens(bos=cfg.bos_token_id, eos=cfg.eos_token_id, pad=cfg.pad_token_id, **chat)
 
 
-def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[dict]) -> dict:
-    cfg, options = ctx.config, ctx.options
-    kv = {"layout": "concat", "max_seq_len": options.max_seq_len, "dtype": "fp32",
-          "per_layer_window": [cfg.layer_window(i) for i in range(cfg.num_layers)]}
-    kv.update(ctx.report.pop("kv_cache", {}))
-    return {
-        "format_version": FORMAT_VERSION,
-        "producer": f"gemma-export {__version__}",
-        "family": cfg.family,
-        "config": cfg.to_dict(),
-        "target": options.target,
-        "dtype": options.dtype,
-        "quant": {"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
-                  "embeddings_quantized": options.quant != "none" and not options.keep_embeddings_fp},
-        "inputs": _io(model.graph.inputs),
-        "outputs": _io(model.graph.outputs),
-        "kv_cache": kv,
-        "tokens": _special_tokens(source),
-        "generation_config": source.generation_config,
-        "passes": passes,
-        "report": ctx.report,
-        "sources": source.fingerprints,
-        "source": source.description,
-        "engines": [],
-    }
+def cache_buffers(graph: ir.Graph, slots: tuple[CacheSlot, ...], max_seq_len: int) -> KVCache:
+    """The model's cache slots as the final graph holds them: a growing (concatenated) cache has a
+    symbolic length, a static one max_seq_len positions, a ring fewer."""
+    inputs = {v.name: v for v in graph.inputs}
+    buffers = []
+    for slot in slots:
+        value = inputs[slot.input_name]
+        shape = tuple(d if isinstance(d, int) else BATCH if i == 0 else str(d) for i, d in enumerate(value.shape))
+        length = shape[2]
+        layout = "concat" if not isinstance(length, int) else "full" if length == max_seq_len else "ring"
+        buffers.append(CacheBuffer(slot.name, slot.kind, shape, _CACHE_DTYPES[value.dtype], layout,
+                                   slot.written_by, slot.read_by))
+    update = "concat" if any(b.layout == "concat" for b in buffers) else "inplace"
+    return KVCache(update, max_seq_len, tuple(buffers))
+
+
+def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[dict]) -> Manifest:
+    cfg, options, target = ctx.config, ctx.options, ctx.target
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        producer=f"gemma-export {__version__}",
+        family=cfg.family,
+        config=cfg.to_dict(),
+        target=target.name,
+        dtype=options.dtype,
+        quant={"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
+               "embeddings_quantized": options.quant != "none" and not options.keep_embeddings_fp},
+        inputs=_specs(model.graph.inputs),
+        outputs=_specs(model.graph.outputs),
+        kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),
+        execution=Execution(target.backends, target.devices),
+        tokens=_special_tokens(source),
+        generation_config=source.generation_config,
+        passes=passes,
+        report=ctx.report,
+        sources=source.fingerprints,
+        source=source.description,
+    )

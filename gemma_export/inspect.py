@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from gemma_runtime.artifact import MODEL_FILE, read_manifest
+from gemma_runtime.manifest import MODEL_FILE, Manifest, read_manifest
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:
@@ -18,26 +18,22 @@ def describe(folder: Path | str) -> str:
     folder = Path(folder)
     manifest = read_manifest(folder)
     model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
-    cfg = manifest["config"]
+    cfg, kv = manifest.config, manifest.kv_cache
+    caches = {name for b in kv.buffers for name in (b.input_name, b.output_name)}
     lines = [
-        f"{folder}: {manifest['family']} ({cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
+        f"{folder}: {manifest.family} ({cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_heads']} heads / {cfg['num_kv_heads']} KV heads, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']})",
-        f"target {manifest['target']}, dtype {manifest['dtype']}, quant {manifest['quant']['method']}, "
-        f"KV cache {manifest['kv_cache']['layout']} (max {manifest['kv_cache']['max_seq_len']}, {manifest['kv_cache']['dtype']})",
+        f"target {manifest.target} (backends {', '.join(manifest.execution.backends)}; devices "
+        f"{', '.join(manifest.execution.devices)}), dtype {manifest.dtype}, quant {manifest.quant['method']}",
         "", "inputs:"]
-    io = [(k, v) for k, v in manifest["inputs"].items() if not k.startswith("past_")]
-    lines += [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in io]
-    past = [k for k in manifest["inputs"] if k.startswith("past_")]
-    if past:
-        v = manifest["inputs"][past[0]]
-        lines.append(f"  {len(past)} cache inputs like {past[0]}: {v['dtype']} {v['shape']}")
-    rings = manifest["kv_cache"].get("window_layers", {})
-    if rings:
-        sizes = sorted(set(rings.values()))
-        lines.append(f"  layers {', '.join(rings)}: window-sized ring caches ({', '.join(map(str, sizes))} slots)")
-    lines += ["outputs:"] + [f"  {k:<16} {v['dtype']} {v['shape']}" for k, v in manifest["outputs"].items()
-                             if not k.startswith("present_")]
-    lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest["passes"]]
+    lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.inputs.items() if k not in caches]
+    lines += ["outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.outputs.items()
+                             if k not in caches]
+    cache = f"KV cache ({kv.update}, max {kv.max_seq_len} positions): {len(kv.buffers)} buffers"
+    if kv.update == "inplace":
+        cache += f", {sum(b.nbytes(1) for b in kv.buffers) / 2**20:.2f} MiB per sequence"
+    lines += ["", cache, *cache_lines(kv.buffers)]
+    lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest.passes]
     lines += low_precision(manifest)
     lines += ["", f"ops ({len(model.graph.node)} nodes):"]
     lines += [f"  {op:<40} {n}" for op, n in sorted(op_counts(model).items(), key=lambda kv: (-kv[1], kv[0]))]
@@ -47,9 +43,23 @@ def describe(folder: Path | str) -> str:
     return "\n".join(lines)
 
 
-def low_precision(manifest: dict) -> list[str]:
+def cache_lines(buffers) -> list[str]:
+    """Buffers grouped by what they look like: layout, shape, dtype, and who writes and reads them."""
+    groups: dict[tuple, list] = {}
+    for b in buffers:
+        shared = "" if b.read_by == b.written_by else f", read by layers {', '.join(map(str, b.read_by))}"
+        groups.setdefault((b.layout, b.shape, b.dtype, shared), []).append(b)
+    lines = []
+    for (layout, shape, dtype, shared), members in groups.items():
+        ring = f" of {shape[2]} slots" if layout == "ring" else ""
+        lines.append(f"  {len(members):>3} x {layout}{ring} {dtype} {list(shape)}: "
+                     f"{', '.join(b.name for b in members[:4])}{' ...' if len(members) > 4 else ''}{shared}")
+    return lines
+
+
+def low_precision(manifest: Manifest) -> list[str]:
     """What the precision and calibration passes did (their reports in the manifest)."""
-    report, quant = manifest.get("report", {}), manifest["quant"]
+    report, quant = manifest.report, manifest.quant
     lines = []
     if quant["method"] != "none":
         lines.append(f"quantization: {quant['method']}, blocks of {quant['block_size']}"

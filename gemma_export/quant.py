@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from gemma_export.emit.weights import StreamedTensor, as_streamed, numpy_dtype
+from gemma_export.tensors import StreamedTensor, as_streamed, numpy_dtype
 from gemma_export.errors import GemmaExportError
 
 
@@ -116,13 +116,13 @@ def nbits_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> tuple[Stream
         return pack_nibbles(c) if s.bits == 4 else c
 
     b_tensor = StreamedTensor(codes, (n, blocks, s.block * s.bits // 8), ir.DataType.UINT8, f"{name}.q",
-                              whole=base._whole)
+                              whole=base.whole)
     scales = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).scales, (n, blocks),
-                            ir.DataType.FLOAT, f"{name}.scales", whole=base._whole)
+                            ir.DataType.FLOAT, f"{name}.scales", whole=base.whole)
     if s.symmetric:
         return b_tensor, scales, None
     zero = StreamedTensor(lambda a, b: pack_nibbles(quantize(base.rows(a, b), s).zero_points),
-                          (n, (blocks + 1) // 2), ir.DataType.UINT8, f"{name}.zero_points", whole=base._whole)
+                          (n, (blocks + 1) // 2), ir.DataType.UINT8, f"{name}.zero_points", whole=base.whole)
     return b_tensor, scales, zero
 
 
@@ -136,18 +136,18 @@ def dequantize_linear_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> 
     if s.symmetric:
         dtype = ir.DataType.INT8 if s.bits == 8 else ir.DataType.INT4
         data = StreamedTensor(lambda a, b: (quantize(base.rows(a, b), s).codes.astype(np.int16) - half)
-                              .astype(numpy_dtype(dtype)), (n, k), dtype, f"{name}.q", whole=base._whole)
+                              .astype(numpy_dtype(dtype)), (n, k), dtype, f"{name}.q", whole=base.whole)
     else:
         dtype = ir.DataType.UINT8 if s.bits == 8 else ir.DataType.UINT4
         data = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).codes.astype(numpy_dtype(dtype)), (n, k), dtype,
-                              f"{name}.q", whole=base._whole)
+                              f"{name}.q", whole=base.whole)
     shape = (n, k // s.block)
     scale = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).scales, shape, ir.DataType.FLOAT,
-                           f"{name}.scale", whole=base._whole)
+                           f"{name}.scale", whole=base.whole)
     if s.symmetric:
         return data, scale, None
     zero = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).zero_points.astype(numpy_dtype(dtype)), shape,
-                          dtype, f"{name}.zero_point", whole=base._whole)
+                          dtype, f"{name}.zero_point", whole=base.whole)
     return data, scale, zero
 
 

@@ -11,8 +11,9 @@ import numpy as np
 
 from gemma_export.errors import GemmaExportError
 from gemma_export.texts import PROMPTS
+from gemma_runtime.manifest import MANIFEST_FILE, Manifest
 
-# Minimum teacher-forced top-1 agreement by precision (DESIGN.md); fp32 is checked exactly instead.
+# Minimum teacher-forced top-1 agreement by precision; fp32 is checked exactly instead.
 TOP1_THRESHOLDS = {"fp16": 0.99, "bf16": 0.99, "int8": 0.98, "int4": 0.90}
 FP32_RELATIVE_TOLERANCE = 1e-4
 
@@ -23,12 +24,12 @@ class Thresholds:
     min_top1: float  # agreement where the reference's top-2 margin exceeds the tolerance (fp32) or overall
 
 
-def default_thresholds(manifest: dict) -> Thresholds:
-    quant = manifest["quant"]["method"]
+def default_thresholds(manifest: Manifest) -> Thresholds:
+    quant = manifest.quant["method"]
     if quant != "none":
         return Thresholds(None, TOP1_THRESHOLDS[quant])
-    if manifest["dtype"] != "fp32":
-        return Thresholds(None, TOP1_THRESHOLDS[manifest["dtype"]])
+    if manifest.dtype != "fp32":
+        return Thresholds(None, TOP1_THRESHOLDS[manifest.dtype])
     return Thresholds(FP32_RELATIVE_TOLERANCE, 1.0)
 
 
@@ -38,14 +39,14 @@ LogitsFn = Callable[[list[int]], np.ndarray]
 def reference_logits_fn(reference: Path | str | None) -> tuple[LogitsFn, str]:
     """Teacher-forced logits of a reference: an artifact folder or a checkpoint source."""
     ref = Path(reference) if reference is not None else None
-    if ref is not None and (ref / "manifest.json").is_file():
+    if ref is not None and (ref / MANIFEST_FILE).is_file():
         import gemma_runtime
         other = gemma_runtime.load(ref)
         return other.logits, f"artifact {ref}"
     import torch
 
     from gemma_export.checkpoints import open_source
-    from gemma_graphs.gemma import load_reference
+    from gemma_graphs.gemma import cache_slots, load_reference
 
     source = open_source(ref)
     module = load_reference(source.config, source.weights)
@@ -56,7 +57,7 @@ def reference_logits_fn(reference: Path | str | None) -> tuple[LogitsFn, str]:
         empty = torch.zeros(1, cfg.num_kv_heads, 0, cfg.head_dim)
         with torch.no_grad():
             out = module(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
-                         *([empty] * (2 * cfg.num_layers)))
+                         *([empty] * len(cache_slots(cfg))))
         return out[0][0].numpy()
 
     return run, f"fp32 torch reference of {source.description}"
@@ -69,7 +70,7 @@ def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]
     if model.tokenizer is not None:
         return [model.tokenizer.encode(t)[: model.max_seq_len] for t in texts]
     rng = np.random.default_rng(0)
-    bos = model.manifest["tokens"]["bos"]
+    bos = model.manifest.tokens.bos
     return [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, model.max_seq_len - 1)).tolist()]
             for i in range(len(texts))]
 
@@ -123,7 +124,7 @@ def validate(artifact: Path | str, reference: Path | str | None, texts: Sequence
     manifest = model.manifest
     thresholds = thresholds or default_thresholds(manifest)
     ref_fn, ref_desc = reference_logits_fn(reference)
-    vocab = manifest["config"]["vocab_size"]
+    vocab = manifest.config["vocab_size"]
     prompts = prompt_ids(model, texts, vocab)
     rows = []
     greedy_match = greedy_total = 0
@@ -149,8 +150,8 @@ def _summary(rows, thresholds: Thresholds, manifest, ref_desc, greedy_match, gre
     max_abs_ref = max(r["max_abs_ref"] for r in rows)
     decided = sum(r["decided"] for r in rows)
     s = {
-        "artifact": artifact, "reference": ref_desc, "target": manifest["target"], "dtype": manifest["dtype"],
-        "quant": manifest["quant"]["method"], "prompts": len(rows), "positions": positions,
+        "artifact": artifact, "reference": ref_desc, "target": manifest.target, "dtype": manifest.dtype,
+        "quant": manifest.quant["method"], "prompts": len(rows), "positions": positions,
         "max_abs_diff": max(r["max_abs_diff"] for r in rows),
         "mean_abs_diff": sum(r["sum_abs_diff"] for r in rows) / (positions * rows[0]["vocab"]),
         "max_abs_ref_logit": max_abs_ref,

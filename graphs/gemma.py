@@ -7,12 +7,14 @@ transformers' modeling_gemma{,2,3}.py is the parity reference for every detail h
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
 
-from gemma_export.config import GemmaConfig
 from gemma_graphs import ops
+from gemma_graphs.config import GemmaConfig
 
 
 class Norm(nn.Module):
@@ -100,9 +102,39 @@ class _Model(nn.Module):
         self.norm = Norm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+@dataclasses.dataclass(frozen=True)
+class CacheSlot:
+    """One KV-cache tensor of the model: graph input past_{name}, output present_{name},
+    [batch, kv_heads, length, head_dim]."""
+
+    name: str
+    kind: str  # "key" or "value"
+    written_by: tuple[int, ...]  # layers
+    read_by: tuple[int, ...]
+
+    @property
+    def input_name(self) -> str:
+        return f"past_{self.name}"
+
+    @property
+    def output_name(self) -> str:
+        return f"present_{self.name}"
+
+
+def cache_slots(cfg: GemmaConfig) -> list[CacheSlot]:
+    """The model's caches in forward's order: a key and a value per layer."""
+    return [CacheSlot(f"{kind}.{i}", kind, (i,), (i,)) for i in range(cfg.num_layers) for kind in ("key", "value")]
+
+
+def layer_caches(cfg: GemmaConfig, layer: int) -> tuple[int, int]:
+    """Indices in cache_slots() of the key and value cache that a layer reads and writes."""
+    indices = {(slot.kind, reader): i for i, slot in enumerate(cache_slots(cfg)) for reader in slot.read_by}
+    return indices[("key", layer)], indices[("value", layer)]
+
+
 class GemmaForCausalLM(nn.Module):
-    """forward(input_ids, position_ids, attention_mask, past_key.0, past_value.0, ...)
-    -> (logits fp32 [B, S, vocab], present_key.0, present_value.0, ...)."""
+    """forward(input_ids, position_ids, attention_mask, *past caches in cache_slots() order)
+    -> (logits fp32 [B, S, vocab], *present caches in the same order)."""
 
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
@@ -114,10 +146,10 @@ class GemmaForCausalLM(nn.Module):
         embed = self.model.embed_tokens.weight
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
-        presents = []
+        presents = list(past)
         for i, layer in enumerate(self.model.layers):
-            x, pk, pv = layer(x, position_ids, attention_mask, past[2 * i], past[2 * i + 1])
-            presents += [pk, pv]
+            k, v = layer_caches(cfg, i)
+            x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v])
         x = self.model.norm(x)
         logits = (x @ embed.t()).float()  # tied lm_head
         if cfg.final_softcap:
@@ -127,12 +159,16 @@ class GemmaForCausalLM(nn.Module):
 
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:
     """Graph input and output names, in forward's order."""
-    inputs = ["input_ids", "position_ids", "attention_mask"]
-    outputs = ["logits"]
-    for i in range(cfg.num_layers):
-        inputs += [f"past_key.{i}", f"past_value.{i}"]
-        outputs += [f"present_key.{i}", f"present_value.{i}"]
-    return inputs, outputs
+    slots = cache_slots(cfg)
+    return (["input_ids", "position_ids", "attention_mask", *(s.input_name for s in slots)],
+            ["logits", *(s.output_name for s in slots)])
+
+
+def parameter_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight the model reads (HF names) with its shape: the module's own, built on the meta device."""
+    with torch.device("meta"):
+        model = GemmaForCausalLM(cfg)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 def load_reference(cfg: GemmaConfig, weights, dtype: torch.dtype = torch.float32) -> GemmaForCausalLM:

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from gemma_runtime.artifact import TOKENIZER_FILE, read_manifest
+from gemma_runtime.manifest import TOKENIZER_FILE, Manifest, read_manifest
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
@@ -24,40 +24,52 @@ class GenerationResult:
     prompt_tokens: int
 
 
-def load(path: Path | str, backend: str = "ort", threads: int | None = None) -> "Model":
+BACKENDS = ("ort", "trt")
+
+
+def load(path: Path | str, backend: str | None = None, threads: int | None = None,
+         device: str | None = None) -> "Model":
+    """backend and device default to the artifact's (its target's first: `ort`, and `cuda` for
+    ort-cuda, else `cpu`); device="cpu" runs any onnxruntime artifact on the CPU provider."""
     folder = Path(path)
     manifest = read_manifest(folder)
+    execution = manifest.execution
+    backend = backend or execution.backends[0]
+    device = device or execution.devices[0]
+    if backend not in BACKENDS:
+        raise RuntimeInputError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
+    if backend not in execution.backends:
+        raise RuntimeInputError(f"{folder}: target {manifest.target} runs on the {' or '.join(execution.backends)} "
+                                f"backend, not {backend}")
+    if device not in execution.devices:
+        raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
+                                f"not {device}")
     tokenizer_file = folder / TOKENIZER_FILE
-    tokenizer = Tokenizer(tokenizer_file, manifest["tokens"]["bos"]) if tokenizer_file.is_file() else None
-    return Model(folder, manifest, _backend(folder, manifest, backend, threads), tokenizer)
+    tokenizer = Tokenizer(tokenizer_file, manifest.tokens.bos) if tokenizer_file.is_file() else None
+    return Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
 
 
-def _backend(folder: Path, manifest: dict, name: str, threads: int | None):
-    layout = manifest["kv_cache"]["layout"]
-    if name == "ort":
-        if layout == "concat":
-            from gemma_runtime.backends.ort_concat import OrtConcatBackend
-            return OrtConcatBackend(folder, manifest, threads)
-        if layout == "inplace":
-            from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
-            return OrtInplaceBackend(folder, manifest, threads)
-        raise RuntimeInputError(f"{folder}: KV-cache layout {layout!r} is not supported by this runtime")
+def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, device: str):
     if name == "trt":
         from gemma_runtime.backends.trt import TrtBackend
         return TrtBackend(folder, manifest, threads)
-    raise RuntimeInputError(f"unknown backend {name!r} (available: ort, trt)")
+    if manifest.kv_cache.update == "concat":
+        from gemma_runtime.backends.ort_concat import OrtConcatBackend
+        return OrtConcatBackend(folder, manifest, threads, device)
+    from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
+    return OrtInplaceBackend(folder, manifest, threads, device)
 
 
 class Model:
-    def __init__(self, folder: Path, manifest: dict, backend, tokenizer: Tokenizer | None):
+    def __init__(self, folder: Path, manifest: Manifest, backend, tokenizer: Tokenizer | None):
         self.folder = folder
         self.manifest = manifest
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_seq_len = backend.max_seq_len
-        tokens = manifest["tokens"]
-        self.pad_id = tokens["pad"]
-        self.stop_ids = {t for t in (tokens["eos"], tokens.get("end_of_turn")) if t is not None}
+        tokens = manifest.tokens
+        self.pad_id = tokens.pad
+        self.stop_ids = {t for t in (tokens.eos, tokens.end_of_turn) if t is not None}
 
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -167,7 +179,7 @@ class Model:
         ids = [int(i) for i in ids]
         if not ids:
             raise RuntimeInputError("empty prompt")
-        vocab = self.manifest["config"]["vocab_size"]
+        vocab = self.manifest.config["vocab_size"]
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise RuntimeInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")

@@ -8,6 +8,33 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GEMMA_EXPORT_CACHE", str(REPO / ".cache" / "gemma-export"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def trace_each_config_once():
+    """Tracing (torch.export) takes seconds and depends on the config alone, and the suite exports
+    the same tiny configs many times: each config is traced once per session and every export gets
+    a fresh copy of it (its initializers hold zeros until export binds the checkpoint's weights)."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from gemma_export import export as export_module
+
+    trace = export_module.trace
+    traced = {}
+
+    def cached(cfg):
+        if cfg not in traced:
+            model = trace(cfg)
+            for value in model.graph.initializers.values():
+                value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
+            traced[cfg] = ir.serde.serialize_model(model)
+        return ir.serde.deserialize_model(traced[cfg])
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(export_module, "trace", cached)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """name -> HF folder of a tiny random checkpoint (see tests/tiny.py)."""

@@ -10,17 +10,17 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from gemma_export.checkpoints import open_source
-from gemma_export.config import GemmaConfig
-from gemma_export.emit.weights import bind_weights
-from gemma_export.frontend.trace import trace
+from gemma_export.export import pass_context, resolve_options
+from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import ExportOptions, PassContext
 from gemma_export.passes.ir_utils import remove_dead
+from gemma_graphs.config import GemmaConfig
 
 
 def traced(folder, options: ExportOptions | None = None) -> tuple[ir.Model, PassContext]:
     """A fresh copy of the checkpoint's traced model (traced once per test session: it takes seconds)."""
     proto, config = _traced(str(folder))
-    return ir.serde.deserialize_model(proto), PassContext(config, options or ExportOptions())
+    return ir.serde.deserialize_model(proto), pass_context(config, resolve_options(options or ExportOptions()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +71,7 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
                   windows: dict[int, int] | None = None) -> dict[str, np.ndarray]:
     """The call `concat` (from feeds()) through the in-place interface: each past cache at the front
     of a static [batch, kv_heads, max_seq_len, head_dim] buffer whose tail holds other finite values;
-    layer i in `windows` (attention_scatter's report kv_cache.window_layers) as a ring of that many
-    slots, position p in slot p mod window."""
+    layer i in `windows` (ring_windows()) as a ring of that many slots, position p in slot p mod window."""
     rng = np.random.default_rng(seed)
     batch, seq = concat["input_ids"].shape
     past = concat["position_ids"][:, 0]
@@ -86,6 +85,12 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
                 static[:, :, slot] = cache[:, :, position]
             out[name] = static
     return out
+
+
+def ring_windows(model: ir.Model, max_seq_len: int) -> dict[int, int]:
+    """layer -> ring size, for the layers whose key cache is shorter than max_seq_len (a ring)."""
+    return {int(v.name.split(".")[1]): v.shape[2] for v in model.graph.inputs
+            if v.name.startswith("past_key.") and isinstance(v.shape[2], int) and v.shape[2] < max_seq_len}
 
 
 def cache_slots(held: int, window: int | None) -> list[tuple[int, int]]:

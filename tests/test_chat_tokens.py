@@ -37,8 +37,8 @@ def test_gemma1_chat_and_stop_tokens(tiny_checkpoints, tmp_path):
     (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
     export(folder, tmp_path / "out", ExportOptions(target="generic"))
     model = gemma_runtime.load(tmp_path / "out")
-    assert model.manifest["tokens"]["start_of_turn"] == 106
-    assert model.manifest["tokens"]["end_of_turn"] == 107
+    assert model.manifest.tokens.start_of_turn == 106
+    assert model.manifest.tokens.end_of_turn == 107
     assert model.stop_ids == {1, 107}
     ids = model.tokenizer.encode(render([{"role": "user", "content": "hi"}]))
     assert ids[:2] == [2, 106] and 107 in ids

@@ -13,7 +13,7 @@ import pytest
 import sentencepiece
 
 from gemma_export.checkpoints import default_model
-from gemma_export.checkpoints.base import expected_shapes
+from gemma_graphs.gemma import parameter_shapes
 from gemma_export.checkpoints.gguf import open_gguf
 from gemma_export.errors import CheckpointError, ConfigError, GemmaExportError
 
@@ -248,7 +248,7 @@ def test_names_shapes_and_values(tiny_files, arch):
     path, expected = tiny_files[arch]
     source = open_gguf(path)
     w = source.weights
-    assert sorted(w.names()) == sorted(expected) == sorted(expected_shapes(source.config))
+    assert sorted(w.names()) == sorted(expected) == sorted(parameter_shapes(source.config))
     for name, want in expected.items():
         assert w.shape(name) == want.shape, name
         got = w.read_rows(name, 0, want.shape[0])

@@ -56,7 +56,8 @@ def test_multi_query_cache_keeps_one_kv_head(generic_artifacts):
     model = gemma_runtime.load(generic_artifacts["gemma-mqa"])
     model.backend.prefill([[2, 5, 6]])
     assert model.backend.cache[0].shape == (1, 1, 3, 32)
-    assert model.manifest["inputs"]["past_key.0"]["shape"] == ["batch", 1, "past", 32]
+    assert model.manifest.inputs["past_key.0"].shape == ("batch", 1, "past", 32)
+    assert {b.layout for b in model.manifest.kv_cache.buffers} == {"concat"}
 
 
 def test_sampling_is_reproducible_with_a_seed(generic_artifacts):

@@ -4,7 +4,7 @@ import pytest
 from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes import drop_project_domain
 from gemma_export.passes.context import ExportOptions
-from gemma_export.passes.pipeline import PIPELINES
+from gemma_export.targets import TARGETS
 from pass_harness import apply, feeds, inplace_feeds, run, traced
 
 MAX = 16
@@ -17,7 +17,7 @@ def gemma_mha(tiny_checkpoints):
 
 def test_function_bodies_go_once_every_node_is_lowered(gemma_mha):
     model, ctx = gemma_mha
-    onnx = PIPELINES["onnx"]
+    onnx = TARGETS["onnx"].pass_modules()
     lowered, _ = apply(model, ctx, *onnx[: onnx.index(drop_project_domain)])
     assert len(lowered.functions) == 4 and DOMAIN in lowered.opset_imports
     after, (count,) = apply(lowered, ctx, drop_project_domain)

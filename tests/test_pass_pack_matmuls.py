@@ -1,6 +1,6 @@
 import numpy as np
 
-from gemma_export.passes import fold_weight_transposes, group_query_attention, inplace_cache_io, pack_matmuls
+from gemma_export.passes import fold_weight_transposes, attention_gqa, inplace_cache_io, pack_matmuls
 from gemma_export.passes.context import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 
@@ -19,9 +19,9 @@ def test_sibling_projections_share_one_matmul(tiny_checkpoints):
     np.testing.assert_allclose(run(packed, f)["logits"], run(model, f)["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_group_query_attention_reads_packed_qkv(tiny_checkpoints):
+def test_attention_gqa_reads_packed_qkv(tiny_checkpoints):
     model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(max_seq_len=24))
-    fused, _ = apply(model, ctx, fold_weight_transposes, inplace_cache_io, group_query_attention)
+    fused, _ = apply(model, ctx, fold_weight_transposes, inplace_cache_io, attention_gqa)
     packed, (count,) = apply(fused, ctx, pack_matmuls)
     assert count == 2 * ctx.config.num_layers
     for node in (n for n in packed.graph if n.op_type == "GroupQueryAttention"):

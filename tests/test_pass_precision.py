@@ -4,8 +4,8 @@ import pytest
 
 from gemma_export.passes import precision
 from gemma_export.passes.context import ExportOptions
-from gemma_export.passes.pipeline import LOW_PRECISION, PIPELINES
-from pass_harness import apply, feeds, inplace_feeds, run, traced
+from gemma_export.targets import LOW_PRECISION, TARGETS
+from pass_harness import apply, feeds, inplace_feeds, ring_windows, run, traced
 
 MAX_SEQ_LEN = 32
 
@@ -13,7 +13,7 @@ MAX_SEQ_LEN = 32
 def fused(folder, target: str, dtype: str):
     """The target's fp32 graph (every pass before the low-precision ones)."""
     model, ctx = traced(folder, ExportOptions(target=target, dtype=dtype, max_seq_len=MAX_SEQ_LEN))
-    before = [p for p in PIPELINES[target] if p not in LOW_PRECISION]
+    before = [p for p in TARGETS[target].pass_modules() if p.NAME not in LOW_PRECISION]
     out, _ = apply(model, ctx, *before)
     return out, ctx
 
@@ -35,10 +35,9 @@ def test_fp16_computes_in_fp16_with_fp32_logits(target, precision_checkpoints):
     low, (count,) = apply(model, ctx, precision)
     assert count > 0 and ctx.report["precision"]["compute"] == "fp16"
     assert kinds(low, "past_key.0") == ir.DataType.FLOAT16 and kinds(low, "logits") == ir.DataType.FLOAT
-    assert ctx.report["kv_cache"]["dtype"] == "fp16"
     assert ctx.report["precision"]["kept_fp32"] == {}  # nothing near fp16's limit here
     assert not [v for v in low.graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT]
-    windows = ctx.report["kv_cache"].get("window_layers")  # onnx: the sliding layers' rings
+    windows = ring_windows(low, MAX_SEQ_LEN)  # onnx: the sliding layers' rings
     ours, ref = (run(m, inputs(ctx.config, m, windows))["logits"] for m in (low, model))
     np.testing.assert_allclose(ours, ref, atol=2e-2 * np.abs(ref).max())
 
@@ -61,7 +60,7 @@ def test_bf16_on_the_cpu_is_bf16_storage_with_fp32_compute(precision_checkpoints
     model, ctx = fused(precision_checkpoints["peaked"], "ort-cpu", "bf16")
     low, (count,) = apply(model, ctx, precision)
     assert count > 0 and ctx.report["precision"]["compute"] == "fp32"
-    assert kinds(low, "past_key.0") == ir.DataType.FLOAT and ctx.report["kv_cache"]["dtype"] == "fp32"
+    assert kinds(low, "past_key.0") == ir.DataType.FLOAT
     weights = [v for v in low.graph.initializers.values() if v.const_value.dtype == ir.DataType.BFLOAT16]
     assert weights and all(user.op_type == "Cast" for v in weights for user, _ in v.uses())
     ours, ref = run(low, inputs(ctx.config, low))["logits"], run(model, inputs(ctx.config, model))["logits"]
@@ -71,7 +70,7 @@ def test_bf16_on_the_cpu_is_bf16_storage_with_fp32_compute(precision_checkpoints
 def test_bf16_on_gpu_targets_computes_in_bf16(precision_checkpoints):
     model, ctx = fused(precision_checkpoints["peaked"], "ort-cuda", "bf16")
     low, _ = apply(model, ctx, precision)  # no bf16 kernels on this CPU: the graph is checked, not run
-    assert ctx.report["precision"]["compute"] == "bf16" and ctx.report["kv_cache"]["dtype"] == "bf16"
+    assert ctx.report["precision"]["compute"] == "bf16"
     assert kinds(low, "past_key.0") == ir.DataType.BFLOAT16 and kinds(low, "logits") == ir.DataType.FLOAT
     gqa = [n for n in low.graph if n.op_type == "GroupQueryAttention"]
     assert gqa and all(n.inputs[0].dtype == ir.DataType.BFLOAT16 for n in gqa)

@@ -4,7 +4,7 @@ import pytest
 
 from gemma_export import quant
 from gemma_export.passes import fold_weight_transposes, quantize_matmuls, set_opset
-from gemma_export.passes.context import ExportOptions
+from gemma_export.passes.context import ExportOptions, PassContext
 from pass_harness import apply, feeds, op_types, run, traced
 
 # MatMulNBits 4-bit; DequantizeLinear int8 and uint4 with zero points; signed int4 (TensorRT). MatMulNBits
@@ -12,13 +12,13 @@ from pass_harness import apply, feeds, op_types, run, traced
 CASES = [("ort-cpu", "int4"), ("onnx", "int8"), ("onnx", "int4"), ("tensorrt", "int4")]
 
 
-def dequantized(model: ir.Model, options: ExportOptions) -> ir.Model:
+def dequantized(model: ir.Model, ctx: PassContext) -> ir.Model:
     """The model with each MatMul weight replaced by its quantize-dequantize round trip."""
     out, _ = apply(model, None)
     for node in out.graph:
         if node.op_type == "MatMul" and node.inputs[1].is_initializer():
             w = node.inputs[1].const_value.numpy()
-            s = quant.for_matrix(quantize_matmuls.target_scheme(options), w.shape[0])
+            s = quant.for_matrix(quantize_matmuls.target_scheme(ctx), w.shape[0])
             node.inputs[1].const_value = ir.tensor(quant.dequantize(quant.quantize(w.T, s), s).T.copy())
     return out
 
@@ -38,7 +38,7 @@ def test_matmuls_read_quantized_weights(target, method, tiny_checkpoints, monkey
         assert op_types(quantized).count("DequantizeLinear") == matmuls
     f = feeds(ctx.config, past=2)
     ours, fp32 = (run(m, f, optimize=False)["logits"] for m in (quantized, folded))
-    ref = run(dequantized(folded, options), f, optimize=False)["logits"]
+    ref = run(dequantized(folded, ctx), f, optimize=False)["logits"]
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert np.abs(ours - fp32).max() > 100 * np.abs(ours - ref).max()  # the rounding is really there
 

@@ -71,8 +71,8 @@ def test_weights_shrink(name, limit, artifacts):
 def test_fp16_keeps_a_residual_beyond_its_range_in_fp32(precision_checkpoints, tmp_path):
     out = tmp_path / "huge"
     manifest = export(precision_checkpoints["huge_residual"], out, options("fp16"))
-    kept = manifest["report"]["precision"]["kept_fp32"]
-    assert max(kept.values()) > 65504 and manifest["kv_cache"]["dtype"] == "fp16"
+    kept = manifest.report["precision"]["kept_fp32"]
+    assert max(kept.values()) > 65504 and {b.dtype for b in manifest.kv_cache.buffers} == {"fp16"}
     model = gemma_runtime.load(out)
     assert np.isfinite(model.logits(list(range(2, 2 + MAX_SEQ_LEN)))).all()
     report = validate(out, precision_checkpoints["huge_residual"], TEXTS, greedy_tokens=4)

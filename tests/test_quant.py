@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 
 from gemma_export import quant
-from gemma_export.emit.weights import StreamedTensor, concatenated, stacked, transposed, untransposed
+from gemma_export.tensors import StreamedTensor, concatenated, stacked, transposed, untransposed
 
 
 @pytest.mark.parametrize("name", ["int8", "int4"])
@@ -52,7 +52,7 @@ def test_untransposed_streams_through_packed_transposes():
     a, b = (np.arange(n * 3, dtype=np.float32).reshape(n, 3) for n in (2, 4))
     side = concatenated([transposed(ir.tensor(a), "aT"), transposed(ir.tensor(b), "bT")], "packed")
     rows = untransposed(side, "rows")
-    assert not rows._whole  # read row range by row range, never transposed whole
+    assert not rows.whole  # read row range by row range, never transposed whole
     np.testing.assert_array_equal(rows.rows(1, 5), np.concatenate([a, b])[1:5])
     np.testing.assert_array_equal(stacked([ir.tensor(a), ir.tensor(b)], "s").numpy(), np.concatenate([a, b]))
 

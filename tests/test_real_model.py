@@ -10,6 +10,7 @@ from gemma_export.checkpoints.default_model import default_gguf_path
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
 from gemma_export.texts import PROMPTS
+from gemma_runtime.manifest import Tokens
 
 CONTINUATION = (" the capital of the country of France. It is the largest city in France and the second"
                 " largest city in Europe")
@@ -63,7 +64,7 @@ def test_teacher_forced_top1_agreement_with_transformers(real_artifact, transfor
 
 def test_chat_tokens_come_from_the_tokenizer(real_artifact):
     model = gemma_runtime.load(real_artifact)
-    assert model.manifest["tokens"] == {"bos": 2, "eos": 1, "pad": 0, "start_of_turn": 105, "end_of_turn": 106}
+    assert model.manifest.tokens == Tokens(bos=2, eos=1, pad=0, start_of_turn=105, end_of_turn=106)
     assert model.stop_ids == {1, 106}
     from gemma_runtime.chat import render
     text = render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])

@@ -41,10 +41,10 @@ def test_standard_ops_only(name, artifacts):
 def test_manifest_describes_the_in_place_cache(models):
     manifest = models["gemma-mqa"].manifest
     context = BASE["max_position_embeddings"]  # the default 4096 clamped to the model's context
-    assert manifest["kv_cache"]["layout"] == "inplace" and manifest["kv_cache"]["max_seq_len"] == context
-    assert manifest["inputs"]["past_key.0"]["shape"] == ["batch", 1, context, BASE["head_dim"]]  # multi-query: one KV head
-    assert "attention_mask" not in manifest["inputs"]
-    assert {"past_lengths", "seq_lengths", "logits_index"} <= set(manifest["inputs"])
+    assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == context
+    assert manifest.inputs["past_key.0"].shape == ("batch", 1, context, BASE["head_dim"])  # multi-query: one KV head
+    assert "attention_mask" not in manifest.inputs
+    assert {"past_lengths", "seq_lengths", "logits_index"} <= set(manifest.inputs)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -71,11 +71,12 @@ def test_ragged_batch_generates_what_each_prompt_generates_alone(name, models):
 
 def test_sliding_layers_keep_a_window_sized_ring(artifacts, models):
     manifest = models["gemma3"].manifest
-    sliding = ["0", "1", "3", "4"]  # tiny.py's layer_types
-    assert manifest["kv_cache"]["window_layers"] == {i: 6 for i in sliding}
-    shapes = {name: v["shape"][2] for name, v in manifest["inputs"].items() if name.startswith("past_key.")}
-    assert shapes == {f"past_key.{i}": 6 if str(i) in sliding else manifest["kv_cache"]["max_seq_len"] for i in range(6)}
-    assert "layers 0, 1, 3, 4: window-sized ring caches (6 slots)" in describe(artifacts["gemma3"])
+    sliding = [0, 1, 3, 4]  # tiny.py's layer_types
+    rings = {b.written_by[0]: b.length for b in manifest.kv_cache.buffers if b.layout == "ring"}
+    assert rings == {i: 6 for i in sliding}
+    shapes = {name: v.shape[2] for name, v in manifest.inputs.items() if name.startswith("past_key.")}
+    assert shapes == {f"past_key.{i}": 6 if i in sliding else manifest.kv_cache.max_seq_len for i in range(6)}
+    assert "8 x ring of 6 slots fp32 ['batch', 1, 6, 32]: key.0, value.0, key.1, value.1 ..." in describe(artifacts["gemma3"])
     backend = models["gemma3"].backend
     backend.prefill([prompt(7, 3)])
     assert [v.shape()[2] for v in backend.cache] == [shapes[f"past_key.{i}"] for i in range(6) for _ in "kv"]

@@ -60,7 +60,7 @@ def test_ragged_batch_generates_what_each_prompt_generates_alone(name, models):
 def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     graph = onnx.load(artifacts[name] / "model.onnx", load_external_data=False)
     ops = Counter(node.op_type for node in graph.graph.node)
-    cfg = models[name].manifest["config"]
+    cfg = models[name].manifest.config
     assert ops["GroupQueryAttention"] == cfg["num_layers"]
     assert ops["SkipSimplifiedLayerNormalization"] == 2 * cfg["num_layers"] - 1  # the last add feeds the final norm
     assert ops["Gelu"] == cfg["num_layers"] and ops["Gemm"] == 1  # tied lm_head
@@ -70,5 +70,5 @@ def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     assert ops["Split"] == cfg["num_layers"] * (2 if cfg["family"] == "gemma3" else 1)
     assert not [n for n in graph.graph.node if n.domain == DOMAIN] and not graph.functions
     manifest = models[name].manifest
-    assert manifest["kv_cache"]["layout"] == "inplace" and manifest["kv_cache"]["max_seq_len"] == MAX_SEQ_LEN
-    assert manifest["inputs"]["past_key.0"]["shape"] == ["batch", cfg["num_kv_heads"], MAX_SEQ_LEN, cfg["head_dim"]]
+    assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == MAX_SEQ_LEN
+    assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], MAX_SEQ_LEN, cfg["head_dim"])

@@ -187,7 +187,8 @@ def test_build_engine_refuses_bad_options(artifacts, tmp_path, capsys, no_gpu, a
 def test_build_engine_refuses_other_targets(artifacts, tmp_path, capsys):
     folder = copy_artifact(artifacts, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "target": "onnx"}))
+    onnx_target = {"target": "onnx", "execution": {"backends": ["ort"], "devices": ["cpu"]}}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, **onnx_target}))
     code, _, err = cli(capsys, "build-engine", folder, "--compute-capability", AHEAD_OF_TIME)
     assert code == 2 and "target 'onnx'; build-engine needs an artifact exported with --target tensorrt" in err
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
-from gemma_export.config import GemmaConfig
 from gemma_export.errors import CheckpointError, ConfigError
+from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
 
-ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+ARCHITECTURES = tuple(FAMILIES)  # GGUF architecture names are the family names
 
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_NAMES = {
@@ -175,7 +175,7 @@ class _Tensor:
 
 
 def _map_tensors(reader: gguf.GGUFReader, arch: str, where: str) -> dict[str, _Tensor]:
-    layer_names = _GEMMA1_LAYER_NAMES if arch == "gemma" else _LAYER_NAMES
+    layer_names = _LAYER_NAMES if FAMILIES[arch].sandwich_norms else _GEMMA1_LAYER_NAMES
     tensors: dict[str, _Tensor] = {}
     for t in reader.tensors:
         hf = _hf_name(t.name, layer_names)
@@ -219,10 +219,11 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str)
     hidden = meta.get(p + "embedding_length", int)
     heads = meta.get(p + "attention.head_count", int)
     head_dim = _head_dim(meta, p, heads, tensors, where)
-    theta, local_theta, factor = _rope(meta, arch, where)
-    attn_softcap, final_softcap = _softcaps(meta, arch, where)
-    layer_types = _layer_types(meta, arch, layers, where)
-    window = _sliding_window(meta, arch, where)
+    family = FAMILIES[arch]
+    theta, local_theta, factor = _rope(meta, family, where)
+    attn_softcap, final_softcap = _softcaps(meta, family, where)
+    layer_types = _layer_types(meta, family, layers, where)
+    window = _sliding_window(meta, family, where)
     qpas = hidden / heads if layers == _27B_LAYERS.get(arch) else head_dim
     cfg = GemmaConfig(
         family=arch,
@@ -253,7 +254,7 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str)
             raise ConfigError(f"{where}: {name} {getattr(cfg, name)} is outside the vocabulary ({cfg.vocab_size})")
     try:
         cfg.validate()
-    except ConfigError as e:
+    except InvalidConfig as e:
         raise ConfigError(f"{where}: {e}") from None
     return cfg
 
@@ -287,20 +288,19 @@ def _vocab_size(meta: _Metadata, p: str, tensors: dict[str, _Tensor], where: str
     return vocab
 
 
-def _rope(meta: _Metadata, arch: str, where: str) -> tuple[float, float, float]:
-    """(global theta, local theta, linear factor of the global layers)."""
-    p = arch + "."
-    # Absent: the families' defaults (transformers: 1e4 for Gemma 1/2, 1e6 for Gemma 3's global layers).
-    theta = meta.get(p + "rope.freq_base", float, 1_000_000.0 if arch == "gemma3" else 10_000.0)
+def _rope(meta: _Metadata, family: Family, where: str) -> tuple[float, float, float]:
+    """(global theta, local theta, linear factor of the global layers); absent: the family's."""
+    p = family.name + "."
+    theta = meta.get(p + "rope.freq_base", float, family.rope_theta)
     local = meta.get(p + "rope.freq_base_swa", float, None)
     factor = _rope_scaling(meta, p, where)
-    if arch == "gemma3":
-        # llama.cpp's converter does not store the local base; Gemma 3's is always 10000.
-        return theta, 10_000.0 if local is None else local, factor
+    if factor != 1.0 and not family.rope_scaling:
+        raise ConfigError(f"{where}: RoPE scaling is not part of {family.name}")
+    if family.rope_local_theta is not None:
+        # llama.cpp's converter does not store Gemma 3's local base.
+        return theta, family.rope_local_theta if local is None else local, factor
     if local is not None and local != theta:
-        raise ConfigError(f"{where}: {p}rope.freq_base_swa (a separate local RoPE base) is only supported for gemma3")
-    if factor != 1.0:
-        raise ConfigError(f"{where}: RoPE scaling is only supported for gemma3")
+        raise ConfigError(f"{where}: {p}rope.freq_base_swa (a separate local RoPE base) is not part of {family.name}")
     return theta, theta, factor
 
 
@@ -322,34 +322,33 @@ def _rope_scaling(meta: _Metadata, p: str, where: str) -> float:
     return factor
 
 
-def _softcaps(meta: _Metadata, arch: str, where: str) -> tuple[float | None, float | None]:
-    p = arch + "."
+def _softcaps(meta: _Metadata, family: Family, where: str) -> tuple[float | None, float | None]:
+    p = family.name + "."
     attn = meta.get(p + "attn_logit_softcapping", float, None)
     final = meta.get(p + "final_logit_softcapping", float, None)
-    if arch == "gemma":
+    if not family.softcaps:
         if attn is not None or final is not None:
-            raise ConfigError(f"{where}: logit soft-capping is not part of Gemma 1")
+            raise ConfigError(f"{where}: logit soft-capping is not part of {family.name}")
         return None, None
-    if arch == "gemma2":  # absent in old files: Gemma 2's values, as llama.cpp assumes
-        attn = 50.0 if attn is None else attn
-        final = 30.0 if final is None else final
-    # Gemma 3 has none; llama.cpp's converter writes none, transformers honours them when set.
+    # Absent in old files: the family's values (Gemma 2's, as llama.cpp assumes; Gemma 3 has none,
+    # and transformers honours them when set).
+    attn = family.attn_softcap if attn is None else attn
+    final = family.final_softcap if final is None else final
     for name, value in (("attn_logit_softcapping", attn), ("final_logit_softcapping", final)):
         if value is not None and value <= 0:
             raise ConfigError(f"{where}: {p}{name} = {value} must be positive")
     return attn, final
 
 
-def _layer_types(meta: _Metadata, arch: str, layers: int, where: str) -> tuple[str, ...]:
-    key = arch + ".attention.sliding_window_pattern"
+def _layer_types(meta: _Metadata, family: Family, layers: int, where: str) -> tuple[str, ...]:
+    key = family.name + ".attention.sliding_window_pattern"
     pattern = meta.get(key, list, None) if _is_array(meta, key) else meta.get(key, int, None)
-    if arch == "gemma":
+    if family.sliding_pattern is None:
         if pattern is not None:
-            raise ConfigError(f"{where}: {key}: Gemma 1 has no sliding-window layers")
-        return ("full",) * layers
+            raise ConfigError(f"{where}: {key}: {family.name} has no sliding-window layers")
+        return sliding_layer_types(family, layers)
     if pattern is None:
-        # Gemma 2: layer 0 local, then alternating; Gemma 3: 5 local : 1 global (transformers, llama.cpp).
-        pattern = 2 if arch == "gemma2" else 6
+        return sliding_layer_types(family, layers)
     if isinstance(pattern, list):  # one flag per layer, true = sliding window
         if len(pattern) != layers or not all(isinstance(b, bool) for b in pattern):
             raise ConfigError(f"{where}: {key} is not one boolean per layer")
@@ -365,15 +364,14 @@ def _is_array(meta: _Metadata, key: str) -> bool:
     return field is not None and field.types[:1] == [_V.ARRAY]
 
 
-def _sliding_window(meta: _Metadata, arch: str, where: str) -> int | None:
-    key = arch + ".attention.sliding_window"
-    if arch == "gemma":
+def _sliding_window(meta: _Metadata, family: Family, where: str) -> int | None:
+    key = family.name + ".attention.sliding_window"
+    if family.sliding_pattern is None:
         if key in meta.fields:
-            raise ConfigError(f"{where}: {key}: Gemma 1 has no sliding-window layers")
+            raise ConfigError(f"{where}: {key}: {family.name} has no sliding-window layers")
         return None
-    # Gemma 2 files written before the key existed: its window, 4096 (llama.cpp's default). Gemma 3's
-    # window depends on the size (512 or 1024), so it is required.
-    window = meta.get(key, int, 4096 if arch == "gemma2" else _Metadata._REQUIRED)
+    default = family.gguf_sliding_window if family.gguf_sliding_window is not None else _Metadata._REQUIRED
+    window = meta.get(key, int, default)
     if window <= 0:
         raise ConfigError(f"{where}: {key} = {window} must be positive")
     return window

@@ -1,7 +1,7 @@
 """Rebuilding Gemma's SentencePiece model from the vocabulary a GGUF file stores.
 
 llama.cpp keeps the pieces, scores and types of the original tokenizer.model (its token types
-use SentencePiece's numbering) but changes three things, undone here (GEMMA.md, checked piece
+use SentencePiece's numbering) but changes three things, undone here (the result was checked piece
 for piece against Google's Gemma 3 tokenizer):
 - `<unk>` is marked CONTROL: it must be UNKNOWN;
 - the whitespace-run pieces hold literal spaces: SentencePiece spells them with U+2581;

@@ -4,7 +4,6 @@ when complete; `--force` replaces an existing OUT in the same way."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ import onnx_ir as ir
 
 from gemma_export.errors import GemmaExportError
 
-from gemma_runtime.artifact import DATA_FILE, MANIFEST_FILE, MODEL_FILE
+from gemma_runtime.manifest import DATA_FILE, MANIFEST_FILE, MODEL_FILE
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -91,7 +90,3 @@ def _add_views(path: Path, views: dict[str, ir.Value]) -> None:
             tensor.external_data.add(key=key, value=val)
         proto.graph.initializer.append(tensor)
     onnx.save(proto, str(path))
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -18,6 +18,7 @@ failed or interrupted build leaves the artifact as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from gemma_export.errors import GemmaExportError
-from gemma_runtime.artifact import MANIFEST_FILE, MODEL_FILE, read_manifest
+from gemma_runtime.manifest import MANIFEST_FILE, MODEL_FILE, TensorSpec, read_manifest
 from gemma_runtime.backends import cuda_driver
 from gemma_runtime.backends.trt import DECODE_PROFILE, PREFILL_PROFILE, error_log, import_library, installed
 
@@ -39,10 +40,10 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     """Builds and writes the engine; returns its manifest entry."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.get("target") != "tensorrt":
-        raise GemmaExportError(f"{folder}: exported for target {manifest.get('target')!r}; build-engine needs an "
+    if "trt" not in manifest.execution.backends:
+        raise GemmaExportError(f"{folder}: exported for target {manifest.target!r}; build-engine needs an "
                                "artifact exported with --target tensorrt")
-    max_seq_len = int(manifest["kv_cache"]["max_seq_len"])
+    max_seq_len = manifest.kv_cache.max_seq_len
     opt_seq_len = min(DEFAULT_OPT_SEQ_LEN, max_seq_len) if opt_seq_len is None else opt_seq_len
     if max_batch < 1:
         raise GemmaExportError(f"--max-batch must be positive, got {max_batch}")
@@ -63,7 +64,7 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     allow_decomposed_attention(trt, network)
 
     config = builder.create_builder_config()
-    for profile in _profiles(builder, network, manifest["inputs"], max_batch, opt_seq_len, max_seq_len):
+    for profile in _profiles(builder, network, manifest.inputs, max_batch, opt_seq_len, max_seq_len):
         config.add_optimization_profile(profile)
     stem = f"model.{library}.sm{capability.replace('.', '')}"
     timing = None
@@ -84,12 +85,12 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     entry = {"file": f"{stem}.engine", "library": library, "version": trt.__version__,
              "compute_capability": capability, "max_batch": max_batch, "opt_seq_len": opt_seq_len}
     say(f"writing {entry['file']}", 0, 1)
-    manifest["engines"] = [e for e in manifest.get("engines", []) if e["file"] != entry["file"]] + [entry]
+    manifest = dataclasses.replace(manifest, engines=(*[e for e in manifest.engines if e["file"] != entry["file"]], entry))
     try:
         _replace(folder / entry["file"], serialized)
         if timing is not None:
             _replace(folder / f"{stem}.timing.cache", timing.serialize())
-        _replace(folder / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+        _replace(folder / MANIFEST_FILE, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
     except OSError as e:
         raise GemmaExportError(f"{folder}: cannot write the engine ({e})") from None
     return entry
@@ -140,7 +141,7 @@ def allow_decomposed_attention(trt, network) -> None:
             layer.attention.decomposable = True
 
 
-def _profiles(builder, network, inputs: dict, max_batch: int, opt_seq_len: int, max_seq_len: int) -> list:
+def _profiles(builder, network, inputs: dict[str, TensorSpec], max_batch: int, opt_seq_len: int, max_seq_len: int) -> list:
     """(min, opt, max) of each named dimension, per profile."""
     ranges = {PREFILL_PROFILE: {"batch": (1, max_batch, max_batch), "seq": (1, opt_seq_len, max_seq_len),
                                 "keep": (1, 1, max_seq_len)},
@@ -150,7 +151,7 @@ def _profiles(builder, network, inputs: dict, max_batch: int, opt_seq_len: int, 
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             name = network.get_input(i).name
-            dims = [(d, d, d) if isinstance(d, int) else ranges[index][d] for d in inputs[name]["shape"]]
+            dims = [(d, d, d) if isinstance(d, int) else ranges[index][d] for d in inputs[name].shape]
             profile.set_shape(name, *([d[k] for d in dims] for k in range(3)))
         profiles.append(profile)
     return profiles

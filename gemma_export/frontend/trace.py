@@ -1,7 +1,7 @@
 """Trace graphs/gemma.py on the meta device into ONNX IR: no weight is in memory at any point.
 
-The traced initializers keep the HF parameter names and hold no data; the emitter binds
-them to the checkpoint while writing.
+The traced initializers keep the HF parameter names and hold no data; bind_weights points each
+at its checkpoint tensor, read row range by row range when the artifact is written.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import warnings
 
 import onnx_ir as ir
 
-from gemma_export.config import GemmaConfig
+from gemma_export.checkpoints.base import WeightSource
 from gemma_export.frontend import onnx_ops
+from gemma_export.tensors import StreamedTensor
+from gemma_graphs.config import GemmaConfig
 
 
 def trace(cfg: GemmaConfig) -> ir.Model:
     import torch
 
-    from gemma_graphs.gemma import GemmaForCausalLM, io_names
+    from gemma_graphs.gemma import GemmaForCausalLM, cache_slots, io_names
 
     with torch.device("meta"):
         module = GemmaForCausalLM(cfg).eval()
@@ -30,10 +32,9 @@ def trace(cfg: GemmaConfig) -> ir.Model:
     args = [torch.zeros(b, s, dtype=torch.int64, **meta), torch.zeros(b, s, dtype=torch.int64, **meta),
             torch.zeros(b, p + s, dtype=torch.int64, **meta)]
     shapes = [{0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.AUTO}]
-    for _ in range(cfg.num_layers):
-        for _kv in range(2):
-            args.append(torch.zeros(b, cfg.num_kv_heads, p, cfg.head_dim, **meta))
-            shapes.append({0: batch, 2: past})
+    for _ in cache_slots(cfg):
+        args.append(torch.zeros(b, cfg.num_kv_heads, p, cfg.head_dim, **meta))
+        shapes.append({0: batch, 2: past})
     input_names, output_names = io_names(cfg)
 
     with _quiet():
@@ -50,6 +51,14 @@ def trace(cfg: GemmaConfig) -> ir.Model:
     model.opset_imports[onnx_ops.DOMAIN] = onnx_ops.DOMAIN_VERSION
     _name_dims(model)
     return model
+
+
+def bind_weights(model: ir.Model, weights: WeightSource) -> None:
+    """Point every traced (data-less) initializer at its checkpoint tensor, as fp32 (the traced
+    graph's dtype)."""
+    for name, value in model.graph.initializers.items():
+        value.const_value = StreamedTensor(lambda a, b, name=name: weights.read_rows(name, a, b),
+                                           tuple(weights.shape(name)), ir.DataType.FLOAT, name)
 
 
 def _name_dims(model: ir.Model) -> None:

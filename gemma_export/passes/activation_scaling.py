@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export import calibrate, quant
-from gemma_export.emit.weights import StreamedTensor, as_streamed, mapped, transposed, untransposed
+from gemma_export.tensors import StreamedTensor, as_streamed, mapped, transposed, untransposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of
 from gemma_export.passes.quantize_matmuls import target_scheme
@@ -53,8 +53,8 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     alphas = {}
     for node, x, weight in products:
         rows = _rows(weight)
-        scheme = quant.for_matrix(target_scheme(ctx.options), rows.shape[1])
-        alpha, s = _search(rows, activations[x], scheme, quantizes_activations(ctx.options))
+        scheme = quant.for_matrix(target_scheme(ctx), rows.shape[1])
+        alpha, s = _search(rows, activations[x], scheme, ctx.target.int8_activations)
         _scale_weight(weight, s)
         _divide_input(graph, node, x, weight, s)
         alphas[weight.name] = alpha
@@ -93,14 +93,6 @@ def _sample(rows: StreamedTensor) -> np.ndarray:
     step = max(1, -(-n // SEARCH_ROWS))
     chunk = step * 1024
     return np.concatenate([rows.rows(a, min(n, a + chunk))[::step] for a in range(0, n, chunk)]).astype(np.float32)
-
-
-def quantizes_activations(options) -> bool:
-    """Whether the kernel that will run the product quantizes its input: MatMulNBits at
-    accuracy_level 4 on the CPU does, to int8 per block of the weight's block size; so does
-    onnxruntime's CPU provider on the `onnx` target, where it fuses DequantizeLinear + MatMul into
-    MatMulNBits (session.qdq_matmulnbits_accuracy_level, 4 by default)."""
-    return options.target in ("ort-cpu", "onnx")
 
 
 def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme,

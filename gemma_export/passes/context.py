@@ -1,21 +1,50 @@
-"""What a pass may read: the config, the user's options and a report it may add to."""
+"""What a pass may read: the config, the target's facts, the user's options, the model's cache
+slots, and a report it may add to."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from gemma_export.config import GemmaConfig
+from gemma_graphs.config import GemmaConfig
 
-TARGETS = ("generic", "onnx", "ort-cpu", "ort-cuda", "tensorrt")
+if TYPE_CHECKING:
+    from gemma_graphs.gemma import CacheSlot
+
 DTYPES = ("fp32", "fp16", "bf16")
 QUANTS = ("none", "int8", "int4")
 
 
 @dataclasses.dataclass(frozen=True)
+class Target:
+    """One export target: its ordered passes and the facts they act on (gemma_export/targets.py
+    holds the table). Fields that change a graph default to off."""
+
+    name: str
+    graph: str  # for people: what the graph is made of
+    kv_cache: str  # for people: the cache's form
+    runs_on: str  # for people
+    passes: tuple[str, ...]  # module names in gemma_export/passes/, in order
+    dtypes: tuple[str, ...] = DTYPES  # precisions it exports, the default first
+    quants: tuple[str, ...] = QUANTS
+    quantized_matmul: str | None = None  # a quantized product: "MatMulNBits" (com.microsoft) or "DequantizeLinear"
+    int4_zero_points: bool = True  # int4 blocks carry zero points
+    int8_activations: bool = False  # the CPU kernel rounds a quantized product's input to int8 (calibrate for it)
+    ring_caches: bool = False  # sliding-window layers keep a window-sized ring cache
+    bf16_compute: bool = False  # bf16 computed in bf16; else bf16 storage with fp32 compute (CPU kernels)
+    backends: tuple[str, ...] = ("ort",)  # runtime backends that run it, the default first
+    devices: tuple[str, ...] = ("cpu",)  # onnxruntime devices, the default first
+
+    def pass_modules(self) -> list[ModuleType]:
+        return [importlib.import_module(f"gemma_export.passes.{name}") for name in self.passes]
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportOptions:
     target: str = "ort-cpu"
-    dtype: str = "fp32"
+    dtype: str | None = None  # None: the target's default
     quant: str = "none"
     block_size: int = 32
     calibrate: bool = False
@@ -26,6 +55,8 @@ class ExportOptions:
 @dataclasses.dataclass
 class PassContext:
     config: GemmaConfig
+    target: Target
     options: ExportOptions
+    caches: tuple[CacheSlot, ...]  # the model's KV-cache slots (graph inputs past_{name})
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
     tokenizer_model: bytes | None = None  # the source's SentencePiece model: calibration text -> ids

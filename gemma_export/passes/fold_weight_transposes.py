@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.emit.weights import transposed
+from gemma_export.tensors import transposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, initializer_of, replace_value
 

@@ -3,8 +3,8 @@ layer, updated in place (`onnx`, `ort-cpu`, `ort-cuda`); the contract itself is 
 runtime/backends/ort_inplace.py.
 
 Only the graph's inputs and outputs change here: `attention_mask` goes, `past_lengths` and
-`seq_lengths` [batch] come in, and every cache input and output gets the static shape
-[batch, kv_heads, max_seq_len, head_dim]. Each GemmaAttention node loses its mask input and keeps
+`seq_lengths` [batch] come in, and every cache input and output (the model's cache slots,
+ctx.caches) gets the static shape [batch, kv_heads, max_seq_len, head_dim]. Each GemmaAttention node loses its mask input and keeps
 reading its cache input and producing its cache output: the target's attention pass, which must
 follow, gives it in-place meaning (write the new keys at past_lengths, attend to the first
 past_lengths + seq_lengths positions) from the two lengths (`lengths()`).
@@ -34,16 +34,14 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     graph.inputs[at:at + 1] = [
         ir.Value(name=name, shape=ir.Shape(["batch"]), type=ir.TensorType(ir.DataType.INT64))
         for name in (PAST_LENGTHS, SEQ_LENGTHS)]
-    cfg, max_seq_len = ctx.config, ctx.options.max_seq_len
-    static = ir.Shape(["batch", cfg.num_kv_heads, max_seq_len, cfg.head_dim])
-    caches = [v for v in [*graph.inputs, *graph.outputs]
-              if v.name.split(".")[0] in ("past_key", "past_value", "present_key", "present_value")]
-    if len(caches) != 4 * cfg.num_layers:
-        raise AssertionError(f"expected {4 * cfg.num_layers} cache inputs and outputs, found {len(caches)}")
-    for value in caches:
-        value.shape = static
-    ctx.report["kv_cache"] = {"layout": "inplace", "max_seq_len": max_seq_len}
-    return len(caches)
+    values = {v.name: v for v in [*graph.inputs, *graph.outputs]}
+    count = 0
+    for slot in ctx.caches:
+        for name in (slot.input_name, slot.output_name):
+            value = values[name]
+            value.shape = ir.Shape(["batch", value.shape[1], ctx.options.max_seq_len, value.shape[3]])
+            count += 1
+    return count
 
 
 def attention_nodes(graph: ir.Graph) -> list[ir.Node]:

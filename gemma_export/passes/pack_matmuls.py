@@ -13,7 +13,7 @@ import os
 
 import onnx_ir as ir
 
-from gemma_export.emit.weights import concatenated
+from gemma_export.tensors import concatenated
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
 

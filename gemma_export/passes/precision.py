@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export import calibrate
-from gemma_export.emit.weights import mapped, numpy_dtype
+from gemma_export.tensors import mapped, numpy_dtype
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node
@@ -35,7 +35,6 @@ F32 = ir.DataType.FLOAT
 # 65504 / 16. Over the calibration text the largest |value| of a tensor was up to 6.1x below what
 # the same tensor reached in a 2048-token prompt (real Gemma 3 270M); 16x leaves room for that.
 FP16_LIMIT = 2.0 ** 12
-STORAGE_ONLY_BF16 = ("ort-cpu", "onnx")  # targets run by onnxruntime's CPU provider
 WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gather", 0)}
 ANY_INPUT = ("Cast", "Shape", "Size")  # read any dtype: never cast in front of them
 PRODUCTS = ("MatMul", "Gemm", "MatMulNBits")
@@ -58,7 +57,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         return inferred.get(v.name) == F32
 
     hot: dict[str, float] = {}
-    if options.dtype == "bf16" and options.target in STORAGE_ONLY_BF16:
+    if options.dtype == "bf16" and not ctx.target.bf16_compute:
         fp32_nodes = set(graph)
     else:
         if options.dtype == "fp16":
@@ -197,8 +196,6 @@ def _suffix(dtype: ir.DataType) -> str:
 
 def _report(ctx: PassContext, low: ir.DataType, hot: dict[str, float], graph: ir.Graph,
             new_dtype: dict[ir.Value, ir.DataType], casts: int) -> None:
-    caches = [v for v in graph.inputs if v.name.startswith("past_key.")]
-    cache_dtype = {low: _suffix(low)}.get(new_dtype.get(caches[0]), "fp32") if caches else "fp32"
     computed = [n for n in graph if any(new_dtype.get(v) == low for v in n.outputs)]
     ctx.report["precision"] = {
         "dtype": _suffix(low),
@@ -209,7 +206,6 @@ def _report(ctx: PassContext, low: ir.DataType, hot: dict[str, float], graph: ir
         "low_precision_nodes": len(computed),
         "casts": casts,
     }
-    ctx.report.setdefault("kv_cache", {})["dtype"] = cache_dtype
 
 
 def _describe(graph: ir.Graph, name: str) -> str:

@@ -2,10 +2,10 @@
 (Gemm(h, E, transB=1) after tied_lm_head), quantized once along the hidden axis, in blocks as the
 MatMuls are. `--keep-embeddings-fp` leaves both to the precision pass.
 
-ort-cpu, ort-cuda: the lookup is com.microsoft GatherBlockQuantized and the lm_head MatMulNBits,
+MatMulNBits targets (ort-cpu, ort-cuda): the lookup is com.microsoft GatherBlockQuantized and the lm_head MatMulNBits,
 reading the same B bytes (MatMulNBits' [vocab, blocks, block * bits / 8] layout, which
 GatherBlockQuantized reads with quantize_axis 2): one copy of the largest tensor in the file.
-onnx, tensorrt: one DequantizeLinear of the table, read by the Gather and the Gemm.
+DequantizeLinear targets (onnx, tensorrt): one DequantizeLinear of the table, read by the Gather and the Gemm.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from gemma_export import quant
-from gemma_export.emit.weights import StreamedTensor, as_streamed
+from gemma_export.tensors import StreamedTensor, as_streamed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
-from gemma_export.passes.quantize_matmuls import MS_DOMAIN, ORT_TARGETS, matmul_nbits, nbits_initializers, target_scheme
+from gemma_export.passes.quantize_matmuls import MS_DOMAIN, matmul_nbits, nbits_initializers, target_scheme
 from gemma_export.passes.tied_lm_head import EMBEDDING
 
 NAME = "quantize_embedding"
@@ -29,9 +29,9 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if options.quant == "none" or options.keep_embeddings_fp or table is None:
         return 0
     hidden = table.shape[1]
-    scheme = quant.for_matrix(target_scheme(options), hidden)
+    scheme = quant.for_matrix(target_scheme(ctx), hidden)
     uses = list(table.uses())
-    if options.target in ORT_TARGETS:
+    if ctx.target.quantized_matmul == "MatMulNBits":
         packed = nbits_initializers(graph, table.const_value, scheme, EMBEDDING)
         for node, _ in uses:
             _ort_use(graph, node, table, packed, scheme)
@@ -73,7 +73,7 @@ def _gather_block_quantized(graph: ir.Graph, node: ir.Node, packed, scheme: quan
 def _zero_points_by_block(table: StreamedTensor, scheme: quant.Scheme, shape: tuple[int, ...]) -> StreamedTensor:
     """One uint8 zero point per block, unpacked (GatherBlockQuantized reads it so for 3-D data)."""
     return StreamedTensor(lambda a, b: quant.quantize(table.rows(a, b), scheme).zero_points.reshape(b - a, *shape[1:]),
-                          shape, ir.DataType.UINT8, f"{EMBEDDING}.zero_points_by_block", whole=table._whole)
+                          shape, ir.DataType.UINT8, f"{EMBEDDING}.zero_points_by_block", whole=table.whole)
 
 
 def _dequantized(graph: ir.Graph, table: ir.Value, scheme: quant.Scheme) -> None:

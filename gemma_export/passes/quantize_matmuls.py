@@ -2,11 +2,11 @@
 of `--block-size` (gemma_export/quant.py: int8 symmetric, int4 with zero points where the target
 reads them).
 
-ort-cpu, ort-cuda: com.microsoft MatMulNBits. accuracy_level 4 lets the CPU kernel quantize the
+Targets whose quantized_matmul is "MatMulNBits" (ort-cpu, ort-cuda): com.microsoft MatMulNBits. accuracy_level 4 lets the CPU kernel quantize the
 activations to int8 per block: its 8-bit kernel has no other fast path (an fp32-activation int8
-MatMulNBits ran 50-75x slower than at level 4 on this machine), and at 4 bits it is about 1.7x
-faster; the CUDA kernel ignores the attribute.
-onnx, tensorrt: DequantizeLinear (blocks along K, block_size: opset 21+, which set_opset gives them)
+MatMulNBits is far slower than at level 4), and at 4 bits it is faster too; the CUDA kernel
+ignores the attribute.
+"DequantizeLinear" (onnx, tensorrt): DequantizeLinear (blocks along K, block_size: opset 21+, which set_opset gives them)
 feeding the MatMul, the form TensorRT builds and onnxruntime fuses into MatMulNBits itself.
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from gemma_export import quant
-from gemma_export.emit.weights import transposed, untransposed
+from gemma_export.tensors import transposed, untransposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
 
 NAME = "quantize_matmuls"
-ORT_TARGETS = ("ort-cpu", "ort-cuda")
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4
 
@@ -37,22 +36,22 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         weight = initializer_of(node.inputs[1])
         if weight is None or weight.shape is None or weight.shape.rank() != 2 or weight.dtype != ir.DataType.FLOAT:
             continue
-        scheme = quant.for_matrix(target_scheme(options), weight.shape[0])
+        scheme = quant.for_matrix(target_scheme(ctx), weight.shape[0])
         rows = untransposed(weight.const_value, weight.name + ".rows")  # [N, K]
-        if options.target in ORT_TARGETS:
+        if ctx.target.quantized_matmul == "MatMulNBits":
             out = matmul_nbits(graph, node, node.inputs[0], rows, scheme, weight.name)
         else:
             out = _dequantized_matmul(graph, node, rows, scheme, weight.name)
         replace_value(node.outputs[0], out)
         graph.remove(node, safe=True)
         count += 1
-    if count and options.target in ORT_TARGETS:
+    if count and ctx.target.quantized_matmul == "MatMulNBits":
         model.opset_imports.setdefault(MS_DOMAIN, 1)
     return count
 
 
-def target_scheme(options) -> quant.Scheme:
-    return quant.scheme(options.quant, options.block_size, zero_points=options.target != "tensorrt")
+def target_scheme(ctx: PassContext) -> quant.Scheme:
+    return quant.scheme(ctx.options.quant, ctx.options.block_size, zero_points=ctx.target.int4_zero_points)
 
 
 def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: quant.Scheme,

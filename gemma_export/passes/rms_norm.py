@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from gemma_export.emit.weights import mapped
+from gemma_export.tensors import mapped
 from gemma_export.frontend.onnx_ops import RMS_NORM
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, project_nodes, replace_value

@@ -4,7 +4,7 @@ at most SLICE_BYTES of E's rows, their logits concatenated.
 Why: onnxruntime prepacks a Gemm's weight into a copy of its own and keeps the original for the
 token lookup, so at load the whole table was resident twice (2B-shaped model: 5.9 GB peak for
 3.7 GB of weights). Each slice is an initializer of its own that points into the table's bytes
-in model.onnx.data (emit/weights.row_view: the file still holds the table once); onnxruntime
+in model.onnx.data (tensors.row_view: the file still holds the table once); onnxruntime
 prepacks one slice at a time and drops its original, while the lookup's table stays memory-
 mapped and paged in only where rows are read. Runs last, on an lm_head still in float: the
 quantized lm_head (MatMulNBits sharing its bytes with GatherBlockQuantized) is left as it is.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.emit.weights import row_view
+from gemma_export.tensors import row_view
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
 from gemma_export.passes.tied_lm_head import EMBEDDING

@@ -8,19 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from gemma_runtime.backends.ort_session import create_session
+from gemma_runtime.manifest import MODEL_FILE, Manifest
 
 _NP = {"fp32": np.float32, "fp16": np.float16}
 
 
 class OrtConcatBackend:
-    def __init__(self, folder: Path, manifest: dict, threads: int | None):
-        cfg = manifest["config"]
-        self.session = create_session(folder / "model.onnx", threads)
-        self.max_seq_len = int(manifest["kv_cache"]["max_seq_len"])
-        self.pad_id = manifest["tokens"]["pad"]
-        self.layers, self.kv_heads, self.head_dim = cfg["num_layers"], cfg["num_kv_heads"], cfg["head_dim"]
-        self.cache_dtype = _NP[manifest["kv_cache"]["dtype"]]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+    def __init__(self, folder: Path, manifest: Manifest, threads: int | None, device: str = "cpu"):
+        self.session = create_session(folder / MODEL_FILE, threads, device)
+        self.max_seq_len = manifest.kv_cache.max_seq_len
+        self.pad_id = manifest.tokens.pad
+        self.buffers = manifest.kv_cache.buffers
+        self.output_names = ["logits", *(b.output_name for b in self.buffers)]
         self.cache: list[np.ndarray] = []
         self.mask = self.positions = None
 
@@ -32,8 +31,7 @@ class OrtConcatBackend:
             ids[r, width - len(p):] = p
             self.mask[r, width - len(p):] = 1
         self.positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
-        empty = np.zeros((len(prompts), self.kv_heads, 0, self.head_dim), self.cache_dtype)
-        self.cache = [empty] * (2 * self.layers)
+        self.cache = [np.zeros((len(prompts), b.shape[1], 0, b.shape[3]), _NP[b.dtype]) for b in self.buffers]
         return self._run(ids)[:, -1]
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
@@ -47,10 +45,8 @@ class OrtConcatBackend:
         return self._logits
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "position_ids": self.positions, "attention_mask": self.mask}
-        for i in range(self.layers):
-            feeds[f"past_key.{i}"] = self.cache[2 * i]
-            feeds[f"past_value.{i}"] = self.cache[2 * i + 1]
+        feeds = {"input_ids": ids, "position_ids": self.positions, "attention_mask": self.mask,
+                 **{b.input_name: cache for b, cache in zip(self.buffers, self.cache)}}
         logits, *self.cache = self.session.run(self.output_names, feeds)
         self._logits = logits[0]
         return logits

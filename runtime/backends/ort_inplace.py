@@ -10,24 +10,25 @@ writes the inputs and outputs; each target's attention pass gives them their mea
     past_lengths   [batch] int64         valid tokens already in row b's cache
     seq_lengths    [batch] int64         valid new tokens of row b in this call (1..seq)
     logits_index   [batch, keep] int64   the columns whose logits are computed
-    past_key.{i}, past_value.{i}         [batch, kv_heads, length, head_dim], layer i's cache: length
-                                         max_seq_len, or the window of a sliding layer kept as a ring
+    past_{name}                          [batch, kv_heads, length, head_dim], each cache buffer of the
+                                         manifest's kv_cache.buffers: length max_seq_len, or the
+                                         window of a sliding layer kept as a ring
   outputs
     logits         [batch, keep, vocab] float32
-    present_key.{i}, present_value.{i}   the same shape: the past buffer, updated in place
+    present_{name}                       the same shape: the past buffer, updated in place
 
 A call writes row b's real new keys and values at cache positions past_lengths[b] ..
 past_lengths[b] + seq_lengths[b] - 1 and attends to the positions before past_lengths[b] +
 seq_lengths[b]; the padded columns may write after them (never read; the row's next tokens
 overwrite it), so past_lengths[b] + seq <= max_seq_len
-(manifest kv_cache.max_seq_len, the static cache length). A ring (`onnx` target, layers in
-manifest kv_cache.window_layers) holds position p in slot p mod window and is written whole by the
-graph. The runtime allocates each cache by its input's shape in the manifest. Multi-query models
+(manifest kv_cache.max_seq_len, the static cache length). A ring (a buffer
+whose layout is "ring") holds position p in slot p mod window and is written whole by the graph.
+The runtime allocates each buffer by its shape in the manifest, once, whichever layers read it. Multi-query models
 keep one KV head.
 Cache entries beyond the valid lengths are still read by some kernels (masked by addition) and
 so must be finite: a buffer is zeroed once, when allocated.
 
-The runtime binds one OrtValue per cache tensor as both past_key.{i} and present_key.{i}
+The runtime binds one OrtValue per cache buffer as both past_{name} and present_{name}
 (IOBinding), allocated once per batch size and never copied between steps. A decode step binds
 nothing: its inputs and its logits are numpy arrays bound once per batch size (the OrtValues share
 their memory), which the step overwrites before running. Prefill and teacher-forced calls, whose
@@ -41,26 +42,24 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gemma_runtime.artifact import MODEL_FILE
+from gemma_runtime.manifest import MODEL_FILE, Manifest
 from gemma_runtime.backends.ort_session import create_session
 from gemma_runtime.errors import RuntimeInputError
 
-# manifest kv_cache.dtype -> (numpy type of the zeros, ONNX element type). bf16 has no numpy type:
+# a cache buffer's dtype -> (numpy type of the zeros, ONNX element type). bf16 has no numpy type:
 # its zeros are uint16 zeros copied into a bfloat16 OrtValue (GPU targets compute in bf16).
 _CACHE_TYPES = {"fp32": (np.float32, 1), "fp16": (np.float16, 10), "bf16": (np.uint16, 16)}
 
 
 class OrtInplaceBackend:
-    def __init__(self, folder: Path, manifest: dict, threads: int | None):
-        cfg, kv = manifest["config"], manifest["kv_cache"]
-        self.session = create_session(folder / MODEL_FILE, threads)
+    def __init__(self, folder: Path, manifest: Manifest, threads: int | None, device: str = "cpu"):
+        kv = manifest.kv_cache
+        self.session = create_session(folder / MODEL_FILE, threads, device)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        self.max_seq_len = int(kv["max_seq_len"])
-        self.pad_id = manifest["tokens"]["pad"]
-        self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
-        self.cache_shapes = [tuple(manifest["inputs"][f"past_{name}"]["shape"][1:]) for name in self.cache_names]
-        self.cache_type = _CACHE_TYPES[kv["dtype"]]
-        self.vocab_size = cfg["vocab_size"]
+        self.max_seq_len = kv.max_seq_len
+        self.pad_id = manifest.tokens.pad
+        self.buffers = kv.buffers
+        self.vocab_size = manifest.config["vocab_size"]
         self.binding = self.session.io_binding()  # prefill and teacher-forced calls
         self.step: _DecodeStep | None = None
         self.cache: list[ort.OrtValue] = []
@@ -109,15 +108,15 @@ class OrtInplaceBackend:
         """Zeroed cache buffers for this batch size, each bound as both past and present."""
         if self.cache and self.cache[0].shape()[0] == batch:
             return
-        self.cache = [self._zeroed((batch, *shape)) for shape in self.cache_shapes]
+        self.cache = [self._zeroed((batch, *b.shape[1:]), b.dtype) for b in self.buffers]
         self.step = _DecodeStep(self.session, batch, self.vocab_size)
         for binding in (self.binding, self.step.binding):
-            for name, value in zip(self.cache_names, self.cache):
-                binding.bind_ortvalue_input(f"past_{name}", value)
-                binding.bind_ortvalue_output(f"present_{name}", value)
+            for buffer, value in zip(self.buffers, self.cache):
+                binding.bind_ortvalue_input(buffer.input_name, value)
+                binding.bind_ortvalue_output(buffer.output_name, value)
 
-    def _zeroed(self, shape: tuple[int, ...]) -> ort.OrtValue:
-        storage, element_type = self.cache_type
+    def _zeroed(self, shape: tuple[int, ...], dtype: str) -> ort.OrtValue:
+        storage, element_type = _CACHE_TYPES[dtype]
         value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), element_type, self.device, 0)
         value.update_inplace(np.zeros(shape, storage))
         return value

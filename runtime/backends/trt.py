@@ -1,5 +1,5 @@
 """TensorRT engines of `tensorrt`-target artifacts (built by `gemma-export build-engine`, listed in
-manifest["engines"]), run with `tensorrt` or `tensorrt_rtx`, whichever built the engine.
+manifest.engines), run with `tensorrt` or `tensorrt_rtx`, whichever built the engine.
 
 The graph interface is the in-place one of runtime/backends/ort_inplace.py, and so are prefill,
 decode and teacher_forced (inherited); this class only moves the tensors: one device buffer per
@@ -25,6 +25,7 @@ import numpy as np
 from gemma_runtime.backends import cuda_driver
 from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.manifest import Manifest
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 PREFILL_PROFILE, DECODE_PROFILE = 0, 1
@@ -59,7 +60,7 @@ def error_log(trt: ModuleType):
 
 
 class TrtBackend(OrtInplaceBackend):
-    def __init__(self, folder: Path, manifest: dict, threads: int | None):
+    def __init__(self, folder: Path, manifest: Manifest, threads: int | None):
         entry, trt = _engine_entry(folder, manifest)
         cuda_driver.use_primary_context()
         self.log = error_log(trt)
@@ -77,16 +78,17 @@ class TrtBackend(OrtInplaceBackend):
         for index, context in enumerate(self.contexts):
             context.set_optimization_profile_async(index, self.stream.handle)
 
-        cfg, kv = manifest["config"], manifest["kv_cache"]
-        self.max_seq_len = int(kv["max_seq_len"])
+        self.max_seq_len = manifest.kv_cache.max_seq_len
         self.max_batch = int(entry["max_batch"])
-        self.pad_id = manifest["tokens"]["pad"]
-        self.vocab = cfg["vocab_size"]
-        self.cache_names = [f"{kind}.{i}" for i in range(cfg["num_layers"]) for kind in ("key", "value")]
-        self.cache_shape = (cfg["num_kv_heads"], self.max_seq_len, cfg["head_dim"])
-        self.cache_dtype = trt.nptype(self.engine.get_tensor_dtype(f"past_{self.cache_names[0]}"))
+        self.pad_id = manifest.tokens.pad
+        self.vocab = manifest.config["vocab_size"]
+        self.buffers = manifest.kv_cache.buffers
+        self.cache_names = [b.name for b in self.buffers]
+        self.cache_itemsize = [np.dtype(trt.nptype(self.engine.get_tensor_dtype(b.input_name))).itemsize
+                               for b in self.buffers]
         self.logits_dtype = trt.nptype(self.engine.get_tensor_dtype("logits"))
         self.cache: list[cuda_driver.Buffer] = []
+        self.cache_batch = 0
         self.lengths = np.zeros(0, np.int64)
         self.feeds = {name: cuda_driver.Buffer(self.max_batch * self.max_seq_len * 8) for name in FEEDS}
         self.logits = cuda_driver.Buffer(0)
@@ -99,15 +101,16 @@ class TrtBackend(OrtInplaceBackend):
         if batch > self.max_batch:
             raise RuntimeInputError(f"batch {batch} is larger than this engine's maximum ({self.max_batch}); "
                                     "rebuild it with gemma-export build-engine --max-batch")
-        nbytes = batch * int(np.prod(self.cache_shape)) * np.dtype(self.cache_dtype).itemsize
-        if self.cache and self.cache[0].nbytes == nbytes:
+        if self.cache_batch == batch:
             return
-        self.cache = [cuda_driver.Buffer(nbytes) for _ in self.cache_names]
+        self.cache = [cuda_driver.Buffer(batch * int(np.prod(b.shape[1:])) * itemsize)
+                      for b, itemsize in zip(self.buffers, self.cache_itemsize)]
+        self.cache_batch = batch
         for context in self.contexts:
-            for name, buffer in zip(self.cache_names, self.cache):
-                context.set_input_shape(f"past_{name}", (batch, *self.cache_shape))
-                context.set_tensor_address(f"past_{name}", buffer.ptr)
-                context.set_tensor_address(f"present_{name}", buffer.ptr)
+            for b, buffer in zip(self.buffers, self.cache):
+                context.set_input_shape(b.input_name, (batch, *b.shape[1:]))
+                context.set_tensor_address(b.input_name, buffer.ptr)
+                context.set_tensor_address(b.output_name, buffer.ptr)
 
     def _decode_step(self, ids: np.ndarray) -> np.ndarray:
         batch = len(ids)
@@ -136,10 +139,10 @@ class TrtBackend(OrtInplaceBackend):
         return self.logits.download(out).astype(np.float32, copy=False)
 
 
-def _engine_entry(folder: Path, manifest: dict) -> tuple[dict, ModuleType]:
+def _engine_entry(folder: Path, manifest: Manifest) -> tuple[dict, ModuleType]:
     """The manifest's engine for this machine's GPU, and the library that runs it; every check that
     can fail is made before a TensorRT runtime is touched."""
-    engines = manifest.get("engines") or []
+    engines = manifest.engines
     if not engines:
         raise RuntimeInputError(f"{folder}: no TensorRT engine (export with --target tensorrt, then run "
                                 "gemma-export build-engine)")

@@ -26,7 +26,7 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.rotary_embedding import cos_sin_caches
 from gemma_export.passes.ir_utils import add_node, constant_int64, project_nodes, replace_value
 
-NAME = "group_query_attention"
+NAME = "attention_gqa"
 MS_DOMAIN = "com.microsoft"
 
 

@@ -5,10 +5,10 @@ Full-length (global layers, and sliding layers whose window is not shorter than 
 TensorScatter writes the new keys and values at past_lengths, then Attention
 (nonpad_kv_seqlen = past_lengths + seq_lengths) reads the cache's first `longest` positions,
 longest = the batch's largest past_lengths + seq_lengths. The Slice is for speed: onnxruntime's
-CPU kernel reads every key it is given whatever nonpad_kv_seqlen says (one decode step, 8 heads x
-256, 40 valid keys of 4096: 5.3 ms over the whole cache, 0.15 ms over a slice).
+CPU kernel reads every key it is given whatever nonpad_kv_seqlen says, so a decode step early in
+a long cache would otherwise pay for the whole cache.
 
-Window-sized (target `onnx`: sliding layers, window < max_seq_len): the cache is a ring of
+Window-sized (targets with ring_caches, `onnx`: sliding layers, window < max_seq_len): the cache is a ring of
 `window` slots, position p in slot p mod window. Attention reads the ring's filled slots followed
 by the call's own new keys (Concat), each key's position computed from past_lengths, so the order
 of the slots does not matter; then TensorScatter (mode circular) writes the row's last min(seq, window) positions,
@@ -34,13 +34,10 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.inplace_cache_io import attention_nodes, lengths
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
 
-NAME = "attention_scatter"
+NAME = "attention_onnx"
 HEADS_FIRST = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 CACHE_AXIS = 2
 NEVER = 2 ** 62  # the position of an empty ring slot: after every query
-# tensorrt lowers this pass's Attention further and its runtime allocates full-length caches;
-# whether TensorRT builds the ring's circular TensorScatter is untested (no GPU here), so it keeps them.
-RING_TARGETS = ("onnx",)
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -49,14 +46,13 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if not nodes:
         return 0
     shared = _Shared(graph, nodes[0])
-    rings = {}
     for i, node in enumerate(nodes):
         q, k, v, past_key, past_value = node.inputs[:5]
         scale, softcap, window = (node.attributes.get_float("scale"), node.attributes.get_float("softcap"),
                                   node.attributes.get_int("window"))
         attrs = {"scale": scale, "is_causal": 0, **({"softcap": softcap} if softcap else {})}
         q, k, v = (_heads_first(graph, node, x) for x in (q, k, v))
-        if ctx.options.target in RING_TARGETS and 0 < window < ctx.options.max_seq_len:
+        if ctx.target.ring_caches and 0 < window < ctx.options.max_seq_len:
             ring = shared.ring(window, ctx.config.num_kv_heads, ctx.config.head_dim)
             keys, values = (add_node(graph, node, "Concat", [shared.leading(node, cache, ring.filled), new],
                                      {"axis": CACHE_AXIS})
@@ -65,7 +61,6 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             present = [ring.write(node, cache, both) for cache, both in ((past_key, keys), (past_value, values))]
             for value in (past_key, past_value, *node.outputs[1:3]):
                 value.shape = ir.Shape([value.shape[0], value.shape[1], window, value.shape[3]])
-            rings[i] = window
         else:
             present = [add_node(graph, node, "TensorScatter", [cache, new, shared.past_lengths],
                                 {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
@@ -77,10 +72,6 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         for old, new in zip(node.outputs, [y.outputs[0], *present]):
             replace_value(old, new)
         graph.remove(node, safe=True)
-    kv = ctx.report.setdefault("kv_cache", {})
-    kv["update"] = "TensorScatter"
-    if rings:
-        kv["window_layers"] = rings
     return len(nodes)
 
 

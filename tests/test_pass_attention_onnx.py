@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from gemma_export.frontend.onnx_ops import ATTENTION
-from gemma_export.passes import attention_scatter, inplace_cache_io, set_opset
+from gemma_export.passes import attention_onnx, inplace_cache_io, set_opset
 from gemma_export.passes.context import ExportOptions
-from pass_harness import apply, cache_slots, feeds, inplace_feeds, op_types, run, traced
+from pass_harness import apply, cache_slots, feeds, inplace_feeds, op_types, ring_windows, run, traced
 
 MAX = 32
 
@@ -13,7 +13,7 @@ MAX = 32
 def graphs(tiny_checkpoints):
     """gemma2 (GQA, softcap, sliding window 6) before and after the lowering."""
     model, ctx = traced(tiny_checkpoints["gemma2"], ExportOptions(target="onnx", max_seq_len=MAX))
-    after, counts = apply(model, ctx, set_opset, inplace_cache_io, attention_scatter)
+    after, counts = apply(model, ctx, set_opset, inplace_cache_io, attention_onnx)
     return model, after, ctx, counts[-1]
 
 
@@ -29,9 +29,8 @@ def test_attention_becomes_tensor_scatter_and_attention(graphs):
     attention = [n for n in after.graph if n.op_type == "Attention"]
     assert len(attention) == layers
     assert {n.attributes.get_float("softcap") for n in attention} == {5.0}
-    rings = ctx.report["kv_cache"]["window_layers"]
+    rings = ring_windows(after, MAX)
     assert rings == {0: WINDOW, 2: WINDOW}  # gemma2: even layers slide
-    assert ctx.report["kv_cache"]["update"] == "TensorScatter"
     for i, node in enumerate(attention):
         if i in rings:  # the ring's filled slots, then the new keys; visibility from positions alone
             assert node.inputs[1].producer().op_type == "Concat" and len(node.inputs) == 4
@@ -53,7 +52,7 @@ def _assert_cache(cache, reference, held: int, window: int | None):
 @pytest.mark.parametrize("past,seq", [(5, 9), (9, 1), (0, 4), (13, 2)])
 def test_calls_across_the_window_match_the_concatenating_graph(graphs, past, seq):
     model, after, ctx, _ = graphs
-    rings = ctx.report["kv_cache"]["window_layers"]
+    rings = ring_windows(after, MAX)
     concat = feeds(ctx.config, past=past, seq=seq)
     static = inplace_feeds(concat, MAX, windows=rings)
     before, now = run(model, concat), run(after, static)
@@ -68,7 +67,7 @@ def test_calls_across_the_window_match_the_concatenating_graph(graphs, past, seq
 def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs, pasts, lengths):
     model, after, ctx, _ = graphs
     cfg = ctx.config
-    rings = ctx.report["kv_cache"]["window_layers"]
+    rings = ring_windows(after, MAX)
     width, batch_size = max(lengths), len(pasts)
     rows = [feeds(cfg, batch=1, seq=n, past=p, seed=r) for r, (p, n) in enumerate(zip(pasts, lengths))]
     static = [inplace_feeds(f, MAX, windows=rings) for f in rows]

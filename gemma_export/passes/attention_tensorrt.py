@@ -2,7 +2,7 @@
 pass). Its Attention refuses two attributes the onnx target's lowering sets:
 
 - softcap (Gemma 2), "Setting softcap is not supported in TensorRT Attention": such an attention
-  is spelled out in plain ops. attention_scatter's boolean mask already hides every key at or past
+  is spelled out in plain ops. attention_onnx's boolean mask already hides every key at or past
   nonpad_kv_seqlen, so that input is not needed.
       scores = softcap * tanh(scale * Q K^T / softcap)      in fp32, as graphs/ops.py computes them
       Y      = softmax(where(mask, scores, MASKED)) V       V's dtype again for the product
@@ -20,7 +20,7 @@ import onnx_ir as ir
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
 
-NAME = "tensorrt_attention"
+NAME = "attention_tensorrt"
 SWAP_LAST = [0, 1, 2, 4, 3]
 
 
@@ -41,7 +41,7 @@ def _decompose(graph: ir.Graph, node: ir.Node, ctx: PassContext) -> None:
 
     q, k, v, mask = node.inputs[:4]
     if mask is None or any(x is not None for x in node.inputs[4:6]) or node.attributes.get_int("is_causal", 0):
-        raise AssertionError(f"{node.name}: expected attention_scatter's form (a mask, no past, not causal)")
+        raise AssertionError(f"{node.name}: expected attention_onnx's form (a mask, no past, not causal)")
     cfg = ctx.config
     kv, group, head_dim = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     softcap, scale = node.attributes.get_float("softcap"), node.attributes.get_float("scale")

@@ -1,6 +1,9 @@
-"""Initializers whose bytes are produced while they are written: read from the checkpoint by
-row ranges, converted (cast, transpose, quantize, ...) and written chunk by chunk, so an export
-never holds more than one chunk of a big tensor in memory.
+"""Tensors whose bytes are produced while they are written: read from the checkpoint by row
+ranges, converted (cast, transpose, quantize, ...) and written chunk by chunk, so an export never
+holds more than one chunk of a big tensor in memory. Passes build them; the emitter writes them.
+
+Built on onnx_ir's public LazyTensor: evaluated whole only when something asks for the whole
+array; its writes (tofile, tobytes) are overridden to go row range by row range.
 """
 
 from __future__ import annotations
@@ -10,9 +13,6 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-from onnx_ir._core import TensorBase
-
-from gemma_export.checkpoints.base import WeightSource
 
 CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -31,7 +31,7 @@ _NUMPY = {
 _FOUR_BIT = (ir.DataType.UINT4, ir.DataType.INT4)
 
 
-class StreamedTensor(TensorBase, ir.TensorProtocol):
+class StreamedTensor(ir.LazyTensor):
     """A tensor defined by a function giving rows [start, stop) of dim 0 in its final dtype."""
 
     # How it was built, where untransposed() can stream through it instead of transposing it whole.
@@ -43,36 +43,24 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
 
     def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
                  *, whole: bool = False):
-        super().__init__(name=name)
-        self._rows = rows
-        self._shape = ir.Shape(shape)
-        self._shape.freeze()
-        self._dtype = dtype
-        self._whole = whole  # produce it in one piece (a transpose reads every source row)
-
-    @property
-    def dtype(self) -> ir.DataType:
-        return self._dtype
-
-    @property
-    def shape(self) -> ir.Shape:
-        return self._shape
-
-    @property
-    def raw(self) -> RowReader:
-        return self._rows
+        frozen = ir.Shape(shape)
+        frozen.freeze()
+        super().__init__(lambda: ir.Tensor(self.numpy(), dtype=dtype), dtype, frozen, name=name)
+        self.read = rows
+        self.whole = whole  # produce it in one piece (a transpose reads every source row)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        out = self._rows(start, stop)
-        expected = (stop - start, *self._shape.numpy()[1:])
-        if out.shape != expected or out.dtype != _NUMPY[self._dtype]:
+        out = self.read(start, stop)
+        expected = (stop - start, *self.shape.numpy()[1:])
+        if out.shape != expected or out.dtype != _NUMPY[self.dtype]:
             raise AssertionError(f"{self.name}: produced {out.dtype}{list(out.shape)}, "
-                                 f"declared {_NUMPY[self._dtype]}{list(expected)}")
+                                 f"declared {_NUMPY[self.dtype]}{list(expected)}")
         return out
 
     def chunks(self):
-        n = self._shape[0] if self._shape.rank() else 1
-        if self._shape.rank() == 0 or self._whole:
+        shape = self.shape
+        n = shape[0] if shape.rank() else 1
+        if shape.rank() == 0 or self.whole:
             yield self.numpy()
             return
         row_bytes = max(1, self.nbytes // max(n, 1))
@@ -81,9 +69,9 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
             yield self.rows(start, min(n, start + step))
 
     def numpy(self) -> np.ndarray:
-        if self._shape.rank() == 0:
-            return self._rows(0, 1).reshape(())
-        return self.rows(0, self._shape[0])
+        if self.shape.rank() == 0:
+            return self.read(0, 1).reshape(())
+        return self.rows(0, self.shape[0])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         a = self.numpy()
@@ -105,7 +93,7 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
     def _bytes(self, chunk: np.ndarray):
         """4-bit values go two to a byte, low nibble first (ONNX's packing); a chunk holds whole rows,
         so an even row length keeps every chunk on byte boundaries."""
-        if self._dtype in _FOUR_BIT:
+        if self.dtype in _FOUR_BIT:
             if chunk.size % 2:
                 raise AssertionError(f"{self.name}: 4-bit rows of odd length cannot be written in chunks")
             nibbles = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8) & 0x0F
@@ -113,13 +101,7 @@ class StreamedTensor(TensorBase, ir.TensorProtocol):
         return np.ascontiguousarray(chunk).reshape(-1).view(np.uint8).data  # bf16 has no buffer format
 
     def __repr__(self) -> str:
-        return f"{self._repr_base()}(name={self.name!r})"
-
-
-def checkpoint_tensor(weights: WeightSource, name: str, initializer_name: str | None = None) -> StreamedTensor:
-    """A checkpoint tensor as fp32 (the traced graph's dtype)."""
-    return StreamedTensor(lambda a, b: weights.read_rows(name, a, b), tuple(weights.shape(name)),
-                          ir.DataType.FLOAT, initializer_name or name)
+        return f"StreamedTensor<{self.dtype},{self.shape}>(name={self.name!r})"
 
 
 def mapped(tensor: ir.TensorProtocol, fn: Callable[[np.ndarray], np.ndarray], name: str,
@@ -128,7 +110,7 @@ def mapped(tensor: ir.TensorProtocol, fn: Callable[[np.ndarray], np.ndarray], na
     """A row-wise function of another tensor (cast, add a constant, quantize rows, ...)."""
     base = as_streamed(tensor)
     return StreamedTensor(lambda a, b: fn(base.rows(a, b)), shape or tuple(base.shape.numpy()),
-                          dtype or base.dtype, name, whole=base._whole if whole is None else whole)
+                          dtype or base.dtype, name, whole=base.whole if whole is None else whole)
 
 
 def transposed(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
@@ -152,7 +134,7 @@ def concatenated(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
         raise AssertionError(f"{name}: cannot place {[f'{p.dtype}{list(p.shape)}' for p in parts]} side by side")
     cols = sum(p.shape[1] for p in parts)
     out = StreamedTensor(lambda a, b: np.concatenate([p.rows(a, b) for p in parts], axis=1), (rows, cols),
-                         parts[0].dtype, name, whole=any(p._whole for p in parts))
+                         parts[0].dtype, name, whole=any(p.whole for p in parts))
     out.side_by_side = parts  # read by untransposed()
     return out
 
@@ -163,7 +145,7 @@ def row_view(initializer: ir.Value, start: int, stop: int, name: str) -> Streame
     if base.dtype in _FOUR_BIT:
         raise AssertionError(f"{name}: 4-bit rows are not byte-addressable views")
     out = StreamedTensor(lambda a, b: base.rows(start + a, start + b), (stop - start, *base.shape.numpy()[1:]),
-                         base.dtype, name, whole=base._whole)
+                         base.dtype, name, whole=base.whole)
     out.view_of = (initializer.name, initializer.const_value, start)
     return out
 
@@ -189,7 +171,7 @@ def stacked(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
         return np.concatenate(pieces, axis=0)
 
     return StreamedTensor(read, (int(starts[-1]), parts[0].shape[1]), parts[0].dtype, name,
-                          whole=any(p._whole for p in parts))
+                          whole=any(p.whole for p in parts))
 
 
 def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:
@@ -203,9 +185,3 @@ def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:
 
 def numpy_dtype(dtype: ir.DataType) -> np.dtype:
     return _NUMPY[dtype]
-
-
-def bind_weights(model: ir.Model, weights: WeightSource) -> None:
-    """Point every traced (data-less) initializer at its checkpoint tensor."""
-    for name, value in model.graph.initializers.items():
-        value.const_value = checkpoint_tensor(weights, name)

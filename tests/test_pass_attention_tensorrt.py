@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from gemma_export.passes import tensorrt_attention
+from gemma_export.passes import attention_tensorrt
 from gemma_export.passes.context import ExportOptions
-from gemma_export.passes.pipeline import PIPELINES
+from gemma_export.targets import TARGETS
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 
 MAX = 32
-BEFORE = PIPELINES["tensorrt"][:PIPELINES["tensorrt"].index(tensorrt_attention)]
+BEFORE = TARGETS["tensorrt"].pass_modules()[:TARGETS["tensorrt"].passes.index(attention_tensorrt.NAME)]
 
 
 def lowered(checkpoint, dtype="fp32"):
@@ -15,7 +15,7 @@ def lowered(checkpoint, dtype="fp32"):
     its rewrite count."""
     model, ctx = traced(checkpoint, ExportOptions(target="tensorrt", max_seq_len=MAX, dtype=dtype))
     before, _ = apply(model, ctx, *BEFORE)
-    after, counts = apply(before, ctx, tensorrt_attention)
+    after, counts = apply(before, ctx, attention_tensorrt)
     return before, after, ctx, counts[0]
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from gemma_export.errors import GemmaExportError
 from gemma_export.frontend.onnx_ops import ATTENTION, ROPE
-from gemma_export.passes import group_query_attention, inplace_cache_io
+from gemma_export.passes import attention_gqa, inplace_cache_io
 from gemma_export.passes.context import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 
@@ -14,10 +14,10 @@ MAX = 32
 
 # gemma2: grouped KV heads, softcap, sliding window; gemma3: multi-query, QK-norm, two RoPE bases.
 @pytest.mark.parametrize("name", ["gemma2", "gemma3"])
-def test_attention_becomes_group_query_attention_over_the_in_place_cache(name, tiny_checkpoints):
+def test_attention_becomes_attention_gqa_over_the_in_place_cache(name, tiny_checkpoints):
     model, ctx = traced(tiny_checkpoints[name], ExportOptions(max_seq_len=MAX))
     cfg = ctx.config
-    after, (_, count) = apply(model, ctx, inplace_cache_io, group_query_attention)
+    after, (_, count) = apply(model, ctx, inplace_cache_io, attention_gqa)
     assert count == cfg.num_layers and not {ATTENTION, ROPE} & set(op_types(after))
     gqas = [n for n in after.graph if n.op_type == "GroupQueryAttention"]
     windows = [n.attributes.get_int("local_window_size") for n in gqas]
@@ -39,4 +39,4 @@ def test_head_dim_the_kernel_cannot_rotate_is_refused(tiny_checkpoints):
     model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(target="ort-cpu", max_seq_len=MAX))
     ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, head_dim=24))
     with pytest.raises(GemmaExportError, match="multiple of 16"):
-        apply(model, ctx, inplace_cache_io, group_query_attention)
+        apply(model, ctx, inplace_cache_io, attention_gqa)

@@ -1,0 +1,90 @@
+"""The export targets, as data: each one's ordered pass list and the facts its passes and the
+runtime act on. Passes read these facts (ctx.target), never a target's name; the CLI's help, the
+manifest and the README's targets table derive from this table.
+
+Low precision comes last in every pipeline, on whatever products, weights and kernels the
+fusions left (--calibrate, --quant, --dtype; each pass is a no-op at its default).
+"""
+
+from __future__ import annotations
+
+from gemma_export.passes.context import Target
+
+# Passes by module name in gemma_export/passes/ (imported when a pipeline runs, so that reading
+# this table, as the CLI does for its help, costs nothing).
+LOW_PRECISION = ("activation_scaling", "quantize_matmuls", "quantize_embedding", "precision")
+
+ORT_FUSED = (
+    "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+    "attention_gqa", "constant_view_shapes", "rms_norm", "skip_rms_norm", "geglu", "pack_matmuls",
+    "drop_project_domain",
+    *LOW_PRECISION,
+)
+
+STANDARD_OPS = (
+    "set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+    "rms_normalization", "rotary_embedding", "geglu", "attention_onnx",
+    "drop_project_domain",
+    *LOW_PRECISION,
+)
+
+_TARGETS = (
+    # The default target comes first.
+    Target(
+        "ort-cpu",
+        graph="onnxruntime contrib ops: GroupQueryAttention (rotary inside, softcap, local window), "
+              "SkipSimplifiedLayerNormalization, packed QKV and gate/up MatMuls",
+        kv_cache="in place: one max-length buffer per layer bound as past and present",
+        runs_on="onnxruntime (CPU)",
+        passes=(*ORT_FUSED, "split_lm_head"),
+        # MatMulNBits at accuracy_level 4 on the CPU quantizes its input to int8 per block.
+        quantized_matmul="MatMulNBits", int8_activations=True),
+    Target(
+        "ort-cuda",
+        graph="the ort-cpu graph without lm_head slices (CUDA does not prepack; slices would hold "
+              "the table twice in GPU memory); fp16 or bf16 only",
+        kv_cache="in place, as ort-cpu",
+        runs_on="onnxruntime-gpu (CUDA; `device=\"cpu\"` runs it on the CPU provider)",
+        # onnxruntime registers its CUDA GroupQueryAttention for fp16 and bf16 only.
+        passes=ORT_FUSED, dtypes=("fp16", "bf16"),
+        quantized_matmul="MatMulNBits", bf16_compute=True, devices=("cuda", "cpu")),
+    Target(
+        "onnx",
+        graph="standard ops only, opset 24: RMSNormalization, RotaryEmbedding, Attention, TensorScatter",
+        kv_cache="in place, static maximum length; sliding-window layers keep a window-sized ring",
+        runs_on="onnxruntime, other ONNX runtimes",
+        passes=(*STANDARD_OPS, "split_lm_head"),
+        # onnxruntime's CPU provider fuses DequantizeLinear + MatMul into MatMulNBits, which
+        # quantizes activations (session.qdq_matmulnbits_accuracy_level, 4 by default).
+        quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True),
+    Target(
+        "tensorrt",
+        graph="the `onnx` graph cut to what TensorRT parses (Gemma 2's soft-capped attention spelled out)",
+        kv_cache="in place, static maximum length",
+        runs_on="TensorRT, TensorRT-RTX (and onnxruntime)",
+        # attention_tensorrt after precision, which may set what TensorRT's Attention refuses.
+        passes=(*STANDARD_OPS, "attention_tensorrt"),
+        # TensorRT imports int4 only as symmetric blocks, without zero points. No ring caches:
+        # whether TensorRT builds the ring's circular TensorScatter is untested without a GPU.
+        quantized_matmul="DequantizeLinear", int4_zero_points=False, bf16_compute=True,
+        backends=("ort", "trt")),
+    Target(
+        "generic",
+        graph="the traced graph: project-domain nodes (GemmaRMSNorm, GemmaRoPE, GemmaGeGLU, "
+              "GemmaAttention) with function bodies",
+        kv_cache="concatenating past/present",
+        runs_on="any ONNX runtime, unmodified",
+        passes=("tied_lm_head", "fold_weight_transposes"), dtypes=("fp32",), quants=("none",)),
+)
+
+TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}
+DEFAULT_TARGET = _TARGETS[0].name
+
+
+def readme_table() -> str:
+    """The README's targets table, made from this one."""
+    lines = ["| target | graph | KV cache | runs on |", "|---|---|---|---|"]
+    for t in _TARGETS:
+        name = f"`{t.name}`" + (" (default)" if t.name == DEFAULT_TARGET else "")
+        lines.append(f"| {name} | {t.graph} | {t.kv_cache} | {t.runs_on} |")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""manifest.json as typed data: what an artifact is and everything the runtime needs to run it.
+
+The exporter writes it (Manifest.to_json) and the runtime reads it (read_manifest); both sides
+use these classes, so a field is named in one place. Format version 2 lists the KV cache as
+buffers: each with its graph names, shape, dtype, layout and the layers that write and read it.
+The backends allocate and bind exactly these buffers; nothing counts layers to find caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from gemma_runtime.errors import RuntimeInputError
+
+FORMAT_VERSION = 2
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+CACHE_UPDATES = ("concat", "inplace")  # present = past + new (a new tensor), or past updated in place
+CACHE_LAYOUTS = ("concat", "full", "ring")  # growing; max_seq_len positions; a ring of `window` slots
+BATCH = "batch"  # the symbolic leading dim of every input, output and cache buffer
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    dtype: str
+    shape: tuple[int | str, ...]  # a str is a symbolic dim ("batch", "seq", ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheBuffer:
+    """One KV-cache tensor: graph input past_{name} and output present_{name} (in place: the same
+    buffer), [batch, kv_heads, length, head_dim]."""
+
+    name: str
+    kind: str  # "key" or "value"
+    shape: tuple[int | str, ...]
+    dtype: str  # fp32 | fp16 | bf16
+    layout: str  # see CACHE_LAYOUTS
+    written_by: tuple[int, ...]  # layers
+    read_by: tuple[int, ...]
+
+    @property
+    def input_name(self) -> str:
+        return f"past_{self.name}"
+
+    @property
+    def output_name(self) -> str:
+        return f"present_{self.name}"
+
+    @property
+    def length(self) -> int | str:
+        return self.shape[2]
+
+    def nbytes(self, batch: int) -> int:
+        """Bytes of a static buffer for `batch` rows."""
+        heads, length, dims = self.shape[1:]
+        return batch * heads * length * dims * {"fp32": 4, "fp16": 2, "bf16": 2}[self.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    update: str  # see CACHE_UPDATES
+    max_seq_len: int  # the longest sequence the artifact accepts (static caches: their full length)
+    buffers: tuple[CacheBuffer, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """Where the artifact runs: runtime backends and onnxruntime devices, each default first."""
+
+    backends: tuple[str, ...]
+    devices: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    bos: int
+    eos: int
+    pad: int
+    start_of_turn: int | None = None
+    end_of_turn: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    producer: str
+    family: str
+    config: dict[str, Any]  # the normalized model config
+    target: str
+    dtype: str
+    quant: dict[str, Any]
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    kv_cache: KVCache
+    execution: Execution
+    tokens: Tokens
+    generation_config: dict[str, Any] | None
+    passes: list[dict[str, Any]]
+    report: dict[str, Any]  # what passes measured or decided, for people (inspect)
+    sources: dict[str, str]  # file name -> fingerprint
+    source: str
+    engines: tuple[dict[str, Any], ...] = ()
+    export_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Manifest:
+        if not isinstance(data, dict):
+            raise RuntimeInputError(f"{where}: not a manifest (expected a JSON object)")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            hint = " (written by an older gemma-export: export it again with this version)" \
+                if isinstance(version, int) and version < FORMAT_VERSION else ""
+            raise RuntimeInputError(f"{where}: format_version {version!r} is not supported by this runtime "
+                                    f"(it reads {FORMAT_VERSION}){hint}")
+        try:
+            kv = data["kv_cache"]
+            fields = {
+                **data,
+                "inputs": _specs(data["inputs"]),
+                "outputs": _specs(data["outputs"]),
+                "kv_cache": KVCache(kv["update"], int(kv["max_seq_len"]),
+                                    tuple(_buffer(b) for b in kv["buffers"])),
+                "execution": Execution(tuple(data["execution"]["backends"]), tuple(data["execution"]["devices"])),
+                "tokens": Tokens(**data["tokens"]),
+                "engines": tuple(data.get("engines", ())),
+            }
+            manifest = cls(**fields)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RuntimeInputError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
+        if manifest.kv_cache.update not in CACHE_UPDATES:
+            raise RuntimeInputError(f"{where}: KV-cache update {manifest.kv_cache.update!r} is not supported "
+                                    f"(supported: {', '.join(CACHE_UPDATES)})")
+        return manifest
+
+
+def _specs(d: dict) -> dict[str, TensorSpec]:
+    return {name: TensorSpec(spec["dtype"], tuple(spec["shape"])) for name, spec in d.items()}
+
+
+def _buffer(b: dict) -> CacheBuffer:
+    buffer = CacheBuffer(b["name"], b["kind"], tuple(b["shape"]), b["dtype"], b["layout"],
+                         tuple(b["written_by"]), tuple(b["read_by"]))
+    if buffer.layout not in CACHE_LAYOUTS:
+        raise ValueError(f"cache {buffer.name}: layout {buffer.layout!r} (supported: {', '.join(CACHE_LAYOUTS)})")
+    return buffer
+
+
+def read_manifest(folder: Path | str) -> Manifest:
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RuntimeInputError(f"{folder}: not an artifact (no {MANIFEST_FILE})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RuntimeInputError(f"{path}: unreadable ({e})") from None
+    return Manifest.from_json(data, str(path))
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (Path(folder) / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
