@@ -36,14 +36,16 @@ def gemma_2b_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _bf16_normal(rng: np.random.Generator, n: int, std: float) -> bytes:
+def _bf16_normal(rng: np.random.Generator, n: int, std: float, mean: float = 0.0) -> bytes:
     """n normal samples as bf16 bytes (the upper half of each fp32: truncation is fine for noise)."""
-    x = rng.standard_normal(n, dtype=np.float32) * np.float32(std)
+    x = rng.standard_normal(n, dtype=np.float32) * np.float32(std) + np.float32(mean)
     return (x.view(np.uint32) >> 16).astype("<u2").tobytes()
 
 
-def write_safetensors_bf16(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> None:
-    """Random bf16 tensors: norm weights (zero-centred, as HF stores them) std 0.1, matrices std 0.02."""
+def write_safetensors_bf16(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0,
+                           norm_center: float = 0.0) -> None:
+    """Random bf16 tensors: norm weights std 0.1 around norm_center (0: zero-centred, as Gemma 1-3
+    store them; Gemma 4 stores the multiplier, around 1), matrices std 0.02."""
     header, offset = {}, 0
     for name, shape in shapes.items():
         nbytes = int(np.prod(shape)) * 2
@@ -57,11 +59,12 @@ def write_safetensors_bf16(path: Path, shapes: dict[str, tuple[int, ...]], seed:
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape in shapes.items():
-            std = 0.1 if name.endswith("norm.weight") else 0.02
+            norm = name.endswith("norm.weight") or name.endswith("scale") or name.endswith("layer_scalar")
+            std, mean = (0.1, norm_center) if norm else (0.02, 0.0)
             left = int(np.prod(shape))
             while left:
                 n = min(left, CHUNK_ELEMENTS)
-                f.write(_bf16_normal(rng, n, std))
+                f.write(_bf16_normal(rng, n, std, mean))
                 left -= n
     tmp.rename(path)
 

@@ -8,6 +8,8 @@ subprocesses; each subcommand prints one JSON line on stdout.
                                IDS, one forward pass each, written as OUT/<i>.npy
   run-hf HF [...]              transformers eager
   run-genai GENAI [--threads]  onnxruntime-genai; without --threads its session defaults are kept
+  run-llama GGUF [--threads]   llama.cpp through llama-cpp-python (built from source in its own venv;
+                               n_threads and n_threads_batch both set to --threads)
 
 Timing uses gemma_export.bench.time_generation and random_prompt (numpy only), so every engine is
 timed by the same loop over the same prompt.
@@ -141,6 +143,31 @@ def run_genai(folder: Path, prompt_tokens: int, new_tokens: int, repeats: int, t
             "peak_rss_mib": peak_rss_mib()}
 
 
+def run_llama(gguf: Path, prompt_tokens: int, new_tokens: int, repeats: int, threads: int | None) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    threads = threads or None
+    llm = Llama(model_path=str(gguf), n_ctx=prompt_tokens + new_tokens + 8, n_threads=threads,
+                n_threads_batch=threads, n_batch=max(prompt_tokens, 8), logits_all=False, verbose=False)
+    prompt = random_prompt(prompt_tokens, llm.n_vocab(), llm.token_bos())
+
+    def logits() -> np.ndarray:
+        return np.asarray(llm.scores[llm.n_tokens - 1], np.float32)
+
+    def prefill(ids: list[int]):
+        llm.reset()
+        llm.eval(ids)
+        return logits()
+
+    def decode(token: int):
+        llm.eval([token])
+        return logits()
+
+    result = time_generation(prefill, decode, prompt, new_tokens, repeats)
+    return {"engine": "llama.cpp", "threads": threads, **result, "peak_rss_mib": peak_rss_mib()}
+
+
 def logits_genai(folder: Path, ids_file: Path, out: Path) -> dict:
     import numpy as np
     import onnxruntime_genai as og
@@ -173,7 +200,7 @@ def main() -> None:
     p.add_argument("model", type=Path)
     p.add_argument("ids", type=Path)
     p.add_argument("out", type=Path)
-    for name in ("run-hf", "run-genai"):
+    for name in ("run-hf", "run-genai", "run-llama"):
         p = sub.add_parser(name)
         p.add_argument("model", type=Path)
         p.add_argument("--prompt-tokens", type=int, default=128)
@@ -189,6 +216,8 @@ def main() -> None:
         result = logits_genai(args.model, args.ids, args.out)
     elif args.command == "run-hf":
         result = run_hf(args.model, args.prompt_tokens, args.new_tokens, args.repeats)
+    elif args.command == "run-llama":
+        result = run_llama(args.model, args.prompt_tokens, args.new_tokens, args.repeats, args.threads)
     else:
         result = run_genai(args.model, args.prompt_tokens, args.new_tokens, args.repeats, args.threads)
     print(json.dumps(result))

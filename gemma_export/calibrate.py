@@ -29,12 +29,8 @@ def sequences(ctx: PassContext) -> list[list[int]]:
     """Token ids of the calibration text (BOS first), or seeded random ids when the source has no
     tokenizer; each at most max_seq_len long."""
     cfg, limit = ctx.config, ctx.options.max_seq_len
-    if ctx.tokenizer_model is not None:
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor()
-        sp.LoadFromSerializedProto(ctx.tokenizer_model)
-        return [([cfg.bos_token_id] + sp.encode(text))[:limit] for text in CALIBRATION]
+    if ctx.tokenizer is not None:
+        return [ctx.tokenizer.encode(text)[:limit] for text in CALIBRATION]
     rng = np.random.default_rng(0)
     return [[cfg.bos_token_id, *rng.integers(3, cfg.vocab_size, RANDOM_LENGTH - 1).tolist()][:limit]
             for _ in range(RANDOM_SEQUENCES)]

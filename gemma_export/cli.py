@@ -70,6 +70,9 @@ def export(
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)
     finally:
         progress.close()
+    if manifest.multimodal:
+        typer.echo(f"note: exported the text decoder of a {manifest.multimodal['model_type']} checkpoint; its "
+                   f"{' and '.join(manifest.multimodal['skipped']) or 'media'} tower(s) skipped", err=True)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     typer.echo(f"wrote {out} ({manifest.family}, target {manifest.target}, {manifest.dtype}, "
                f"quant {manifest.quant['method']}, {size:.1f} MiB, {manifest.export_seconds} s)")
@@ -105,7 +108,7 @@ def generate(
     from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
-    text = render([{"role": "user", "content": prompt}]) if chat else prompt
+    text = render([{"role": "user", "content": prompt}], model.manifest.family) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
                               **_sampling(model, temperature, top_k, top_p)):
         typer.echo(piece, nl=False)
@@ -142,13 +145,14 @@ def chat(
             return
         history.append({"role": "user", "content": line.rstrip("\n")})
         prefix = [{"role": "system", "content": system}] if system else []
-        while len(model.tokenizer.encode(render(prefix + history))) > budget:
+        while len(model.tokenizer.encode(render(prefix + history, model.manifest.family))) > budget:
             if len(history) <= 1:
                 raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
             history = history[2:]  # drop the oldest user/model exchange, whole
             typer.echo("[context full: the oldest turn was dropped]", err=True)
         answer = []
-        for piece in model.stream(render(prefix + history), max_new_tokens=max_new_tokens, seed=seed, **sampling):
+        for piece in model.stream(render(prefix + history, model.manifest.family), max_new_tokens=max_new_tokens,
+                                  seed=seed, **sampling):
             answer.append(piece)
             typer.echo(piece, nl=False)
         typer.echo()

@@ -1,5 +1,7 @@
 """HF config.json (transformers 4.x and 5.x forms) -> the normalized GemmaConfig, with the
-family's defaults (gemma_graphs.config.FAMILIES) for the fields a config leaves out.
+family's defaults (gemma_graphs.config.FAMILIES) for the fields a config leaves out. A multimodal
+checkpoint (Gemma 3 4B and larger, every Gemma 4) gives its text decoder's config, read from
+`text_config`, and what the export leaves out (Multimodal).
 
 Every field of an HF config is either understood, on the explicit allow-list of fields that do
 not affect inference, or an error naming it. A value we do not support (attention bias, a RoPE
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gemma_export.errors import ConfigError
-from gemma_graphs.config import FAMILIES, MODEL_TYPES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
+from gemma_graphs.config import (FAMILIES, MODEL_TYPES, MULTIMODAL_MODEL_TYPES, Family, GemmaConfig, InvalidConfig,
+                                  sliding_layer_types)
 
 # Fields that say nothing about the math of inference: read and dropped on purpose.
 IGNORED_FIELDS = frozenset(
@@ -31,14 +34,56 @@ IGNORED_FIELDS = frozenset(
 )
 
 
-def load_hf_config(folder: Path) -> tuple[GemmaConfig, dict | None]:
+# The fields of a multimodal wrapper config besides text_config: the towers (not exported) and
+# the ids of the placeholder tokens their outputs replace (recorded, refused in prompts).
+_TOWERS = {"vision_config": "vision", "audio_config": "audio"}
+_PLACEHOLDER_IDS = ("image_token_index", "image_token_id", "boi_token_index", "boi_token_id", "eoi_token_index",
+                    "eoi_token_id", "video_token_id", "audio_token_id", "boa_token_id", "eoa_token_index",
+                    "eoa_token_id")
+_WRAPPER_IGNORED = {"mm_tokens_per_image", "tie_word_embeddings"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Multimodal:
+    """What a multimodal checkpoint has beside its text decoder."""
+
+    model_type: str
+    towers: tuple[str, ...]  # "vision", "audio": skipped by the export
+    placeholder_ids: dict[str, int]  # config field -> token id (image, video, audio and their delimiters)
+
+
+def load_hf_config(folder: Path) -> tuple[GemmaConfig, Multimodal | None, dict | None]:
     """Read config.json (and generation_config.json if present) from an HF folder."""
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: not found (an HF checkpoint folder needs config.json)")
     raw = _read_json(path)
     generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else None
-    return parse_hf_config(raw, where=str(path)), generation
+    cfg, multimodal = parse_checkpoint_config(raw, where=str(path))
+    return cfg, multimodal, generation
+
+
+def parse_checkpoint_config(raw: dict, where: str = "config.json") -> tuple[GemmaConfig, Multimodal | None]:
+    """A text model's config, or a multimodal one's text decoder with what the export skips."""
+    model_type = raw.get("model_type")
+    if model_type not in MULTIMODAL_MODEL_TYPES:
+        return parse_hf_config(raw, where), None
+    f = _Fields(raw, where)
+    f.raw.pop("model_type")
+    text = dict(f.take("text_config", dict, required=True))
+    family = FAMILIES[MULTIMODAL_MODEL_TYPES[model_type]]
+    text.setdefault("model_type", family.model_types[0])
+    if MODEL_TYPES.get(text["model_type"]) != family.name:
+        raise ConfigError(f"{where}: text_config.model_type {text['model_type']!r} does not belong to a "
+                          f"{model_type!r} checkpoint")
+    towers = tuple(name for key, name in _TOWERS.items() if f.take(key, dict, None) is not None)
+    ids = {key: f.take(key, int) for key in _PLACEHOLDER_IDS if key in f.raw}
+    if f.take("tie_word_embeddings", bool, True) is not True:
+        raise ConfigError(f"{where}: tie_word_embeddings = false is not supported (Gemma ties lm_head)")
+    for key in _WRAPPER_IGNORED:
+        f.raw.pop(key, None)
+    f.finish()
+    return parse_hf_config(text, f"{where} text_config"), Multimodal(model_type, towers, ids)
 
 
 def _read_json(path: Path) -> dict:
@@ -96,15 +141,11 @@ def _token_id(value: Any, name: str, where: str) -> int:
 
 
 def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
+    """A text decoder's config (model_type gemma, gemma2, gemma3_text or gemma4_text)."""
     model_type = raw.get("model_type")
-    if model_type == "gemma3" and "text_config" in raw:
-        raise ConfigError(
-            f"{where}: a multimodal Gemma 3 checkpoint (model_type 'gemma3' with text_config); "
-            "only text-only Gemma 3 (model_type 'gemma3_text') is supported; its vision weights "
-            "and prefixed text weights are not exported")
     if model_type not in MODEL_TYPES:
-        raise ConfigError(
-            f"{where}: unknown model_type {model_type!r} (supported: {', '.join(MODEL_TYPES)})")
+        supported = [*MODEL_TYPES, *MULTIMODAL_MODEL_TYPES]
+        raise ConfigError(f"{where}: unknown model_type {model_type!r} (supported: {', '.join(supported)})")
     family = FAMILIES[MODEL_TYPES[model_type]]
     f = _Fields(raw, where)
     f.raw.pop("model_type")
@@ -121,13 +162,14 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         raise ConfigError(f"{where}: unsupported activation {sorted(acts)} (Gemma uses gelu_pytorch_tanh)")
 
     f.expect("attention_bias", (False,))
-    f.expect("use_bidirectional_attention", (None, False))
+    # "vision": bidirectional attention among image tokens only, which a text export never sees.
+    f.expect("use_bidirectional_attention", (None, False, "vision") if family.image_bidirectional else (None, False))
     f.expect("mlp_bias", (False,))
     f.expect("pretraining_tp", (1,))
     if f.take("tie_word_embeddings", bool, True) is not True:
         raise ConfigError(f"{where}: tie_word_embeddings = false is not supported (Gemma ties lm_head)")
 
-    theta, local_theta, factor = _rope(f, family, where)
+    theta, local_theta, factor, rotated = _rope(f, family, where)
 
     layer_types_raw = f.take("layer_types", list, None)
     sliding_window = f.take("sliding_window", int, None) if family.sliding_pattern else None
@@ -140,6 +182,8 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         if unknown:
             raise ConfigError(f"{where}: unsupported layer_types {sorted(set(map(str, unknown)))}")
         layer_types = tuple(names[t] for t in layer_types_raw)
+        if family.last_layer_global and layer_types and layer_types[-1] != "full":
+            layer_types = (*layer_types[:-1], "full")  # as transformers does
     else:
         pattern = raw.get("sliding_window_pattern", family.sliding_pattern)
         if not isinstance(pattern, int) or pattern < 1:
@@ -155,6 +199,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         attn_softcap = final_softcap = None
     qpas = f.take("query_pre_attn_scalar", (int, float), head_dim) if family.query_pre_attn_scalar else head_dim
 
+    gemma4 = _gemma4_fields(f, family, layer_types, head_dim, where)
     bos = _token_id(f.take("bos_token_id", (int, list), 2), "bos_token_id", where)
     eos = _token_id(f.take("eos_token_id", (int, list), 1), "eos_token_id", where)
     pad = _token_id(f.take("pad_token_id", (int, list), 0), "pad_token_id", where)
@@ -180,6 +225,8 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=pad,
+        rope_rotated_fraction=rotated,
+        **gemma4,
     )
     f.finish()
     try:
@@ -189,47 +236,119 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     return cfg
 
 
-def _rope_entry(entry: Any, where: str, what: str) -> tuple[float, float]:
-    """(theta, linear factor) from one transformers rope_parameters/rope_scaling dict."""
+def _gemma4_fields(f: _Fields, family: Family, layer_types: tuple[str, ...], head_dim: int, where: str) -> dict:
+    """Gemma 4's GemmaConfig fields, from the published form (global_head_dim,
+    num_global_key_value_heads) or the one transformers 5.24 saves (per_layer_config)."""
+    if not family.per_layer_fields:
+        return {}
+    k_eq_v = f.take("attention_k_eq_v", bool, False)
+    global_dim = f.take("global_head_dim", int, None)
+    global_kv = f.take("num_global_key_value_heads", int, None)
+    overrides = f.take("per_layer_config", dict, None)
+    if overrides is not None:
+        global_dim, global_kv = _per_layer_config(overrides, layer_types, head_dim, global_dim, global_kv, where)
+    moe = f.take("enable_moe_block", bool, False)
+    experts = f.take("num_experts", int, None)
+    top_k = f.take("top_k_experts", int, None)
+    moe_width = f.take("moe_intermediate_size", int, None)
+    if moe and not (experts and top_k and moe_width):
+        raise ConfigError(f"{where}: enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size")
+    per_layer_width = f.take("hidden_size_per_layer_input", int, 256)
+    per_layer_vocab = f.take("vocab_size_per_layer_input", int, 262_144)
+    return {
+        "global_head_dim": global_dim if global_dim is not None else 512,  # transformers' default
+        # transformers applies num_global_key_value_heads only when attention_k_eq_v is set
+        "num_global_kv_heads": global_kv if k_eq_v else None,
+        "attention_k_eq_v": k_eq_v,
+        "hidden_size_per_layer_input": per_layer_width,
+        "vocab_size_per_layer_input": per_layer_vocab if per_layer_width else 0,  # no table: unused
+        "num_kv_shared_layers": f.take("num_kv_shared_layers", int, 0),
+        "double_wide_mlp": f.take("use_double_wide_mlp", bool, False),
+        "num_experts": experts if moe else 0,
+        "top_k_experts": top_k if moe else 0,
+        "moe_intermediate_size": moe_width if moe else 0,
+    }
+
+
+def _per_layer_config(overrides: dict, layer_types: tuple[str, ...], head_dim: int, global_dim: int | None,
+                      global_kv: int | None, where: str) -> tuple[int | None, int | None]:
+    """(global head_dim, global KV heads) from transformers 5.24's per-layer overrides: a map from
+    layer index (a string, maybe zero-padded) to head_dim / num_key_value_heads. Every full layer
+    must agree, and no sliding layer may differ from the global fields."""
+    seen: dict[str, set] = {"head_dim": set(), "num_key_value_heads": set()}
+    for key, override in overrides.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < len(layer_types)) or not isinstance(override, dict):
+            raise ConfigError(f"{where}: per_layer_config entry {key!r} is not a layer index with its overrides")
+        unknown = sorted(set(override) - set(seen))
+        if unknown:
+            raise ConfigError(f"{where}: per_layer_config[{key!r}] overrides {', '.join(unknown)}, which is not "
+                              "supported (head_dim, num_key_value_heads)")
+        if layer_types[int(key)] != "full":
+            raise ConfigError(f"{where}: per_layer_config[{key!r}] overrides a sliding-window layer; not supported")
+        for name, value in override.items():
+            seen[name].add(value)
+    for name in seen:
+        if len(seen[name]) > 1:
+            raise ConfigError(f"{where}: per_layer_config gives full layers different {name} values {sorted(seen[name])}")
+    dims, heads = seen["head_dim"], seen["num_key_value_heads"]
+    return (next(iter(dims)) if dims else global_dim if global_dim is not None else head_dim,
+            next(iter(heads)) if heads else global_kv)
+
+
+def _rope_entry(entry: Any, where: str, what: str, family: Family) -> tuple[float, float, float]:
+    """(theta, factor dividing the frequencies, rotated fraction) from one transformers
+    rope_parameters/rope_scaling dict."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: {what} = {entry!r} is not an object")
     entry = dict(entry)
     rope_type = entry.pop("rope_type", entry.pop("type", "default"))
     theta = entry.pop("rope_theta", None)
-    factor = 1.0
+    factor, rotated = 1.0, 1.0
     if rope_type == "linear":
         factor = entry.pop("factor", None)
         if not isinstance(factor, (int, float)) or factor <= 0:
             raise ConfigError(f"{where}: {what} linear scaling needs a positive factor")
+    elif rope_type == "proportional" and family.proportional_rope:
+        # transformers' proportional RoPE: partial_rotary_factor of the frequency pairs rotate,
+        # counted against the whole head_dim; an optional factor divides the frequencies.
+        factor = entry.pop("factor", 1.0)
+        rotated = entry.pop("partial_rotary_factor", 1.0)
+        if not isinstance(factor, (int, float)) or factor <= 0 or not isinstance(rotated, (int, float)) \
+                or not 0 < rotated <= 1:
+            raise ConfigError(f"{where}: {what}: proportional RoPE needs a positive factor and a "
+                              "partial_rotary_factor in (0, 1]")
     elif rope_type != "default":
-        raise ConfigError(f"{where}: {what} rope_type {rope_type!r} is not supported (default, linear)")
+        supported = "default, linear, proportional" if family.proportional_rope else "default, linear"
+        raise ConfigError(f"{where}: {what} rope_type {rope_type!r} is not supported ({supported})")
     if entry:
         raise ConfigError(f"{where}: {what} has unsupported field(s): {', '.join(sorted(entry))}")
     if theta is not None and not isinstance(theta, (int, float)):
         raise ConfigError(f"{where}: {what} rope_theta = {theta!r} is not a number")
-    return (None if theta is None else float(theta)), float(factor)
+    return (None if theta is None else float(theta)), float(factor), float(rotated)
 
 
-def _rope(f: _Fields, family: Family, where: str) -> tuple[float, float, float]:
-    """(global theta, local theta, global linear factor) from either config form."""
+def _rope(f: _Fields, family: Family, where: str) -> tuple[float, float, float, float]:
+    """(global theta, local theta, global factor, global rotated fraction) from either config form."""
     params = f.take("rope_parameters", dict, None)
     theta = f.take("rope_theta", (int, float), None)
     local = f.take("rope_local_base_freq", (int, float), None)
     scaling = f.take("rope_scaling", dict, None)
-    factor = 1.0
+    factor, rotated = 1.0, 1.0
     if params is not None:  # transformers 5.x
         if set(params) <= {"sliding_attention", "full_attention"} and params:
-            g_theta, factor = _rope_entry(params.get("full_attention", {}), where, "rope_parameters.full_attention")
-            l_theta, l_factor = _rope_entry(params.get("sliding_attention", {}), where, "rope_parameters.sliding_attention")
-            if l_factor != 1.0:
+            g_theta, factor, rotated = _rope_entry(params.get("full_attention", {}), where,
+                                                   "rope_parameters.full_attention", family)
+            l_theta, l_factor, l_rotated = _rope_entry(params.get("sliding_attention", {}), where,
+                                                       "rope_parameters.sliding_attention", family)
+            if (l_factor, l_rotated) != (1.0, 1.0):
                 raise ConfigError(f"{where}: RoPE scaling on sliding-window layers is not supported")
             theta = g_theta if g_theta is not None else theta
             local = l_theta if l_theta is not None else local
         else:
-            p_theta, factor = _rope_entry(params, where, "rope_parameters")
+            p_theta, factor, rotated = _rope_entry(params, where, "rope_parameters", family)
             theta = p_theta if p_theta is not None else theta
     if scaling is not None:  # transformers 4.x
-        s_theta, factor = _rope_entry(scaling, where, "rope_scaling")
+        s_theta, factor, rotated = _rope_entry(scaling, where, "rope_scaling", family)
         theta = s_theta if s_theta is not None else theta
     theta = float(theta) if theta is not None else family.rope_theta
     if family.rope_local_theta is not None:
@@ -240,4 +359,4 @@ def _rope(f: _Fields, family: Family, where: str) -> tuple[float, float, float]:
         local = theta
     if factor != 1.0 and not family.rope_scaling:
         raise ConfigError(f"{where}: RoPE scaling is not part of {family.name}")
-    return theta, local, factor
+    return theta, local, factor, rotated

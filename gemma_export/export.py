@@ -20,8 +20,10 @@ from gemma_export.passes.pipeline import run_pipeline
 from gemma_export.targets import TARGETS
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import CacheSlot, cache_slots
-from gemma_runtime.manifest import (BATCH, FORMAT_VERSION, TOKENIZER_FILE, CacheBuffer, Execution, KVCache,
-                                    Manifest, TensorSpec, Tokens, write_manifest)
+from gemma_runtime.chat import EXTRA_STOP_PIECES, TURN_MARKERS
+from gemma_runtime.manifest import (BATCH, FORMAT_VERSION, CacheBuffer, Execution, KVCache, Manifest, TensorSpec,
+                                    Tokens, write_manifest)
+from gemma_runtime.tokenizer import Tokenizer
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 _CACHE_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
@@ -66,21 +68,23 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     say("tracing", 0, 1)
     model = trace(cfg)
     bind_weights(model, source.weights)
-    ctx = pass_context(cfg, options, source.tokenizer_model)
+    tokenizer = source.tokenizer()
+    ctx = pass_context(cfg, options, tokenizer)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes)
     with artifact.staging(out, force) as tmp:
         artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
-        if source.tokenizer_model is not None:
-            (tmp / TOKENIZER_FILE).write_bytes(source.tokenizer_model)
+        if source.tokenizer_file() is not None:
+            name, data = source.tokenizer_file()
+            (tmp / name).write_bytes(data)
         manifest = dataclasses.replace(manifest, export_seconds=round(time.time() - started, 2))
         write_manifest(tmp, manifest)
     return manifest
 
 
-def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer_model: bytes | None = None) -> PassContext:
+def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer: Tokenizer | None = None) -> PassContext:
     """What the passes of an export read; options as resolve_options() returns them."""
-    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer_model=tokenizer_model)
+    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer=tokenizer)
 
 
 def _specs(values) -> dict[str, TensorSpec]:
@@ -89,20 +93,22 @@ def _specs(values) -> dict[str, TensorSpec]:
             for v in values}
 
 
-def _special_tokens(source: Source) -> Tokens:
+def _special_tokens(source: Source, tokenizer: Tokenizer | None) -> Tokens:
+    """The config's bos/eos/pad, the family's chat-turn pieces and every id that ends a model turn,
+    looked up in the tokenizer (None where it lacks them)."""
     cfg = source.config
-    chat = {"start_of_turn": None, "end_of_turn": None}
-    if source.tokenizer_model is not None:
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor()
-        sp.LoadFromSerializedProto(source.tokenizer_model)
-        if sp.get_piece_size() > cfg.vocab_size:
-            raise CheckpointError(f"{source.description}: tokenizer has {sp.get_piece_size()} pieces, "
+    start = end = None
+    extra = ()
+    if tokenizer is not None:
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise CheckpointError(f"{source.description}: tokenizer has {tokenizer.vocab_size} pieces, "
                                   f"more than the model's vocabulary ({cfg.vocab_size})")
-        for key, piece in (("start_of_turn", "<start_of_turn>"), ("end_of_turn", "<end_of_turn>")):
-            i = sp.piece_to_id(piece)
-            chat[key] = i if sp.id_to_piece(i) == piece else None
-    return Tokens(bos=cfg.bos_token_id, eos=cfg.eos_token_id, pad=cfg.pad_token_id, **chat)
+        start_piece, end_piece = TURN_MARKERS[cfg.family]
+        start, end = tokenizer.token_id(start_piece), tokenizer.token_id(end_piece)
+        extra = tuple(tokenizer.token_id(p) for p in EXTRA_STOP_PIECES.get(cfg.family, ()))
+    stop = tuple(dict.fromkeys(t for t in (cfg.eos_token_id, end, *extra) if t is not None))
+    return Tokens(bos=cfg.bos_token_id, eos=cfg.eos_token_id, pad=cfg.pad_token_id, start_of_turn=start,
+                  end_of_turn=end, stop=stop)
 
 
 def cache_buffers(graph: ir.Graph, slots: tuple[CacheSlot, ...], max_seq_len: int) -> KVCache:
@@ -122,6 +128,7 @@ def cache_buffers(graph: ir.Graph, slots: tuple[CacheSlot, ...], max_seq_len: in
 
 
 def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[dict]) -> Manifest:
+    tokenizer = ctx.tokenizer
     cfg, options, target = ctx.config, ctx.options, ctx.target
     return Manifest(
         format_version=FORMAT_VERSION,
@@ -136,10 +143,13 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         outputs=_specs(model.graph.outputs),
         kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),
         execution=Execution(target.backends, target.devices),
-        tokens=_special_tokens(source),
+        tokens=_special_tokens(source, tokenizer),
         generation_config=source.generation_config,
         passes=passes,
         report=ctx.report,
         sources=source.fingerprints,
         source=source.description,
+        multimodal=None if source.multimodal is None else {
+            "model_type": source.multimodal.model_type, "skipped": list(source.multimodal.towers),
+            "placeholder_ids": source.multimodal.placeholder_ids},
     )

@@ -34,6 +34,11 @@ def describe(folder: Path | str) -> str:
         cache += f", {sum(b.nbytes(1) for b in kv.buffers) / 2**20:.2f} MiB per sequence"
     lines += ["", cache, *cache_lines(kv.buffers)]
     lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest.passes]
+    attention = manifest.report.get("attention")
+    if attention and attention["unfused"]:
+        lines += [f"attention: {attention['GroupQueryAttention']} layers fused (GroupQueryAttention); "
+                  "layers left unfused (standard Attention over the in-place cache):"]
+        lines += [f"  layer {layer}: {reason}" for layer, reason in attention["unfused"].items()]
     lines += low_precision(manifest)
     lines += ["", f"ops ({len(model.graph.node)} nodes):"]
     lines += [f"  {op:<40} {n}" for op, n in sorted(op_counts(model).items(), key=lambda kv: (-kv[1], kv[0]))]

@@ -63,7 +63,7 @@ _TARGETS = (
         kv_cache="in place, static maximum length",
         runs_on="TensorRT, TensorRT-RTX (and onnxruntime)",
         # attention_tensorrt after precision, which may set what TensorRT's Attention refuses.
-        passes=(*STANDARD_OPS, "attention_tensorrt"),
+        passes=(*STANDARD_OPS, "attention_tensorrt", "constant_axes"),
         # TensorRT imports int4 only as symmetric blocks, without zero points. No ring caches:
         # whether TensorRT builds the ring's circular TensorScatter is untested without a GPU.
         quantized_matmul="DequantizeLinear", int4_zero_points=False, bf16_compute=True,

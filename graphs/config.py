@@ -33,6 +33,15 @@ class Family:
     query_pre_attn_scalar: bool  # the query scale is query_pre_attn_scalar ** -0.5 (else head_dim ** -0.5)
     qk_norm: bool  # RMSNorm over head_dim on q and k before RoPE
     sandwich_norms: bool  # attention and MLP outputs normalised before the residual add
+    # Gemma 4's changes; off for Gemma 1-3.
+    norm_offset: float = 1.0  # RMSNorm multiplies by (norm_offset + w): Gemma 1-3 store w zero-centred
+    unscaled_queries: bool = False  # attention scaling 1.0 (the q/k norms set the scale)
+    v_norm: bool = False  # values get a weightless RMSNorm
+    layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
+    last_layer_global: bool = False  # the last layer is full attention whatever layer_types says
+    proportional_rope: bool = False  # full layers may use proportional RoPE (partial_rotary_factor)
+    image_bidirectional: bool = False  # use_bidirectional_attention "vision" (image tokens only) is valid
+    per_layer_fields: bool = False  # per-layer head dims, KV sharing, per-layer inputs, experts
 
 
 # Sources: transformers' modeling_gemma{,2,3}.py (the parity reference) and gemma_pytorch.
@@ -48,8 +57,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gemma3", ("gemma3_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=True,
            softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
            gguf_sliding_window=None, query_pre_attn_scalar=True, qk_norm=True, sandwich_norms=True),
+    # transformers 5.x modeling_gemma4.py: norms multiply by w, no query scaling, v norm, layer
+    # scalars; the last layer is always global; final softcap 30 in every released config.
+    Family("gemma4", ("gemma4_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=True,
+           softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
+           gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
+           norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
+           proportional_rope=True, image_bidirectional=True, per_layer_fields=True),
 )}
-
+# Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
+MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4"}
 MODEL_TYPES = {model_type: f.name for f in FAMILIES.values() for model_type in f.model_types}
 
 
@@ -58,7 +75,10 @@ def sliding_layer_types(family: Family, layers: int) -> tuple[str, ...]:
     n = family.sliding_pattern
     if n is None:
         return ("full",) * layers
-    return tuple("full" if (i + 1) % n == 0 else "sliding" for i in range(layers))
+    types = ["full" if (i + 1) % n == 0 else "sliding" for i in range(layers)]
+    if family.last_layer_global:
+        types[-1] = "full"
+    return tuple(types)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +104,18 @@ class GemmaConfig:
     bos_token_id: int = 2
     eos_token_id: int = 1
     pad_token_id: int = 0
+    # Gemma 4 features, each off at its default (Gemma 1-3 keep the defaults).
+    global_head_dim: int | None = None  # head_dim of full-attention layers (None: head_dim)
+    num_global_kv_heads: int | None = None  # KV heads of full layers (None: num_kv_heads)
+    attention_k_eq_v: bool = False  # full layers take their values from the key projection
+    rope_rotated_fraction: float = 1.0  # full layers: proportional RoPE's partial_rotary_factor
+    hidden_size_per_layer_input: int = 0  # per-layer input embeddings of this width (0: none)
+    vocab_size_per_layer_input: int = 0
+    num_kv_shared_layers: int = 0  # the last n layers read the cache of an earlier layer of their type
+    double_wide_mlp: bool = False  # KV-shared layers' MLP is 2 x intermediate_size wide
+    num_experts: int = 0  # a routed mixture of experts beside each layer's MLP (0: none)
+    top_k_experts: int = 0
+    moe_intermediate_size: int = 0
 
     @property
     def features(self) -> Family:
@@ -99,16 +131,48 @@ class GemmaConfig:
 
     @property
     def query_scale(self) -> float:
-        return float(self.query_pre_attn_scalar) ** -0.5
+        return 1.0 if self.features.unscaled_queries else float(self.query_pre_attn_scalar) ** -0.5
 
     def layer_window(self, layer: int) -> int | None:
         return self.sliding_window if self.layer_types[layer] == "sliding" else None
 
-    def layer_rope(self, layer: int) -> tuple[float, float]:
-        """(theta, linear scaling factor) of one layer."""
-        if self.layer_types[layer] == "sliding":
-            return self.rope_local_theta, 1.0
-        return self.rope_theta, self.rope_scaling_factor
+    def _full(self, layer: int) -> bool:
+        return self.layer_types[layer] == "full"
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.global_head_dim if self._full(layer) and self.global_head_dim else self.head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        return self.num_global_kv_heads if self._full(layer) and self.num_global_kv_heads else self.num_kv_heads
+
+    def layer_k_eq_v(self, layer: int) -> bool:
+        return self.attention_k_eq_v and self._full(layer)
+
+    def layer_rope(self, layer: int) -> tuple[float, float, int]:
+        """(theta, scaling factor, rotated frequency pairs) of one layer. The factor divides the
+        frequencies (linear scaling, and proportional RoPE's factor); pairs beyond the rotated ones
+        have frequency 0 (proportional RoPE: those dims pass through)."""
+        half = self.layer_head_dim(layer) // 2
+        if not self._full(layer):
+            return self.rope_local_theta, 1.0, half
+        # int(partial_rotary_factor * head_dim // 2), as transformers computes it
+        return self.rope_theta, self.rope_scaling_factor, int(self.rope_rotated_fraction * self.layer_head_dim(layer) // 2)
+
+    @property
+    def first_kv_shared_layer(self) -> int:
+        return self.num_layers - self.num_kv_shared_layers
+
+    def kv_source(self, layer: int) -> int:
+        """The layer whose cache this layer reads: itself, or for a KV-shared layer the last
+        earlier layer of its type that keeps a cache."""
+        first = self.first_kv_shared_layer
+        if layer < first:
+            return layer
+        return max(i for i in range(first) if self.layer_types[i] == self.layer_types[layer])
+
+    def layer_intermediate_size(self, layer: int) -> int:
+        wide = self.double_wide_mlp and layer >= self.first_kv_shared_layer
+        return self.intermediate_size * (2 if wide else 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -145,3 +209,18 @@ class GemmaConfig:
             raise InvalidConfig(f"unsupported layer types {sorted(bad)}")
         if "sliding" in self.layer_types and not self.sliding_window:
             raise InvalidConfig("sliding-window layers present but sliding_window is not set")
+        if not 0 <= self.num_kv_shared_layers < self.num_layers:
+            raise InvalidConfig(f"num_kv_shared_layers must be below the layer count, got {self.num_kv_shared_layers}")
+        first = self.first_kv_shared_layer
+        if set(self.layer_types[first:]) - set(self.layer_types[:first]):
+            raise InvalidConfig("KV-shared layers of a type that no earlier layer computes a cache for")
+        if self.global_head_dim is not None and self.global_head_dim % 2:
+            raise InvalidConfig(f"global_head_dim must be even for RoPE, got {self.global_head_dim}")
+        if self.num_global_kv_heads and self.num_heads % self.num_global_kv_heads:
+            raise InvalidConfig(f"num_attention_heads ({self.num_heads}) is not a multiple of "
+                                f"num_global_key_value_heads ({self.num_global_kv_heads})")
+        if self.num_experts and not 0 < self.top_k_experts <= self.num_experts:
+            raise InvalidConfig(f"top_k_experts must be 1..{self.num_experts}, got {self.top_k_experts}")
+        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input != self.vocab_size:
+            raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
+                                f"vocab_size ({self.vocab_size}); not supported")

@@ -1,8 +1,9 @@
-"""The Gemma decoder (Gemma 1, 2 and 3 text) as one torch module, written with the project's
+"""The Gemma decoder (Gemma 1, 2, 3 and 4 text) as one torch module, written with the project's
 custom ops. It is what the front end traces and, run eagerly in fp32, the reference.
 
-Parameter names are the HF checkpoint names, so weights bind by name.
-transformers' modeling_gemma{,2,3}.py is the parity reference for every detail here.
+Parameter names are the HF checkpoint names, so weights bind by name. transformers'
+modeling_gemma{,2,3,4}.py is the parity reference for every detail here; Gemma 4's features are
+config fields that default to off (GemmaConfig).
 """
 
 from __future__ import annotations
@@ -18,39 +19,55 @@ from gemma_graphs.config import GemmaConfig
 
 
 class Norm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, cfg: GemmaConfig):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(size))
-        self.eps = eps
+        self.eps, self.offset = cfg.rms_norm_eps, cfg.features.norm_offset
 
     def forward(self, x):
-        return ops.rms_norm(x, self.weight, self.eps)
+        return ops.rms_norm(x, self.weight, self.eps, self.offset)
 
 
 class Attention(nn.Module):
+    """A KV-shared layer (Gemma 4) computes only its queries and reads the cache of an earlier
+    layer: forward gets that layer's present cache as past and no new keys."""
+
     def __init__(self, cfg: GemmaConfig, layer: int):
         super().__init__()
-        d = cfg.head_dim
         self.cfg, self.layer = cfg, layer
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * d, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * d, bias=False)
-        self.o_proj = nn.Linear(cfg.num_heads * d, cfg.hidden_size, bias=False)
+        self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
+        self.shared = cfg.kv_source(layer) != layer
+        self.k_eq_v = cfg.layer_k_eq_v(layer)
+        h, d = cfg.hidden_size, self.head_dim
+        self.q_proj = nn.Linear(h, cfg.num_heads * d, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
         if cfg.qk_norm:
-            self.q_norm = Norm(d, cfg.rms_norm_eps)
-            self.k_norm = Norm(d, cfg.rms_norm_eps)
+            self.q_norm = Norm(d, cfg)
+        if not self.shared:
+            self.k_proj = nn.Linear(h, self.kv_heads * d, bias=False)
+            if not self.k_eq_v:
+                self.v_proj = nn.Linear(h, self.kv_heads * d, bias=False)
+            if cfg.qk_norm:
+                self.k_norm = Norm(d, cfg)
 
     def forward(self, x, position_ids, attention_mask, past_k, past_v):
         cfg = self.cfg
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(x).view(b, s, cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).view(b, s, cfg.num_kv_heads, cfg.head_dim)
+        theta, scale, pairs = cfg.layer_rope(self.layer)
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim)
         if cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        theta, scale = cfg.layer_rope(self.layer)
-        q = ops.rope(q, position_ids, theta, scale)
-        k = ops.rope(k, position_ids, theta, scale)
+            q = self.q_norm(q)
+        q = ops.rope(q, position_ids, theta, scale, pairs)
+        if self.shared:  # no new keys: past is the source layer's cache, this step's keys included
+            k = v = past_k.transpose(1, 2)[:, :0]
+        else:
+            k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim)
+            v = k if self.k_eq_v else self.v_proj(x).view(b, s, self.kv_heads, self.head_dim)
+            if cfg.qk_norm:
+                k = self.k_norm(k)
+            if cfg.features.v_norm:
+                v = ops.unit_rms_norm(v, cfg.rms_norm_eps)
+            k = ops.rope(k, position_ids, theta, scale, pairs)
         out, present_k, present_v = ops.attention(
             q, k, v, past_k, past_v, attention_mask,
             cfg.query_scale, cfg.attn_softcap or 0.0, cfg.layer_window(self.layer) or 0)
@@ -58,39 +75,101 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GemmaConfig):
+    def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x):
         return self.down_proj(ops.geglu(self.gate_proj(x), self.up_proj(x)))
 
 
+class Router(nn.Module):
+    """Gemma 4's expert router: weightless RMSNorm x scale x hidden^-0.5 -> logits -> softmax
+    (fp32) -> top-k, renormalised, x the chosen experts' per_expert_scale."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.proj = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.scale = nn.Parameter(torch.ones(cfg.hidden_size))
+        self.per_expert_scale = nn.Parameter(torch.ones(cfg.num_experts))
+        self.eps, self.top_k, self.hidden_scale = cfg.rms_norm_eps, cfg.top_k_experts, cfg.hidden_size ** -0.5
+
+    def forward(self, x):
+        z = ops.unit_rms_norm(x, self.eps) * self.scale * self.hidden_scale
+        probs = torch.softmax(self.proj(z).float(), dim=-1)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True) * self.per_expert_scale[experts]
+        return weights.to(x.dtype), experts
+
+
+class Experts(nn.Module):
+    """The routed experts in the form every target runs: each token gathers only its top-k
+    experts' weights (gate_up [E, 2I, H], down [E, H, I]) and sums their GeGLU outputs by weight."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.zeros(e, h, i))
+
+    def forward(self, x, weights, experts):
+        """x [B, S, H], weights and experts [B, S, k]: the chosen rows of each expert table are
+        gathered first (Gather on the stored tensor: nothing reads the other experts)."""
+        chosen = experts.reshape(-1)
+        gate_up = torch.index_select(self.gate_up_proj, 0, chosen).view(*experts.shape, *self.gate_up_proj.shape[1:])
+        product = torch.matmul(gate_up, x[:, :, None, :, None]).squeeze(-1)
+        width = product.shape[-1] // 2
+        gate, up = product[..., :width], product[..., width:]  # slices: TensorRT has no sequence ops
+        down = torch.index_select(self.down_proj, 0, chosen).view(*experts.shape, *self.down_proj.shape[1:])
+        out = torch.matmul(down, ops.geglu(gate, up)[..., None]).squeeze(-1)  # [B, S, k, H]
+        return (out * weights[..., None]).sum(dim=2)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: GemmaConfig, layer: int):
         super().__init__()
-        eps = cfg.rms_norm_eps
-        self.sandwich = cfg.sandwich_norms
+        h = cfg.hidden_size
+        self.cfg = cfg
         self.self_attn = Attention(cfg, layer)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = Norm(cfg.hidden_size, eps)
-        # Gemma 1: the pre-MLP norm. Gemma 2/3: the norm of the attention output.
-        self.post_attention_layernorm = Norm(cfg.hidden_size, eps)
-        if self.sandwich:
-            self.pre_feedforward_layernorm = Norm(cfg.hidden_size, eps)
-            self.post_feedforward_layernorm = Norm(cfg.hidden_size, eps)
+        self.mlp = MLP(h, cfg.layer_intermediate_size(layer))
+        self.input_layernorm = Norm(h, cfg)
+        # Gemma 1: the pre-MLP norm. Gemma 2-4: the norm of the attention output.
+        self.post_attention_layernorm = Norm(h, cfg)
+        if cfg.sandwich_norms:
+            self.pre_feedforward_layernorm = Norm(h, cfg)
+            self.post_feedforward_layernorm = Norm(h, cfg)
+        if cfg.num_experts:
+            self.router = Router(cfg)
+            self.experts = Experts(cfg)
+            self.pre_feedforward_layernorm_2 = Norm(h, cfg)
+            self.post_feedforward_layernorm_1 = Norm(h, cfg)
+            self.post_feedforward_layernorm_2 = Norm(h, cfg)
+        if cfg.hidden_size_per_layer_input:
+            self.per_layer_input_gate = nn.Linear(h, cfg.hidden_size_per_layer_input, bias=False)
+            self.per_layer_projection = nn.Linear(cfg.hidden_size_per_layer_input, h, bias=False)
+            self.post_per_layer_input_norm = Norm(h, cfg)
+        if cfg.features.layer_scalar:
+            self.layer_scalar = nn.Parameter(torch.ones(1))
 
-    def forward(self, x, position_ids, attention_mask, past_k, past_v):
+    def forward(self, x, position_ids, attention_mask, past_k, past_v, per_layer_input=None):
         a, present_k, present_v = self.self_attn(
             self.input_layernorm(x), position_ids, attention_mask, past_k, past_v)
-        if self.sandwich:
-            x = x + self.post_attention_layernorm(a)
-            x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        else:
+        if not self.cfg.sandwich_norms:
             x = x + a
-            x = x + self.mlp(self.post_attention_layernorm(x))
+            return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
+        x = x + self.post_attention_layernorm(a)
+        m = self.mlp(self.pre_feedforward_layernorm(x))
+        if self.cfg.num_experts:  # the router and the experts read the residual stream
+            routed = self.experts(self.pre_feedforward_layernorm_2(x), *self.router(x))
+            m = self.post_feedforward_layernorm_1(m) + self.post_feedforward_layernorm_2(routed)
+        x = x + self.post_feedforward_layernorm(m)
+        if per_layer_input is not None:
+            gated = ops.geglu(self.per_layer_input_gate(x), per_layer_input)
+            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gated))
+        if self.cfg.features.layer_scalar:
+            x = x * self.layer_scalar
         return x, present_k, present_v
 
 
@@ -99,16 +178,23 @@ class _Model(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
-        self.norm = Norm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = Norm(cfg.hidden_size, cfg)
+        width = cfg.hidden_size_per_layer_input
+        if width:  # Gemma 4's per-layer inputs: a token table only ever gathered, and a projection
+            self.embed_tokens_per_layer = nn.Embedding(cfg.vocab_size_per_layer_input, cfg.num_layers * width)
+            self.per_layer_model_projection = nn.Linear(cfg.hidden_size, cfg.num_layers * width, bias=False)
+            self.per_layer_projection_norm = Norm(width, cfg)
 
 
 @dataclasses.dataclass(frozen=True)
 class CacheSlot:
     """One KV-cache tensor of the model: graph input past_{name}, output present_{name},
-    [batch, kv_heads, length, head_dim]."""
+    [batch, heads, length, head_dim]; written by one layer, read by it and any layer sharing it."""
 
     name: str
     kind: str  # "key" or "value"
+    heads: int
+    head_dim: int
     written_by: tuple[int, ...]  # layers
     read_by: tuple[int, ...]
 
@@ -122,12 +208,20 @@ class CacheSlot:
 
 
 def cache_slots(cfg: GemmaConfig) -> list[CacheSlot]:
-    """The model's caches in forward's order: a key and a value per layer."""
-    return [CacheSlot(f"{kind}.{i}", kind, (i,), (i,)) for i in range(cfg.num_layers) for kind in ("key", "value")]
+    """The model's caches in forward's order: a key and a value per layer that computes its own."""
+    slots = []
+    for i in range(cfg.num_layers):
+        if cfg.kv_source(i) != i:
+            continue
+        readers = tuple(j for j in range(cfg.num_layers) if cfg.kv_source(j) == i)
+        for kind in ("key", "value"):
+            slots.append(CacheSlot(f"{kind}.{i}", kind, cfg.layer_kv_heads(i), cfg.layer_head_dim(i), (i,), readers))
+    return slots
 
 
 def layer_caches(cfg: GemmaConfig, layer: int) -> tuple[int, int]:
-    """Indices in cache_slots() of the key and value cache that a layer reads and writes."""
+    """Indices in cache_slots() of the key and value cache that a layer reads (and writes, unless
+    it shares another layer's)."""
     indices = {(slot.kind, reader): i for i, slot in enumerate(cache_slots(cfg)) for reader in slot.read_by}
     return indices[("key", layer)], indices[("value", layer)]
 
@@ -146,15 +240,31 @@ class GemmaForCausalLM(nn.Module):
         embed = self.model.embed_tokens.weight
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
+        per_layer = self._per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
         presents = list(past)
         for i, layer in enumerate(self.model.layers):
             k, v = layer_caches(cfg, i)
-            x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v])
+            extra = () if per_layer is None else (per_layer[:, :, i],)
+            if cfg.kv_source(i) == i:
+                x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v], *extra)
+            else:  # this step's cache of the source layer, its new keys included
+                x, _, _ = layer(x, position_ids, attention_mask, presents[k], presents[v], *extra)
         x = self.model.norm(x)
         logits = (x @ embed.t()).float()  # tied lm_head
         if cfg.final_softcap:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         return (logits, *presents)
+
+    def _per_layer_inputs(self, input_ids, x):
+        """Gemma 4: [B, S, layers, width], the gathered per-layer token embeddings and a
+        projection of the scaled embedding x, each normalised, summed and scaled by 2^-0.5."""
+        cfg, m = self.cfg, self.model
+        b, s = input_ids.shape
+        width = cfg.hidden_size_per_layer_input
+        tokens = m.embed_tokens_per_layer(input_ids) * ops.embed_scale(width, x.dtype)
+        projected = m.per_layer_model_projection(x) * cfg.hidden_size ** -0.5
+        projected = m.per_layer_projection_norm(projected.view(b, s, cfg.num_layers, width))
+        return (projected + tokens.view(b, s, cfg.num_layers, width)) * 2.0 ** -0.5
 
 
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:
@@ -181,3 +291,10 @@ def load_reference(cfg: GemmaConfig, weights, dtype: torch.dtype = torch.float32
         state[name] = torch.from_numpy(np.array(arr)).to(dtype)
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def unread_parameters(cfg: GemmaConfig) -> set[str]:
+    """Tensors a checkpoint may hold that the model does not read: a KV-shared layer's key and
+    value projections and key norm (published Gemma 4 checkpoints keep them; re-saved ones do not)."""
+    return {f"model.layers.{i}.self_attn.{name}.weight" for i in range(cfg.num_layers) if cfg.kv_source(i) != i
+            for name in ("k_proj", "v_proj", "k_norm", "v_norm")}

@@ -19,29 +19,43 @@ MASKED = -3.0e38
 
 
 @torch.library.custom_op("gemma::rms_norm", mutates_args=())
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x * rsqrt(mean(x^2) + eps) * (1 + w), in fp32, cast back (w stored zero-centred)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * (offset + w), in fp32, cast back. Gemma 1-3 store w
+    zero-centred (offset 1), Gemma 4 stores the multiplier itself (offset 0)."""
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * (1.0 + weight.float())).to(x.dtype)
+    return (y * (offset + weight.float())).to(x.dtype)
 
 
 @rms_norm.register_fake
-def _(x, weight, eps):
+def _(x, weight, eps, offset):
     return torch.empty_like(x)
 
 
-def rope_inv_freq(head_dim: int, theta: float, scale: float) -> torch.Tensor:
-    """Inverse frequencies in fp32 as transformers computes them; linear scaling divides them."""
+def unit_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without a weight (Gemma 4's value and router norms), in fp32, cast back; plain ops,
+    which every target runs as they are."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scale: float, pairs: int | None = None) -> torch.Tensor:
+    """Inverse frequencies in fp32 as transformers computes them: the scaling factor divides them
+    (linear scaling; proportional RoPE's factor), and frequency pairs from `pairs` on are 0
+    (proportional RoPE: those dims pass through unrotated)."""
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    return 1.0 / (theta ** exponent) / scale
+    inv_freq = 1.0 / (theta ** exponent) / scale
+    if pairs is not None and pairs < head_dim // 2:
+        inv_freq[pairs:] = 0.0
+    return inv_freq
 
 
 @torch.library.custom_op("gemma::rope", mutates_args=())
-def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float, scale: float) -> torch.Tensor:
-    """Half-split (NeoX) rotary embedding of x [B, S, N, D] at position_ids [B, S]."""
+def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float, scale: float, pairs: int) -> torch.Tensor:
+    """Half-split (NeoX) rotary embedding of x [B, S, N, D] at position_ids [B, S]; the first
+    `pairs` frequency pairs (dims i and i + D/2) rotate, the others have frequency 0."""
     d = x.shape[-1]
-    freqs = position_ids.float()[..., None] * rope_inv_freq(d, theta, scale).to(x.device)
+    freqs = position_ids.float()[..., None] * rope_inv_freq(d, theta, scale, pairs).to(x.device)
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
@@ -49,7 +63,7 @@ def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float, scale: float
 
 
 @rope.register_fake
-def _(x, position_ids, theta, scale):
+def _(x, position_ids, theta, scale, pairs):
     return torch.empty_like(x)
 
 

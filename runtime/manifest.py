@@ -19,7 +19,6 @@ FORMAT_VERSION = 2
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
-TOKENIZER_FILE = "tokenizer.model"
 
 CACHE_UPDATES = ("concat", "inplace")  # present = past + new (a new tensor), or past updated in place
 CACHE_LAYOUTS = ("concat", "full", "ring")  # growing; max_seq_len positions; a ring of `window` slots
@@ -83,8 +82,9 @@ class Tokens:
     bos: int
     eos: int
     pad: int
-    start_of_turn: int | None = None
+    start_of_turn: int | None = None  # the family's chat-turn pieces (Gemma 4: <|turn>, <turn|>)
     end_of_turn: int | None = None
+    stop: tuple[int, ...] = ()  # every id that ends generation (eos, the turn end, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,9 @@ class Manifest:
     source: str
     engines: tuple[dict[str, Any], ...] = ()
     export_seconds: float | None = None
+    # a multimodal checkpoint's text decoder: {"model_type", "skipped": towers, "placeholder_ids":
+    # {config field: id}}; those ids are refused in prompts (nothing computes their embeddings)
+    multimodal: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,7 +134,7 @@ class Manifest:
                 "kv_cache": KVCache(kv["update"], int(kv["max_seq_len"]),
                                     tuple(_buffer(b) for b in kv["buffers"])),
                 "execution": Execution(tuple(data["execution"]["backends"]), tuple(data["execution"]["devices"])),
-                "tokens": Tokens(**data["tokens"]),
+                "tokens": Tokens(**{**data["tokens"], "stop": tuple(data["tokens"].get("stop", ()))}),
                 "engines": tuple(data.get("engines", ())),
             }
             manifest = cls(**fields)

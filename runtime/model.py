@@ -8,7 +8,7 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from gemma_runtime.manifest import TOKENIZER_FILE, Manifest, read_manifest
+from gemma_runtime.manifest import Manifest, read_manifest
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
@@ -44,8 +44,7 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
     if device not in execution.devices:
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
-    tokenizer_file = folder / TOKENIZER_FILE
-    tokenizer = Tokenizer(tokenizer_file, manifest.tokens.bos) if tokenizer_file.is_file() else None
+    tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
     return Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
 
 
@@ -69,7 +68,9 @@ class Model:
         self.max_seq_len = backend.max_seq_len
         tokens = manifest.tokens
         self.pad_id = tokens.pad
-        self.stop_ids = {t for t in (tokens.eos, tokens.end_of_turn) if t is not None}
+        self.stop_ids = set(tokens.stop)
+        placeholders = (manifest.multimodal or {}).get("placeholder_ids", {})
+        self.placeholder_ids = {i: name for name, i in placeholders.items()}
 
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -183,6 +184,11 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise RuntimeInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        media = [i for i in ids if i in self.placeholder_ids]
+        if media:
+            raise RuntimeInputError(f"token id {media[0]} is the {self.placeholder_ids[media[0]]} placeholder of the "
+                                    "multimodal checkpoint this text decoder comes from; this artifact has no "
+                                    f"{'/'.join(self.manifest.multimodal['skipped']) or 'media'} encoder")
         if len(ids) > self.max_seq_len:
             raise RuntimeInputError(
                 f"prompt has {len(ids)} tokens; this artifact's maximum sequence length is {self.max_seq_len}")

@@ -1,32 +1,61 @@
-"""SentencePiece tokenizer with Gemma's rules: BOS added exactly once to text."""
+"""Gemma's tokenizer as the artifact holds it: a SentencePiece model (tokenizer.model, Gemma 1-3)
+or an HF tokenizer.json (Gemma 4 ships only that; read with the `tokenizers` package, which keeps
+the runtime torch-free). BOS is added exactly once to text."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import sentencepiece as spm
-
 from gemma_runtime.errors import RuntimeInputError
+
+SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE = "tokenizer.model", "tokenizer.json"
 
 
 class Tokenizer:
-    def __init__(self, model_file: Path | str, bos_id: int):
-        self._sp = spm.SentencePieceProcessor()
+    def __init__(self, file_name: str, data: bytes, bos_id: int, where: str = "tokenizer"):
+        """file_name: tokenizer.model (SentencePiece) or tokenizer.json (HF tokenizers)."""
+        self.bos_id = bos_id  # the model's (manifest), whatever the piece names in the file
+        self._hf = self._sp = None
         try:
-            self._sp.LoadFromSerializedProto(Path(model_file).read_bytes())
-        except (OSError, RuntimeError) as e:
-            raise RuntimeInputError(f"{model_file}: not a SentencePiece model ({e})") from None
-        self.bos_id = bos_id  # the model's (manifest), whatever the piece names in the proto
-        self.vocab_size = self._sp.get_piece_size()
+            if file_name == TOKENIZER_JSON_FILE:
+                import tokenizers
+
+                self._hf = tokenizers.Tokenizer.from_str(data.decode())
+                self.vocab_size = self._hf.get_vocab_size()
+            else:
+                import sentencepiece as spm
+
+                self._sp = spm.SentencePieceProcessor()
+                self._sp.LoadFromSerializedProto(data)
+                self.vocab_size = self._sp.get_piece_size()
+        except Exception as e:  # each library raises its own types
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RuntimeInputError(f"{where}: not a {file_name} tokenizer ({detail})") from None
+
+    @classmethod
+    def in_folder(cls, folder: Path | str, bos_id: int) -> "Tokenizer | None":
+        """The folder's tokenizer.model, else its tokenizer.json, else None."""
+        for name in (SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE):
+            path = Path(folder) / name
+            if path.is_file():
+                try:
+                    data = path.read_bytes()
+                except OSError as e:
+                    raise RuntimeInputError(f"{path}: unreadable ({e})") from None
+                return cls(name, data, bos_id, str(path))
+        return None
 
     def token_id(self, piece: str) -> int | None:
         """The id of a whole piece such as '<end_of_turn>', or None if the vocabulary lacks it."""
+        if self._hf is not None:
+            return self._hf.token_to_id(piece)
         i = self._sp.piece_to_id(piece)
         return None if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i) else i
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._sp.encode(text)
-        return [self.bos_id, *ids] if add_bos else ids
+        ids = self._hf.encode(text, add_special_tokens=False).ids if self._hf is not None else self._sp.encode(text)
+        return [self.bos_id, *ids] if add_bos else list(ids)
 
     def decode(self, ids: list[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        return self._hf.decode(ids, skip_special_tokens=False) if self._hf is not None else self._sp.decode(ids)

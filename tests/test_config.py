@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemma_export.config import parse_hf_config
+from gemma_export.config import Multimodal, parse_checkpoint_config, parse_hf_config
 from gemma_export.errors import ConfigError
 
 GEMMA3_V4 = {  # transformers 4.x form of a Gemma 3 270M config
@@ -23,7 +23,7 @@ def test_gemma3_v4_form():
     cfg = parse_hf_config(GEMMA3_V4)
     assert cfg.family == "gemma3" and cfg.num_kv_heads == 1 and cfg.head_dim == 256
     assert [i for i, t in enumerate(cfg.layer_types) if t == "full"] == [5, 11, 17]
-    assert cfg.layer_rope(0) == (10000.0, 1.0) and cfg.layer_rope(5) == (1_000_000.0, 1.0)
+    assert cfg.layer_rope(0) == (10000.0, 1.0, 128) and cfg.layer_rope(5) == (1_000_000.0, 1.0, 128)
     assert cfg.attn_softcap is None and cfg.final_softcap is None and cfg.sliding_window == 512
 
 
@@ -32,7 +32,7 @@ def test_gemma3_v5_form_with_linear_scaling():
     raw["rope_parameters"] = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                               "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}
     cfg = parse_hf_config(raw)
-    assert cfg.layer_rope(5) == (1e6, 8.0) and cfg.layer_rope(4) == (10000.0, 1.0)
+    assert cfg.layer_rope(5) == (1e6, 8.0, 128) and cfg.layer_rope(4) == (10000.0, 1.0, 128)
 
 
 def test_gemma2_defaults_put_layer_zero_local():
@@ -68,6 +68,55 @@ def test_unknown_or_unsupported_fields_are_errors(change, message):
         parse_hf_config({**GEMMA3_V4, **change})
 
 
-def test_multimodal_gemma3_is_refused_clearly():
-    with pytest.raises(ConfigError, match="multimodal"):
-        parse_hf_config({"model_type": "gemma3", "text_config": GEMMA3_V4, "vision_config": {}})
+def test_multimodal_gemma3_gives_its_text_decoder_and_what_is_skipped():
+    text = {k: v for k, v in GEMMA3_V4.items() if k != "model_type"}  # text_config may omit it
+    cfg, multimodal = parse_checkpoint_config({"model_type": "gemma3", "text_config": text, "vision_config": {},
+                                               "image_token_index": 262144, "mm_tokens_per_image": 256})
+    assert cfg == parse_hf_config(GEMMA3_V4)
+    assert multimodal == Multimodal("gemma3", ("vision",), {"image_token_index": 262144})
+
+
+def test_multimodal_wrapper_fields_are_checked_too():
+    with pytest.raises(ConfigError, match="frobnicate"):
+        parse_checkpoint_config({"model_type": "gemma3", "text_config": GEMMA3_V4, "frobnicate": 1})
+    with pytest.raises(ConfigError, match="text_config.model_type 'gemma2'"):
+        parse_checkpoint_config({"model_type": "gemma3", "text_config": {**GEMMA3_V4, "model_type": "gemma2"}})
+
+
+GEMMA4 = {"model_type": "gemma4_text", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "head_dim": 32, "num_hidden_layers": 6, "vocab_size": 100, "intermediate_size": 128,
+          "sliding_window": 8, "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": 100,
+          "attention_k_eq_v": True, "num_kv_shared_layers": 2, "final_logit_softcapping": 30.0,
+          "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                                 "rope_theta": 1000000.0}}}
+
+
+def test_gemma4_published_and_resaved_configs_agree():
+    published = parse_hf_config({**GEMMA4, "global_head_dim": 64, "num_global_key_value_heads": 1})
+    overrides = {"head_dim": 64, "num_key_value_heads": 1}
+    resaved = parse_hf_config({**GEMMA4, "per_layer_config": {"2": overrides, "5": overrides}})
+    assert published == resaved
+    assert (published.layer_head_dim(5), published.layer_kv_heads(5), published.layer_head_dim(0)) == (64, 1, 32)
+    assert published.layer_rope(5) == (1e6, 1.0, 8) and published.layer_rope(0) == (1e4, 1.0, 16)
+    assert [published.kv_source(i) for i in range(6)] == [0, 1, 2, 3, 3, 2]  # 4 reads 3's cache, 5 reads 2's
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"per_layer_config": {"5": {"sliding_window": 3}}}, "sliding_window"),
+    ({"per_layer_config": {"2": {"head_dim": 64}, "5": {"head_dim": 128}}}, "different head_dim"),
+    ({"layer_types": ["sliding_attention"] * 6}, "KV-shared layers of a type"),  # the last is made full
+    ({"per_layer_config": {"1": {"head_dim": 64}}}, "sliding-window layer"),
+    ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
+    ({"vocab_size_per_layer_input": 50}, "vocab_size_per_layer_input"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "yarn"),
+    ({"enable_moe_block": True}, "num_experts"),
+])
+def test_gemma4_fields_we_do_not_support_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_hf_config({**GEMMA4, **change})
+
+
+def test_gemma4_image_only_bidirectional_attention_is_accepted_for_text():
+    assert parse_hf_config({**GEMMA4, "use_bidirectional_attention": "vision"}) == parse_hf_config(GEMMA4)

@@ -213,7 +213,7 @@ def test_gemma3_linear_rope_scaling_and_pattern(tmp_path):
                                      "gemma3.attention.sliding_window_pattern": 3})
     cfg = open_gguf(path).config
     assert cfg.rope_scaling_factor == 8.0
-    assert cfg.layer_rope(0) == (1e4, 1.0) and cfg.layer_rope(2) == (1e6, 8.0)
+    assert cfg.layer_rope(0) == (1e4, 1.0, HEAD_DIM // 2) and cfg.layer_rope(2) == (1e6, 8.0, HEAD_DIM // 2)
     assert cfg.layer_types == ("sliding", "sliding", "full") * 2
 
 

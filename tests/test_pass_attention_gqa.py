@@ -1,13 +1,11 @@
-import dataclasses
-
 import numpy as np
 import pytest
 
-from gemma_export.errors import GemmaExportError
 from gemma_export.frontend.onnx_ops import ATTENTION, ROPE
 from gemma_export.passes import attention_gqa, inplace_cache_io
 from gemma_export.passes.context import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
+from tiny import write_checkpoint
 
 MAX = 32
 
@@ -35,8 +33,15 @@ def test_attention_becomes_attention_gqa_over_the_in_place_cache(name, tiny_chec
                                        rtol=1e-5, atol=1e-5)
 
 
-def test_head_dim_the_kernel_cannot_rotate_is_refused(tiny_checkpoints):
-    model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(target="ort-cpu", max_seq_len=MAX))
-    ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, head_dim=24))
-    with pytest.raises(GemmaExportError, match="multiple of 16"):
-        apply(model, ctx, inplace_cache_io, attention_gqa)
+def test_a_head_dim_the_kernel_cannot_rotate_keeps_the_standard_form(tmp_path):
+    """head_dim 40: GroupQueryAttention's rotary needs a multiple of 16, so every layer keeps
+    TensorScatter + Attention over the same in-place cache, with the reason in the report."""
+    model, ctx = traced(write_checkpoint("gemma-mqa", tmp_path / "hd40", head_dim=40), ExportOptions(max_seq_len=MAX))
+    after, (_, count) = apply(model, ctx, inplace_cache_io, attention_gqa)
+    assert count == 0 and "GroupQueryAttention" not in op_types(after)
+    assert op_types(after).count("Attention") == ctx.config.num_layers and ROPE not in op_types(after)
+    reasons = ctx.report["attention"]["unfused"]
+    assert sorted(reasons) == ["0", "1", "2"] and all("head_dim 40" in r for r in reasons.values())
+    concat = feeds(ctx.config, batch=2, past=5, seq=9)
+    before, now = run(model, concat), run(after, inplace_feeds(concat, MAX))
+    np.testing.assert_allclose(now["logits"], before["logits"], rtol=1e-4, atol=1e-4)

@@ -64,7 +64,7 @@ def test_teacher_forced_top1_agreement_with_transformers(real_artifact, transfor
 
 def test_chat_tokens_come_from_the_tokenizer(real_artifact):
     model = gemma_runtime.load(real_artifact)
-    assert model.manifest.tokens == Tokens(bos=2, eos=1, pad=0, start_of_turn=105, end_of_turn=106)
+    assert model.manifest.tokens == Tokens(bos=2, eos=1, pad=0, start_of_turn=105, end_of_turn=106, stop=(1, 106))
     assert model.stop_ids == {1, 106}
     from gemma_runtime.chat import render
     text = render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])

@@ -11,7 +11,7 @@ from gemma_export.export import export
 from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes.context import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
-from tiny import CONFIGS, hf_model
+from tiny import CONFIGS, hf_model, write_checkpoint
 
 NAMES = list(CONFIGS)
 MAX_SEQ_LEN = 64
@@ -72,3 +72,16 @@ def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     manifest = models[name].manifest
     assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == MAX_SEQ_LEN
     assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], MAX_SEQ_LEN, cfg["head_dim"])
+
+
+def test_a_head_dim_no_fused_kernel_takes_exports_with_the_defaults(tmp_path):
+    """Gemma 1 with head_dim 40: GroupQueryAttention's rotary cannot take it, so the default target
+    keeps the standard attention for those layers (said in the report) instead of refusing."""
+    folder = write_checkpoint("gemma-mqa", tmp_path / "hd40", head_dim=40)
+    manifest = export(folder, tmp_path / "out", ExportOptions(max_seq_len=MAX_SEQ_LEN))
+    assert manifest.target == "ort-cpu" and len(manifest.report["attention"]["unfused"]) == 3
+    model = gemma_runtime.load(tmp_path / "out", threads=1)
+    reference = hf_model("gemma-mqa", head_dim=40)
+    ids = prompt(1, 40)
+    assert_fp32_parity(model.logits(ids), hf_logits(reference, ids))
+    assert_fp32_parity(stepwise_logits(model, ids[:20], prefill=5), hf_logits(reference, ids[:20])[4:])

@@ -27,30 +27,102 @@ CONFIGS = {
 }
 
 
-def hf_model(name: str, seed: int = 0):
+# Gemma 4: sliding head_dim 32, global 64 (proportional RoPE: 8 of 32 pairs rotate), window 6.
+GEMMA4_BASE = dict(BASE, num_attention_heads=4, num_key_value_heads=2, global_head_dim=64, sliding_window=6,
+                   final_logit_softcapping=30.0, hidden_size_per_layer_input=0)
+GEMMA4_CONFIGS = {
+    # KV sharing of both layer types (3, 4 read layer 1; 5 reads layer 2), per-layer inputs, double-wide MLP
+    "gemma4-shared": ("gemma4", dict(num_hidden_layers=6, layer_types=["sliding_attention", "sliding_attention",
+                                                                         "full_attention"] * 2,
+                                     num_kv_shared_layers=3, hidden_size_per_layer_input=8,
+                                     vocab_size_per_layer_input=BASE["vocab_size"], use_double_wide_mlp=True)),
+    # full layers with K = V and 1 KV head (sliding layers 2)
+    "gemma4-k-eq-v": ("gemma4", dict(num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                                     attention_k_eq_v=True, num_global_key_value_heads=1)),
+    # experts beside the MLP: 4 experts, top 2
+    "gemma4-moe": ("gemma4", dict(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2,
+                                  enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=24,
+                                  attention_k_eq_v=True, num_global_key_value_heads=1)),
+}
+
+
+def hf_model(name: str, seed: int = 0, **overrides):
     import transformers
 
-    family, extra = CONFIGS[name]
-    kw = {**BASE, **extra}
-    if family == "gemma":
-        cfg, cls = transformers.GemmaConfig(**kw), transformers.GemmaForCausalLM
-    elif family == "gemma2":
-        cfg, cls = transformers.Gemma2Config(**kw), transformers.Gemma2ForCausalLM
-    else:
-        cfg, cls = transformers.Gemma3TextConfig(**kw), transformers.Gemma3ForCausalLM
+    family, extra = {**CONFIGS, **GEMMA4_CONFIGS}[name]
+    kw = {**(GEMMA4_BASE if family == "gemma4" else BASE), **extra, **overrides}
+    classes = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+               "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+               "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+               "gemma4": (transformers.Gemma4TextConfig, transformers.Gemma4ForCausalLM)}
+    config_class, model_class = classes[family]
+    cfg = config_class(**kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
-    model = cls(cfg).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname:
-                p.normal_(0.0, 0.3)
-            else:
-                p.normal_(0.0, 0.15)
+    model = model_class(cfg).eval()
+    randomise(model)
     return model
 
 
-def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
-    model = hf_model(name, seed).to(dtype)
+def randomise(model) -> None:
+    """Every weight random, norms and Gemma 4's scales and layer scalars included: transformers
+    initialises them to a constant, which would hide a wrong 1 + w or a missing scalar. Gemma 4's
+    norms multiply by w itself, so they stay around 1."""
+    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text") else 0.0
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "scale" in pname:
+                p.normal_(multiplier, 0.3)
+            else:
+                p.normal_(0.0, 0.15)
+        for pname, b in model.named_buffers():
+            if pname.endswith("layer_scalar"):
+                b.normal_(1.0, 0.3)
+
+
+def write_checkpoint(name: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> Path:
+    """save_pretrained of the tiny model (transformers 5.x writes Gemma 4's per_layer_config form)."""
+    model = hf_model(name, seed, **overrides).to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# Multimodal checkpoints: a tiny vision tower beside the decoder of a text config above, placeholder
+# ids inside the tiny vocabulary. The export takes the decoder; transformers' model runs text alone.
+MULTIMODAL = {"gemma3": "gemma3", "gemma4": "gemma4-shared"}
+PLACEHOLDERS = {"gemma3": dict(image_token_index=380, boi_token_index=378, eoi_token_index=379),
+                "gemma4": dict(image_token_id=380, boi_token_id=378, eoi_token_id=379, video_token_id=381,
+                               audio_token_id=382, boa_token_id=383, eoa_token_index=377)}
+
+
+def hf_multimodal_model(family: str, seed: int = 0):
+    import transformers
+
+    text_name = MULTIMODAL[family]
+    text_family, extra = {**CONFIGS, **GEMMA4_CONFIGS}[text_name]
+    if family == "gemma3":
+        text = transformers.Gemma3TextConfig(**{**BASE, **extra})
+        vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=28, patch_size=14)
+        cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                        **PLACEHOLDERS[family])
+        model_class = transformers.Gemma3ForConditionalGeneration
+    else:
+        text = transformers.Gemma4TextConfig(**{**GEMMA4_BASE, **extra})
+        vision = transformers.Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                                 patch_size=4, pooling_kernel_size=2, position_embedding_size=64)
+        cfg = transformers.Gemma4Config(text_config=text, vision_config=vision, audio_config=None,
+                                        **PLACEHOLDERS[family])
+        model_class = transformers.Gemma4ForConditionalGeneration
+    cfg.text_config._attn_implementation = "eager"
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_class(cfg).eval()
+    randomise(model)
+    return model
+
+
+def write_multimodal_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
+    hf_multimodal_model(family, seed).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -7,7 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
+from gemma_export.config import Multimodal
 from gemma_graphs.config import GemmaConfig
+from gemma_runtime.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE, Tokenizer
 
 
 class WeightSource(Protocol):
@@ -37,18 +39,71 @@ class Source:
     generation_config: dict | None
     fingerprints: dict[str, str]  # file name -> "sha256:..." or "size:mtime" (what was read)
     description: str  # for messages: the path and kind of the source
+    tokenizer_json: bytes | None = None  # an HF tokenizer.json, where there is no SentencePiece model
+    multimodal: Multimodal | None = None  # what a multimodal checkpoint has beside the exported decoder
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The source's tokenizer as the runtime reads it (BOS from the config)."""
+        if self.tokenizer_model is not None:
+            return Tokenizer(SENTENCEPIECE_FILE, self.tokenizer_model, self.config.bos_token_id, self.description)
+        if self.tokenizer_json is not None:
+            return Tokenizer(TOKENIZER_JSON_FILE, self.tokenizer_json, self.config.bos_token_id, self.description)
+        return None
+
+    def tokenizer_file(self) -> tuple[str, bytes] | None:
+        """(artifact file name, bytes) of the tokenizer to ship with the artifact."""
+        if self.tokenizer_model is not None:
+            return SENTENCEPIECE_FILE, self.tokenizer_model
+        if self.tokenizer_json is not None:
+            return TOKENIZER_JSON_FILE, self.tokenizer_json
+        return None
+
+
+class PrefixedWeights:
+    """The text decoder of a multimodal checkpoint under HF's text names: `model.X` is read from
+    `prefix + X` (the vision and audio tensors are not listed); a stored lm_head keeps its name."""
+
+    def __init__(self, weights: WeightSource, prefix: str):
+        self._weights, self._prefix = weights, prefix
+        self._names = {("model." + n[len(prefix):]): n for n in weights.names() if n.startswith(prefix)}
+        if "lm_head.weight" in weights.names():
+            self._names["lm_head.weight"] = "lm_head.weight"
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._weights.shape(self._names[name])
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._weights.read_rows(self._names[name], start, stop)
+
+
+def text_decoder(weights: WeightSource, prefixes: tuple[str, ...], where: str) -> WeightSource:
+    """The decoder's weights under the one prefix this checkpoint uses (transformers versions saved
+    multimodal Gemma under different ones); a checkpoint using two is refused."""
+    from gemma_export.errors import CheckpointError
+
+    names = weights.names()
+    used = [p for p in prefixes if any(n.startswith(p) for n in names)]
+    if len(used) > 1:
+        raise CheckpointError(f"{where}: text decoder weights under two prefixes ({', '.join(used)}); "
+                              "a checkpoint uses one")
+    if not used:
+        raise CheckpointError(f"{where}: no text decoder weights (expected names under {' or '.join(prefixes)})")
+    return PrefixedWeights(weights, used[0])
 
 
 def check_weights(cfg: GemmaConfig, weights: WeightSource, where: str) -> None:
     """Every expected tensor present with its shape; nothing unexpected left over."""
     from gemma_export.errors import CheckpointError
 
-    from gemma_graphs.gemma import parameter_shapes
+    from gemma_graphs.gemma import parameter_shapes, unread_parameters
 
     expected = parameter_shapes(cfg)
     have = set(weights.names())
     # A tied lm_head stored anyway is accepted when it is the embedding (checked when read: same shape).
-    extra = have - set(expected) - {"lm_head.weight"}
+    extra = have - set(expected) - {"lm_head.weight"} - unread_parameters(cfg)
     for name, shape in expected.items():
         if name not in have:
             raise CheckpointError(f"{where}: tensor {name!r} is missing")

@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights
+from gemma_export.checkpoints import gguf_gemma4
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
 from gemma_export.errors import CheckpointError, ConfigError
 from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
@@ -61,13 +62,16 @@ def open_gguf(path: Path) -> Source:
     meta = _Metadata(reader, where)
     arch = meta.architecture()
     tensors = _map_tensors(reader, arch, where)
-    cfg = _config(meta, arch, tensors, where)
+    rope_freqs = tensors.pop(gguf_gemma4.ROPE_FREQS, None)
+    cfg = _config(meta, arch, tensors, rope_freqs, where)
     weights = GGUFWeights(tensors, where)
     check_weights(cfg, weights, where)
     for name in weights.names():  # fail now, not mid-export, on a type that cannot be dequantized
         weights.read_rows(name, 0, 1)
-    tokenizer = (sentencepiece_model_from_gguf(reader, where)
-                 if "tokenizer.ggml.tokens" in reader.fields else None)
+    # Gemma 4's vocabulary is BPE (tokenizer.ggml.model "gemma4"), not SentencePiece: not rebuilt,
+    # so such an export carries no tokenizer (export the HF folder for one).
+    sentencepiece = reader.fields.get("tokenizer.ggml.model") is not None and arch != "gemma4"
+    tokenizer = sentencepiece_model_from_gguf(reader, where) if sentencepiece else None
     return Source(
         config=cfg,
         weights=weights,
@@ -176,9 +180,13 @@ class _Tensor:
 
 def _map_tensors(reader: gguf.GGUFReader, arch: str, where: str) -> dict[str, _Tensor]:
     layer_names = _LAYER_NAMES if FAMILIES[arch].sandwich_norms else _GEMMA1_LAYER_NAMES
+    stored_plus_one = FAMILIES[arch].norm_offset == 1.0  # llama.cpp stores Gemma 1-3's norms as 1 + w
     tensors: dict[str, _Tensor] = {}
     for t in reader.tensors:
-        hf = _hf_name(t.name, layer_names)
+        if arch == "gemma4":
+            hf = gguf_gemma4.ROPE_FREQS if t.name == gguf_gemma4.ROPE_FREQS else gguf_gemma4.hf_name(t.name)
+        else:
+            hf = _hf_name(t.name, layer_names)
         if hf is None:
             raise CheckpointError(f"{where}: unexpected tensor {t.name!r} for a {arch} model")
         if hf in tensors:
@@ -188,7 +196,7 @@ def _map_tensors(reader: gguf.GGUFReader, arch: str, where: str) -> dict[str, _T
             shape=tuple(int(n) for n in reversed(t.shape)),
             qtype=t.tensor_type,
             data=t.data,
-            norm="norm" in t.name,
+            norm=stored_plus_one and "norm" in t.name,
         )
     _check_output_head(tensors, where)
     return tensors
@@ -213,8 +221,20 @@ def _check_output_head(tensors: dict[str, _Tensor], where: str) -> None:
             "Gemma ties lm_head to the embedding")
 
 
-def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str) -> GemmaConfig:
+def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs: _Tensor | None,
+            where: str) -> GemmaConfig:
     p = arch + "."
+    if arch == "gemma4":
+        common = {"vocab_size": _vocab_size(meta, p, tensors, where),
+                  "max_position_embeddings": meta.get(p + "context_length", int),
+                  "rms_norm_eps": meta.get(p + "attention.layer_norm_rms_epsilon", float, 1e-6),
+                  "bos_token_id": meta.get("tokenizer.ggml.bos_token_id", int, 2),
+                  "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", int, 1),
+                  "pad_token_id": meta.get("tokenizer.ggml.padding_token_id", int, 0)}
+        freqs = None if rope_freqs is None else gguf.quants.dequantize(rope_freqs.data, rope_freqs.qtype)
+        cfg = gguf_gemma4.gemma4_config(lambda key, *kind: meta.get(p + key, *kind),
+                                        {name: t.shape for name, t in tensors.items()}, freqs, common, where)
+        return _checked(meta, arch, cfg, where)
     layers = meta.get(p + "block_count", int)
     hidden = meta.get(p + "embedding_length", int)
     heads = meta.get(p + "attention.head_count", int)
@@ -248,6 +268,10 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], where: str)
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id", int, 1),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id", int, 0),
     )
+    return _checked(meta, arch, cfg, where)
+
+
+def _checked(meta: _Metadata, arch: str, cfg: GemmaConfig, where: str) -> GemmaConfig:
     meta.check_all_read(arch)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if not 0 <= getattr(cfg, name) < cfg.vocab_size:

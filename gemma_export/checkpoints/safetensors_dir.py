@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemma_export.checkpoints.base import Source, check_weights
+from gemma_export.checkpoints.base import Source, check_weights, text_decoder
 from gemma_export.config import load_hf_config
 from gemma_export.errors import CheckpointError
 
@@ -111,8 +111,14 @@ def _safetensors_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
+# Where multimodal checkpoints keep their text decoder, by model_type; transformers 5.24 writes the
+# first, other versions wrote the second.
+TEXT_PREFIXES = {"gemma3": ("language_model.model.", "model.language_model."),
+                 "gemma4": ("model.language_model.", "language_model.model.")}
+
+
 def open_hf_folder(folder: Path) -> Source:
-    cfg, generation = load_hf_config(folder)
+    cfg, multimodal, generation = load_hf_config(folder)
     entries: dict[str, _Entry] = {}
     fingerprints = {}
     for path in _safetensors_files(folder):
@@ -123,13 +129,18 @@ def open_hf_folder(folder: Path) -> Source:
         st = path.stat()
         fingerprints[path.name] = f"size:{st.st_size}"
     weights = SafetensorsWeights(entries)
+    if multimodal is not None:
+        weights = text_decoder(weights, TEXT_PREFIXES[multimodal.model_type], str(folder))
     check_weights(cfg, weights, str(folder))
-    tok = folder / "tokenizer.model"
+    sentencepiece, tokenizer_json = folder / "tokenizer.model", folder / "tokenizer.json"
     return Source(
         config=cfg,
         weights=weights,
-        tokenizer_model=tok.read_bytes() if tok.is_file() else None,
+        tokenizer_model=sentencepiece.read_bytes() if sentencepiece.is_file() else None,
+        tokenizer_json=tokenizer_json.read_bytes() if tokenizer_json.is_file() and not sentencepiece.is_file() else None,
         generation_config=generation,
         fingerprints=fingerprints,
-        description=f"HF folder {folder}",
+        description=f"HF folder {folder}" + (f" (the text decoder of a {multimodal.model_type} checkpoint)"
+                                              if multimodal else ""),
+        multimodal=multimodal,
     )

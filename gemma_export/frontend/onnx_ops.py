@@ -22,8 +22,8 @@ RMS_NORM, ROPE, GEGLU, ATTENTION = "GemmaRMSNorm", "GemmaRoPE", "GemmaGeGLU", "G
 
 # name -> (inputs, outputs, {attribute: type})
 SIGNATURES = {
-    RMS_NORM: (["X", "W"], ["Y"], {"epsilon": "float"}),
-    ROPE: (["X", "position_ids"], ["Y"], {"theta": "float", "scale": "float"}),
+    RMS_NORM: (["X", "W"], ["Y"], {"epsilon": "float", "offset": "float"}),
+    ROPE: (["X", "position_ids"], ["Y"], {"theta": "float", "scale": "float", "pairs": "int"}),
     GEGLU: (["gate", "up"], ["Y"], {}),
     ATTENTION: (
         ["Q", "K", "V", "past_key", "past_value", "attention_mask"],
@@ -51,12 +51,12 @@ def register_schemas() -> None:
 
 # --- translations: what torch.onnx.export emits for each torch custom op -------------------
 
-def rms_norm_onnx(x: FLOAT, weight: FLOAT, eps: float) -> FLOAT:
-    return GEMMA.GemmaRMSNorm(x, weight, epsilon=eps)
+def rms_norm_onnx(x: FLOAT, weight: FLOAT, eps: float, offset: float) -> FLOAT:
+    return GEMMA.GemmaRMSNorm(x, weight, epsilon=eps, offset=offset)
 
 
-def rope_onnx(x: FLOAT, position_ids, theta: float, scale: float) -> FLOAT:
-    return GEMMA.GemmaRoPE(x, position_ids, theta=theta, scale=scale)
+def rope_onnx(x: FLOAT, position_ids, theta: float, scale: float, pairs: int) -> FLOAT:
+    return GEMMA.GemmaRoPE(x, position_ids, theta=theta, scale=scale, pairs=pairs)
 
 
 def geglu_onnx(gate: FLOAT, up: FLOAT) -> FLOAT:
@@ -126,7 +126,7 @@ def _rms_norm_body() -> onnx.FunctionProto:
     x = b.n("Cast", "X", to=TensorProto.FLOAT)
     mean = b.n("ReduceMean", b.n("Mul", x, x), b.const([-1]), keepdims=1)
     inv = b.n("Reciprocal", b.n("Sqrt", b.n("Add", mean, b.attr_const("epsilon", "float"))))
-    w = b.n("Add", b.n("Cast", "W", to=TensorProto.FLOAT), b.const(1.0, TensorProto.FLOAT))
+    w = b.n("Add", b.n("Cast", "W", to=TensorProto.FLOAT), b.attr_const("offset", "float"))
     y = b.n("Mul", b.n("Mul", x, inv), w)
     return b.finish(RMS_NORM, [b.n("CastLike", y, "X")])
 
@@ -141,6 +141,8 @@ def _rope_body() -> onnx.FunctionProto:
     exponent = b.n("Div", b.n("Cast", idx, to=f32), b.n("Cast", d_scalar, to=f32))
     denom = b.n("Pow", b.attr_const("theta", "float"), exponent)
     inv_freq = b.n("Div", b.n("Reciprocal", denom), b.attr_const("scale", "float"))
+    kept = b.n("Less", b.n("Div", idx, b.const(2)), b.attr_const("pairs", "int"))  # proportional RoPE
+    inv_freq = b.n("Where", kept, inv_freq, b.const(0.0, f32))
     pos = b.n("Unsqueeze", b.n("Cast", "position_ids", to=f32), b.const([-1]))
     freqs = b.n("Mul", pos, inv_freq)
     emb = b.n("Unsqueeze", b.n("Concat", freqs, freqs, axis=-1), b.const([2]))

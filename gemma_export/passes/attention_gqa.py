@@ -13,6 +13,13 @@ a batch may continue from a cache), total_sequence_length = the batch's longest 
 local_window_size is the window itself: onnxruntime's CPU kernel, like transformers' Gemma, lets
 a query see `window` keys, itself included (checked against transformers with prompts longer than
 the window: window - 1 and window + 1 both break parity).
+
+A layer the kernel cannot take keeps the standard form of the `onnx` target (TensorScatter into
+the same in-place cache + Attention, opset 24, its RoPE as RotaryEmbedding): a head_dim that is not
+a multiple of 16 (the kernel's rotary), or a KV-shared layer (Gemma 4), which reads a cache
+another layer writes (the kernel attends only to the cache it writes itself). The report's
+`attention` entry lists the layers left unfused and why; no precondition of the fusion ever fails
+an export.
 """
 
 from __future__ import annotations
@@ -20,11 +27,11 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN, ROPE
-from gemma_export.errors import GemmaExportError
-from gemma_export.passes import inplace_cache_io
+from gemma_export.passes import inplace_cache_io, set_opset
+from gemma_export.passes.attention_onnx import StandardAttention
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.rotary_embedding import cos_sin_caches
 from gemma_export.passes.ir_utils import add_node, constant_int64, project_nodes, replace_value
+from gemma_export.passes.rotary_embedding import cos_sin_caches, lower_rope
 
 NAME = "attention_gqa"
 MS_DOMAIN = "com.microsoft"
@@ -32,47 +39,78 @@ MS_DOMAIN = "com.microsoft"
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
-    cfg = ctx.config
-    if cfg.head_dim % 16:
-        raise GemmaExportError(f"target {ctx.options.target!r}: GroupQueryAttention's rotary needs head_dim "
-                               f"to be a multiple of 16, got {cfg.head_dim} (use --target onnx)")
+    nodes = project_nodes(graph, ATTENTION)
+    unfused = {layer: reason for layer, node in enumerate(nodes) if (reason := _unfusable(node))}
+    standard = StandardAttention(graph, nodes[0], ctx) if unfused else None
+    if unfused:
+        set_opset.run(model, ctx)  # Attention and TensorScatter
     lengths = None
-    count = 0
-    for node in project_nodes(graph, ATTENTION):
-        q_rope, k_rope = (v.producer() for v in node.inputs[:2])
-        if not (_is_rope(q_rope) and _is_rope(k_rope) and _rope_key(q_rope) == _rope_key(k_rope)):
-            raise AssertionError(f"{node.name}: query and key do not come from the same GemmaRoPE")
+    for layer, node in enumerate(nodes):
+        if layer in unfused:
+            for rope in dict.fromkeys(v.producer() for v in node.inputs[:2]):
+                if _is_rope(rope):
+                    lower_rope(graph, rope, ctx.options.max_seq_len)
+            standard.lower(node, rings=False)
+            continue
         if lengths is None:
             lengths = _lengths(graph, node)
-        cos, sin = cos_sin_caches(graph, *_rope_key(q_rope), cfg.head_dim, ctx.options.max_seq_len)
-        seqlens_k, total, query_seqlens = lengths
-        q, k, v = (_merge_heads(graph, node, x) for x in (q_rope.inputs[0], k_rope.inputs[0], node.inputs[2]))
-        past_k, past_v = node.inputs[3], node.inputs[4]
-        window = node.attributes.get_int("window")
-        gqa = add_node(
-            graph, node, "GroupQueryAttention",
-            [q, k, v, past_k, past_v, seqlens_k, total, cos, sin, *[None] * 7, query_seqlens],
-            {"num_heads": cfg.num_heads, "kv_num_heads": cfg.num_kv_heads,
-             "scale": node.attributes.get_float("scale"), "softcap": node.attributes.get_float("softcap"),
-             "local_window_size": window if window else -1, "do_rotary": 1, "rotary_interleaved": 0},
-            domain=MS_DOMAIN, num_outputs=3, name=node.name)
-        for new, past in zip(gqa.outputs[1:], (past_k, past_v)):
-            new.shape, new.type = past.shape, past.type
+        gqa = _group_query_attention(graph, node, lengths, ctx)
+        if standard is not None:  # its cache may be read by a KV-shared layer
+            window = node.attributes.get_int("window")
+            standard.remember(gqa.outputs[1], standard.full_length(node, *gqa.outputs[1:3], window))
         for old, new in zip(node.outputs, gqa.outputs):
             replace_value(old, new)
         graph.remove(node, safe=True)
-        count += 1
-    if count:
+    fused = len(nodes) - len(unfused)
+    if fused:
         model.opset_imports.setdefault(MS_DOMAIN, 1)
-    return count
+    ctx.report["attention"] = {"GroupQueryAttention": fused,
+                               "unfused": {str(layer): reason for layer, reason in unfused.items()}}
+    return fused
+
+
+def _unfusable(node: ir.Node) -> str | None:
+    """Why GroupQueryAttention cannot take this layer, or None."""
+    q, k, past_key = node.inputs[0], node.inputs[1], node.inputs[3]
+    if past_key.producer() is not None:
+        return "KV-shared: it reads another layer's cache, and GroupQueryAttention attends only to its own"
+    q_rope, k_rope = q.producer(), k.producer()
+    if not (_is_rope(q_rope) and _is_rope(k_rope) and _rope_key(q_rope) == _rope_key(k_rope)):
+        return "its query and key are not rotated by one RoPE"
+    head_dim = q.shape[3]
+    if head_dim % 16:
+        return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's rotary)"
+    return None
+
+
+def _group_query_attention(graph: ir.Graph, node: ir.Node, lengths, ctx: PassContext) -> ir.Node:
+    q_rope, k_rope = (v.producer() for v in node.inputs[:2])
+    theta, scale, pairs = _rope_key(q_rope)
+    q_heads, head_dim = node.inputs[0].shape[2], node.inputs[0].shape[3]
+    kv_heads = node.inputs[3].shape[1]
+    cos, sin = cos_sin_caches(graph, theta, scale, head_dim, ctx.options.max_seq_len, pairs)
+    seqlens_k, total, query_seqlens = lengths
+    q, k, v = (_merge_heads(graph, node, x) for x in (q_rope.inputs[0], k_rope.inputs[0], node.inputs[2]))
+    past_k, past_v = node.inputs[3], node.inputs[4]
+    window = node.attributes.get_int("window")
+    gqa = add_node(
+        graph, node, "GroupQueryAttention",
+        [q, k, v, past_k, past_v, seqlens_k, total, cos, sin, *[None] * 7, query_seqlens],
+        {"num_heads": q_heads, "kv_num_heads": kv_heads,
+         "scale": node.attributes.get_float("scale"), "softcap": node.attributes.get_float("softcap"),
+         "local_window_size": window if window else -1, "do_rotary": 1, "rotary_interleaved": 0},
+        domain=MS_DOMAIN, num_outputs=3, name=node.name)
+    for new, past in zip(gqa.outputs[1:], (past_k, past_v)):
+        new.shape, new.type = past.shape, past.type
+    return gqa
 
 
 def _is_rope(node: ir.Node | None) -> bool:
     return node is not None and node.domain == DOMAIN and node.op_type == ROPE
 
 
-def _rope_key(node: ir.Node) -> tuple[float, float]:
-    return node.attributes.get_float("theta"), node.attributes.get_float("scale")
+def _rope_key(node: ir.Node) -> tuple[float, float, int]:
+    return node.attributes.get_float("theta"), node.attributes.get_float("scale"), node.attributes.get_int("pairs")
 
 
 def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:

@@ -16,6 +16,9 @@ gathered from that concatenation: a row shorter than the call (right padding) re
 already holds rather than writing its padding over keys it still needs. No write exceeds the
 ring, so no slot is written twice in a call.
 
+A KV-shared layer (Gemma 4: its past is an earlier layer's present) attends to exactly the keys,
+values and mask that layer attended to, and writes no cache.
+
 Visibility is a boolean mask [batch, 1, seq, keys], one per window size, shared by the layers:
 key at position j is visible to the query in column i of row b iff j <= q and (no window, or
 q - j < window), q = past_lengths[b] + i; an empty ring slot has a position no query reaches.
@@ -26,6 +29,8 @@ fully masked (runtimes disagree on what such a row gives) and what it writes sta
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx_ir as ir
@@ -41,38 +46,78 @@ NEVER = 2 ** 62  # the position of an empty ring slot: after every query
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    graph = model.graph
-    nodes = attention_nodes(graph)
-    if not nodes:
-        return 0
-    shared = _Shared(graph, nodes[0])
-    for i, node in enumerate(nodes):
+    nodes = attention_nodes(model.graph)
+    if nodes:
+        lowering = StandardAttention(model.graph, nodes[0], ctx)
+        for node in nodes:
+            lowering.lower(node, rings=ctx.target.ring_caches)
+    return len(nodes)
+
+
+@dataclasses.dataclass
+class Attended:
+    """What a layer attended to: keys, values and the Attention inputs after them (mask, ...).
+    A layer that shares its cache (Gemma 4's KV sharing) attends to the same."""
+
+    keys: ir.Value
+    values: ir.Value
+    rest: list[ir.Value | None]
+
+
+class StandardAttention:
+    """Lowers GemmaAttention nodes to TensorScatter + Attention, layer after layer. It remembers
+    what each cache's writer attended to (by the cache value the writer's present became), so a
+    layer whose past is another layer's present attends to exactly that, and writes nothing."""
+
+    def __init__(self, graph: ir.Graph, first: ir.Node, ctx: PassContext):
+        self.graph, self.ctx = graph, ctx
+        self.shared = _Shared(graph, first)
+        self.attended: dict[ir.Value, Attended] = {}
+
+    def lower(self, node: ir.Node, rings: bool) -> None:
+        graph, shared = self.graph, self.shared
         q, k, v, past_key, past_value = node.inputs[:5]
         scale, softcap, window = (node.attributes.get_float("scale"), node.attributes.get_float("softcap"),
                                   node.attributes.get_int("window"))
         attrs = {"scale": scale, "is_causal": 0, **({"softcap": softcap} if softcap else {})}
-        q, k, v = (_heads_first(graph, node, x) for x in (q, k, v))
-        if ctx.target.ring_caches and 0 < window < ctx.options.max_seq_len:
-            ring = shared.ring(window, ctx.config.num_kv_heads, ctx.config.head_dim)
+        q = _heads_first(graph, node, q)
+        present = []
+        if past_key in self.attended:  # a KV-shared layer: another layer's cache, no new keys
+            seen = self.attended[past_key]
+        elif rings and 0 < window < self.ctx.options.max_seq_len:
+            k, v = (_heads_first(graph, node, x) for x in (k, v))
+            ring = shared.ring(window, past_key.shape[1], past_key.shape[3])
             keys, values = (add_node(graph, node, "Concat", [shared.leading(node, cache, ring.filled), new],
                                      {"axis": CACHE_AXIS})
                             .outputs[0] for cache, new in ((past_key, k), (past_value, v)))
-            y = add_node(graph, node, "Attention", [q, keys, values, ring.visible], attrs).outputs[0]
+            seen = Attended(keys, values, [ring.visible])
             present = [ring.write(node, cache, both) for cache, both in ((past_key, keys), (past_value, values))]
             for value in (past_key, past_value, *node.outputs[1:3]):
                 value.shape = ir.Shape([value.shape[0], value.shape[1], window, value.shape[3]])
         else:
+            k, v = (_heads_first(graph, node, x) for x in (k, v))
             present = [add_node(graph, node, "TensorScatter", [cache, new, shared.past_lengths],
                                 {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
-            keys, values = (shared.leading(node, cache, shared.longest) for cache in present)
-            y = add_node(graph, node, "Attention", [q, keys, values, shared.visible(window), None, None,
-                                                    shared.nonpad], attrs).outputs[0]
+            seen = self.full_length(node, *present, window)
+        y = add_node(graph, node, "Attention", [q, seen.keys, seen.values, *seen.rest], attrs).outputs[0]
         y = add_node(graph, node, "Reshape", [_heads_first(graph, node, y),
                                               constant_int64(graph, "const.merge_heads", [0, 0, -1])])
         for old, new in zip(node.outputs, [y.outputs[0], *present]):
             replace_value(old, new)
+        if present:
+            self.attended[present[0]] = seen
         graph.remove(node, safe=True)
-    return len(nodes)
+
+    def full_length(self, before: ir.Node, key_cache: ir.Value, value_cache: ir.Value, window: int) -> Attended:
+        """A full-length cache after this call's write: its first `longest` positions, visible by
+        position and window, nonpad_kv_seqlen for the rest."""
+        shared = self.shared
+        keys, values = (shared.leading(before, cache, shared.longest) for cache in (key_cache, value_cache))
+        return Attended(keys, values, [shared.visible(window), None, None, shared.nonpad])
+
+    def remember(self, key_cache: ir.Value, attended: Attended) -> None:
+        """Another lowering (GroupQueryAttention) wrote key_cache: what its readers attend to."""
+        self.attended[key_cache] = attended
 
 
 def _heads_first(graph: ir.Graph, before: ir.Node, x: ir.Value) -> ir.Value:
@@ -99,7 +144,7 @@ class _Shared:
         self.q = self.node("Unsqueeze", self.node("Min", q, last), constant_int64(graph, "const.axes_1_3", [1, 3]))
         self.causal = self.node("LessOrEqual", self.k, self.q)
         self._by_window: dict[int, ir.Value] = {0: self.causal}
-        self._rings: dict[int, _Ring] = {}
+        self._rings: dict[tuple[int, int, int], _Ring] = {}
 
     def leading(self, before: ir.Node, cache: ir.Value, end: ir.Value) -> ir.Value:
         """The cache's first `end` positions."""
@@ -118,9 +163,9 @@ class _Shared:
         return self.node("And", self.node("LessOrEqual", keys, self.q), inside)
 
     def ring(self, window: int, heads: int, dims: int) -> _Ring:
-        if window not in self._rings:
-            self._rings[window] = _Ring(self, window, heads, dims)
-        return self._rings[window]
+        if (window, heads, dims) not in self._rings:
+            self._rings[window, heads, dims] = _Ring(self, window, heads, dims)
+        return self._rings[window, heads, dims]
 
     def rows(self, per_row: ir.Value) -> ir.Value:
         """[batch] -> [batch, 1]."""

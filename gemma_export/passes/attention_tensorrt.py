@@ -44,7 +44,8 @@ def _decompose(graph: ir.Graph, node: ir.Node, ctx: PassContext) -> None:
         raise AssertionError(f"{node.name}: expected attention_onnx's form (a mask, no past, not causal)")
     cfg = ctx.config
     kv, group, head_dim = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-    softcap, scale = node.attributes.get_float("softcap"), node.attributes.get_float("scale")
+    # the attributes as the saved graph holds them (float32), whatever precision they were made in
+    softcap, scale = (float(np.float32(node.attributes.get_float(name))) for name in ("softcap", "scale"))
 
     def op(op_type: str, *inputs: ir.Value, **attrs) -> ir.Value:
         return add_node(graph, node, op_type, list(inputs), attrs).outputs[0]

@@ -12,6 +12,7 @@ from gemma_graphs.config import GemmaConfig
 
 if TYPE_CHECKING:
     from gemma_graphs.gemma import CacheSlot
+    from gemma_runtime.tokenizer import Tokenizer
 
 DTYPES = ("fp32", "fp16", "bf16")
 QUANTS = ("none", "int8", "int4")
@@ -59,4 +60,4 @@ class PassContext:
     options: ExportOptions
     caches: tuple[CacheSlot, ...]  # the model's KV-cache slots (graph inputs past_{name})
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
-    tokenizer_model: bytes | None = None  # the source's SentencePiece model: calibration text -> ids
+    tokenizer: Tokenizer | None = None  # the source's: calibration text -> ids

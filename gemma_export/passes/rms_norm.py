@@ -1,5 +1,5 @@
-"""GemmaRMSNorm -> SimplifiedLayerNormalization, with Gemma's zero-centred weight folded into
-the scale (gamma = 1 + w, written lazily). The op is onnxruntime's own, registered in the ai.onnx
+"""GemmaRMSNorm -> SimplifiedLayerNormalization, with the norm's offset folded into the scale
+(Gemma 1-3 store w zero-centred: gamma = 1 + w, written lazily; Gemma 4 stores gamma itself). The op is onnxruntime's own, registered in the ai.onnx
 domain: the com.microsoft one has no CPU kernel. stash_type=1 keeps the statistics in fp32."""
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ def run(model: ir.Model, ctx: PassContext) -> int:
 
 
 def lower_norms(graph: ir.Graph, op_type: str) -> int:
-    """Every GemmaRMSNorm becomes `op_type`(X, 1 + W) over the last axis with fp32 statistics
+    """Every GemmaRMSNorm becomes `op_type`(X, offset + W) over the last axis with fp32 statistics
     (SimplifiedLayerNormalization and opset-23 RMSNormalization share these inputs and attributes)."""
     count = 0
     for node in project_nodes(graph, RMS_NORM):
         weight = initializer_of(node.inputs[1])
         if weight is None:
             raise AssertionError(f"{node.name}: the norm weight is not an initializer")
-        norm = add_node(graph, node, op_type, [node.inputs[0], one_plus(graph, weight)],
+        gamma = offset_weight(graph, weight, node.attributes.get_float("offset"))
+        norm = add_node(graph, node, op_type, [node.inputs[0], gamma],
                         {"axis": -1, "epsilon": node.attributes.get_float("epsilon"), "stash_type": 1})
         replace_value(node.outputs[0], norm.outputs[0])
         graph.remove(node, safe=True)
@@ -35,9 +36,12 @@ def lower_norms(graph: ir.Graph, op_type: str) -> int:
     return count
 
 
-def one_plus(graph: ir.Graph, weight: ir.Value) -> ir.Value:
-    """The initializer 1 + w (shared by every norm reading w)."""
-    name = f"{weight.name}.plus_one"
+def offset_weight(graph: ir.Graph, weight: ir.Value, offset: float) -> ir.Value:
+    """The initializer offset + w (shared by every norm reading w); w itself at offset 0."""
+    if offset == 0.0:
+        return weight
+    name = f"{weight.name}.plus_one" if offset == 1.0 else f"{weight.name}.plus_{offset:g}"
     if name in graph.initializers:
         return graph.initializers[name]
-    return add_initializer(graph, name, mapped(weight.const_value, lambda w: (w.astype(np.float32) + 1).astype(w.dtype), name))
+    return add_initializer(graph, name, mapped(weight.const_value,
+                                               lambda w: (w.astype(np.float32) + offset).astype(w.dtype), name))

@@ -1,6 +1,6 @@
-"""GemmaRMSNorm(X, W; epsilon) -> RMSNormalization(X, 1 + W) (opset 23) over the last axis with
-fp32 statistics (stash_type 1), as Gemma computes them; the 1 + w is folded into the stored
-weight (checkpoints keep it zero-centred)."""
+"""GemmaRMSNorm(X, W; epsilon, offset) -> RMSNormalization(X, offset + W) (opset 23) over the last axis with
+fp32 statistics (stash_type 1), as Gemma computes them; Gemma 1-3's 1 + w is folded into the
+stored weight (their checkpoints keep it zero-centred; Gemma 4's offset is 0)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""GemmaRoPE(X [B, S, N, D], position_ids; theta, scale) -> RotaryEmbedding (opset 23,
+"""GemmaRoPE(X [B, S, N, D], position_ids; theta, scale, pairs) -> RotaryEmbedding (opset 23,
 half-split: interleaved 0) over X viewed as [B, S, N * D]. Its cos/sin caches [max_seq_len, D/2]
-are initializers, one pair per distinct (theta, scale) (Gemma 3 has two: local and global layers)."""
+are initializers, one pair per distinct (theta, scale, D, pairs) (Gemma 3 has two: local and
+global layers); frequencies beyond `pairs` are 0, so proportional RoPE's unrotated dims pass
+through (cos 1, sin 0)."""
 
 from __future__ import annotations
 
@@ -14,37 +16,46 @@ NAME = "rotary_embedding"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    graph = model.graph
-    count = 0
-    for node in project_nodes(graph, ROPE):
-        x, position_ids = node.inputs
-        heads, head_dim = x.shape[2], x.shape[3]
-        if not isinstance(heads, int) or not isinstance(head_dim, int):
-            raise AssertionError(f"{node.name}: heads and head_dim must be static, got {x.shape}")
-        cos, sin = cos_sin_caches(graph, node.attributes.get_float("theta"), node.attributes.get_float("scale"),
-                                  head_dim, ctx.options.max_seq_len)
-        flat = add_node(graph, node, "Reshape", [x, constant_int64(graph, "const.merge_heads", [0, 0, -1])])
-        rotated = add_node(graph, node, "RotaryEmbedding", [flat.outputs[0], cos, sin, position_ids],
-                           {"num_heads": heads, "interleaved": 0})
-        split = constant_int64(graph, f"const.split_heads_{heads}x{head_dim}", [0, 0, heads, head_dim])
-        out = add_node(graph, node, "Reshape", [rotated.outputs[0], split])
-        replace_value(node.outputs[0], out.outputs[0])
-        graph.remove(node, safe=True)
-        count += 1
-    return count
+    nodes = project_nodes(model.graph, ROPE)
+    for node in nodes:
+        lower_rope(model.graph, node, ctx.options.max_seq_len)
+    return len(nodes)
 
 
-def cos_sin_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int,
-                   max_seq_len: int) -> tuple[ir.Value, ir.Value]:
+def lower_rope(graph: ir.Graph, node: ir.Node, max_seq_len: int) -> None:
+    x, position_ids = node.inputs
+    heads, head_dim = x.shape[2], x.shape[3]
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
+        raise AssertionError(f"{node.name}: heads and head_dim must be static, got {x.shape}")
+    attrs = node.attributes
+    cos, sin = cos_sin_caches(graph, attrs.get_float("theta"), attrs.get_float("scale"), head_dim, max_seq_len,
+                              attrs.get_int("pairs"))
+    flat = add_node(graph, node, "Reshape", [x, constant_int64(graph, "const.merge_heads", [0, 0, -1])])
+    rotated = add_node(graph, node, "RotaryEmbedding", [flat.outputs[0], cos, sin, position_ids],
+                       {"num_heads": heads, "interleaved": 0})
+    split = constant_int64(graph, f"const.split_heads_{heads}x{head_dim}", [0, 0, heads, head_dim])
+    out = add_node(graph, node, "Reshape", [rotated.outputs[0], split])
+    replace_value(node.outputs[0], out.outputs[0])
+    graph.remove(node, safe=True)
+
+
+def cos_sin_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int, max_seq_len: int,
+                   pairs: int) -> tuple[ir.Value, ir.Value]:
     """cos and sin [max_seq_len, head_dim / 2] of position x inverse frequency, computed in fp32
     exactly as transformers does (the eager reference's inv_freq), shared by every reader."""
     name = f"rotary.theta_{theta:g}.scale_{scale:g}"
+    if pairs != head_dim // 2:  # proportional RoPE (Gemma 4's global layers)
+        name += f".dim_{head_dim}.pairs_{pairs}"
     if f"{name}.cos" not in graph.initializers:
         import torch
 
         from gemma_graphs.ops import rope_inv_freq
 
-        freqs = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * rope_inv_freq(head_dim, theta, scale)
+        inv_freq = rope_inv_freq(head_dim, theta, scale, pairs)
+        freqs = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq
         add_initializer(graph, f"{name}.cos", freqs.cos().numpy())
         add_initializer(graph, f"{name}.sin", freqs.sin().numpy())
-    return graph.initializers[f"{name}.cos"], graph.initializers[f"{name}.sin"]
+    cos, sin = graph.initializers[f"{name}.cos"], graph.initializers[f"{name}.sin"]
+    if cos.shape[1] != head_dim // 2:
+        raise AssertionError(f"{name}: one cos/sin cache for two head dims")
+    return cos, sin
