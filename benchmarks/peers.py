@@ -120,7 +120,7 @@ def run_genai(folder: Path, prompt_tokens: int, new_tokens: int, repeats: int, t
     model = og.Model(config)
     genai_cfg = json.loads((folder / "genai_config.json").read_text())["model"]
     window = genai_cfg["decoder"].get("sliding_window", {}).get("window_size", 0)
-    # GroupQueryAttention refuses a cache shorter than the sliding window (BACKENDS.md)
+    # GroupQueryAttention refuses a cache shorter than the sliding window
     max_length = max(prompt_tokens + new_tokens, window)
     prompt = random_prompt(prompt_tokens, genai_cfg["vocab_size"], genai_cfg["bos_token_id"])
     state = {}
@@ -152,8 +152,8 @@ def run_llama(gguf: Path, prompt_tokens: int, new_tokens: int, repeats: int, thr
                 n_threads_batch=threads, n_batch=max(prompt_tokens, 8), logits_all=False, verbose=False)
     prompt = random_prompt(prompt_tokens, llm.n_vocab(), llm.token_bos())
 
-    def logits() -> np.ndarray:
-        return np.asarray(llm.scores[llm.n_tokens - 1], np.float32)
+    def logits() -> np.ndarray:  # the last evaluated token's (llama-cpp-python keeps none without logits_all)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
 
     def prefill(ids: list[int]):
         llm.reset()

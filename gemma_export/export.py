@@ -17,7 +17,7 @@ from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import DTYPES, QUANTS, ExportOptions, PassContext
 from gemma_export.passes.pipeline import run_pipeline
-from gemma_export.targets import TARGETS
+from gemma_export.targets import DEFAULT_TARGET, TARGETS
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import CacheSlot, cache_slots
 from gemma_runtime.chat import EXTRA_STOP_PIECES, TURN_MARKERS
@@ -31,7 +31,7 @@ _CACHE_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.Data
 
 def resolve_options(options: ExportOptions) -> ExportOptions:
     """The options checked against the target's table entry, with the target's default dtype filled in."""
-    target = TARGETS.get(options.target)
+    target = TARGETS.get(options.target or DEFAULT_TARGET)
     if target is None:
         raise GemmaExportError(f"unknown target {options.target!r} (targets: {', '.join(TARGETS)})")
     dtype = options.dtype or target.dtypes[0]
@@ -50,7 +50,7 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
     if options.calibrate and options.quant == "none":
         raise GemmaExportError("--calibrate applies to --quant int8 or int4")
-    return dataclasses.replace(options, dtype=dtype)
+    return dataclasses.replace(options, target=target.name, dtype=dtype)
 
 
 def export(source_path: Path | str | None, out: Path | str, options: ExportOptions, *, force: bool = False,

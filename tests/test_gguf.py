@@ -1,5 +1,5 @@
 """The GGUF reader: tiny GGUF files written with gguf.GGUFWriter (every family, F32/F16/Q8_0 and
-K-quant tensors, corrupt files), and the real Gemma 3 270M against GEMMA.md and transformers."""
+K-quant tensors, corrupt files), and the real Gemma 3 270M against its published facts and transformers."""
 
 from __future__ import annotations
 

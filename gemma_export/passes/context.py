@@ -44,7 +44,7 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    target: str = "ort-cpu"
+    target: str | None = None  # None: the default target (the first of gemma_export/targets.py)
     dtype: str | None = None  # None: the target's default
     quant: str = "none"
     block_size: int = 32
