@@ -167,7 +167,7 @@ def e2b(args) -> dict:
 def moe(args) -> list[dict]:
     """Decode after a one-token prompt: the every-expert export gathers all 128 experts' weights per
     prompt token, which for a longer prompt does not fit in memory (see the README)."""
-    # two layers: a model of one full-attention layer does not export (see the README)
+    # two layers, one of each type, as every Gemma 4 has
     source = checkpoint(WORK / "moe", dict(MOE, num_hidden_layers=2, layer_types=["sliding_attention",
                                                                                   "full_attention"]))
     every = WORK / "moe-every-expert"

@@ -85,3 +85,14 @@ def test_a_head_dim_no_fused_kernel_takes_exports_with_the_defaults(tmp_path):
     ids = prompt(1, 40)
     assert_fp32_parity(model.logits(ids), hf_logits(reference, ids))
     assert_fp32_parity(stepwise_logits(model, ids[:20], prefill=5), hf_logits(reference, ids[:20])[4:])
+
+
+def test_a_model_of_one_full_attention_layer_exports(tmp_path):
+    """The trace of such a model reads the batch size off attention_mask, which the in-place
+    interface drops: it reads it off input_ids instead."""
+    overrides = dict(num_hidden_layers=1, layer_types=["full_attention"])
+    folder = write_checkpoint("gemma3", tmp_path / "one", **overrides)
+    export(folder, tmp_path / "out", ExportOptions(max_seq_len=MAX_SEQ_LEN))
+    ids = prompt(1, 20)
+    expected = hf_logits(hf_model("gemma3", **overrides), ids)
+    assert_fp32_parity(gemma_runtime.load(tmp_path / "out", threads=1).logits(ids), expected)

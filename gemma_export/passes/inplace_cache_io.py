@@ -28,6 +28,10 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     mask = _input(graph, "attention_mask")
     for node in attention_nodes(graph):
         node.replace_input_with(MASK_INPUT, None)
+    input_ids = _input(graph, "input_ids")
+    for node, index in list(mask.uses()):  # the trace may read the batch size off the mask: same as the ids'
+        if node.op_type == "Shape" and node.attributes.get_int("start", 0) == 0 and node.attributes.get_int("end", 2) == 1:
+            node.replace_input_with(index, input_ids)
     if mask.uses():
         raise AssertionError(f"attention_mask is still read by {[user.op_type for user, _ in mask.uses()]}")
     at = graph.inputs.index(mask)
