@@ -219,11 +219,11 @@ def cache_slots(cfg: GemmaConfig) -> list[CacheSlot]:
     return slots
 
 
-def layer_caches(cfg: GemmaConfig, layer: int) -> tuple[int, int]:
-    """Indices in cache_slots() of the key and value cache that a layer reads (and writes, unless
-    it shares another layer's)."""
+def layer_caches(cfg: GemmaConfig) -> list[tuple[int, int]]:
+    """Per layer, the indices in cache_slots() of the key and value cache it reads (and writes,
+    unless it shares another layer's)."""
     indices = {(slot.kind, reader): i for i, slot in enumerate(cache_slots(cfg)) for reader in slot.read_by}
-    return indices[("key", layer)], indices[("value", layer)]
+    return [(indices["key", layer], indices["value", layer]) for layer in range(cfg.num_layers)]
 
 
 class GemmaForCausalLM(nn.Module):
@@ -242,8 +242,7 @@ class GemmaForCausalLM(nn.Module):
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
         per_layer = self._per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
         presents = list(past)
-        for i, layer in enumerate(self.model.layers):
-            k, v = layer_caches(cfg, i)
+        for i, (layer, (k, v)) in enumerate(zip(self.model.layers, layer_caches(cfg))):
             extra = () if per_layer is None else (per_layer[:, :, i],)
             if cfg.kv_source(i) == i:
                 x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v], *extra)

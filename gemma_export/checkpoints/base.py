@@ -44,11 +44,8 @@ class Source:
 
     def tokenizer(self) -> Tokenizer | None:
         """The source's tokenizer as the runtime reads it (BOS from the config)."""
-        if self.tokenizer_model is not None:
-            return Tokenizer(SENTENCEPIECE_FILE, self.tokenizer_model, self.config.bos_token_id, self.description)
-        if self.tokenizer_json is not None:
-            return Tokenizer(TOKENIZER_JSON_FILE, self.tokenizer_json, self.config.bos_token_id, self.description)
-        return None
+        file = self.tokenizer_file()
+        return None if file is None else Tokenizer(*file, self.config.bos_token_id, self.description)
 
     def tokenizer_file(self) -> tuple[str, bytes] | None:
         """(artifact file name, bytes) of the tokenizer to ship with the artifact."""

@@ -224,13 +224,13 @@ def _check_output_head(tensors: dict[str, _Tensor], where: str) -> None:
 def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs: _Tensor | None,
             where: str) -> GemmaConfig:
     p = arch + "."
+    common = {"vocab_size": _vocab_size(meta, p, tensors, where),  # read alike for every family
+              "max_position_embeddings": meta.get(p + "context_length", int),
+              "rms_norm_eps": meta.get(p + "attention.layer_norm_rms_epsilon", float, 1e-6),  # every Gemma's eps
+              "bos_token_id": meta.get("tokenizer.ggml.bos_token_id", int, 2),
+              "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", int, 1),
+              "pad_token_id": meta.get("tokenizer.ggml.padding_token_id", int, 0)}
     if arch == "gemma4":
-        common = {"vocab_size": _vocab_size(meta, p, tensors, where),
-                  "max_position_embeddings": meta.get(p + "context_length", int),
-                  "rms_norm_eps": meta.get(p + "attention.layer_norm_rms_epsilon", float, 1e-6),
-                  "bos_token_id": meta.get("tokenizer.ggml.bos_token_id", int, 2),
-                  "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", int, 1),
-                  "pad_token_id": meta.get("tokenizer.ggml.padding_token_id", int, 0)}
         freqs = None if rope_freqs is None else gguf.quants.dequantize(rope_freqs.data, rope_freqs.qtype)
         cfg = gguf_gemma4.gemma4_config(lambda key, *kind: meta.get(p + key, *kind),
                                         {name: t.shape for name, t in tensors.items()}, freqs, common, where)
@@ -247,15 +247,12 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs:
     qpas = hidden / heads if layers == _27B_LAYERS.get(arch) else head_dim
     cfg = GemmaConfig(
         family=arch,
-        vocab_size=_vocab_size(meta, p, tensors, where),
         hidden_size=hidden,
         intermediate_size=meta.get(p + "feed_forward_length", int),
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=meta.get(p + "attention.head_count_kv", int, heads),
         head_dim=head_dim,
-        max_position_embeddings=meta.get(p + "context_length", int),
-        rms_norm_eps=meta.get(p + "attention.layer_norm_rms_epsilon", float, 1e-6),  # every Gemma's eps
         rope_theta=theta,
         rope_local_theta=local_theta,
         rope_scaling_factor=factor,
@@ -264,9 +261,7 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs:
         final_softcap=final_softcap,
         sliding_window=window if "sliding" in layer_types else None,
         layer_types=layer_types,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id", int, 2),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id", int, 1),
-        pad_token_id=meta.get("tokenizer.ggml.padding_token_id", int, 0),
+        **common,
     )
     return _checked(meta, arch, cfg, where)
 
