@@ -60,7 +60,7 @@ def _flatten_gemma3_rope(config) -> None:
         config.rope_theta = rope["rope_theta"]
 
 
-def build_genai(hf: Path, out: Path, precision: str = "fp32") -> dict:
+def build_genai(hf: Path, out: Path, precision: str = "fp32", extra: list[str] | None = None) -> dict:
     import runpy
 
     import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path as `builders`)
@@ -78,6 +78,8 @@ def build_genai(hf: Path, out: Path, precision: str = "fp32") -> dict:
     builders.base.Model.__init__ = init
     builders.base.Model.save_processing = save_processing
     sys.argv = ["builder", "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out / ".cache")]
+    if extra:  # builder extra options, e.g. int4_algo_config=k_quant_mixed
+        sys.argv += ["--extra_options", *extra]
     runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
     return {"genai_folder": str(out)}
 
@@ -168,6 +170,22 @@ def run_llama(gguf: Path, prompt_tokens: int, new_tokens: int, repeats: int, thr
     return {"engine": "llama.cpp", "threads": threads, **result, "peak_rss_mib": peak_rss_mib()}
 
 
+def logits_llama(gguf: Path, ids_file: Path, out: Path, threads: int | None) -> dict:
+    """Teacher-forced logits of every position of each sequence, as llama.cpp computes them."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    sequences = json.loads(ids_file.read_text())
+    llm = Llama(model_path=str(gguf), n_ctx=max(map(len, sequences)) + 8, n_threads=threads or None,
+                n_threads_batch=threads or None, n_batch=512, logits_all=True, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, ids in enumerate(sequences):
+        llm.reset()
+        llm.eval(ids)
+        np.save(out / f"{i}.npy", np.asarray(llm.scores[: len(ids)], np.float32))
+    return {"sequences": len(sequences)}
+
+
 def logits_genai(folder: Path, ids_file: Path, out: Path) -> dict:
     import numpy as np
     import onnxruntime_genai as og
@@ -196,6 +214,12 @@ def main() -> None:
     p.add_argument("hf", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--extra", nargs="*", default=[])
+    p = sub.add_parser("logits-llama")
+    p.add_argument("model", type=Path)
+    p.add_argument("ids", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--threads", type=int, default=None)
     p = sub.add_parser("logits-genai")
     p.add_argument("model", type=Path)
     p.add_argument("ids", type=Path)
@@ -211,7 +235,9 @@ def main() -> None:
     if args.command == "hf-from-gguf":
         result = hf_from_gguf(args.gguf, args.out)
     elif args.command == "build-genai":
-        result = build_genai(args.hf, args.out, args.precision)
+        result = build_genai(args.hf, args.out, args.precision, args.extra)
+    elif args.command == "logits-llama":
+        result = logits_llama(args.model, args.ids, args.out, args.threads)
     elif args.command == "logits-genai":
         result = logits_genai(args.model, args.ids, args.out)
     elif args.command == "run-hf":

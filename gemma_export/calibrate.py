@@ -39,7 +39,7 @@ def sequences(ctx: PassContext) -> list[list[int]]:
 def value_dtypes(model: ir.Model) -> dict[str, ir.DataType]:
     """The element type of every node output, as onnxruntime infers it (no weight is read: large
     initializers become typed graph inputs of a throwaway copy)."""
-    with _without_data(model) as held:
+    with without_data(model) as held:
         proto = ir.serde.serialize_model(model)
     graph = proto.graph
     infos = {vi.name: vi for vi in graph.value_info}
@@ -74,10 +74,10 @@ def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[l
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [v.name for v in values]
         for ids in sequences(ctx):
-            yield session.run(names, _feeds(model.graph, ids))
+            yield session.run(names, prefill_feeds(model.graph, ids))
 
 
-def _feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
+def prefill_feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
     """Inputs for one prefill of `ids` from an empty cache, for either KV-cache interface."""
     n = len(ids)
     known = {
@@ -99,7 +99,7 @@ def _feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _without_data(model: ir.Model) -> Iterator[list[ir.Value]]:
+def without_data(model: ir.Model) -> Iterator[list[ir.Value]]:
     """Large initializers lose their data for the duration (the serializer then writes only
     their types and shapes); yields them."""
     held = {v: v.const_value for v in model.graph.initializers.values()

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from gemma_export.errors import GemmaExportError
-from gemma_export.passes.context import DTYPES
+from gemma_export.passes.context import DEFAULT_BUDGET, DTYPES
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 
 BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
@@ -51,7 +51,12 @@ def export(
     target: str = typer.Option(DEFAULT_TARGET, help=" | ".join(TARGETS)),
     dtype: Optional[str] = typer.Option(None, help=f"{' | '.join(DTYPES)} (default: the target's first: "
                                         + ", ".join(f"{t.name} {t.dtypes[0]}" for t in TARGETS.values()) + ")"),
-    quant: str = typer.Option("none", help="none | int8 | int4 (weight-only)"),
+    quant: str = typer.Option("none", help="none | int4 | int8 (a mix of widths chosen by measured sensitivity "
+                              "within --max-size) | int4-uniform | int8-uniform | source (a quantized GGUF's own "
+                              "blocks)"),
+    max_size: Optional[float] = typer.Option(None, help="size budget in MiB for the int4 / int8 recipes "
+                                             "(default: " + " / ".join(f"{f:.0%}" for f in DEFAULT_BUDGET.values())
+                                             + " of the fp32 size)"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
     keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),
@@ -64,7 +69,7 @@ def export(
     from gemma_export.passes.context import ExportOptions
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
-                            keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len)
+                            keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size)
     progress = _Progress()
     try:
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)

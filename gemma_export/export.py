@@ -17,6 +17,7 @@ from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import DTYPES, QUANTS, ExportOptions, PassContext
 from gemma_export.passes.pipeline import run_pipeline
+from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import CacheSlot, cache_slots
@@ -48,8 +49,12 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
-    if options.calibrate and options.quant == "none":
-        raise GemmaExportError("--calibrate applies to --quant int8 or int4")
+    if options.calibrate and options.quant_bits is None:
+        raise GemmaExportError("--calibrate applies to --quant int8 or int4 (and their -uniform forms)")
+    if options.max_size_mib is not None and options.quant not in ("int8", "int4"):
+        raise GemmaExportError(f"--max-size is the budget of the int8 / int4 recipes, not of --quant {options.quant}")
+    if options.max_size_mib is not None and not options.max_size_mib > 0:
+        raise GemmaExportError(f"--max-size must be positive, got {options.max_size_mib:g}")
     return dataclasses.replace(options, target=target.name, dtype=dtype)
 
 
@@ -138,7 +143,7 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         target=target.name,
         dtype=options.dtype,
         quant={"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
-               "embeddings_quantized": options.quant != "none" and not options.keep_embeddings_fp},
+               "embeddings_quantized": ctx.quant_plan.get(EMBEDDING, "float") != "float"},
         inputs=_specs(model.graph.inputs),
         outputs=_specs(model.graph.outputs),
         kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),

@@ -62,6 +62,23 @@ def cache_lines(buffers) -> list[str]:
     return lines
 
 
+def quantization(q: dict) -> list[str]:
+    """The recipe's choice per weight, with the measured sensitivities and sizes behind it."""
+    widths = Counter(q["choices"].values())
+    lines = [f"recipe {q['recipe']}: " + ", ".join(f"{n} x {w}" for w, n in sorted(widths.items()))]
+    if "budget_mib" in q:
+        lines.append(f"  budget {q['budget_mib']} MiB (fp32 {q['fp32_mib']} MiB, all at the narrowest width "
+                     f"{q['all_narrowest_mib']} MiB), estimated {q['estimated_mib']} MiB; sensitivity: "
+                     f"{q['sensitivity']['measure']} over {q['sensitivity']['tokens']} tokens")
+    kl = q.get("sensitivity", {}).get("kl", {})
+    types = q.get("source_types", {})
+    for name, width in q["choices"].items():
+        detail = "  ".join(f"KL {w} {v:.3g}" for w, v in kl.get(name, {}).items() if w != "float")
+        source = f"  (source {types[name]})" if name in types else ""
+        lines.append(f"    {name:<52} {width:<7}{detail}{source}")
+    return lines
+
+
 def low_precision(manifest: Manifest) -> list[str]:
     """What the precision and calibration passes did (their reports in the manifest)."""
     report, quant = manifest.report, manifest.quant
@@ -70,6 +87,8 @@ def low_precision(manifest: Manifest) -> list[str]:
         lines.append(f"quantization: {quant['method']}, blocks of {quant['block_size']}"
                      + (", calibrated" if quant["calibrated"] else "")
                      + ("" if quant["embeddings_quantized"] else ", embedding kept in floating point"))
+    if "quantization" in report:
+        lines += quantization(report["quantization"])
     if "calibration" in report:
         c = report["calibration"]
         chosen = Counter(c["alpha"].values())

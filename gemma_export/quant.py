@@ -15,6 +15,7 @@ zero point 2**(bits - 1) (8 or 128: the kernels' default, so no zero-point tenso
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -27,7 +28,8 @@ from gemma_export.errors import GemmaExportError
 class Scheme:
     bits: int
     block: int  # inputs sharing a scale (and zero point)
-    symmetric: bool
+    symmetric: bool  # every zero point is 2**(bits - 1), the kernels' default (none stored)
+    offsets: bool = False  # a float offset per block too (a GGUF source's Q4_K, Q4_1, ...)
 
     @property
     def levels(self) -> int:
@@ -36,18 +38,23 @@ class Scheme:
 
 @dataclasses.dataclass
 class Quantized:
+    """value = scale * (code - zero_point) (+ offset), per block along a row."""
     codes: np.ndarray  # uint8 [rows, K], each < 2**bits
     scales: np.ndarray  # float32 [rows, K / block]
     zero_points: np.ndarray  # uint8 [rows, K / block]
+    offsets: np.ndarray | None = None  # float32 [rows, K / block]
 
 
-def scheme(quant: str, block_size: int, zero_points: bool = True) -> Scheme:
+BlockReader = Callable[[int, int], Quantized]  # rows [start, stop) of a weight, as blocks
+
+
+def scheme(bits: int, block_size: int, zero_points: bool = True) -> Scheme:
     """zero_points: whether the target reads zero points (int4 is symmetric without them)."""
-    if quant == "int8":
+    if bits == 8:
         return Scheme(8, block_size, True)
-    if quant == "int4":
+    if bits == 4:
         return Scheme(4, block_size, not zero_points)
-    raise GemmaExportError(f"no quantization scheme {quant!r}")
+    raise GemmaExportError(f"no {bits}-bit quantization scheme")
 
 
 def block_for(k: int, wanted: int) -> int:
@@ -79,8 +86,29 @@ def quantize(w: np.ndarray, s: Scheme) -> Quantized:
 
 def dequantize(q: Quantized, s: Scheme) -> np.ndarray:
     rows, k = q.codes.shape
-    blocks = q.codes.reshape(rows, k // s.block, s.block).astype(np.float32) - q.zero_points[..., None]
-    return (blocks * q.scales[..., None]).reshape(rows, k)
+    blocks = (q.codes.reshape(rows, k // s.block, s.block).astype(np.float32) - q.zero_points[..., None]) \
+        * q.scales[..., None]
+    if q.offsets is not None:
+        blocks = blocks + q.offsets[..., None]
+    return blocks.reshape(rows, k)
+
+
+def common_scheme(schemes: list[Scheme]) -> Scheme:
+    """One scheme that holds blocks of each of these exactly (weights packed side by side): the widest
+    codes, the smallest block, zero points unless all are the default, offsets if any has them."""
+    bits = max(s.bits for s in schemes)
+    symmetric = all(s.symmetric and s.bits == bits for s in schemes)
+    return Scheme(bits, min(s.block for s in schemes), symmetric, any(s.offsets for s in schemes))
+
+
+def converted(q: Quantized, have: Scheme, want: Scheme) -> Quantized:
+    """The same values in a common_scheme: blocks split (scales repeated), zero points and offsets
+    made explicit (codes never change)."""
+    repeat = have.block // want.block
+    zero = q.zero_points if not have.symmetric else np.full(q.scales.shape, 2 ** (have.bits - 1), np.uint8)
+    offsets = q.offsets if q.offsets is not None or not want.offsets else np.zeros(q.scales.shape, np.float32)
+    widen = (lambda a: a) if repeat == 1 else (lambda a: np.repeat(a, repeat, axis=1))
+    return Quantized(q.codes, widen(q.scales), widen(zero), None if offsets is None else widen(offsets))
 
 
 def int8_blocks(x: np.ndarray, block: int) -> np.ndarray:
@@ -93,6 +121,20 @@ def int8_blocks(x: np.ndarray, block: int) -> np.ndarray:
     return (np.round(blocks / safe) * scales).reshape(rows, k)
 
 
+def quantize_dequantize(w: np.ndarray, s: Scheme) -> np.ndarray:
+    return dequantize(quantize(w, s), s)
+
+
+def stored_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int) -> int:
+    """Bytes of an [rows, k] weight as MatMulNBits stores it (codes, float32 scales, packed zero
+    points), or in float (s None)."""
+    if s is None:
+        return rows * k * float_bytes
+    blocks = k // s.block
+    zero = 0 if s.symmetric else rows * (-(-blocks // 2) if s.bits == 4 else blocks)
+    return rows * k * s.bits // 8 + rows * blocks * 4 + zero
+
+
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
     """uint8 values < 16, two to a byte along the last axis, the first in the low nibble."""
     if codes.shape[-1] % 2:
@@ -102,28 +144,36 @@ def pack_nibbles(codes: np.ndarray) -> np.ndarray:
 
 # --- storage layouts: tensors streamed from the [out, in] rows of a weight -------------------
 
-def nbits_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> tuple[StreamedTensor, StreamedTensor,
-                                                                              StreamedTensor | None]:
+def nbits_tensors(rows: ir.TensorProtocol, s: Scheme, name: str,
+                  blocks_of: BlockReader | None = None) -> tuple[StreamedTensor, ...]:
     """MatMulNBits' B [N, blocks, block * bits / 8] (uint8, 4-bit codes two to a byte), scales
-    [N, blocks] and, asymmetric, zero points [N, ceil(blocks / 2)] (4-bit, packed). The same B is
-    GatherBlockQuantized's data (quantize_axis 2, scales [N, blocks, 1])."""
+    [N, blocks], zero points (None when symmetric) [N, ceil(blocks / 2)] packed at 4 bits, [N, blocks]
+    at 8, and offsets (None without) [N, blocks] float. The same B is GatherBlockQuantized's data
+    (quantize_axis 2, scales [N, blocks, 1]). Blocks are quantized from the rows, or read with
+    blocks_of (a source's own)."""
     base = as_streamed(rows)
     n, k = base.shape.numpy()
     blocks = k // s.block
+    read = blocks_of or (lambda a, b: quantize(base.rows(a, b), s))
 
     def codes(a: int, b: int) -> np.ndarray:
-        c = quantize(base.rows(a, b), s).codes.reshape(b - a, blocks, s.block)
+        c = read(a, b).codes.reshape(b - a, blocks, s.block)
         return pack_nibbles(c) if s.bits == 4 else c
+
+    def zero_points(a: int, b: int) -> np.ndarray:
+        z = read(a, b).zero_points
+        return pack_nibbles(z) if s.bits == 4 else z
 
     b_tensor = StreamedTensor(codes, (n, blocks, s.block * s.bits // 8), ir.DataType.UINT8, f"{name}.q",
                               whole=base.whole)
-    scales = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).scales, (n, blocks),
-                            ir.DataType.FLOAT, f"{name}.scales", whole=base.whole)
-    if s.symmetric:
-        return b_tensor, scales, None
-    zero = StreamedTensor(lambda a, b: pack_nibbles(quantize(base.rows(a, b), s).zero_points),
-                          (n, (blocks + 1) // 2), ir.DataType.UINT8, f"{name}.zero_points", whole=base.whole)
-    return b_tensor, scales, zero
+    scales = StreamedTensor(lambda a, b: read(a, b).scales, (n, blocks), ir.DataType.FLOAT, f"{name}.scales",
+                            whole=base.whole)
+    zero = None if s.symmetric else StreamedTensor(
+        zero_points, (n, (blocks + 1) // 2 if s.bits == 4 else blocks), ir.DataType.UINT8, f"{name}.zero_points",
+        whole=base.whole)
+    offsets = None if not s.offsets else StreamedTensor(
+        lambda a, b: read(a, b).offsets, (n, blocks), ir.DataType.FLOAT, f"{name}.offsets", whole=base.whole)
+    return b_tensor, scales, zero, offsets
 
 
 def dequantize_linear_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> tuple[
@@ -149,6 +199,26 @@ def dequantize_linear_tensors(rows: ir.TensorProtocol, s: Scheme, name: str) -> 
     zero = StreamedTensor(lambda a, b: quantize(base.rows(a, b), s).zero_points.astype(numpy_dtype(dtype)), shape,
                           dtype, f"{name}.zero_point", whole=base.whole)
     return data, scale, zero
+
+
+def source_blocks(rows: StreamedTensor) -> tuple[BlockReader, Scheme] | None:
+    """The checkpoint's own blocks of these [N, K] rows (a weight, or weights stacked by packing),
+    in one common scheme; None unless every part is kept as blocks in its source."""
+    parts = rows.stacked_from or [rows]
+    if any(p.source_blocks is None for p in parts):
+        return None
+    schemes = [p.source_blocks[1] for p in parts]
+    common = common_scheme(schemes)
+    starts = np.cumsum([0] + [p.shape[0] for p in parts])
+
+    def read(a: int, b: int) -> Quantized:
+        pieces = [converted(p.source_blocks[0](max(a, lo) - lo, min(b, hi) - lo), have, common)
+                  for p, have, lo, hi in zip(parts, schemes, starts, starts[1:]) if a < hi and b > lo]
+        return Quantized(*(None if pieces[0].offsets is None and f == "offsets" else
+                           np.concatenate([getattr(q, f) for q in pieces]) for f in
+                           ("codes", "scales", "zero_points", "offsets")))
+
+    return read, common
 
 
 def for_matrix(s: Scheme, k: int) -> Scheme:

@@ -8,11 +8,11 @@ fusions left (--calibrate, --quant, --dtype; each pass is a no-op at its default
 
 from __future__ import annotations
 
-from gemma_export.passes.context import Target
+from gemma_export.passes.context import QUANTS, Target
 
 # Passes by module name in gemma_export/passes/ (imported when a pipeline runs, so that reading
 # this table, as the CLI does for its help, costs nothing).
-LOW_PRECISION = ("activation_scaling", "quantize_matmuls", "quantize_embedding", "precision")
+LOW_PRECISION = ("activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "precision")
 
 ORT_FUSED = (
     "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
@@ -27,6 +27,10 @@ STANDARD_OPS = (
     "drop_project_domain",
     *LOW_PRECISION,
 )
+
+# A GGUF's own blocks (--quant source) carry integer zero points and float offsets in MatMulNBits'
+# form; the DequantizeLinear targets quantize anew (TensorRT imports int4 only without zero points).
+DEQUANTIZED_QUANTS = tuple(q for q in QUANTS if q != "source")
 
 _TARGETS = (
     # The default target comes first.
@@ -56,7 +60,7 @@ _TARGETS = (
         passes=(*STANDARD_OPS, "split_lm_head"),
         # onnxruntime's CPU provider fuses DequantizeLinear + MatMul into MatMulNBits, which
         # quantizes activations (session.qdq_matmulnbits_accuracy_level, 4 by default).
-        quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True),
+        quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True, quants=DEQUANTIZED_QUANTS),
     Target(
         "tensorrt",
         graph="the `onnx` graph cut to what TensorRT parses (Gemma 2's soft-capped attention spelled out)",
@@ -66,7 +70,7 @@ _TARGETS = (
         passes=(*STANDARD_OPS, "attention_tensorrt", "constant_axes"),
         # TensorRT imports int4 only as symmetric blocks, without zero points. No ring caches:
         # whether TensorRT builds the ring's circular TensorScatter is untested without a GPU.
-        quantized_matmul="DequantizeLinear", int4_zero_points=False, bf16_compute=True,
+        quantized_matmul="DequantizeLinear", int4_zero_points=False, bf16_compute=True, quants=DEQUANTIZED_QUANTS,
         backends=("ort", "trt")),
     Target(
         "generic",

@@ -40,6 +40,12 @@ class StreamedTensor(ir.LazyTensor):
     # (initializer name, its tensor, first row): these bytes are rows of that initializer; saved
     # as a reference into its external data, never written twice (emit/artifact.py)
     view_of: tuple[str, ir.TensorProtocol, int] | None = None
+    # one above the other (stacked()): the parts, for readers of their sources' blocks
+    stacked_from: list[StreamedTensor] | None = None
+    # a checkpoint tensor as its file stores it, for `--quant source`: its type's name ("Q8_0", "F16",
+    # ...) and, where it is kept as blocks, (rows -> quant.Quantized, quant.Scheme)
+    source_type: str | None = None
+    source_blocks: tuple[Callable, object] | None = None
 
     def __init__(self, rows: RowReader, shape: tuple[int, ...], dtype: ir.DataType, name: str,
                  *, whole: bool = False):
@@ -170,8 +176,10 @@ def stacked(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
         pieces = [p.rows(max(a, s) - s, min(b, e) - s) for p, s, e in zip(parts, starts, starts[1:]) if a < e and b > s]
         return np.concatenate(pieces, axis=0)
 
-    return StreamedTensor(read, (int(starts[-1]), parts[0].shape[1]), parts[0].dtype, name,
-                          whole=any(p.whole for p in parts))
+    out = StreamedTensor(read, (int(starts[-1]), parts[0].shape[1]), parts[0].dtype, name,
+                         whole=any(p.whole for p in parts))
+    out.stacked_from = parts
+    return out
 
 
 def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:

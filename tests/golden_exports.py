@@ -28,8 +28,8 @@ MAX_SEQ_LEN = 32
 FP32_TARGETS = ("generic", "onnx", "ort-cpu", "ort-cuda", "tensorrt")
 LOW_PRECISION_TARGETS = ("onnx", "ort-cpu", "ort-cuda", "tensorrt")
 # (dtype, quant, calibrate)
-PRECISIONS = (("fp16", "none", False), ("bf16", "none", False), ("fp32", "int8", False),
-              ("fp32", "int4", False), ("fp32", "int4", True))
+PRECISIONS = (("fp16", "none", False), ("bf16", "none", False), ("fp32", "int8-uniform", False),
+              ("fp32", "int4-uniform", False), ("fp32", "int4-uniform", True))
 LOW_PRECISION_CONFIGS = ("gemma2", "gemma3")  # softcaps, rings, QK-norm, MQA between them
 
 

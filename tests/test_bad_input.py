@@ -80,6 +80,19 @@ def test_unsupported_option_combination(checkpoint, tmp_path, capsys):
     _assert_clean_failure(code, err, out, "--calibrate")
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["--quant", "int3"], "unknown quantization 'int3'"),
+    (["--quant", "int4", "--max-size", "0.001"], "below the all-int4 size"),
+    (["--quant", "int4-uniform", "--max-size", "100"], "--max-size is the budget of the int8 / int4 recipes"),
+    (["--quant", "source"], "--quant source keeps a quantized GGUF's own blocks"),
+    (["--quant", "source", "--target", "tensorrt"], "not source"),
+])
+def test_bad_quantization_options(args, expected, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "export", checkpoint, "-o", out, *args)
+    _assert_clean_failure(code, err, out, expected)
+
+
 def test_existing_output_is_refused_unless_forced(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(capsys, "export", checkpoint, "-o", out)[0] == 0

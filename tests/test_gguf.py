@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import Callable
 
 import gguf
 import numpy as np
@@ -88,6 +89,20 @@ def _add_value(w: gguf.GGUFWriter, key: str, value) -> None:
         w.add_array(key, value)
 
 
+def random_blocks(qtype: Q, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Random valid blocks of any quantized type: random bytes, every float16 field a sane scale
+    (random bytes may be inf or NaN)."""
+    per_block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, size=(rows, k // per_block, type_size), dtype=np.uint8)
+    halves = {Q.Q6_K: [208], Q.Q3_K: [108], Q.Q2_K: [80, 82]}.get(
+        qtype, [0, 2] if qtype in (Q.Q4_1, Q.Q5_1, Q.Q4_K, Q.Q5_K) else [0])
+    for at in halves:
+        scale = rng.uniform(-0.05, 0.05, size=b.shape[:2]).astype(np.float16)
+        b[..., at:at + 2] = scale.view(np.uint8).reshape(*b.shape[:2], 2)
+    return b.reshape(rows, -1)
+
+
 def _random_kquant(rng: np.random.Generator, rows: int, qtype: Q) -> np.ndarray:
     """Random K-quant blocks with sane float16 scales (gguf cannot quantize to K types)."""
     block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
@@ -107,16 +122,21 @@ def _encode(rng: np.random.Generator, values: np.ndarray, qtype: Q) -> tuple[np.
         return raw, gguf.quants.dequantize(raw, qtype)
     if qtype == Q.F32:
         return values.astype(np.float32), values.astype(np.float32)
-    raw = gguf.quants.quantize(values, qtype)
+    try:
+        raw = gguf.quants.quantize(values, qtype)
+    except NotImplementedError:  # gguf cannot quantize to this type: random valid blocks
+        raw = random_blocks(qtype, values.shape[0], values.shape[1], int(rng.integers(1 << 30)))
     return raw, gguf.quants.dequantize(raw, qtype)
 
 
 def write_gguf(path: Path, arch: str = "gemma3", *, meta: dict | None = None, drop: tuple[str, ...] = (),
-               extra_tensors: dict | None = None, layers: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+               extra_tensors: dict | None = None, layers: int | None = None, seed: int = 0,
+               type_of: Callable[[str], Q | None] | None = None) -> dict[str, np.ndarray]:
     """A tiny random GGUF; returns HF name -> the values open_gguf must read (norms minus 1).
 
     meta entries override the defaults (None removes a key); drop removes tensors by GGUF name;
-    extra_tensors adds GGUF name -> (array, raw type or None).
+    extra_tensors adds GGUF name -> (array, raw type or None); type_of(GGUF name) overrides a tensor's
+    type where it returns one.
     """
     rng = np.random.default_rng(seed)
     planned = {"token_embd.weight": ((VOCAB, HIDDEN), Q.Q8_0), "output_norm.weight": ((HIDDEN,), Q.F32)}
@@ -125,6 +145,8 @@ def write_gguf(path: Path, arch: str = "gemma3", *, meta: dict | None = None, dr
         for name in FAMILY_LAYER_TENSORS[arch]:
             shape, qtype = LAYER_TENSORS[name]
             planned[f"blk.{i}.{name}.weight"] = (shape, KQUANT[arch] if qtype is None else qtype)
+    for name, (shape, qtype) in planned.items():
+        planned[name] = (shape, (type_of and type_of(name)) or qtype)
 
     w = gguf.GGUFWriter(str(path), arch)
     w.add_token_list(TOKENS)

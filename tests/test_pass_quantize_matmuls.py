@@ -18,7 +18,7 @@ def dequantized(model: ir.Model, ctx: PassContext) -> ir.Model:
     for node in out.graph:
         if node.op_type == "MatMul" and node.inputs[1].is_initializer():
             w = node.inputs[1].const_value.numpy()
-            s = quant.for_matrix(quantize_matmuls.target_scheme(ctx), w.shape[0])
+            s = quant.for_matrix(quantize_matmuls.target_scheme(ctx, ctx.options.quant_bits), w.shape[0])
             node.inputs[1].const_value = ir.tensor(quant.dequantize(quant.quantize(w.T, s), s).T.copy())
     return out
 

@@ -18,9 +18,10 @@ import gguf
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights
-from gemma_export.checkpoints import gguf_gemma4
+from gemma_export.checkpoints import gguf_blocks, gguf_gemma4
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
 from gemma_export.errors import CheckpointError, ConfigError
+from gemma_export.quant import Quantized, Scheme
 from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
 
 ARCHITECTURES = tuple(FAMILIES)  # GGUF architecture names are the family names
@@ -427,6 +428,18 @@ class GGUFWeights:
         if t.norm:
             out -= 1.0  # GGUF stores Gemma's norm weights as 1 + w
         return out
+
+    def source_type(self, name: str) -> str:
+        return self._tensors[name].qtype.name
+
+    def kept_as_blocks(self, name: str) -> bool:
+        """Whether `--quant source` keeps this tensor's blocks (a 2-D tensor of a decoded type)."""
+        t = self._tensors[name]
+        return len(t.shape) == 2 and t.qtype in gguf_blocks.DECODERS and not t.norm
+
+    def read_blocks(self, name: str, start: int, stop: int) -> tuple[Quantized, Scheme]:
+        t = self._tensors[name]
+        return gguf_blocks.decode(np.asarray(t.data[start:stop]), t.qtype, t.shape[1])
 
     def _dequantize(self, t: _Tensor, raw: np.ndarray) -> np.ndarray:
         try:

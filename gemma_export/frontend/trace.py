@@ -55,10 +55,16 @@ def trace(cfg: GemmaConfig) -> ir.Model:
 
 def bind_weights(model: ir.Model, weights: WeightSource) -> None:
     """Point every traced (data-less) initializer at its checkpoint tensor, as fp32 (the traced
-    graph's dtype)."""
+    graph's dtype); a source that stores blocks (GGUF) also says how, for `--quant source`."""
     for name, value in model.graph.initializers.items():
-        value.const_value = StreamedTensor(lambda a, b, name=name: weights.read_rows(name, a, b),
-                                           tuple(weights.shape(name)), ir.DataType.FLOAT, name)
+        tensor = StreamedTensor(lambda a, b, name=name: weights.read_rows(name, a, b),
+                                tuple(weights.shape(name)), ir.DataType.FLOAT, name)
+        if hasattr(weights, "read_blocks"):
+            tensor.source_type = weights.source_type(name)
+            if weights.kept_as_blocks(name):
+                scheme = weights.read_blocks(name, 0, 1)[1]
+                tensor.source_blocks = (lambda a, b, name=name: weights.read_blocks(name, a, b)[0], scheme)
+        value.const_value = tensor
 
 
 def _name_dims(model: ir.Model) -> None:

@@ -27,10 +27,10 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export import calibrate, quant
-from gemma_export.tensors import StreamedTensor, as_streamed, mapped, transposed, untransposed
+from gemma_export.tensors import StreamedTensor, mapped, transposed, untransposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of
-from gemma_export.passes.quantize_matmuls import target_scheme
+from gemma_export.passes.quant_recipe import scheme_for, units
 from gemma_export.passes.tied_lm_head import EMBEDDING
 
 NAME = "activation_scaling"
@@ -43,7 +43,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if not ctx.options.calibrate:
         return 0
     graph = model.graph
-    products = _products(graph, ctx)
+    products = [(node, node.inputs[0], u) for u in units(graph, ctx) for node in u.products]
     inputs = list(dict.fromkeys(x for _, x, _ in products))
     seen: dict[ir.Value, list[np.ndarray]] = {x: [] for x in inputs}
     for outputs in calibrate.run(model, ctx, inputs):
@@ -51,40 +51,18 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             seen[x].append(array.reshape(-1, array.shape[-1]).astype(np.float32))
     activations = {x: np.concatenate(arrays) for x, arrays in seen.items()}
     alphas = {}
-    for node, x, weight in products:
-        rows = _rows(weight)
-        scheme = quant.for_matrix(target_scheme(ctx), rows.shape[1])
+    for node, x, unit in products:
+        rows = unit.rows()
+        # searched for --quant's own width: the recipe, which runs next, measures the scaled graph
+        scheme = scheme_for(ctx, f"int{ctx.options.quant_bits}", rows.shape[1])
         alpha, s = _search(rows, activations[x], scheme, ctx.target.int8_activations)
-        _scale_weight(weight, s)
-        _divide_input(graph, node, x, weight, s)
-        alphas[weight.name] = alpha
+        _scale_weight(unit.weight, s)
+        _divide_input(graph, node, x, unit.weight, s)
+        alphas[unit.name] = alpha
     ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families)",
                                  "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
                                  "alpha": alphas}
     return len(products)
-
-
-def _products(graph: ir.Graph, ctx: PassContext) -> list[tuple[ir.Node, ir.Value, ir.Value]]:
-    """(node, input x, weight) of every product the quantizers will take."""
-    found = []
-    for node in graph:
-        if node.op_type == "MatMul" and node.domain == "":
-            weight = initializer_of(node.inputs[1])
-            if weight is not None and weight.shape is not None and weight.shape.rank() == 2 \
-                    and weight.dtype == ir.DataType.FLOAT:
-                found.append((node, node.inputs[0], weight))
-        elif node.op_type == "Gemm" and not ctx.options.keep_embeddings_fp:
-            weight = initializer_of(node.inputs[1])
-            if weight is not None and weight.name == EMBEDDING and node.attributes.get_int("transB", 0) == 1:
-                found.append((node, node.inputs[0], weight))
-    return found
-
-
-def _rows(weight: ir.Value) -> StreamedTensor:
-    """The weight as streamed [out, in] rows."""
-    if weight.name == EMBEDDING:
-        return as_streamed(weight.const_value)
-    return untransposed(weight.const_value, weight.name + ".rows")
 
 
 def _sample(rows: StreamedTensor) -> np.ndarray:

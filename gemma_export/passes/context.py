@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from gemma_runtime.tokenizer import Tokenizer
 
 DTYPES = ("fp32", "fp16", "bf16")
-QUANTS = ("none", "int8", "int4")
+# int8 / int4: a recipe (passes/quant_recipe.py) that picks each weight's width by measured
+# sensitivity under a size budget, starting from that width; -uniform: every weight at that width;
+# source: a quantized GGUF's own blocks (passes/quantize_source.py).
+QUANTS = ("none", "int8", "int4", "int8-uniform", "int4-uniform", "source")
+# The recipes' default budgets, as a fraction of the fp32 size of every weight (--max-size overrides
+# them); chosen on the real Gemma 3 270M, where they meet the README's fidelity goals.
+DEFAULT_BUDGET = {"int4": 0.30, "int8": 0.45}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,12 @@ class ExportOptions:
     calibrate: bool = False
     keep_embeddings_fp: bool = False
     max_seq_len: int = 4096
+    max_size_mib: float | None = None  # the int8 / int4 recipes' budget; None: the recipe's default
+
+    @property
+    def quant_bits(self) -> int | None:
+        """The width --quant starts every weight at (None: no quantization, or the source's own)."""
+        return {"int8": 8, "int8-uniform": 8, "int4": 4, "int4-uniform": 4}.get(self.quant)
 
 
 @dataclasses.dataclass
@@ -61,3 +73,5 @@ class PassContext:
     caches: tuple[CacheSlot, ...]  # the model's KV-cache slots (graph inputs past_{name})
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
     tokenizer: Tokenizer | None = None  # the source's: calibration text -> ids
+    # weight (initializer) name -> "int4" | "int8" | "float": the quantization recipe's choices
+    quant_plan: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -1,6 +1,7 @@
-"""`--quant int8|int4` for the tied embedding, both its uses: the token lookup and the lm_head
+"""`--quant` for the tied embedding, both its uses: the token lookup and the lm_head
 (Gemm(h, E, transB=1) after tied_lm_head), quantized once along the hidden axis, in blocks as the
-MatMuls are. `--keep-embeddings-fp` leaves both to the precision pass.
+MatMuls are, at the recipe's width for it. `--keep-embeddings-fp` (or the recipe choosing
+"float") leaves both to the precision pass.
 
 MatMulNBits targets (ort-cpu, ort-cuda): the lookup is com.microsoft GatherBlockQuantized and the lm_head MatMulNBits,
 reading the same B bytes (MatMulNBits' [vocab, blocks, block * bits / 8] layout, which
@@ -16,7 +17,8 @@ from gemma_export import quant
 from gemma_export.tensors import StreamedTensor, as_streamed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
-from gemma_export.passes.quantize_matmuls import MS_DOMAIN, matmul_nbits, nbits_initializers, target_scheme
+from gemma_export.passes.quant_recipe import Unit, planned
+from gemma_export.passes.quantize_matmuls import MS_DOMAIN, matmul_nbits, nbits_initializers
 from gemma_export.passes.tied_lm_head import EMBEDDING
 
 NAME = "quantize_embedding"
@@ -28,13 +30,16 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     table = initializer_of(graph.initializers.get(EMBEDDING))
     if options.quant == "none" or options.keep_embeddings_fp or table is None:
         return 0
-    hidden = table.shape[1]
-    scheme = quant.for_matrix(target_scheme(ctx), hidden)
+    plan = planned(ctx, Unit(table, []))
+    if plan is None:
+        return 0
+    scheme, blocks_of = plan
     uses = list(table.uses())
     if ctx.target.quantized_matmul == "MatMulNBits":
-        packed = nbits_initializers(graph, table.const_value, scheme, EMBEDDING)
+        blocks_of = blocks_of or (lambda a, b: quant.quantize(as_streamed(table.const_value).rows(a, b), scheme))
+        packed = nbits_initializers(graph, table.const_value, scheme, EMBEDDING, blocks_of)
         for node, _ in uses:
-            _ort_use(graph, node, table, packed, scheme)
+            _ort_use(graph, node, table, packed, scheme, blocks_of)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
     else:
         _dequantized(graph, table, scheme)
@@ -42,9 +47,10 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     return len(uses)
 
 
-def _ort_use(graph: ir.Graph, node: ir.Node, table: ir.Value, packed, scheme: quant.Scheme) -> None:
+def _ort_use(graph: ir.Graph, node: ir.Node, table: ir.Value, packed, scheme: quant.Scheme,
+             blocks_of: quant.BlockReader) -> None:
     if node.op_type == "Gather" and node.inputs[0] is table and node.attributes.get_int("axis", 0) == 0:
-        out = _gather_block_quantized(graph, node, packed, scheme, table.shape[1])
+        out = _gather_block_quantized(graph, node, packed, scheme, blocks_of)
     elif node.op_type == "Gemm" and node.inputs[1] is table and node.attributes.get_int("transB", 0) == 1 \
             and len(node.inputs) == 2:
         out = matmul_nbits(graph, node, node.inputs[0], table.const_value, scheme, EMBEDDING, packed)
@@ -54,26 +60,27 @@ def _ort_use(graph: ir.Graph, node: ir.Node, table: ir.Value, packed, scheme: qu
     graph.remove(node, safe=True)
 
 
-def _gather_block_quantized(graph: ir.Graph, node: ir.Node, packed, scheme: quant.Scheme, hidden: int) -> ir.Value:
-    b, scales, _ = packed
+def _gather_block_quantized(graph: ir.Graph, node: ir.Node, packed, scheme: quant.Scheme,
+                            blocks_of: quant.BlockReader) -> ir.Value:
+    b, scales, _, offsets = packed
     vocab, blocks = scales.shape
     # GatherBlockQuantized wants scales (and zero points) of B's rank: [vocab, blocks, 1]
     per_block = add_node(graph, node, "Reshape", [scales, constant_int64(graph, "const.blocks_by_one", [0, 0, 1])])
     inputs = [b, node.inputs[1], per_block.outputs[0]]
     if not scheme.symmetric:
-        zero = _zero_points_by_block(as_streamed(graph.initializers[EMBEDDING].const_value), scheme, (vocab, blocks, 1))
+        zero = StreamedTensor(lambda a, z: blocks_of(a, z).zero_points.reshape(z - a, blocks, 1), (vocab, blocks, 1),
+                              ir.DataType.UINT8, f"{EMBEDDING}.zero_points_by_block",
+                              whole=as_streamed(graph.initializers[EMBEDDING].const_value).whole)
         inputs.append(add_initializer(graph, zero.name, zero))
     gathered = add_node(graph, node, "GatherBlockQuantized", inputs,
                         {"gather_axis": 0, "quantize_axis": 2, "block_size": scheme.block,
-                         "bits": scheme.bits}, domain=MS_DOMAIN)
-    rows = add_node(graph, node, "Reshape", [gathered.outputs[0], constant_int64(graph, "const.merge_blocks", [0, 0, -1])])
+                         "bits": scheme.bits}, domain=MS_DOMAIN).outputs[0]  # [..., blocks, block]
+    if offsets is not None:  # each block's float offset, looked up and added to its values
+        looked_up = add_node(graph, node, "Gather", [offsets, node.inputs[1]], {"axis": 0}).outputs[0]
+        column = add_node(graph, node, "Unsqueeze", [looked_up, constant_int64(graph, "const.last_axis", [-1])])
+        gathered = add_node(graph, node, "Add", [gathered, column.outputs[0]]).outputs[0]
+    rows = add_node(graph, node, "Reshape", [gathered, constant_int64(graph, "const.merge_blocks", [0, 0, -1])])
     return rows.outputs[0]
-
-
-def _zero_points_by_block(table: StreamedTensor, scheme: quant.Scheme, shape: tuple[int, ...]) -> StreamedTensor:
-    """One uint8 zero point per block, unpacked (GatherBlockQuantized reads it so for 3-D data)."""
-    return StreamedTensor(lambda a, b: quant.quantize(table.rows(a, b), scheme).zero_points.reshape(b - a, *shape[1:]),
-                          shape, ir.DataType.UINT8, f"{EMBEDDING}.zero_points_by_block", whole=table.whole)
 
 
 def _dequantized(graph: ir.Graph, table: ir.Value, scheme: quant.Scheme) -> None:

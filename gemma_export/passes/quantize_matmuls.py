@@ -1,5 +1,6 @@
-"""`--quant int8|int4`: every MatMul with a 2-D weight [K, N] reads it quantized along K in blocks
-of `--block-size` (gemma_export/quant.py: int8 symmetric, int4 with zero points where the target
+"""`--quant`: every MatMul with a 2-D weight [K, N] reads it quantized along K in blocks of
+`--block-size`, at the width the recipe chose for it (passes/quant_recipe.py; "float" leaves it to
+the precision pass) (gemma_export/quant.py: int8 symmetric, int4 with zero points where the target
 reads them).
 
 Targets whose quantized_matmul is "MatMulNBits" (ort-cpu, ort-cuda): com.microsoft MatMulNBits. accuracy_level 4 lets the CPU kernel quantize the
@@ -15,9 +16,10 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from gemma_export import quant
-from gemma_export.tensors import transposed, untransposed
+from gemma_export.tensors import transposed
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
+from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+from gemma_export.passes.quant_recipe import planned, units
 
 NAME = "quantize_matmuls"
 MS_DOMAIN = "com.microsoft"
@@ -25,49 +27,66 @@ ACCURACY_LEVEL = 4
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    options = ctx.options
-    if options.quant == "none":
+    if ctx.options.quant == "none":
         return 0
     graph = model.graph
     count = 0
-    for node in list(graph):
-        if node.op_type != "MatMul" or node.domain != "":
+    for unit in units(graph, ctx):
+        plan = planned(ctx, unit)
+        if plan is None or unit.stored_as_rows:  # float, or the embedding (quantize_embedding's)
             continue
-        weight = initializer_of(node.inputs[1])
-        if weight is None or weight.shape is None or weight.shape.rank() != 2 or weight.dtype != ir.DataType.FLOAT:
-            continue
-        scheme = quant.for_matrix(target_scheme(ctx), weight.shape[0])
-        rows = untransposed(weight.const_value, weight.name + ".rows")  # [N, K]
-        if ctx.target.quantized_matmul == "MatMulNBits":
-            out = matmul_nbits(graph, node, node.inputs[0], rows, scheme, weight.name)
-        else:
-            out = _dequantized_matmul(graph, node, rows, scheme, weight.name)
-        replace_value(node.outputs[0], out)
-        graph.remove(node, safe=True)
-        count += 1
+        scheme, blocks_of = plan
+        rows = unit.rows()  # [N, K]
+        for node in unit.products:
+            if ctx.target.quantized_matmul == "MatMulNBits":
+                out = matmul_nbits(graph, node, node.inputs[0], rows, scheme, unit.name, blocks_of=blocks_of)
+            else:
+                out = _dequantized_matmul(graph, node, rows, scheme, unit.name)
+            replace_value(node.outputs[0], out)
+            graph.remove(node, safe=True)
+            count += 1
     if count and ctx.target.quantized_matmul == "MatMulNBits":
         model.opset_imports.setdefault(MS_DOMAIN, 1)
     return count
 
 
-def target_scheme(ctx: PassContext) -> quant.Scheme:
-    return quant.scheme(ctx.options.quant, ctx.options.block_size, zero_points=ctx.target.int4_zero_points)
+def target_scheme(ctx: PassContext, bits: int) -> quant.Scheme:
+    return quant.scheme(bits, ctx.options.block_size, zero_points=ctx.target.int4_zero_points)
 
 
 def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: quant.Scheme,
-                 name: str, packed: tuple[ir.Value, ir.Value, ir.Value | None] | None = None) -> ir.Value:
-    """x @ rows.T through MatMulNBits; `packed` reuses already-added (B, scales, zero points)."""
+                 name: str, packed: tuple[ir.Value, ...] | None = None,
+                 blocks_of: quant.BlockReader | None = None) -> ir.Value:
+    """x @ rows.T through MatMulNBits; `packed` reuses already-added (B, scales, zero points,
+    offsets); blocks_of reads a source's own blocks instead of quantizing the rows."""
     n, k = rows.shape.numpy()
-    b, scales, zero = packed or nbits_initializers(graph, rows, scheme, name)
+    b, scales, zero, offsets = packed or nbits_initializers(graph, rows, scheme, name, blocks_of)
     node = add_node(graph, before, "MatMulNBits", [x, b, scales] + ([zero] if zero is not None else []),
                     {"K": k, "N": n, "bits": scheme.bits, "block_size": scheme.block,
                      "accuracy_level": ACCURACY_LEVEL}, domain=MS_DOMAIN)
-    return node.outputs[0]
+    if offsets is None:
+        return node.outputs[0]
+    return add_node(graph, before, "Add", [node.outputs[0], offset_term(graph, before, x, offsets, scheme)]).outputs[0]
 
 
-def nbits_initializers(graph: ir.Graph, rows: ir.TensorProtocol, scheme: quant.Scheme,
-                       name: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
-    tensors = quant.nbits_tensors(rows, scheme, name)
+def offset_term(graph: ir.Graph, before: ir.Node, x: ir.Value, offsets: ir.Value, scheme: quant.Scheme) -> ir.Value:
+    """sum over blocks b of offset[n, b] * sum of x over block b: what a float offset per block adds
+    to x @ W.T. offsets: [N, blocks] (a Gemm reads it as stored)."""
+    n, blocks = offsets.shape.numpy()
+    rank = x.shape.rank() if x.shape is not None else 3
+    split = constant_int64(graph, f"const.split_{blocks}x{scheme.block}_rank{rank}", [0] * (rank - 1) + [blocks, scheme.block])
+    grouped = add_node(graph, before, "Reshape", [x, split]).outputs[0]
+    sums = add_node(graph, before, "ReduceSum", [grouped, constant_int64(graph, "const.last_axis", [-1])],
+                    {"keepdims": 0}).outputs[0]
+    if rank == 2:
+        return add_node(graph, before, "Gemm", [sums, offsets], {"transB": 1}).outputs[0]
+    by_column = add_initializer(graph, f"{offsets.name}.T", transposed(offsets.const_value, f"{offsets.name}.T"))
+    return add_node(graph, before, "MatMul", [sums, by_column]).outputs[0]
+
+
+def nbits_initializers(graph: ir.Graph, rows: ir.TensorProtocol, scheme: quant.Scheme, name: str,
+                       blocks_of: quant.BlockReader | None = None) -> tuple[ir.Value | None, ...]:
+    tensors = quant.nbits_tensors(rows, scheme, name, blocks_of)
     return tuple(add_initializer(graph, t.name, t) if t is not None else None for t in tensors)
 
 

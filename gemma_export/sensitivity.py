@@ -1,0 +1,226 @@
+"""How much the model's output moves when one weight alone is quantized: the measurement the
+quantization recipe (passes/quant_recipe.py) chooses widths by.
+
+The graph as it stands (fp32, before any quantizer) runs in onnxruntime over calibration text
+with its large weights fed as inputs (memory-mapped from a scratch file, so swapping one weight
+for its quantized round trip costs no new session). In front of each quantized product, the
+kernel's own rounding of its input is emulated too where the target has one (MatMulNBits at
+accuracy level 4 rounds activations to int8 per block), switched on by a flag input for that
+weight only. The graph also computes sum(p * (log p - log q)) over positions and the vocabulary
+against the fp32 run's own log-probabilities (the same kernels: an unquantized run gives exactly
+0), so each measurement returns one number, not the logits, and small KLs (int8's) are not lost
+in the rounding of two large sums.
+
+The narrowest width is measured for every weight; a wider width's KL is scaled from it by the
+ratio of the product's output errors on the calibration activations (a quadratic model of KL in
+the output perturbation), which costs numpy time instead of a model run. Float costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from gemma_export import calibrate, quant
+from gemma_export.passes.context import PassContext
+from gemma_export.tensors import as_streamed
+
+if TYPE_CHECKING:
+    from gemma_export.passes.quant_recipe import Unit
+
+TOKENS = 320  # calibration tokens per measurement
+POSITION_STRIDE = 2  # KL at every other position (the lm_head is most of the 270M's work)
+ERROR_ROWS = 2048  # output channels sampled for the output-error ratio
+REFERENCE_P = "sensitivity.reference_probs"
+REFERENCE_LOGP = "sensitivity.reference_log_probs"
+LOG_PROBS = "sensitivity.log_probs"
+KL_SUM = "sensitivity.kl_sum"
+
+SchemeOf = Callable[["Unit", str], "quant.Scheme | None"]
+
+
+def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[str, ...],
+            scheme_of: SchemeOf) -> tuple[dict[str, dict[str, float]], int]:
+    """{weight name: {width: KL(fp32 || that weight at that width) per position}}, and the number of
+    calibration tokens run."""
+    sequences = _sequences(ctx)
+    with tempfile.TemporaryDirectory(prefix="gemma-sensitivity-") as tmp:
+        session, held, flags, inputs_of = _session(model, ctx, units, Path(tmp))
+        weights = dict(held)
+        base = [_feeds(model.graph, ids, session) for ids in sequences]
+        for f in base:
+            f.update({name: np.zeros((), np.float32) for name in flags.values()})
+        # fp32: the reference distributions and every product's input
+        x_names = list(dict.fromkeys(inputs_of.values()))
+        references, activations = [], {n: [] for n in x_names}
+        none = np.zeros((1, 1, 1), np.float32)
+        for f in base:
+            logp, *xs = session.run([LOG_PROBS, *x_names], {**f, **weights, REFERENCE_P: none, REFERENCE_LOGP: none})
+            references.append({REFERENCE_P: np.exp(logp), REFERENCE_LOGP: logp})
+            for n, x in zip(x_names, xs):
+                activations[n].append(x.reshape(-1, x.shape[-1]))
+        positions = sum(r[REFERENCE_P].shape[1] for r in references)
+        narrowest = widths[0]
+        result = {}
+        for unit in units:
+            scheme = scheme_of(unit, narrowest)
+            rows = _rows(held[unit.name], unit)
+            swapped = quant.quantize_dequantize(rows, scheme)
+            weights[unit.name] = np.ascontiguousarray(swapped if unit.stored_as_rows else swapped.T)
+            total = 0.0
+            for f, ref in zip(base, references):
+                total += float(session.run([KL_SUM], {**f, **weights, **ref, flags[unit.name]: np.ones((), np.float32)})[0])
+            weights[unit.name] = held[unit.name]
+            kl = max(0.0, total / positions)
+            x = np.concatenate(activations[inputs_of[unit.name]])
+            errors = {w: _output_error(rows, x, scheme_of(unit, w), ctx.target.int8_activations) for w in widths}
+            result[unit.name] = {w: 0.0 if errors[narrowest] == 0 else kl * errors[w] / errors[narrowest]
+                                 for w in widths}
+        return result, sum(map(len, sequences))
+
+
+def _sequences(ctx: PassContext) -> list[list[int]]:
+    """Calibration sequences, cut to TOKENS tokens in all."""
+    out, left = [], TOKENS
+    for ids in calibrate.sequences(ctx):
+        if left <= 1:
+            break
+        out.append(ids[:left])
+        left -= len(out[-1])
+    return out
+
+
+def _rows(stored: np.ndarray, unit: Unit) -> np.ndarray:
+    return np.asarray(stored if unit.stored_as_rows else stored.T, dtype=np.float32)
+
+
+def _output_error(rows: np.ndarray, x: np.ndarray, scheme: quant.Scheme | None, int8_inputs: bool) -> float:
+    """||Qa(x) Q(W)^T - x W^T||^2 over sampled output channels (0 for float)."""
+    if scheme is None:
+        return 0.0
+    w = rows[:: max(1, -(-rows.shape[0] // ERROR_ROWS))]
+    xq = quant.int8_blocks(x, scheme.block) if int8_inputs else x
+    return float(np.square(xq @ quant.quantize_dequantize(w, scheme).T - x @ w.T).sum())
+
+
+def _feeds(graph: ir.Graph, ids: list[int], session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    feeds = calibrate.prefill_feeds(graph, ids)
+    if "logits_index" in feeds:
+        feeds["logits_index"] = np.arange(0, len(ids), POSITION_STRIDE, dtype=np.int64)[None]
+    return feeds
+
+
+def _session(model: ir.Model, ctx: PassContext, units: list[Unit], tmp: Path):
+    """The measuring session; the fp32 weights it is fed (name -> memory-mapped array, every large
+    initializer); the flag input switching each unit's activation rounding; each unit's product
+    input (the activation, by value name)."""
+    with calibrate.without_data(model) as large:
+        proto = ir.serde.serialize_model(model)
+    graph = proto.graph
+    infos = {vi.name: vi for vi in graph.value_info}
+    held = _write_and_map(large, tmp / "weights.bin")
+    for value in large:
+        graph.input.append(infos[value.name])
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    flags, inputs_of = {}, {}
+    by_output = {n.output[0]: n for n in graph.node}
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    for i, unit in enumerate(units):
+        flag = f"sensitivity.flag.{i}"
+        flags[unit.name] = flag
+        graph.input.append(onnx.helper.make_tensor_value_info(flag, onnx.TensorProto.FLOAT, []))
+        inputs_of[unit.name] = unit.products[0].inputs[0].name
+        if not ctx.target.int8_activations:
+            continue
+        block = quant.block_for(unit.shape[1], ctx.options.block_size)
+        for product in unit.products:
+            node = by_output[product.outputs[0].name]
+            x = node.input[0]
+            rounded, nodes = _int8_rounding(x, f"sensitivity.{i}.{product.outputs[0].name}", block, unit.shape[1],
+                                            flag, opset)
+            node.input[0] = rounded
+            new_nodes.setdefault(id(node), []).extend(nodes)
+    ordered = []
+    for node in graph.node:
+        ordered.extend(new_nodes.get(id(node), []))
+        ordered.append(node)
+    ordered += _kl_nodes()
+    del graph.node[:]
+    graph.node.extend(ordered)
+    for name in (REFERENCE_P, REFERENCE_LOGP):
+        graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["b", "p", "v"]))
+    graph.output.append(onnx.helper.make_tensor_value_info(KL_SUM, onnx.TensorProto.FLOAT, []))
+    graph.output.append(onnx.helper.make_empty_tensor_value_info(LOG_PROBS))
+    declared = {o.name for o in graph.output}
+    graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in dict.fromkeys(inputs_of.values())
+                        if x not in declared)
+    path = tmp / "sensitivity.onnx"
+    onnx.save(proto, path, save_as_external_data=True, location="sensitivity.onnx.data")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, held, flags, inputs_of
+
+
+def _write_and_map(values: list[ir.Value], path: Path) -> dict[str, np.ndarray]:
+    offsets = {}
+    with path.open("wb") as f:
+        for value in values:
+            offsets[value.name] = f.tell()
+            as_streamed(value.const_value).tofile(f)
+    mapped = {}
+    for value in values:
+        t = value.const_value
+        mapped[value.name] = np.memmap(path, dtype=t.dtype.numpy(), mode="r", offset=offsets[value.name],
+                                       shape=tuple(t.shape.numpy()))
+    return mapped
+
+
+def _int8_rounding(x: str, prefix: str, block: int, k: int, flag: str, opset: int) -> tuple[str, list]:
+    """x + flag * (int8_blocks(x) - x), in standard ops (quant.int8_blocks' rounding)."""
+    make, c = onnx.helper.make_node, onnx.helper.make_tensor
+    n = lambda s: f"{prefix}.{s}"  # noqa: E731
+    consts = [
+        make("Constant", [], [n("blocks")], value=c(n("blocks.v"), onnx.TensorProto.INT64, [3], [-1, k // block, block])),
+        make("Constant", [], [n("int8_max")], value=c(n("int8_max.v"), onnx.TensorProto.FLOAT, [], [127.0])),
+        make("Constant", [], [n("tiny")], value=c(n("tiny.v"), onnx.TensorProto.FLOAT, [], [1e-30])),
+    ]
+    reduce = make("ReduceMax", [n("abs"), n("axis")], [n("max")], keepdims=1) if opset >= 18 else \
+        make("ReduceMax", [n("abs")], [n("max")], axes=[-1], keepdims=1)
+    if opset >= 18:
+        consts.append(make("Constant", [], [n("axis")], value=c(n("axis.v"), onnx.TensorProto.INT64, [1], [-1])))
+    nodes = consts + [
+        make("Shape", [x], [n("shape")]),
+        make("Reshape", [x, n("blocks")], [n("x")]),
+        make("Abs", [n("x")], [n("abs")]),
+        reduce,
+        make("Div", [n("max"), n("int8_max")], [n("scale")]),
+        make("Max", [n("scale"), n("tiny")], [n("safe")]),
+        make("Div", [n("x"), n("safe")], [n("scaled")]),
+        make("Round", [n("scaled")], [n("codes")]),
+        make("Mul", [n("codes"), n("scale")], [n("q")]),
+        make("Reshape", [n("q"), n("shape")], [n("rounded")]),
+        make("Sub", [n("rounded"), x], [n("delta")]),
+        make("Mul", [n("delta"), flag], [n("switched")]),
+        make("Add", [x, n("switched")], [n("out")]),
+    ]
+    return n("out"), nodes
+
+
+def _kl_nodes() -> list:
+    """sum(p * (log p - log_softmax(logits))) over every position and the vocabulary."""
+    make = onnx.helper.make_node
+    return [
+        make("LogSoftmax", ["logits"], [LOG_PROBS], axis=-1),
+        make("Sub", [REFERENCE_LOGP, LOG_PROBS], ["sensitivity.log_ratio"]),
+        make("Mul", [REFERENCE_P, "sensitivity.log_ratio"], ["sensitivity.weighted"]),
+        make("ReduceSum", ["sensitivity.weighted"], [KL_SUM], keepdims=0),
+    ]

@@ -1,0 +1,113 @@
+"""The quantization recipe (passes/quant_recipe.py) and the sensitivities it chooses by
+(gemma_export/sensitivity.py)."""
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from gemma_export import calibrate, quant, sensitivity
+from gemma_export.errors import GemmaExportError
+from gemma_export.passes import quant_recipe, quantize_embedding, quantize_matmuls
+from gemma_export.passes.tied_lm_head import EMBEDDING
+from pass_harness import apply, run
+from test_pass_precision import fused
+
+
+def with_options(ctx, **changes):
+    ctx.options = dataclasses.replace(ctx.options, **changes)
+    return ctx
+
+
+def recipe(checkpoint, target="ort-cpu", **options):
+    model, ctx = fused(checkpoint, target, "fp32")
+    with_options(ctx, **options)
+    _, (count,) = apply(model, ctx, quant_recipe)
+    return model, ctx, count
+
+
+def test_uniform_gives_every_weight_one_width(precision_checkpoints):
+    _, ctx, count = recipe(precision_checkpoints["peaked"], quant="int4-uniform")
+    assert count == 4 * ctx.config.num_layers + 1  # q/k/v, o, gate/up, down; the embedding
+    assert set(ctx.quant_plan.values()) == {"int4"} and "sensitivity" not in ctx.report["quantization"]
+
+
+def test_budget_buys_the_most_kl_per_byte_and_stays_within_it(precision_checkpoints):
+    model, ctx, _ = recipe(precision_checkpoints["peaked"], quant="int4")
+    default = ctx.report["quantization"]
+    smallest, fp32 = default["all_narrowest_mib"], default["fp32_mib"]
+    budget = (smallest + 0.4 * (fp32 - smallest) / 4)  # room for some upgrades, not all
+    _, ctx, _ = recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=budget)
+    q = ctx.report["quantization"]
+    widths = set(ctx.quant_plan.values())
+    assert "int4" in widths and widths != {"int4"}
+    assert q["estimated_mib"] <= budget + 0.01
+    kl = q["sensitivity"]["kl"]
+    for name, by_width in kl.items():
+        assert by_width["int4"] >= by_width["int8"] >= by_width["float"] == 0.0
+    # every unit left at int4 would have saved less KL per byte than the cheapest upgrade taken
+    units = {u.name: u for u in quant_recipe.units(model.graph, ctx)}
+    rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / (quant_recipe.unit_bytes(ctx, units[n], w)  # noqa: E731
+                                                      - quant_recipe.unit_bytes(ctx, units[n], "int4"))
+    taken = min(rate(n, w) for n, w in ctx.quant_plan.items() if w != "int4")
+    left = [n for n, w in ctx.quant_plan.items() if w == "int4"]
+    room = budget * 2**20 - q["estimated_mib"] * 2**20
+    fits = [n for n in left if quant_recipe.unit_bytes(ctx, units[n], "int8")
+            - quant_recipe.unit_bytes(ctx, units[n], "int4") <= room]
+    assert all(rate(n, "int8") <= taken for n in fits)
+
+
+def test_choices_do_not_depend_on_the_thread_count(precision_checkpoints, monkeypatch):
+    plans = []
+    for cores in (1, 2):
+        monkeypatch.setattr(sensitivity.os, "cpu_count", lambda: cores)
+        _, ctx, _ = recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=0.5)
+        plans.append(ctx.quant_plan)
+    assert plans[0] == plans[1]
+
+
+def test_a_budget_below_the_all_int4_size_is_refused(precision_checkpoints):
+    with pytest.raises(GemmaExportError, match="below the all-int4 size"):
+        recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=0.001)
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "ort-cpu"])
+def test_measured_kl_is_the_kl_of_the_real_quantized_graph(precision_checkpoints, target):
+    """Each of two units (the embedding, a layer's product) quantized alone through the real
+    quantizers and kernels (MatMulNBits with int8 activations on ort-cpu; DequantizeLinear, fp32
+    activations, on tensorrt) moves the logits by the KL the recipe measured."""
+    model, ctx, _ = recipe(precision_checkpoints["peaked"], target, quant="int4")
+    kl = ctx.report["quantization"]["sensitivity"]["kl"]
+    units = [u.name for u in quant_recipe.units(model.graph, ctx)]
+    sequences = sensitivity._sequences(ctx)
+    fp32 = [run(model, _feeds(model, ids))["logits"][0] for ids in sequences]
+    for name in (EMBEDDING, units[1]):
+        ctx.quant_plan = {n: "int4" if n == name else "float" for n in units}
+        quantized, _ = apply(model, ctx, quantize_matmuls, quantize_embedding)
+        ours = [run(quantized, _feeds(model, ids), optimize=target != "tensorrt")["logits"][0] for ids in sequences]
+        positions = sum(len(r) for r in fp32)
+        measured = sum(_kl(r, o) for r, o in zip(fp32, ours)) / positions
+        tolerance = 0.02 if target == "tensorrt" else 0.3  # emulated activation rounding vs the kernel's
+        assert measured == pytest.approx(kl[name]["int4"], rel=tolerance), name
+
+
+def _feeds(model, ids):
+    f = calibrate.prefill_feeds(model.graph, ids)
+    f["logits_index"] = np.arange(0, len(ids), sensitivity.POSITION_STRIDE, dtype=np.int64)[None]
+    return f
+
+
+def _kl(ref: np.ndarray, ours: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    p, q = log_softmax(ref), log_softmax(ours)
+    return float((np.exp(p) * (p - q)).sum())
+
+
+def test_stored_bytes_match_the_written_tensors():
+    s = quant.for_matrix(quant.scheme(4, 32), 128)
+    rows = ir.tensor(np.random.default_rng(0).standard_normal((8, 128)).astype(np.float32))
+    tensors = quant.nbits_tensors(rows, s, "w")
+    assert quant.stored_bytes(8, 128, s, 4) == sum(t.nbytes for t in tensors if t is not None)
