@@ -256,6 +256,30 @@ def build_engine(
                f"{entry['opt_seq_len']} tokens)")
 
 
+@app.command()
+def serve(
+    artifact: Path = typer.Argument(..., help="artifact folder (targets ort-cpu, ort-cuda, onnx)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    max_batch: int = typer.Option(8, help="KV-cache slots: requests generated together"),
+    max_queue: Optional[int] = typer.Option(None, help="requests waiting for a slot before 429 (default: 4 x --max-batch)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+) -> None:
+    """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
+    with continuous batching."""
+    try:
+        from gemma_runtime.server import serve as run_server
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise GemmaExportError(f"serving needs the [serve] extra ({e.name} is missing): "
+                               "pip install 'gemma-export[serve]'") from None
+    if max_queue is not None and max_queue < max_batch:
+        raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
+    typer.echo(f"serving {artifact} on http://{host}:{port} (max batch {max_batch})", err=True)
+    run_server(artifact, host, port, max_batch, max_queue, threads)
+
+
 def main() -> None:
     from gemma_runtime.errors import RuntimeInputError
 

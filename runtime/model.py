@@ -9,7 +9,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from gemma_runtime.manifest import Manifest, read_manifest
-from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
 
@@ -190,7 +190,7 @@ class Model:
                                     "multimodal checkpoint this text decoder comes from; this artifact has no "
                                     f"{'/'.join(self.manifest.multimodal['skipped']) or 'media'} encoder")
         if len(ids) > self.max_seq_len:
-            raise RuntimeInputError(
+            raise ContextLengthExceeded(
                 f"prompt has {len(ids)} tokens; this artifact's maximum sequence length is {self.max_seq_len}")
         return ids
 

@@ -91,6 +91,15 @@ class OrtInplaceBackend:
         self.lengths = self.lengths + 1
         return step.logits[:, 0].copy()  # the buffer is the next step's output
 
+    def forward(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """One call over rows that each continue their own sequence (continuous batching): row b
+        feeds ids[b, :seq[b]] at positions past[b]...; [batch, vocab] logits at each row's last
+        fed token. The cache rows persist between calls of the same batch size; a row restarted at
+        past 0 overwrites what it reads."""
+        self._allocate(len(ids))
+        return self._run(np.asarray(ids, np.int64), np.asarray(past, np.int64), np.asarray(seq, np.int64),
+                         (np.asarray(seq, np.int64) - 1)[:, None])[:, 0]
+
     def teacher_forced(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
         self._start(1, n)

@@ -1,0 +1,259 @@
+"""Continuous batching: one loop owns a fixed number of KV-cache rows (slots) and runs every
+active request in one call per step. Requests wait in a bounded queue and are admitted into
+free slots between steps; a new request's prompt is fed in chunks of at most `prefill_chunk`
+tokens in the same calls that decode the others (so a long prompt delays the others by a few
+chunked steps, never by its whole prefill); a finished or cancelled request frees its slot at
+once. Each request keeps its own sampling settings, stop strings and random generator, so a
+seed gives the same text whatever else is in the batch.
+
+The backend must keep one cache row per slot across calls (`forward`): the in-place artifacts
+(targets ort-cpu, ort-cuda, onnx). Torch-free, like the rest of the runtime.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import queue
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
+from gemma_runtime.model import Model, _cut_at_stop, _safe_length
+from gemma_runtime.sampling import Sampler
+
+
+class QueueFull(RuntimeInputError):
+    pass
+
+
+@dataclasses.dataclass
+class Event:
+    text: str  # new text (may be empty)
+    token: int | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error": the last event
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    max_new_tokens: int
+    sampler: Sampler
+    stop: tuple[str, ...] = ()
+    on_event: Callable[[Event], None] | None = None  # called from the engine's thread
+    id: int = dataclasses.field(default_factory=itertools.count().__next__)
+    # filled in by the engine
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    submitted: float = dataclasses.field(default_factory=time.perf_counter)
+    first_token_s: float | None = None  # time to first token
+    cancelled: bool = False
+    events: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # when on_event is None
+    _fed: int = 0  # prompt tokens already in the cache
+    _sent: int = 0  # characters of text already emitted
+
+    def cancel(self) -> None:
+        """Thread-safe: the engine frees the slot at its next step."""
+        self.cancelled = True
+
+    def emit(self, event: Event) -> None:
+        (self.on_event or self.events.put)(event)
+
+    def result(self, timeout: float | None = None) -> Request:
+        """Blocks until finished (only for requests without on_event)."""
+        while self.finish_reason is None or not self.events.empty():
+            if self.events.get(timeout=timeout).finish_reason is not None:
+                break
+        return self
+
+
+@dataclasses.dataclass
+class Metrics:
+    requests: int = 0
+    finished: int = 0
+    rejected: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    steps: int = 0
+    ttft_sum_s: float = 0.0
+    ttft_count: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+class Engine:
+    def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128):
+        if not hasattr(model.backend, "forward"):
+            raise RuntimeInputError("continuous batching needs an artifact with an in-place KV cache "
+                                    "(targets ort-cpu, ort-cuda, onnx) on the ort backend")
+        if max_batch < 1 or prefill_chunk < 1:
+            raise RuntimeInputError("max_batch and prefill_chunk must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue if max_queue is not None else 4 * max_batch
+        self.prefill_chunk = prefill_chunk
+        self.max_seq_len = model.max_seq_len
+        self.slots: list[Request | None] = [None] * max_batch
+        self.past = np.zeros(max_batch, np.int64)
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.metrics = Metrics()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- requests ---------------------------------------------------------------------------
+    def request(self, prompt: str | Sequence[int], max_new_tokens: int | None = None, temperature: float = 0.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None) -> Request:
+        """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
+        once); max_new_tokens None fills the rest of the context."""
+        ids = self.model._encode(prompt)
+        room = self.max_seq_len - len(ids)
+        if room < 1:
+            raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
+                                        f"{self.max_seq_len}, which leaves no room to generate")
+        if max_new_tokens is None:
+            max_new_tokens = room
+        if max_new_tokens < 1:
+            raise RuntimeInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_new_tokens > room:
+            raise ContextLengthExceeded(f"the prompt ({len(ids)} tokens) and max_new_tokens ({max_new_tokens}) "
+                                        f"exceed this artifact's context of {self.max_seq_len} tokens")
+        if stop and self.model.tokenizer is None:
+            raise RuntimeInputError("stop strings need the artifact's tokenizer")
+        return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed), tuple(s for s in stop if s),
+                       on_event)
+
+    def submit(self, request: Request) -> Request:
+        with self._lock:
+            if len(self.waiting) >= self.max_queue:
+                self.metrics.rejected += 1
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
+            self.waiting.append(request)
+            self.metrics.requests += 1
+            self._lock.notify()
+        return request
+
+    # -- the loop -----------------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="gemma-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self.waiting and not any(self.slots):
+                    self._lock.wait()
+                if self._stopping:
+                    break
+            try:
+                self.step()
+            except Exception as e:  # a failed call ends every request in flight, not the server
+                for r, request in enumerate(self.slots):
+                    if request is not None:
+                        self._finish(r, "error")
+                        request.emit(Event(f"{type(e).__name__}: {e}", None, "error"))
+
+    @property
+    def active(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    def step(self) -> bool:
+        """Admit, run one call over every slot, sample; False when there was nothing to run."""
+        for r, request in enumerate(self.slots):
+            if request is not None and request.cancelled:
+                self._finish(r, "cancelled")
+        self._admit()
+        if not any(self.slots):
+            return False
+        pieces = []
+        for r, request in enumerate(self.slots):
+            if request is None:
+                pieces.append([self.model.pad_id])
+            elif request._fed < len(request.prompt):
+                pieces.append(request.prompt[request._fed: request._fed + self.prefill_chunk])
+            else:
+                pieces.append([request.tokens[-1]])
+        # every row's padded columns must stay inside the cache
+        width = min(max(map(len, pieces)),
+                    *(self.max_seq_len - int(self.past[r]) for r, q in enumerate(self.slots) if q is not None))
+        pieces = [p[:width] for p in pieces]
+        ids = np.full((self.max_batch, width), self.model.pad_id, np.int64)
+        for r, p in enumerate(pieces):
+            ids[r, :len(p)] = p
+        seq = np.asarray([len(p) for p in pieces], np.int64)
+        past = np.where([q is not None for q in self.slots], self.past, 0)
+        logits = self.model.backend.forward(ids, past, seq)
+        self.metrics.steps += 1
+        for r, request in enumerate(self.slots):
+            if request is None:
+                continue
+            self.past[r] += seq[r]
+            if request._fed < len(request.prompt):
+                request._fed += int(seq[r])
+                self.metrics.prompt_tokens += int(seq[r])
+                if request._fed < len(request.prompt):
+                    continue  # more of the prompt next step
+            self._advance(r, request, logits[r])
+        return True
+
+    def _admit(self) -> None:
+        with self._lock:
+            for r in range(self.max_batch):
+                if self.slots[r] is None and self.waiting:
+                    request = self.waiting.popleft()
+                    if request.cancelled:
+                        request.finish_reason = "cancelled"
+                        request.emit(Event("", None, "cancelled"))
+                        continue
+                    self.slots[r] = request
+                    self.past[r] = 0
+
+    def _advance(self, r: int, request: Request, logits: np.ndarray) -> None:
+        token = request.sampler(logits)
+        if request.first_token_s is None:
+            request.first_token_s = time.perf_counter() - request.submitted
+            self.metrics.ttft_sum_s += request.first_token_s
+            self.metrics.ttft_count += 1
+        if token in self.model.stop_ids:
+            self._finish(r, "stop")
+            return
+        request.tokens.append(token)
+        self.metrics.generated_tokens += 1
+        cut = False
+        if self.model.tokenizer is not None:
+            request.text, cut = _cut_at_stop(self.model.tokenizer.decode(request.tokens), request.stop)
+        if cut:
+            self._finish(r, "stop")
+        elif len(request.tokens) >= request.max_new_tokens or self.past[r] >= self.max_seq_len:
+            self._finish(r, "length")
+        else:
+            ready = _safe_length(request.text, request.stop)
+            piece = request.text[request._sent: ready] if ready > request._sent else ""
+            request._sent = max(request._sent, ready)
+            request.emit(Event(piece, token, None))
+
+    def _finish(self, r: int, reason: str) -> None:
+        """Frees the slot; the last event carries the text held back so far (none when cancelled)."""
+        request = self.slots[r]
+        self.slots[r] = None
+        piece = "" if reason in ("cancelled", "error") else request.text[request._sent:]
+        request._sent = len(request.text)
+        request.finish_reason = reason
+        self.metrics.finished += 1
+        if reason != "error":
+            request.emit(Event(piece, None, reason))
+        with self._lock:
+            self._lock.notify()

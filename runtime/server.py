@@ -1,0 +1,393 @@
+"""An OpenAI-compatible HTTP server over the continuous-batching engine (FastAPI on uvicorn;
+extra `[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as
+server-sent events ending in `data: [DONE]`), /health, /metrics (Prometheus text).
+
+Requests are parsed by hand, not by a schema library, so that every bad request gets OpenAI's
+error shape with a 4xx and a message naming the field: {"error": {"message", "type", "param",
+"code"}}. A full queue answers 429; a prompt beyond the context 400 `context_length_exceeded`.
+A client that disconnects mid-stream cancels its request; the engine frees the slot at its next
+step. Every response names the process that served it in `x-gemma-replica`.
+
+`Service` holds what one replica needs (the model, the engine, its name); the handlers take it,
+so the standalone app (`create_app`) and the Ray Serve deployment (gemma_runtime/ray_serve.py)
+share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from gemma_runtime.chat import render
+from gemma_runtime.engine import Engine, Event, QueueFull, Request
+from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat fills the context
+UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
+    "n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False, "suffix": None,
+    "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
+    "response_format": None, "audio": None, "modalities": None, "prediction": None,
+}
+MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class Service:
+    """One replica: a loaded artifact and its running engine."""
+
+    def __init__(self, artifact: Path | str, max_batch: int = 8, max_queue: int | None = None,
+                 threads: int | None = None, name: str | None = None, replica: str | None = None):
+        import gemma_runtime
+
+        self.model = gemma_runtime.load(artifact, threads=threads)
+        self.engine = Engine(self.model, max_batch=max_batch, max_queue=max_queue).start()
+        self.name = name or Path(artifact).resolve().name
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        self.created = int(time.time())
+
+    def close(self) -> None:
+        self.engine.stop()
+
+
+# -- handlers (framework-free: they take a parsed body and return a dict or an async stream) ----
+
+def models(service: Service) -> dict:
+    return {"object": "list", "data": [{"id": service.name, "object": "model", "created": service.created,
+                                        "owned_by": "gemma-export"}]}
+
+
+def health(service: Service) -> dict:
+    return {"status": "ok", "model": service.name, "replica": service.replica}
+
+
+def metrics(service: Service) -> str:
+    engine, m = service.engine, service.engine.metrics
+    uptime = max(time.perf_counter() - m.started, 1e-9)
+    lines = [
+        ("gemma_queue_depth", "gauge", "requests waiting for a slot", len(engine.waiting)),
+        ("gemma_active_slots", "gauge", "requests being generated", engine.active),
+        ("gemma_max_slots", "gauge", "KV-cache slots (--max-batch)", engine.max_batch),
+        ("gemma_requests_total", "counter", "requests accepted", m.requests),
+        ("gemma_requests_rejected_total", "counter", "requests refused because the queue was full", m.rejected),
+        ("gemma_requests_finished_total", "counter", "requests finished", m.finished),
+        ("gemma_prompt_tokens_total", "counter", "prompt tokens fed", m.prompt_tokens),
+        ("gemma_generated_tokens_total", "counter", "tokens generated", m.generated_tokens),
+        ("gemma_generated_tokens_per_second", "gauge", "tokens generated per second since start",
+         m.generated_tokens / uptime),
+        ("gemma_engine_steps_total", "counter", "engine calls", m.steps),
+        ("gemma_time_to_first_token_seconds_sum", "counter", "sum of times to first token", m.ttft_sum_s),
+        ("gemma_time_to_first_token_seconds_count", "counter", "requests with a first token", m.ttft_count),
+    ]
+    out = []
+    for name, kind, text, value in lines:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+    return "\n".join(out) + "\n"
+
+
+def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request, dict]:
+    """The engine request for a parsed JSON body, and what the response needs (raises ApiError)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string", "model")
+    if model not in (None, service.name):
+        raise ApiError(404, f"the model '{model}' does not exist; this server has '{service.name}'", "model",
+                       "model_not_found")
+    for field, allowed in UNSUPPORTED.items():
+        value = body.get(field)
+        if value is not None and value != allowed and not (field == "logprobs" and value is False):
+            raise ApiError(400, f"'{field}' is not supported by this server", field, "unsupported_parameter")
+    if chat:
+        prompt = _chat_prompt(service, body.get("messages"))
+        max_tokens = _integer(body, "max_completion_tokens", None)
+        max_tokens = _integer(body, "max_tokens", None) if max_tokens is None else max_tokens
+    else:
+        prompt = _text_prompt(body.get("prompt"))
+        max_tokens = _integer(body, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
+    if max_tokens is not None and max_tokens < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise ApiError(400, "top_p must be greater than 0", "top_p")
+    seed = _integer(body, "seed", None)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4):
+        raise ApiError(400, "'stop' must be a string or a list of at most 4 strings", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object with a boolean include_usage", "stream_options")
+    try:
+        request = service.engine.request(prompt, max_tokens, temperature=temperature, top_p=top_p,
+                                         seed=seed, stop=stop or ())
+    except ContextLengthExceeded as e:
+        raise ApiError(400, str(e), "messages" if chat else "prompt", "context_length_exceeded") from None
+    except RuntimeInputError as e:
+        raise ApiError(400, str(e), "messages" if chat else "prompt") from None
+    return request, {"stream": stream, "include_usage": options.get("include_usage", False), "chat": chat}
+
+
+def submit(service: Service, request: Request) -> asyncio.Queue:
+    """Submits the request; returns the queue its events arrive on."""
+    queue = attach(request)
+    try:
+        service.engine.submit(request)
+        return queue
+    except QueueFull as e:
+        raise ApiError(429, f"{e}; retry later", None, "queue_full", "rate_limit_error") from None
+
+
+def attach(request: Request) -> asyncio.Queue:
+    """Routes the request's events from the engine's thread into this event loop (before submit)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def deliver(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            request.cancel()
+
+    request.on_event = deliver
+    return queue
+
+
+async def events(request: Request, queue: asyncio.Queue) -> AsyncIterator[Event]:
+    """The request's events as they come; cancels the request if the reader goes away."""
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+    finally:
+        if request.finish_reason is None:
+            request.cancel()
+
+
+def usage(request: Request) -> dict:
+    n = len(request.tokens)
+    return {"prompt_tokens": len(request.prompt), "completion_tokens": n, "total_tokens": len(request.prompt) + n}
+
+
+async def complete(service: Service, request: Request, queue: asyncio.Queue, shape: dict) -> dict:
+    text, reason = [], None
+    async for event in events(request, queue):
+        text.append(event.text)
+        reason = event.finish_reason
+    if reason == "error":
+        raise ApiError(500, "generation failed: " + "".join(text[-1:]), kind="server_error")
+    ident, created = _ident(shape["chat"]), int(time.time())
+    content = "".join(text)
+    choice = {"index": 0, "finish_reason": reason, "logprobs": None}
+    if shape["chat"]:
+        choice["message"] = {"role": "assistant", "content": content}
+        kind = "chat.completion"
+    else:
+        choice["text"] = content
+        kind = "text_completion"
+    return {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [choice],
+            "usage": usage(request)}
+
+
+async def stream(service: Service, request: Request, queue: asyncio.Queue, shape: dict) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, `[DONE]` last."""
+    chat = shape["chat"]
+    ident, created = _ident(chat), int(time.time())
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(piece: str | None, reason: str | None, first: bool = False) -> str:
+        if chat:
+            delta = {} if piece is None else {"content": piece}
+            if first:
+                delta = {"role": "assistant", "content": ""}
+            choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": piece or "", "finish_reason": reason, "logprobs": None}
+        body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [choice]}
+        if shape["include_usage"]:
+            body["usage"] = None
+        return f"data: {json.dumps(body)}\n\n"
+
+    if chat:
+        yield chunk(None, None, first=True)
+    async for event in events(request, queue):
+        if event.finish_reason == "error":
+            error = ApiError(500, "generation failed: " + event.text, kind="server_error").body()
+            yield f"data: {json.dumps(error)}\n\n"
+            return
+        if event.text:
+            yield chunk(event.text, None)
+        if event.finish_reason is not None:
+            yield chunk(None if chat else "", event.finish_reason)
+    if shape["include_usage"]:
+        body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [],
+                "usage": usage(request)}
+        yield f"data: {json.dumps(body)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _ident(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def _integer(body: dict, field: str, default: int | None) -> int | None:
+    value = body.get(field, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"'{field}' must be an integer", field)
+    return value
+
+
+def _number(body: dict, field: str, default: float, low: float, high: float) -> float:
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"'{field}' must be a number", field)
+    if not low <= value <= high:
+        raise ApiError(400, f"'{field}' must be between {low:g} and {high:g}, got {value}", field)
+    return float(value)
+
+
+def _text_prompt(prompt: Any) -> str | list[int]:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
+                   "prompt")
+
+
+def _chat_prompt(service: Service, messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    flat = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a string 'role'", "messages")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in MEDIA_PARTS:
+                    raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact is a text-only model",
+                                   "messages", "unsupported_content")
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}",
+                                   "messages")
+                parts.append(part["text"])
+            content = "\n".join(parts)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
+        role = "user" if m["role"] == "developer" else m["role"]
+        flat.append({"role": role, "content": content})
+    if service.model.tokenizer is None:
+        raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
+    try:
+        return render(flat, service.model.manifest.family)
+    except RuntimeInputError as e:
+        raise ApiError(400, str(e), "messages") from None
+
+
+# -- the standalone app -----------------------------------------------------------------------
+
+def create_app(service: Service):
+    """The FastAPI app over one Service."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = FastAPI(title="gemma-export", docs_url=None, redoc_url=None, lifespan=lifespan)
+    headers = {"x-gemma-replica": service.replica}
+
+    def error(e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    async def completion(http: HttpRequest, chat: bool):
+        try:
+            body = await _json_body(http)
+            request, shape = completion_request(service, body, chat)
+            queue = submit(service, request)
+            if shape["stream"]:
+                return StreamingResponse(stream(service, request, queue, shape), media_type="text/event-stream",
+                                         headers={**headers, "cache-control": "no-cache"})
+            return JSONResponse(await complete(service, request, queue, shape), headers=headers)
+        except ApiError as e:
+            return error(e)
+
+    @app.post("/v1/completions")
+    async def completions(http: HttpRequest):
+        return await completion(http, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: HttpRequest):
+        return await completion(http, chat=True)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return JSONResponse(models(service), headers=headers)
+
+    @app.get("/health")
+    async def get_health():
+        return JSONResponse(health(service), headers=headers)
+
+    @app.get("/metrics")
+    async def get_metrics():
+        return PlainTextResponse(metrics(service), headers=headers)
+
+    @app.exception_handler(404)
+    async def not_found(http: HttpRequest, exc):
+        return error(ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
+
+    @app.exception_handler(405)
+    async def not_allowed(http: HttpRequest, exc):
+        return error(ApiError(405, f"{http.method} is not allowed on {http.url.path}", code="method_not_allowed"))
+
+    return app
+
+
+async def _json_body(http) -> Any:
+    raw = await http.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})") from None
+
+
+def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
+          max_queue: int | None = None, threads: int | None = None) -> None:
+    import uvicorn
+
+    service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

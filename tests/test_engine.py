@@ -1,0 +1,135 @@
+"""The continuous-batching engine (gemma_runtime/engine.py): requests arriving at different steps,
+with prompts of different lengths, get the tokens they get alone; seeds, stops, cancellation,
+the bounded queue and the context limit."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gemma_runtime
+from gemma_export.export import export
+from gemma_export.passes.context import ExportOptions
+from gemma_runtime.engine import Engine, QueueFull
+from gemma_runtime.errors import ContextLengthExceeded
+
+MAX_SEQ_LEN = 48
+FP32_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "gemma3"
+    export(tiny_checkpoints["gemma3"], out, ExportOptions(max_seq_len=MAX_SEQ_LEN))
+    return out
+
+
+def prompts(vocab: int, lengths) -> list[list[int]]:
+    rng = np.random.default_rng(3)
+    return [[2, *rng.integers(4, vocab, n - 1).tolist()] for n in lengths]
+
+
+def decided_prefix(model, prompt: list[int], tokens: list[int]) -> list[int]:
+    """The solo tokens up to the first whose top-2 margin is within fp32 tolerance."""
+    logits = model.logits(prompt + tokens)[len(prompt) - 1:]
+    for i, row in enumerate(logits[: len(tokens)]):
+        top2 = np.sort(row)[-2:]
+        if top2[1] - top2[0] <= FP32_TOLERANCE * np.abs(row).max():
+            return tokens[:i]
+    return tokens
+
+
+def test_batched_greedy_equals_each_request_alone(artifact):
+    model = gemma_runtime.load(artifact)
+    vocab = model.manifest.config["vocab_size"]
+    batch = prompts(vocab, [3, 17, 9, 30, 1 + 5, 22])
+    solo = [model.generate(p, max_new_tokens=10).token_ids for p in batch]
+    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=8)
+    requests = []
+    arrivals = {0: [0, 1], 2: [2], 3: [3, 4], 7: [5]}  # step -> requests submitted before it
+    for step in range(200):
+        for i in arrivals.get(step, []):
+            requests.append((i, engine.submit(engine.request(batch[i], max_new_tokens=10))))
+        if not engine.step() and step > max(arrivals):
+            break
+    assert len(requests) == len(batch) and all(r.finish_reason for _, r in requests)
+    for i, request in requests:
+        expected = decided_prefix(model, batch[i], solo[i])
+        assert len(expected) >= 3, "the random model decides too few tokens to compare"
+        assert request.tokens[: len(expected)] == expected, i
+    assert engine.metrics.generated_tokens == sum(len(r.tokens) for _, r in requests)
+
+
+def test_a_seed_gives_the_same_tokens_whatever_else_runs(artifact):
+    model = gemma_runtime.load(artifact)
+    p = prompts(model.manifest.config["vocab_size"], [7, 12, 5])
+    alone = Engine(model, max_batch=2)
+    mine = alone.submit(alone.request(p[0], 12, temperature=1.0, seed=123))
+    while alone.step():
+        pass
+    crowded = Engine(gemma_runtime.load(artifact), max_batch=2)
+    crowded.submit(crowded.request(p[1], 12, temperature=1.0, seed=5))
+    crowded.step()
+    again = crowded.submit(crowded.request(p[0], 12, temperature=1.0, seed=123))
+    crowded.submit(crowded.request(p[2], 12, temperature=0.7, seed=9))
+    while crowded.step():
+        pass
+    assert again.tokens == mine.tokens and len(mine.tokens) > 0
+
+
+def test_cancel_frees_the_slot_at_the_next_step(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=1)
+    p = prompts(engine.model.manifest.config["vocab_size"], [4, 4])
+    first = engine.submit(engine.request(p[0], 30))
+    second = engine.submit(engine.request(p[1], 2))
+    engine.step()
+    first.cancel()
+    while engine.step():
+        pass
+    assert first.finish_reason == "cancelled" and len(first.tokens) == 1
+    assert second.finish_reason == "length" and len(second.tokens) == 2
+
+
+def test_queue_and_context_limits(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=1, max_queue=2)
+    p = prompts(engine.model.manifest.config["vocab_size"], [4])[0]
+    engine.submit(engine.request(p, 2))
+    engine.submit(engine.request(p, 2))
+    with pytest.raises(QueueFull):
+        engine.submit(engine.request(p, 2))
+    with pytest.raises(ContextLengthExceeded):
+        engine.request(p * 12, 1)  # 48 tokens: no room
+    with pytest.raises(ContextLengthExceeded):
+        engine.request(p, MAX_SEQ_LEN)
+    assert engine.request(p).max_new_tokens == MAX_SEQ_LEN - len(p)  # None: the rest of the context
+
+
+def test_generation_that_reaches_the_context_ends_with_length(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=2, prefill_chunk=5)
+    p = prompts(engine.model.manifest.config["vocab_size"], [40])[0]
+    request = engine.submit(engine.request(p))
+    while engine.step():
+        pass
+    assert request.finish_reason in ("length", "stop")
+    if request.finish_reason == "length":
+        assert len(p) + len(request.tokens) == MAX_SEQ_LEN
+
+
+def test_the_engine_runs_in_its_thread(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=2).start()
+    try:
+        p = prompts(engine.model.manifest.config["vocab_size"], [5, 9, 3])
+        requests = [engine.submit(engine.request(x, 6)) for x in p]
+        for r in requests:
+            r.result(timeout=60)
+        assert all(r.finish_reason in ("length", "stop") for r in requests)
+    finally:
+        engine.stop()
+
+
+def test_the_engine_never_imports_torch():
+    code = ("import sys\nimport gemma_runtime.engine\n"
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), 'torch imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

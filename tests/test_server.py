@@ -1,0 +1,199 @@
+"""The OpenAI-compatible server (gemma_runtime/server.py), live on loopback, driven by the official
+`openai` client: completions and chat, streaming and not, usage, stop strings, seeds; bad requests
+get OpenAI-style 4xx errors; a bounded load test loses and duplicates no token."""
+
+import concurrent.futures
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+import uvicorn
+
+import gemma_runtime
+from gemma_export.export import export
+from gemma_export.passes.context import ExportOptions
+from gemma_runtime.server import Service, create_app
+from test_chat_tokens import gemma1_like_tokenizer
+from tiny import write_checkpoint
+
+MAX_SEQ_LEN = 96
+GUARD_S = 120  # against hangs only; nothing here asserts a time
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    folder = write_checkpoint("gemma-mqa", root / "ckpt")
+    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
+    export(folder, root / "tiny", ExportOptions(max_seq_len=MAX_SEQ_LEN))
+    return root / "tiny"
+
+
+class LiveServer:
+    def __init__(self, artifact, **options):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.service = Service(artifact, **options)
+        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="error")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + GUARD_S
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=GUARD_S, max_retries=0)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(GUARD_S)
+
+    def post(self, path: str, body: bytes | dict) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=GUARD_S) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def get(self, path: str) -> tuple[int, str, dict]:
+        with urllib.request.urlopen(self.url + path, timeout=GUARD_S) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+
+
+@pytest.fixture(scope="module")
+def server(artifact):
+    live = LiveServer(artifact, max_batch=4, max_queue=64)
+    yield live
+    live.close()
+
+
+def test_models_health_and_metrics(server):
+    assert [m.id for m in server.client.models.list().data] == ["tiny"]
+    status, body, headers = server.get("/health")
+    assert status == 200 and json.loads(body)["status"] == "ok" and headers["x-gemma-replica"]
+    server.client.completions.create(model="tiny", prompt="abc", max_tokens=2, temperature=0)
+    _, text, _ = server.get("/metrics")
+    values = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
+    assert float(values["gemma_requests_total"]) >= 1 and float(values["gemma_generated_tokens_total"]) >= 1
+    assert values["gemma_max_slots"] == "4" and "gemma_time_to_first_token_seconds_count" in values
+
+
+def test_completion_equals_generate(server, artifact):
+    expected = gemma_runtime.load(artifact).generate("abc bad", max_new_tokens=8)
+    done = server.client.completions.create(model="tiny", prompt="abc bad", max_tokens=8, temperature=0)
+    choice = done.choices[0]
+    assert choice.text == expected.text and choice.finish_reason == expected.finish_reason
+    prompt_tokens = len(gemma_runtime.load(artifact).tokenizer.encode("abc bad"))
+    assert done.usage.prompt_tokens == prompt_tokens  # BOS once, as generate() encodes
+    assert done.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_streaming_gives_the_same_text_and_usage(server):
+    whole = server.client.completions.create(model="tiny", prompt="ab", max_tokens=10, temperature=0)
+    chunks = list(server.client.completions.create(model="tiny", prompt="ab", max_tokens=10, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_chat_streaming_and_not(server):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "abc"}]
+    whole = server.client.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=6,
+                                                  temperature=0)
+    assert whole.choices[0].message.role == "assistant" and whole.object == "chat.completion"
+    stream = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0,
+                                                   stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream]
+    assert "".join(pieces) == whole.choices[0].message.content
+
+
+def test_a_seed_repeats_its_sample(server):
+    a, b = (server.client.completions.create(model="tiny", prompt="abc", max_tokens=8, temperature=1.0, seed=7)
+            for _ in range(2))
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_stop_strings_cut_the_text(server):
+    whole = server.client.completions.create(model="tiny", prompt="ab", max_tokens=12, temperature=0)
+    text = whole.choices[0].text
+    if len(text) < 3:
+        pytest.skip("the random model generated too little text to cut")  # never on the fixed seed
+    stop = text[2:4]
+    cut = server.client.completions.create(model="tiny", prompt="ab", max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("body,status,code", [
+    (b"{not json", 400, None),
+    ({"model": "tiny", "prompt": 5}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "max_tokens": -1}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "max_tokens": "ten"}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "max_tokens": 10 ** 9}, 400, "context_length_exceeded"),
+    ({"model": "tiny", "prompt": "ab " * 200, "max_tokens": 1}, 400, "context_length_exceeded"),
+    ({"model": "tiny", "prompt": "ab", "temperature": 9}, 400, None),
+    ({"model": "other", "prompt": "ab"}, 404, "model_not_found"),
+    ({"model": "tiny", "prompt": "ab", "n": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "logprobs": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": [9999999]}, 400, None),
+])
+def test_bad_completion_requests(server, body, status, code):
+    got, error = server.post("/v1/completions", body)
+    assert got == status and error["error"]["message"] and error["error"]["code"] == code
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "unsupported_content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]},
+     "unsupported_parameter"),
+    ({"model": "tiny", "messages": []}, None),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "a"}]}, None),
+])
+def test_bad_chat_requests(server, body, code):
+    got, error = server.post("/v1/chat/completions", body)
+    assert got == 400 and error["error"]["code"] == code
+
+
+def test_a_full_queue_answers_429(artifact):
+    live = LiveServer(artifact, max_batch=1, max_queue=1)
+    try:
+        engine = live.service.engine
+        engine.stop()  # nothing runs: what is submitted stays queued
+        engine.submit(engine.request("ab", 2))
+        status, error = live.post("/v1/completions", {"prompt": "ab", "max_tokens": 2})
+        assert status == 429 and error["error"]["code"] == "queue_full"
+        assert error["error"]["type"] == "rate_limit_error"
+    finally:
+        live.close()
+
+
+def test_load_every_request_completes_with_its_own_tokens(server, artifact):
+    """64 streaming requests from 16 concurrent clients: each completes (or gets a clean 429), and
+    its streamed text equals the same request's non-streamed text alone (no token lost or
+    duplicated)."""
+    model = gemma_runtime.load(artifact)
+    rng = np.random.default_rng(0)
+    prompts = ["".join(rng.choice(list("abcdefgh "), size=int(n))) for n in rng.integers(2, 30, 64)]
+    expected = {p: model.generate(p, max_new_tokens=12).text for p in set(prompts)}
+
+    def one(prompt: str) -> tuple[str, str]:
+        stream = server.client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
+                                                  stream=True)
+        return prompt, "".join(c.choices[0].text for c in stream if c.choices)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, prompts, timeout=GUARD_S * 4))
+    assert len(results) == 64
+    mismatched = [p for p, text in results if text != expected[p]]
+    assert not mismatched, mismatched[:3]
