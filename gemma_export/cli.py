@@ -263,21 +263,35 @@ def serve(
     port: int = typer.Option(8000, help="port to listen on"),
     max_batch: int = typer.Option(8, help="KV-cache slots: requests generated together"),
     max_queue: Optional[int] = typer.Option(None, help="requests waiting for a slot before 429 (default: 4 x --max-batch)"),
-    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads per replica (default: every core)"),
+    ray: bool = typer.Option(False, "--ray", help="deploy as Ray Serve replicas (RAY_ADDRESS's cluster, else a "
+                             "local Ray) behind Ray's HTTP proxy"),
+    replicas: int = typer.Option(1, help="Ray Serve replicas (with --ray)"),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
     with continuous batching."""
-    try:
-        from gemma_runtime.server import serve as run_server
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ModuleNotFoundError as e:
-        raise GemmaExportError(f"serving needs the [serve] extra ({e.name} is missing): "
-                               "pip install 'gemma-export[serve]'") from None
     if max_queue is not None and max_queue < max_batch:
         raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
-    typer.echo(f"serving {artifact} on http://{host}:{port} (max batch {max_batch})", err=True)
-    run_server(artifact, host, port, max_batch, max_queue, threads)
+    if replicas != 1 and not ray:
+        raise GemmaExportError("--replicas needs --ray")
+    if not (artifact / "manifest.json").is_file():
+        raise GemmaExportError(f"{artifact}: not an artifact folder (no manifest.json)")
+    extra = "ray" if ray else "serve"
+    try:
+        if ray:
+            from gemma_runtime.ray_serve import run as run_server
+        else:
+            from gemma_runtime.server import serve as run_server
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise GemmaExportError(f"serving needs the [{extra}] extra ({e.name} is missing): "
+                               f"pip install 'gemma-export[{extra}]'") from None
+    typer.echo(f"serving {artifact} on http://{host}:{port} (max batch {max_batch}"
+               + (f", {replicas} Ray Serve replicas" if ray else "") + ")", err=True)
+    if ray:
+        run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads)
+    else:
+        run_server(artifact, host, port, max_batch, max_queue, threads)
 
 
 def main() -> None:

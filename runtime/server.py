@@ -319,60 +319,80 @@ def _chat_prompt(service: Service, messages: Any) -> str:
         raise ApiError(400, str(e), "messages") from None
 
 
-# -- the standalone app -----------------------------------------------------------------------
+# -- HTTP: the routes as functions of a Service (the standalone app and the Ray Serve deployment
+# both call these) --------------------------------------------------------------------------------
 
-def create_app(service: Service):
-    """The FastAPI app over one Service."""
+def _headers(service: Service) -> dict[str, str]:
+    return {"x-gemma-replica": service.replica}
+
+
+def error_response(service: Service, e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=_headers(service))
+
+
+async def completion_response(service: Service, http: HttpRequest, chat: bool):
+    try:
+        body = await _json_body(http)
+        request, shape = completion_request(service, body, chat)
+        queue = submit(service, request)
+        if shape["stream"]:
+            return StreamingResponse(stream(service, request, queue, shape), media_type="text/event-stream",
+                                     headers={**_headers(service), "cache-control": "no-cache"})
+        return JSONResponse(await complete(service, request, queue, shape), headers=_headers(service))
+    except ApiError as e:
+        return error_response(service, e)
+
+
+def models_response(service: Service) -> JSONResponse:
+    return JSONResponse(models(service), headers=_headers(service))
+
+
+def health_response(service: Service) -> JSONResponse:
+    return JSONResponse(health(service), headers=_headers(service))
+
+
+def metrics_response(service: Service) -> PlainTextResponse:
+    return PlainTextResponse(metrics(service), headers=_headers(service))
+
+
+def create_app(service: Service) -> FastAPI:
+    """The standalone FastAPI app over one Service."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         service.close()
 
     app = FastAPI(title="gemma-export", docs_url=None, redoc_url=None, lifespan=lifespan)
-    headers = {"x-gemma-replica": service.replica}
-
-    def error(e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-    async def completion(http: HttpRequest, chat: bool):
-        try:
-            body = await _json_body(http)
-            request, shape = completion_request(service, body, chat)
-            queue = submit(service, request)
-            if shape["stream"]:
-                return StreamingResponse(stream(service, request, queue, shape), media_type="text/event-stream",
-                                         headers={**headers, "cache-control": "no-cache"})
-            return JSONResponse(await complete(service, request, queue, shape), headers=headers)
-        except ApiError as e:
-            return error(e)
 
     @app.post("/v1/completions")
     async def completions(http: HttpRequest):
-        return await completion(http, chat=False)
+        return await completion_response(service, http, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: HttpRequest):
-        return await completion(http, chat=True)
+        return await completion_response(service, http, chat=True)
 
     @app.get("/v1/models")
     async def list_models():
-        return JSONResponse(models(service), headers=headers)
+        return models_response(service)
 
     @app.get("/health")
     async def get_health():
-        return JSONResponse(health(service), headers=headers)
+        return health_response(service)
 
     @app.get("/metrics")
     async def get_metrics():
-        return PlainTextResponse(metrics(service), headers=headers)
+        return metrics_response(service)
 
     @app.exception_handler(404)
     async def not_found(http: HttpRequest, exc):
-        return error(ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
+        return error_response(service, ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
 
     @app.exception_handler(405)
     async def not_allowed(http: HttpRequest, exc):
-        return error(ApiError(405, f"{http.method} is not allowed on {http.url.path}", code="method_not_allowed"))
+        return error_response(service, ApiError(405, f"{http.method} is not allowed on {http.url.path}",
+                                                code="method_not_allowed"))
 
     return app
 
