@@ -40,7 +40,18 @@ def decided_prefix(model, prompt: list[int], tokens: list[int]) -> list[int]:
     return tokens
 
 
-def test_batched_greedy_equals_each_request_alone(artifact):
+@pytest.fixture(scope="module")
+def ring_artifact(tiny_checkpoints, tmp_path_factory):
+    """The onnx target: the sliding layers keep window-sized ring caches."""
+    out = tmp_path_factory.mktemp("engine") / "gemma3-onnx"
+    export(tiny_checkpoints["gemma3"], out, ExportOptions(target="onnx", max_seq_len=MAX_SEQ_LEN))
+    assert any(b.layout == "ring" for b in gemma_runtime.load(out).manifest.kv_cache.buffers)
+    return out
+
+
+@pytest.mark.parametrize("which", ["artifact", "ring_artifact"])
+def test_batched_greedy_equals_each_request_alone(which, request):
+    artifact = request.getfixturevalue(which)
     model = gemma_runtime.load(artifact)
     vocab = model.manifest.config["vocab_size"]
     batch = prompts(vocab, [3, 17, 9, 30, 1 + 5, 22])
