@@ -57,7 +57,7 @@ OURS = {  # name -> export options; max_size_of_fp32: --max-size as a fraction o
     "int4-uniform calibrated": {"quant": "int4-uniform", "calibrate": True},
     "source": {"quant": "source"},  # a quantized GGUF only
 }
-GENAI = {"int8": [], "int4": ["int4_algo_config=k_quant_mixed"]}  # -p precision -> builder extra options
+GENAI = {"int8": [], "int4": ["algo_config=k_quant_mixed"]}  # -p precision -> builder extra options
 LONG_PROMPT = 2048
 COLUMNS = [
     ("size MiB", "size_mib", "{:.0f}"),
@@ -194,7 +194,7 @@ def profile_decode(artifact: Path, steps: int = 32) -> dict:
 
     original = ort_inplace.create_session
 
-    def profiled(path, threads):
+    def profiled(path, threads, device="cpu"):
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = str(artifact.parent / "decode-profile")

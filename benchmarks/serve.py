@@ -36,7 +36,7 @@ from gemma_export.bench import format_table  # noqa: E402
 from gemma_export.texts import PROMPTS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
-QUANTS = {"fp32": "none", "int8": "int8", "int4": "int4"}
+QUANTS = {"fp32": "none", "int8": "int8", "int4": "int4", "source": "source"}
 COLUMNS = [("clients", "clients", "{}"), ("requests", "requests", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
            ("x 1 client", "vs_one_client", "{:.2f}x"), ("TTFT p50 ms", "ttft_p50_ms", "{:.0f}"),
            ("TTFT p99 ms", "ttft_p99_ms", "{:.0f}"), ("ITL p50 ms", "itl_p50_ms", "{:.1f}"),
@@ -146,7 +146,7 @@ def run_server(name: str, command: list[str], model: str, args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precisions", nargs="+", choices=list(QUANTS), default=list(QUANTS))
+    parser.add_argument("--precisions", nargs="+", choices=list(QUANTS), default=["fp32", "int8", "int4"])
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary (built from source)")
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--requests-per-client", type=int, default=4)

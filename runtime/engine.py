@@ -87,12 +87,13 @@ class Metrics:
 
 class Engine:
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128):
-        if not hasattr(model.backend, "forward"):
+        if not hasattr(model.backend, "reserve"):
             raise RuntimeInputError("continuous batching needs an artifact with an in-place KV cache "
                                     "(targets ort-cpu, ort-cuda, onnx) on the ort backend")
         if max_batch < 1 or prefill_chunk < 1:
             raise RuntimeInputError("max_batch and prefill_chunk must be >= 1")
         self.model = model
+        model.backend.reserve(max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue if max_queue is not None else 4 * max_batch
         self.prefill_chunk = prefill_chunk
@@ -178,8 +179,10 @@ class Engine:
         self._admit()
         if not any(self.slots):
             return False
+        # the rows up to the last busy slot (new requests take the lowest free slot)
+        rows = 1 + max(r for r, q in enumerate(self.slots) if q is not None)
         pieces = []
-        for r, request in enumerate(self.slots):
+        for r, request in enumerate(self.slots[:rows]):
             if request is None:
                 pieces.append([self.model.pad_id])
             elif request._fed < len(request.prompt):
@@ -188,16 +191,16 @@ class Engine:
                 pieces.append([request.tokens[-1]])
         # every row's padded columns must stay inside the cache
         width = min(max(map(len, pieces)),
-                    *(self.max_seq_len - int(self.past[r]) for r, q in enumerate(self.slots) if q is not None))
+                    *(self.max_seq_len - int(self.past[r]) for r, q in enumerate(self.slots[:rows]) if q is not None))
         pieces = [p[:width] for p in pieces]
-        ids = np.full((self.max_batch, width), self.model.pad_id, np.int64)
+        ids = np.full((rows, width), self.model.pad_id, np.int64)
         for r, p in enumerate(pieces):
             ids[r, :len(p)] = p
         seq = np.asarray([len(p) for p in pieces], np.int64)
-        past = np.where([q is not None for q in self.slots], self.past, 0)
+        past = np.where([q is not None for q in self.slots[:rows]], self.past[:rows], 0)
         logits = self.model.backend.forward(ids, past, seq)
         self.metrics.steps += 1
-        for r, request in enumerate(self.slots):
+        for r, request in enumerate(self.slots[:rows]):
             if request is None:
                 continue
             self.past[r] += seq[r]

@@ -64,6 +64,8 @@ class OrtInplaceBackend:
         self.step: _DecodeStep | None = None
         self.cache: list[ort.OrtValue] = []
         self.lengths = np.zeros(0, np.int64)
+        self.reserved = 0  # rows reserved for forward()
+        self.views: list[np.ndarray] | None = None
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         lengths = np.asarray([len(p) for p in prompts], np.int64)
@@ -91,14 +93,40 @@ class OrtInplaceBackend:
         self.lengths = self.lengths + 1
         return step.logits[:, 0].copy()  # the buffer is the next step's output
 
+    def reserve(self, rows: int) -> None:
+        """Cache rows for forward() (continuous batching). On the CPU with fp32/fp16 caches they are
+        numpy arrays, so a call over the first n rows binds views of them and costs a batch of n,
+        not of every row reserved; elsewhere every call runs all rows."""
+        self.reserved = rows
+        self.views = None
+        if self.device == "cpu" and all(b.dtype in ("fp32", "fp16") for b in self.buffers):
+            self.views = [np.zeros((rows, *b.shape[1:]), _CACHE_TYPES[b.dtype][0]) for b in self.buffers]
+        else:
+            self._allocate(rows)
+
     def forward(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray) -> np.ndarray:
-        """One call over rows that each continue their own sequence (continuous batching): row b
-        feeds ids[b, :seq[b]] at positions past[b]...; [batch, vocab] logits at each row's last
-        fed token. The cache rows persist between calls of the same batch size; a row restarted at
-        past 0 overwrites what it reads."""
-        self._allocate(len(ids))
-        return self._run(np.asarray(ids, np.int64), np.asarray(past, np.int64), np.asarray(seq, np.int64),
-                         (np.asarray(seq, np.int64) - 1)[:, None])[:, 0]
+        """One call over the first len(ids) reserved rows, each continuing its own sequence: row b
+        feeds ids[b, :seq[b]] at positions past[b]...; [rows, vocab] logits at each row's last fed
+        token. A row restarted at past 0 overwrites what it reads."""
+        ids, past, seq = (np.asarray(a, np.int64) for a in (ids, past, seq))
+        if self.views is None:  # every reserved row, padded
+            rows = len(ids)
+            pad = self.reserved - rows
+            ids = np.pad(ids, ((0, pad), (0, 0)), constant_values=self.pad_id)
+            past, seq = np.pad(past, (0, pad)), np.pad(seq, (0, pad), constant_values=1)
+            return self._run(ids, past, seq, (seq - 1)[:, None])[:rows, 0]
+        binding = self.session.io_binding()
+        values = [ort.OrtValue.ortvalue_from_numpy(v[: len(ids)]) for v in self.views]  # views: no copy
+        for buffer, value in zip(self.buffers, values):
+            binding.bind_ortvalue_input(buffer.input_name, value)
+            binding.bind_ortvalue_output(buffer.output_name, value)
+        feeds = {"input_ids": ids, "position_ids": past[:, None] + np.arange(ids.shape[1], dtype=np.int64),
+                 "past_lengths": past, "seq_lengths": seq, "logits_index": (seq - 1)[:, None]}
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        return np.array(binding.get_outputs()[len(values)].numpy())[:, 0]
 
     def teacher_forced(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
