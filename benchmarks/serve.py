@@ -3,7 +3,8 @@ on the real Gemma 3 270M at several precisions, and llama.cpp's own `llama-serve
 batching (-np 16 -cb) on the same GGUF, each driven by 1, 4 and 16 concurrent streaming clients
 through the OpenAI chat API: total generated tokens/s, p50/p99 time to first token and inter-token
 latency. Each server runs alone with every core; the clients send the same prompts (built-in text)
-with greedy decoding and a fixed max_tokens.
+with greedy decoding and a fixed max_tokens; each prompt starts with its own number, so no two requests
+share a prefix (llama-server would reuse a cached prefix).
 
 Goals (issue: serve it): at 16 clients, total decode throughput >= 4x one client's and ahead of
 llama-server's with a recipe at least as faithful (top-1 from benchmarks/precision.py); p99 time to
@@ -83,7 +84,8 @@ def load(url: str, model: str, clients: int, per_client: int, max_tokens: int) -
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=600, max_retries=0)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(clients * per_client)]
+    # numbered, so that no request shares a prefix with another (llama-server reuses cached prefixes)
+    prompts = [f"({i + 1}) {PROMPTS[i % len(PROMPTS)]}" for i in range(clients * per_client)]
     start = time.perf_counter()
     results, errors = [], 0
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
