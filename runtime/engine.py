@@ -1,8 +1,8 @@
-"""Continuous batching: one loop owns a fixed number of KV-cache rows (slots) and runs every
-active request in one call per step. Requests wait in a bounded queue and are admitted into
+"""Continuous batching: one loop owns a fixed number of KV-cache rows (slots) and advances every
+active request at each step. Requests wait in a bounded queue and are admitted into
 free slots between steps; a new request's prompt is fed in chunks of at most `prefill_chunk`
-tokens in the same calls that decode the others (so a long prompt delays the others by a few
-chunked steps, never by its whole prefill); a finished or cancelled request frees its slot at
+tokens, one chunk per step beside the step's decode call (so a long prompt delays the others by a
+chunk per step, never by its whole prefill); a finished or cancelled request frees its slot at
 once. Each request keeps its own sampling settings, stop strings and random generator, so a
 seed gives the same text whatever else is in the batch.
 
@@ -172,45 +172,65 @@ class Engine:
         return sum(r is not None for r in self.slots)
 
     def step(self) -> bool:
-        """Admit, run one call over every slot, sample; False when there was nothing to run."""
+        """Admit, run the step's calls, sample; False when there was nothing to run.
+
+        With row views (the CPU backend) a step is two lean calls: one prompt chunk of the oldest
+        request still prefilling, alone on its row, then one token for every other busy row (a
+        prompt still being fed advances by a token there too). Otherwise one padded call carries
+        every busy row with its chunk."""
         for r, request in enumerate(self.slots):
             if request is not None and request.cancelled:
                 self._finish(r, "cancelled")
         self._admit()
-        if not any(self.slots):
+        busy = [r for r, q in enumerate(self.slots) if q is not None]
+        if not busy:
             return False
-        # the rows up to the last busy slot (new requests take the lowest free slot)
-        rows = 1 + max(r for r, q in enumerate(self.slots) if q is not None)
+        if getattr(self.model.backend, "views", None) is None:
+            self._call(0, 1 + max(busy), self.prefill_chunk)
+            return True
+        prefilling = [r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)]
+        if prefilling:
+            first = min(prefilling, key=lambda r: self.slots[r].id)
+            self._call(first, first + 1, self.prefill_chunk)
+        busy = [r for r, q in enumerate(self.slots) if q is not None]
+        if busy:
+            self._call(0, 1 + max(busy), 1)
+        return True
+
+    def _call(self, start: int, stop: int, chunk: int) -> None:
+        """One call over slots [start, stop): a busy row feeds up to `chunk` tokens of its prompt, or
+        its last token; an idle row a pad at position 0."""
+        slots = self.slots[start:stop]
         pieces = []
-        for r, request in enumerate(self.slots[:rows]):
+        for request in slots:
             if request is None:
                 pieces.append([self.model.pad_id])
             elif request._fed < len(request.prompt):
-                pieces.append(request.prompt[request._fed: request._fed + self.prefill_chunk])
+                pieces.append(request.prompt[request._fed: request._fed + chunk])
             else:
                 pieces.append([request.tokens[-1]])
         # every row's padded columns must stay inside the cache
         width = min(max(map(len, pieces)),
-                    *(self.max_seq_len - int(self.past[r]) for r, q in enumerate(self.slots[:rows]) if q is not None))
+                    *(self.max_seq_len - int(self.past[start + i]) for i, q in enumerate(slots) if q is not None))
         pieces = [p[:width] for p in pieces]
-        ids = np.full((rows, width), self.model.pad_id, np.int64)
-        for r, p in enumerate(pieces):
-            ids[r, :len(p)] = p
+        ids = np.full((len(slots), width), self.model.pad_id, np.int64)
+        for i, p in enumerate(pieces):
+            ids[i, :len(p)] = p
         seq = np.asarray([len(p) for p in pieces], np.int64)
-        past = np.where([q is not None for q in self.slots[:rows]], self.past[:rows], 0)
-        logits = self.model.backend.forward(ids, past, seq)
+        past = np.where([q is not None for q in slots], self.past[start:stop], 0)
+        logits = self.model.backend.forward(ids, past, seq, start)
         self.metrics.steps += 1
-        for r, request in enumerate(self.slots[:rows]):
+        for i, request in enumerate(slots):
             if request is None:
                 continue
-            self.past[r] += seq[r]
+            r = start + i
+            self.past[r] += seq[i]
             if request._fed < len(request.prompt):
-                request._fed += int(seq[r])
-                self.metrics.prompt_tokens += int(seq[r])
+                request._fed += int(seq[i])
+                self.metrics.prompt_tokens += int(seq[i])
                 if request._fed < len(request.prompt):
-                    continue  # more of the prompt next step
-            self._advance(r, request, logits[r])
-        return True
+                    continue  # more of the prompt later
+            self._advance(r, request, logits[i])
 
     def _admit(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ import pytest
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
+from gemma_runtime.backends import ort_inplace
 from gemma_runtime.engine import Engine, QueueFull
 from gemma_runtime.errors import ContextLengthExceeded
 
@@ -49,14 +50,19 @@ def ring_artifact(tiny_checkpoints, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("which", ["artifact", "ring_artifact"])
-def test_batched_greedy_equals_each_request_alone(which, request):
-    artifact = request.getfixturevalue(which)
+@pytest.mark.parametrize("which", ["artifact", "ring_artifact", "padded"])
+def test_batched_greedy_equals_each_request_alone(which, request, monkeypatch):
+    """padded: caches without numpy row views (bf16, CUDA), where a step is one padded call over
+    every busy row."""
+    if which == "padded":
+        monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
+    artifact = request.getfixturevalue("artifact" if which == "padded" else which)
     model = gemma_runtime.load(artifact)
     vocab = model.manifest.config["vocab_size"]
     batch = prompts(vocab, [3, 17, 9, 30, 1 + 5, 22])
     solo = [model.generate(p, max_new_tokens=10).token_ids for p in batch]
     engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=8)
+    assert (engine.model.backend.views is None) == (which == "padded")
     requests = []
     arrivals = {0: [0, 1], 2: [2], 3: [3, 4], 7: [5]}  # step -> requests submitted before it
     for step in range(200):
@@ -95,10 +101,11 @@ def test_cancel_frees_the_slot_at_the_next_step(artifact):
     first = engine.submit(engine.request(p[0], 30))
     second = engine.submit(engine.request(p[1], 2))
     engine.step()
+    made = len(first.tokens)
     first.cancel()
     while engine.step():
         pass
-    assert first.finish_reason == "cancelled" and len(first.tokens) == 1
+    assert first.finish_reason == "cancelled" and 1 <= made == len(first.tokens)
     assert second.finish_reason == "length" and len(second.tokens) == 2
 
 

@@ -49,6 +49,7 @@ from gemma_runtime.errors import RuntimeInputError
 # a cache buffer's dtype -> (numpy type of the zeros, ONNX element type). bf16 has no numpy type:
 # its zeros are uint16 zeros copied into a bfloat16 OrtValue (GPU targets compute in bf16).
 _CACHE_TYPES = {"fp32": (np.float32, 1), "fp16": (np.float16, 10), "bf16": (np.uint16, 16)}
+_VIEW_DTYPES = ("fp32", "fp16")  # cache dtypes forward() can bind as numpy row views (bf16 has no numpy type)
 
 
 class OrtInplaceBackend:
@@ -99,24 +100,27 @@ class OrtInplaceBackend:
         not of every row reserved; elsewhere every call runs all rows."""
         self.reserved = rows
         self.views = None
-        if self.device == "cpu" and all(b.dtype in ("fp32", "fp16") for b in self.buffers):
+        if self.device == "cpu" and all(b.dtype in _VIEW_DTYPES for b in self.buffers):
             self.views = [np.zeros((rows, *b.shape[1:]), _CACHE_TYPES[b.dtype][0]) for b in self.buffers]
         else:
             self._allocate(rows)
 
-    def forward(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray) -> np.ndarray:
-        """One call over the first len(ids) reserved rows, each continuing its own sequence: row b
-        feeds ids[b, :seq[b]] at positions past[b]...; [rows, vocab] logits at each row's last fed
-        token. A row restarted at past 0 overwrites what it reads."""
+    def forward(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """One call over reserved rows first_row... first_row + len(ids), each continuing its own
+        sequence: row b feeds ids[b, :seq[b]] at positions past[b]...; [rows, vocab] logits at each
+        row's last fed token. A row restarted at past 0 overwrites what it reads. Without row views
+        the call starts at row 0 (first_row must be 0) and runs every reserved row."""
         ids, past, seq = (np.asarray(a, np.int64) for a in (ids, past, seq))
         if self.views is None:  # every reserved row, padded
+            if first_row:
+                raise RuntimeInputError("this backend runs every reserved row: first_row must be 0")
             rows = len(ids)
             pad = self.reserved - rows
             ids = np.pad(ids, ((0, pad), (0, 0)), constant_values=self.pad_id)
             past, seq = np.pad(past, (0, pad)), np.pad(seq, (0, pad), constant_values=1)
             return self._run(ids, past, seq, (seq - 1)[:, None])[:rows, 0]
         binding = self.session.io_binding()
-        values = [ort.OrtValue.ortvalue_from_numpy(v[: len(ids)]) for v in self.views]  # views: no copy
+        values = [ort.OrtValue.ortvalue_from_numpy(v[first_row: first_row + len(ids)]) for v in self.views]  # no copy
         for buffer, value in zip(self.buffers, values):
             binding.bind_ortvalue_input(buffer.input_name, value)
             binding.bind_ortvalue_output(buffer.output_name, value)
