@@ -31,6 +31,12 @@ def prompts(vocab: int, lengths) -> list[list[int]]:
     return [[2, *rng.integers(4, vocab, n - 1).tolist()] for n in lengths]
 
 
+def drain(engine: Engine) -> None:
+    """Steps until nothing is left to run."""
+    while engine.step():
+        continue
+
+
 def decided_prefix(model, prompt: list[int], tokens: list[int]) -> list[int]:
     """The solo tokens up to the first whose top-2 margin is within fp32 tolerance."""
     logits = model.logits(prompt + tokens)[len(prompt) - 1:]
@@ -83,15 +89,13 @@ def test_a_seed_gives_the_same_tokens_whatever_else_runs(artifact):
     p = prompts(model.manifest.config["vocab_size"], [7, 12, 5])
     alone = Engine(model, max_batch=2)
     mine = alone.submit(alone.request(p[0], 12, temperature=1.0, seed=123))
-    while alone.step():
-        pass
+    drain(alone)
     crowded = Engine(gemma_runtime.load(artifact), max_batch=2)
     crowded.submit(crowded.request(p[1], 12, temperature=1.0, seed=5))
     crowded.step()
     again = crowded.submit(crowded.request(p[0], 12, temperature=1.0, seed=123))
     crowded.submit(crowded.request(p[2], 12, temperature=0.7, seed=9))
-    while crowded.step():
-        pass
+    drain(crowded)
     assert again.tokens == mine.tokens and len(mine.tokens) > 0
 
 
@@ -103,8 +107,7 @@ def test_cancel_frees_the_slot_at_the_next_step(artifact):
     engine.step()
     made = len(first.tokens)
     first.cancel()
-    while engine.step():
-        pass
+    drain(engine)
     assert first.finish_reason == "cancelled" and 1 <= made == len(first.tokens)
     assert second.finish_reason == "length" and len(second.tokens) == 2
 
@@ -127,8 +130,7 @@ def test_generation_that_reaches_the_context_ends_with_length(artifact):
     engine = Engine(gemma_runtime.load(artifact), max_batch=2, prefill_chunk=5)
     p = prompts(engine.model.manifest.config["vocab_size"], [40])[0]
     request = engine.submit(engine.request(p))
-    while engine.step():
-        pass
+    drain(engine)
     assert request.finish_reason in ("length", "stop")
     if request.finish_reason == "length":
         assert len(p) + len(request.tokens) == MAX_SEQ_LEN

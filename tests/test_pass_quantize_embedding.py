@@ -3,7 +3,7 @@ import onnx_ir as ir
 import pytest
 
 from gemma_export import quant
-from gemma_export.passes import fold_weight_transposes, quantize_embedding, quantize_matmuls, set_opset, tied_lm_head
+from gemma_export.passes import quant_recipe, fold_weight_transposes, quantize_embedding, quantize_matmuls, set_opset, tied_lm_head
 from gemma_export.passes.context import ExportOptions
 from gemma_export.passes.tied_lm_head import EMBEDDING
 from pass_harness import apply, feeds, op_types, run, traced
@@ -32,7 +32,7 @@ def test_lookup_and_lm_head_read_one_quantized_table(target, method, tiny_checkp
         assert sorted(user.op_type for user, _ in dq.outputs[0].uses()) == ["Gather", "Gemm"]
     reference, _ = apply(tied, None)
     table = reference.graph.initializers[EMBEDDING]
-    s = quant.for_matrix(quantize_matmuls.target_scheme(ctx, ctx.options.quant_bits), table.shape[1])
+    s = quant_recipe.scheme_for(ctx, f"int{ctx.options.quant_bits}", table.shape[1])
     table.const_value = ir.tensor(quant.dequantize(quant.quantize(table.const_value.numpy(), s), s))
     f = feeds(ctx.config, past=2)
     ours, ref, fp32 = (run(m, f, optimize=False)["logits"] for m in (quantized, reference, tied))

@@ -11,13 +11,13 @@ import urllib.request
 import openai
 import pytest
 
-ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")  # `make test` installs it
-from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray  # the [ray] extra, which `make test` installs
+from ray import serve
+from ray.cluster_utils import Cluster
 
-import gemma_runtime  # noqa: E402
-from gemma_runtime.ray_serve import app  # noqa: E402
-from test_server import artifact  # noqa: E402,F401  (the tiny artifact with a tokenizer)
+import gemma_runtime
+from gemma_runtime.ray_serve import app
+from test_server import artifact  # noqa: F401  (the tiny artifact with a tokenizer)
 
 GUARD_S = 120
 PREFER_LOCAL = "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"

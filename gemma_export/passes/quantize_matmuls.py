@@ -50,10 +50,6 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     return count
 
 
-def target_scheme(ctx: PassContext, bits: int) -> quant.Scheme:
-    return quant.scheme(bits, ctx.options.block_size, zero_points=ctx.target.int4_zero_points)
-
-
 def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: quant.Scheme,
                  name: str, packed: tuple[ir.Value, ...] | None = None,
                  blocks_of: quant.BlockReader | None = None) -> ir.Value:
