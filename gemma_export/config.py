@@ -191,8 +191,9 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         layer_types = sliding_layer_types(dataclasses.replace(family, sliding_pattern=pattern), layers)
 
     if family.softcaps:
-        attn_softcap = f.take("attn_logit_softcapping", (int, float), family.attn_softcap)
-        final_softcap = f.take("final_logit_softcapping", (int, float), family.final_softcap)
+        # null turns a cap off (transformers checks `is not None`), whatever the family's default.
+        attn_softcap = f.take("attn_logit_softcapping", (int, float, type(None)), family.attn_softcap)
+        final_softcap = f.take("final_logit_softcapping", (int, float, type(None)), family.final_softcap)
     else:
         f.expect("attn_logit_softcapping", (None,))
         f.expect("final_logit_softcapping", (None,))

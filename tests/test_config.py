@@ -45,6 +45,14 @@ def test_gemma2_defaults_put_layer_zero_local():
     assert cfg.query_scale == pytest.approx(144 ** -0.5)
 
 
+def test_a_null_softcap_turns_the_family_default_off():
+    raw = {"model_type": "gemma2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 16, "num_hidden_layers": 2, "vocab_size": 100, "intermediate_size": 128,
+           "sliding_window": 4096, "attn_logit_softcapping": None, "final_logit_softcapping": 30.0}
+    cfg = parse_hf_config(raw)
+    assert (cfg.attn_softcap, cfg.final_softcap) == (None, 30.0)
+
+
 def test_head_dim_is_never_derived():
     raw = {"model_type": "gemma", "hidden_size": 3072, "num_attention_heads": 16, "num_hidden_layers": 2,
            "vocab_size": 100, "intermediate_size": 128}
