@@ -1,9 +1,10 @@
 """Continuous batching: one loop owns a fixed number of KV-cache rows (slots) and advances every
 active request at each step. Requests wait in a bounded queue and are admitted into
 free slots between steps; a new request's prompt is fed in chunks of at most `prefill_chunk`
-tokens, one chunk per step beside the step's decode call (so a long prompt delays the others by a
-chunk per step, never by its whole prefill); a finished or cancelled request frees its slot at
-once. Each request keeps its own sampling settings, stop strings and random generator, so a
+tokens, oldest request first, up to `prefill_budget` prompt tokens per step beside the step's decode
+call (so a burst of short prompts is taken in one step, while a long prompt delays the others by at
+most the budget per step, never by its whole prefill); a finished or cancelled request frees its
+slot at once. Each request keeps its own sampling settings, stop strings and random generator, so a
 seed gives the same text whatever else is in the batch.
 
 The backend must keep one cache row per slot across calls (`forward`): the in-place artifacts
@@ -86,17 +87,21 @@ class Metrics:
 
 
 class Engine:
-    def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128):
+    def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128,
+                 prefill_budget: int | None = None):
+        """prefill_budget: prompt tokens fed per step in chunk calls (default 4 chunks)."""
         if not hasattr(model.backend, "reserve"):
             raise RuntimeInputError("continuous batching needs an artifact with an in-place KV cache "
                                     "(targets ort-cpu, ort-cuda, onnx) on the ort backend")
-        if max_batch < 1 or prefill_chunk < 1:
-            raise RuntimeInputError("max_batch and prefill_chunk must be >= 1")
+        prefill_budget = 4 * prefill_chunk if prefill_budget is None else prefill_budget
+        if max_batch < 1 or prefill_chunk < 1 or prefill_budget < 1:
+            raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")
         self.model = model
         model.backend.reserve(max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue if max_queue is not None else 4 * max_batch
         self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
         self.max_seq_len = model.max_seq_len
         self.slots: list[Request | None] = [None] * max_batch
         self.past = np.zeros(max_batch, np.int64)
@@ -174,10 +179,10 @@ class Engine:
     def step(self) -> bool:
         """Admit, run the step's calls, sample; False when there was nothing to run.
 
-        With row views (the CPU backend) a step is two lean calls: one prompt chunk of the oldest
-        request still prefilling, alone on its row, then one token for every other busy row (a
-        prompt still being fed advances by a token there too). Otherwise one padded call carries
-        every busy row with its chunk."""
+        With row views (the CPU backend) a step is lean calls: prompt chunks of the requests still
+        prefilling, oldest first, each alone on its row, within the step's prefill budget, then
+        one call with a token for every busy row (a prompt still being fed advances by a token
+        there too). Otherwise one padded call carries every busy row with its chunk."""
         for r, request in enumerate(self.slots):
             if request is not None and request.cancelled:
                 self._finish(r, "cancelled")
@@ -188,18 +193,21 @@ class Engine:
         if getattr(self.model.backend, "views", None) is None:
             self._call(0, 1 + max(busy), self.prefill_chunk)
             return True
-        prefilling = [r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)]
-        if prefilling:
-            first = min(prefilling, key=lambda r: self.slots[r].id)
-            self._call(first, first + 1, self.prefill_chunk)
+        prefilling = sorted((r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)),
+                            key=lambda r: self.slots[r].id)
+        budget = self.prefill_budget
+        for r in prefilling:
+            if budget < 1:
+                break
+            budget -= self._call(r, r + 1, min(self.prefill_chunk, budget))
         busy = [r for r, q in enumerate(self.slots) if q is not None]
         if busy:
             self._call(0, 1 + max(busy), 1)
         return True
 
-    def _call(self, start: int, stop: int, chunk: int) -> None:
+    def _call(self, start: int, stop: int, chunk: int) -> int:
         """One call over slots [start, stop): a busy row feeds up to `chunk` tokens of its prompt, or
-        its last token; an idle row a pad at position 0."""
+        its last token; an idle row a pad at position 0. Returns the tokens fed."""
         slots = self.slots[start:stop]
         pieces = []
         for request in slots:
@@ -231,6 +239,7 @@ class Engine:
                 if request._fed < len(request.prompt):
                     continue  # more of the prompt later
             self._advance(r, request, logits[i])
+        return int(seq.sum())
 
     def _admit(self) -> None:
         with self._lock:

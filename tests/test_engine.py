@@ -67,7 +67,7 @@ def test_batched_greedy_equals_each_request_alone(which, request, monkeypatch):
     vocab = model.manifest.config["vocab_size"]
     batch = prompts(vocab, [3, 17, 9, 30, 1 + 5, 22])
     solo = [model.generate(p, max_new_tokens=10).token_ids for p in batch]
-    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=8)
+    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=8, prefill_budget=12)
     assert (engine.model.backend.views is None) == (which == "padded")
     requests = []
     arrivals = {0: [0, 1], 2: [2], 3: [3, 4], 7: [5]}  # step -> requests submitted before it
@@ -82,6 +82,19 @@ def test_batched_greedy_equals_each_request_alone(which, request, monkeypatch):
         assert len(expected) >= 3, "the random model decides too few tokens to compare"
         assert request.tokens[: len(expected)] == expected, i
     assert engine.metrics.generated_tokens == sum(len(r.tokens) for _, r in requests)
+
+
+def test_a_burst_of_prompts_within_the_prefill_budget_is_taken_in_one_step(artifact):
+    model = gemma_runtime.load(artifact)
+    burst = prompts(model.manifest.config["vocab_size"], [6, 9, 7, 8])
+    firsts = {}
+    for budget in (8, 32):
+        engine = Engine(gemma_runtime.load(artifact), max_batch=4, prefill_chunk=8, prefill_budget=budget)
+        requests = [engine.submit(engine.request(p, max_new_tokens=4)) for p in burst]
+        engine.step()
+        firsts[budget] = [r.first_token_s is not None for r in requests]
+    assert firsts[32] == [True] * 4  # every prompt fed in chunks (the 9-token one ends in the decode call)
+    assert firsts[8] == [True, False, False, False]  # the oldest alone; the others advance by a prompt token
 
 
 def test_a_seed_gives_the_same_tokens_whatever_else_runs(artifact):
