@@ -98,7 +98,8 @@ def _sampling(model, temperature, top_k, top_p) -> dict:
 def generate(
     artifact: Path = typer.Argument(..., help="artifact folder"),
     prompt: str = typer.Option(..., help="prompt text"),
-    max_new_tokens: int = typer.Option(64),
+    max_new_tokens: Optional[int] = typer.Option(None, help="default: 64, or what fits after a long prompt; "
+                                                "more than fits is an error"),
     temperature: Optional[float] = typer.Option(None, help="0 = greedy"),
     top_k: Optional[int] = typer.Option(None),
     top_p: Optional[float] = typer.Option(None),

@@ -135,8 +135,9 @@ def validate(artifact: Path | str, reference: Path | str | None, texts: Sequence
             raise GemmaExportError(f"reference logits have shape {ref.shape}, artifact {ours.shape}")
         rows.append(compare(ours, ref, ids))
         head = ids[: max(2, len(ids) // 2)]
-        a = model.generate(head, max_new_tokens=greedy_tokens).token_ids
-        b = greedy(ref_fn, head, greedy_tokens, model.stop_ids)
+        new_tokens = min(greedy_tokens, model.max_seq_len - len(head))
+        a = model.generate(head, max_new_tokens=new_tokens).token_ids
+        b = greedy(ref_fn, head, new_tokens, model.stop_ids)
         same = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         greedy_match += same
         greedy_total += max(len(a), len(b))

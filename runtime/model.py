@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -14,6 +16,8 @@ from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
+_ONE_PROMPT = (str, list, tuple, np.ndarray)  # what a batch's items are
+DEFAULT_MAX_NEW_TOKENS = 64
 
 
 @dataclasses.dataclass
@@ -60,6 +64,16 @@ def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, d
 
 
 class Model:
+    """A loaded artifact. Its backend owns one KV cache, so calls run one at a time: a per-model
+    lock serializes logits(), generate() and the whole iteration of a stream(). Several threads may
+    share a Model; each call waits for the one before it and returns what it would return alone.
+    A stream holds the lock from its first item until it is exhausted, close()d or dropped (a
+    stream made but never iterated holds nothing); meanwhile calls from other threads wait, and a
+    call from the thread that holds the open stream raises RuntimeInputError (waiting would
+    deadlock). Token ids are Python or numpy integers within the vocabulary; max_new_tokens given
+    explicitly must fit in the context with the prompt (ContextLengthExceeded, as the OpenAI API
+    refuses such a request), None means DEFAULT_MAX_NEW_TOKENS or, after a long prompt, what fits."""
+
     def __init__(self, folder: Path, manifest: Manifest, backend, tokenizer: Tokenizer | None):
         self.folder = folder
         self.manifest = manifest
@@ -71,25 +85,32 @@ class Model:
         self.stop_ids = set(tokens.stop)
         placeholders = (manifest.multimodal or {}).get("placeholder_ids", {})
         self.placeholder_ids = {i: name for name, i in placeholders.items()}
+        self._lock = threading.Lock()  # not reentrant, and released by whichever thread closes a stream
+        self._holder: int | None = None  # the thread that holds the lock
 
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits at every position, ids used as given."""
-        return np.array(self.backend.teacher_forced(self._check_ids(ids)), dtype=np.float32)
+        ids = self._check_ids(ids)
+        with self._exclusive():
+            return np.array(self.backend.teacher_forced(ids), dtype=np.float32)
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: Sequence[str] | None = None) -> GenerationResult | list[GenerationResult]:
+    def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, stop: Sequence[str] | None = None
+                 ) -> GenerationResult | list[GenerationResult]:
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched = self._prompts(prompt)
+        budget = self._budget(prompts, max_new_tokens)
         generated = [[] for _ in prompts]
         reasons: list[str | None] = [None] * len(prompts)
-        for row, token, reason in self._decode(prompts, max_new_tokens, sampler, stop or ()):
-            if token is not None:
-                generated[row].append(token)
-            if reason is not None:
-                reasons[row] = reason
+        with self._exclusive():
+            for row, token, reason in self._decode(prompts, budget, sampler, stop or ()):
+                if token is not None:
+                    generated[row].append(token)
+                if reason is not None:
+                    reasons[row] = reason
         results = []
         for ids, reason, p in zip(generated, reasons, prompts):
             text = self._text(ids)
@@ -97,40 +118,70 @@ class Model:
             results.append(GenerationResult(ids, text, "stop" if cut else reason, len(p)))
         return results if batched else results[0]
 
-    def stream(self, prompt: Prompt, max_new_tokens: int = 64, temperature: float = 0.0,
+    def stream(self, prompt: Prompt, max_new_tokens: int | None = None, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str] | None = None) -> Iterator[str]:
-        """Text pieces as they are generated; incomplete UTF-8 is held back until whole."""
+        """Text pieces as they are generated; incomplete UTF-8 is held back until whole. The
+        arguments are checked here; the model is held from the first piece until the stream ends."""
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched = self._prompts(prompt)
         if batched:
             raise RuntimeInputError("stream takes one prompt")
         self._require_tokenizer()
-        stops = tuple(stop or ())
-        ids: list[int] = []
-        sent = 0
-        for _, token, _ in self._decode(prompts, max_new_tokens, sampler, stops):
-            if token is None:
-                continue
-            ids.append(token)
-            text = self.tokenizer.decode(ids)
-            text, cut = _cut_at_stop(text, stops)
-            ready = len(text) if cut else _safe_length(text, stops)
-            if ready > sent:
-                yield text[sent:ready]
-                sent = ready
-            if cut:
-                return
-        text = self.tokenizer.decode(ids)
-        if len(text) > sent:
-            yield text[sent:]
+        return self._stream(prompts, self._budget(prompts, max_new_tokens), sampler, tuple(stop or ()))
 
-    def _decode(self, prompts: list[list[int]], max_new_tokens: int, sampler: Sampler, stops: Sequence[str]):
-        """Yields (row, token or None, finish reason or None) as rows advance."""
+    def _stream(self, prompts: list[list[int]], budget: int, sampler: Sampler, stops: tuple[str, ...]) -> Iterator[str]:
+        with self._exclusive():
+            ids: list[int] = []
+            sent = 0
+            for _, token, _ in self._decode(prompts, budget, sampler, stops):
+                if token is None:
+                    continue
+                ids.append(token)
+                text = self.tokenizer.decode(ids)
+                text, cut = _cut_at_stop(text, stops)
+                ready = len(text) if cut else _safe_length(text, stops)
+                if ready > sent:
+                    yield text[sent:ready]
+                    sent = ready
+                if cut:
+                    return
+            text = self.tokenizer.decode(ids)
+            if len(text) > sent:
+                yield text[sent:]
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The backend (and its KV cache) for this thread alone; waits for other threads' calls."""
+        if self._holder == threading.get_ident():  # only this thread sets its own id
+            raise RuntimeInputError("model is busy with an unfinished stream in this thread: exhaust or close() "
+                                    "the stream before calling the model again")
+        with self._lock:
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    def _budget(self, prompts: list[list[int]], max_new_tokens: int | None) -> int:
+        """The tokens to generate after the prompts (see the class docstring for the rule)."""
+        longest = max(len(p) for p in prompts)
+        room = self.max_seq_len - longest
+        if max_new_tokens is None:
+            return min(DEFAULT_MAX_NEW_TOKENS, room)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise RuntimeInputError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
         if max_new_tokens < 0:
             raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens > room:
+            which = "longest prompt" if len(prompts) > 1 else "prompt"
+            raise ContextLengthExceeded(f"the {which} ({longest} tokens) and max_new_tokens ({max_new_tokens}) "
+                                        f"exceed this artifact's context of {self.max_seq_len} tokens")
+        return int(max_new_tokens)
+
+    def _decode(self, prompts: list[list[int]], budget: int, sampler: Sampler, stops: Sequence[str]):
+        """Yields (row, token or None, finish reason or None) as rows advance, budget tokens at most."""
         batch = len(prompts)
-        budget = min(max_new_tokens, self.max_seq_len - max(len(p) for p in prompts))
         done = [False] * batch
         texts = [[] for _ in prompts]
         logits = self.backend.prefill(prompts) if budget > 0 else None
@@ -160,26 +211,40 @@ class Model:
 
     # -- input handling -------------------------------------------------------------------
     def _prompts(self, prompt) -> tuple[list[list[int]], bool]:
-        if isinstance(prompt, str) or _is_ids(prompt):
-            return [self._encode(prompt)], False
-        if isinstance(prompt, (list, tuple)) and prompt:
+        """The prompt(s) as checked token ids, and whether a batch (a list of prompts) was given."""
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 2:
+            prompt = list(prompt)  # one prompt per row
+        if isinstance(prompt, (list, tuple)) and any(isinstance(p, _ONE_PROMPT) for p in prompt):
+            odd = next((p for p in prompt if not isinstance(p, _ONE_PROMPT)), None)
+            if odd is not None:
+                raise RuntimeInputError(f"a list mixes prompts (text or lists of token ids) with {odd!r} "
+                                        f"({type(odd).__name__}); token ids must all be integers")
             return [self._encode(p) for p in prompt], True
-        raise RuntimeInputError("prompt must be text, a list of token ids, or a non-empty list of those")
+        return [self._encode(prompt)], False
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
+            if not prompt:
+                raise RuntimeInputError("empty prompt text")
             self._require_tokenizer()
-            ids = self.tokenizer.encode(prompt)
-        elif _is_ids(prompt):
-            ids = [int(i) for i in prompt]
-        else:
-            raise RuntimeInputError(f"prompt of type {type(prompt).__name__} is neither text nor token ids")
-        return self._check_ids(ids)
+            return self._check_ids(self.tokenizer.encode(prompt))
+        if not isinstance(prompt, (list, tuple, np.ndarray)):
+            raise RuntimeInputError(f"a prompt is text or a list of token ids, not {type(prompt).__name__}")
+        return self._check_ids(prompt)
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            raise RuntimeInputError(f"token ids must be a list or a 1-D array of integers, not {type(ids).__name__}")
+        if isinstance(ids, np.ndarray) and ids.ndim != 1:
+            raise RuntimeInputError(f"token ids must be one-dimensional, got an array of shape {ids.shape}")
+        if len(ids) == 0:
+            raise RuntimeInputError("empty prompt: no token ids")
+        odd = next(((k, i) for k, i in enumerate(ids)
+                    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))), None)
+        if odd is not None:
+            raise RuntimeInputError(f"token ids must be integers; position {odd[0]} holds {odd[1]!r} "
+                                    f"({type(odd[1]).__name__})")
         ids = [int(i) for i in ids]
-        if not ids:
-            raise RuntimeInputError("empty prompt")
         vocab = self.manifest.config["vocab_size"]
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
@@ -200,11 +265,6 @@ class Model:
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""
-
-
-def _is_ids(x) -> bool:
-    return isinstance(x, (list, tuple, np.ndarray)) and len(x) > 0 and all(
-        isinstance(i, (int, np.integer)) for i in x)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -32,7 +32,7 @@ from gemma_runtime.chat import render
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat fills the context
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
 UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
     "n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False, "suffix": None,
     "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
@@ -123,7 +123,7 @@ def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request
         max_tokens = _integer(body, "max_tokens", None) if max_tokens is None else max_tokens
     else:
         prompt = _text_prompt(body.get("prompt"))
-        max_tokens = _integer(body, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
+        max_tokens = _integer(body, "max_tokens", None)
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
@@ -149,6 +149,8 @@ def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request
         raise ApiError(400, str(e), "messages" if chat else "prompt", "context_length_exceeded") from None
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages" if chat else "prompt") from None
+    if max_tokens is None and not chat:  # the runtime's rule: a default budget shrinks to what fits
+        request.max_new_tokens = min(request.max_new_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     return request, {"stream": stream, "include_usage": options.get("include_usage", False), "chat": chat}
 
 

@@ -124,7 +124,9 @@ def test_prompt_longer_than_the_maximum_length(checkpoint, tmp_path, capsys):
     model = gemma_runtime.load(out)
     with pytest.raises(RuntimeInputError, match="17 tokens.*maximum sequence length is 16"):
         model.generate(list(range(2, 19)))
-    result = model.generate(list(range(2, 12)), max_new_tokens=50)
+    with pytest.raises(RuntimeInputError, match=r"prompt \(10 tokens\) and max_new_tokens \(50\) exceed .* 16"):
+        model.generate(list(range(2, 12)), max_new_tokens=50)
+    result = model.generate(list(range(2, 12)))  # the default: what fits
     assert len(result.token_ids) <= 6 and (result.finish_reason == "length" or len(result.token_ids) < 6)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_runtime.backends.ort_session import create_session
+from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import MODEL_FILE, Manifest
 
 _NP = {"fp32": np.float32, "fp16": np.float16}
@@ -25,6 +26,7 @@ class OrtConcatBackend:
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         width = max(len(p) for p in prompts)
+        self._check_length(width)
         ids = np.full((len(prompts), width), self.pad_id, np.int64)
         self.mask = np.zeros((len(prompts), width), np.int64)
         for r, p in enumerate(prompts):  # left padding: every row's last token in the last column
@@ -36,6 +38,7 @@ class OrtConcatBackend:
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         batch = len(tokens)
+        self._check_length(self.mask.shape[1] + 1)
         self.mask = np.concatenate([self.mask, np.ones((batch, 1), np.int64)], axis=1)
         self.positions = self.positions[:, -1:] + 1
         return self._run(np.asarray(tokens, np.int64).reshape(batch, 1))[:, -1]
@@ -43,6 +46,11 @@ class OrtConcatBackend:
     def teacher_forced(self, ids: list[int]) -> np.ndarray:
         self.prefill([ids])
         return self._logits
+
+    def _check_length(self, width: int) -> None:
+        """The graph computes past max_seq_len (its cache just grows) but was not exported for it."""
+        if width > self.max_seq_len:
+            raise RuntimeInputError(f"the sequence would exceed this artifact's maximum length {self.max_seq_len}")
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "position_ids": self.positions, "attention_mask": self.mask,
