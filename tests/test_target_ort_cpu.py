@@ -11,7 +11,7 @@ from gemma_export.export import export
 from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes.context import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
-from tiny import CONFIGS, hf_model, write_checkpoint
+from tiny import CONFIGS, hf_model
 
 NAMES = list(CONFIGS)
 MAX_SEQ_LEN = 64
@@ -73,26 +73,3 @@ def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == MAX_SEQ_LEN
     assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], MAX_SEQ_LEN, cfg["head_dim"])
 
-
-def test_a_head_dim_no_fused_kernel_takes_exports_with_the_defaults(tmp_path):
-    """Gemma 1 with head_dim 40: GroupQueryAttention's rotary cannot take it, so the default target
-    keeps the standard attention for those layers (said in the report) instead of refusing."""
-    folder = write_checkpoint("gemma-mqa", tmp_path / "hd40", head_dim=40)
-    manifest = export(folder, tmp_path / "out", ExportOptions(max_seq_len=MAX_SEQ_LEN))
-    assert manifest.target == "ort-cpu" and len(manifest.report["attention"]["unfused"]) == 3
-    model = gemma_runtime.load(tmp_path / "out", threads=1)
-    reference = hf_model("gemma-mqa", head_dim=40)
-    ids = prompt(1, 40)
-    assert_fp32_parity(model.logits(ids), hf_logits(reference, ids))
-    assert_fp32_parity(stepwise_logits(model, ids[:20], prefill=5), hf_logits(reference, ids[:20])[4:])
-
-
-def test_a_model_of_one_full_attention_layer_exports(tmp_path):
-    """The trace of such a model reads the batch size off attention_mask, which the in-place
-    interface drops: it reads it off input_ids instead."""
-    overrides = dict(num_hidden_layers=1, layer_types=["full_attention"])
-    folder = write_checkpoint("gemma3", tmp_path / "one", **overrides)
-    export(folder, tmp_path / "out", ExportOptions(max_seq_len=MAX_SEQ_LEN))
-    ids = prompt(1, 20)
-    expected = hf_logits(hf_model("gemma3", **overrides), ids)
-    assert_fp32_parity(gemma_runtime.load(tmp_path / "out", threads=1).logits(ids), expected)
