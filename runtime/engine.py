@@ -96,7 +96,10 @@ class Engine:
         prefill_budget = 4 * prefill_chunk if prefill_budget is None else prefill_budget
         if max_batch < 1 or prefill_chunk < 1 or prefill_budget < 1:
             raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")
+        if model.engine is not None:
+            raise RuntimeInputError("this model already belongs to another Engine")
         self.model = model
+        model.engine = self
         model.backend.reserve(max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue if max_queue is not None else 4 * max_batch

@@ -72,7 +72,9 @@ class Model:
     call from the thread that holds the open stream raises RuntimeInputError (waiting would
     deadlock). Token ids are Python or numpy integers within the vocabulary; max_new_tokens given
     explicitly must fit in the context with the prompt (ContextLengthExceeded, as the OpenAI API
-    refuses such a request), None means DEFAULT_MAX_NEW_TOKENS or, after a long prompt, what fits."""
+    refuses such a request), None means DEFAULT_MAX_NEW_TOKENS or, after a long prompt, what fits.
+    A Model handed to an Engine belongs to it (the engine drives the same cache rows): its own
+    calls then raise RuntimeInputError."""
 
     def __init__(self, folder: Path, manifest: Manifest, backend, tokenizer: Tokenizer | None):
         self.folder = folder
@@ -87,6 +89,7 @@ class Model:
         self.placeholder_ids = {i: name for name, i in placeholders.items()}
         self._lock = threading.Lock()  # not reentrant, and released by whichever thread closes a stream
         self._holder: int | None = None  # the thread that holds the lock
+        self.engine = None  # the Engine that owns the backend, if any
 
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -153,6 +156,9 @@ class Model:
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """The backend (and its KV cache) for this thread alone; waits for other threads' calls."""
+        if self.engine is not None:
+            raise RuntimeInputError("this model is driven by a continuous-batching Engine: submit requests to "
+                                    "the engine, or load the artifact again for direct calls")
         if self._holder == threading.get_ident():  # only this thread sets its own id
             raise RuntimeInputError("model is busy with an unfinished stream in this thread: exhaust or close() "
                                     "the stream before calling the model again")

@@ -13,7 +13,7 @@ from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
 from gemma_runtime.backends import ort_inplace
 from gemma_runtime.engine import Engine, QueueFull
-from gemma_runtime.errors import ContextLengthExceeded
+from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 
 MAX_SEQ_LEN = 48
 FP32_TOLERANCE = 1e-4
@@ -95,6 +95,15 @@ def test_a_burst_of_prompts_within_the_prefill_budget_is_taken_in_one_step(artif
         firsts[budget] = [r.first_token_s is not None for r in requests]
     assert firsts[32] == [True] * 4  # every prompt fed in chunks (the 9-token one ends in the decode call)
     assert firsts[8] == [True, False, False, False]  # the oldest alone; the others advance by a prompt token
+
+
+def test_a_model_driven_by_an_engine_refuses_direct_calls(artifact):
+    model = gemma_runtime.load(artifact)
+    Engine(model, max_batch=1)
+    with pytest.raises(RuntimeInputError, match="driven by a continuous-batching Engine"):
+        model.generate([2, 5, 6], max_new_tokens=2)
+    with pytest.raises(RuntimeInputError, match="another Engine"):
+        Engine(model)
 
 
 def test_a_seed_gives_the_same_tokens_whatever_else_runs(artifact):
