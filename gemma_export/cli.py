@@ -208,11 +208,25 @@ def validate(
 
 
 @app.command()
-def inspect(artifact: Path = typer.Argument(..., help="artifact folder")) -> None:
-    """Op counts, inputs and outputs, passes and sizes of an artifact."""
-    from gemma_export.inspect import describe
+def inspect(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    verify: bool = typer.Option(False, help="instead: hash each file again and compare it with the manifest's "
+                                "size and sha256 (exit 2 unless all match)"),
+) -> None:
+    """Op counts, inputs and outputs, passes and sizes of an artifact; or, with --verify, its files
+    checked against the manifest."""
+    from gemma_export.inspect import describe, verify as verify_files
 
-    typer.echo(describe(artifact))
+    if not verify:
+        typer.echo(describe(artifact))
+        return
+    checked = verify_files(artifact)
+    for name, status in checked.items():
+        typer.echo(f"{name:<28} {status}")
+    bad = [name for name, status in checked.items() if status != "OK"]
+    if bad:
+        raise GemmaExportError(f"{artifact}: {len(bad)} of {len(checked)} files do not match the manifest: "
+                               + ", ".join(f"{name} ({checked[name].split(' ')[0]})" for name in bad))
 
 
 @app.command()

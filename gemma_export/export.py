@@ -63,8 +63,15 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     """Writes the artifact; returns its manifest."""
     options = resolve_options(options)
     out = Path(out)
-    artifact.check_output(out, force)  # fail before the slow part
+    # OUT is claimed before the slow part: a second export to the same place fails at once, and
+    # what a killed export left there is resolved before this one decides anything about OUT.
     say = progress or (lambda what, done, total: None)
+    with artifact.claim(out, force, tell=lambda note: say(note, 1, 1)) as claim:
+        return _export(source_path, claim, options, dump_ir, say)
+
+
+def _export(source_path: Path | str | None, claim: artifact.Claim, options: ExportOptions, dump_ir: Path | None,
+            say: Progress) -> Manifest:
     started = time.time()
     say("reading checkpoint", 0, 1)
     source = open_source(source_path)
@@ -77,12 +84,12 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     ctx = pass_context(cfg, options, tokenizer)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes)
-    with artifact.staging(out, force) as tmp:
-        artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
+    with artifact.staging(claim) as tmp:
+        files = artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
         if source.tokenizer_file() is not None:
             name, data = source.tokenizer_file()
-            (tmp / name).write_bytes(data)
-        manifest = dataclasses.replace(manifest, export_seconds=round(time.time() - started, 2))
+            files[name] = artifact.write_file(tmp / name, data)
+        manifest = dataclasses.replace(manifest, files=files, export_seconds=round(time.time() - started, 2))
         write_manifest(tmp, manifest)
     return manifest
 

@@ -1,13 +1,18 @@
-"""A readable summary of an artifact: what it is, its IO, its passes, its ops and sizes."""
+"""A readable summary of an artifact: what it is, its IO, its passes, its ops and sizes; and its
+files checked against the sizes and sha256 the manifest records."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
 import onnx
 
-from gemma_runtime.manifest import MODEL_FILE, Manifest, read_manifest
+from gemma_export.errors import GemmaExportError
+from gemma_runtime.manifest import MODEL_FILE, FileDigest, Manifest, read_manifest
+
+HASH_CHUNK_BYTES = 16 * 2**20
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:
@@ -104,3 +109,31 @@ def low_precision(manifest: Manifest) -> list[str]:
                          f"largest |x| {max(kept.values()):.4g}")
             lines += [f"    {name:<40} {m:.4g}" for name, m in kept.items()]
     return ["", *lines] if lines else []
+
+
+def verify(folder: Path | str) -> dict[str, str]:
+    """Each file the manifest records, hashed again: name -> "OK", "MISSING" or "MISMATCH (...)"."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if not manifest.files:
+        raise GemmaExportError(f"{folder}: its manifest records no file hashes (format_version "
+                               f"{manifest.format_version}): export it again to have them")
+    for name in manifest.files:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise GemmaExportError(f"{folder}: its manifest lists {name!r}, not a file of the artifact folder")
+    return {name: _compare(folder / name, digest) for name, digest in manifest.files.items()}
+
+
+def _compare(path: Path, recorded: FileDigest) -> str:
+    if not path.is_file():
+        return "MISSING"
+    sha256, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            sha256.update(chunk)
+            size += len(chunk)
+    if size != recorded.size:
+        return f"MISMATCH (size {size}, the manifest says {recorded.size})"
+    if sha256.hexdigest() != recorded.sha256:
+        return f"MISMATCH (sha256 {sha256.hexdigest()}, the manifest says {recorded.sha256})"
+    return "OK"

@@ -4,6 +4,8 @@ The exporter writes it (Manifest.to_json) and the runtime reads it (read_manifes
 use these classes, so a field is named in one place. Format version 2 lists the KV cache as
 buffers: each with its graph names, shape, dtype, layout and the layers that write and read it.
 The backends allocate and bind exactly these buffers; nothing counts layers to find caches.
+Format version 3 adds the size and sha256 of each file the export wrote (`files`); this runtime
+reads versions 2 and 3 (a version 2 manifest has no `files`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from gemma_runtime.errors import RuntimeInputError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
@@ -88,6 +91,14 @@ class Tokens:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileDigest:
+    """A file of the artifact as the export wrote it (hashed while writing)."""
+
+    size: int
+    sha256: str  # hex
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     format_version: int
     producer: str
@@ -111,6 +122,8 @@ class Manifest:
     # a multimodal checkpoint's text decoder: {"model_type", "skipped": towers, "placeholder_ids":
     # {config field: id}}; those ids are refused in prompts (nothing computes their embeddings)
     multimodal: dict[str, Any] | None = None
+    # file name -> what the export wrote (model, weights, tokenizer; not manifest.json itself)
+    files: dict[str, FileDigest] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,11 +133,11 @@ class Manifest:
         if not isinstance(data, dict):
             raise RuntimeInputError(f"{where}: not a manifest (expected a JSON object)")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             hint = " (written by an older gemma-export: export it again with this version)" \
-                if isinstance(version, int) and version < FORMAT_VERSION else ""
+                if isinstance(version, int) and version < READABLE_VERSIONS[0] else ""
             raise RuntimeInputError(f"{where}: format_version {version!r} is not supported by this runtime "
-                                    f"(it reads {FORMAT_VERSION}){hint}")
+                                    f"(it reads {' and '.join(map(str, READABLE_VERSIONS))}){hint}")
         try:
             kv = data["kv_cache"]
             fields = {
@@ -136,9 +149,10 @@ class Manifest:
                 "execution": Execution(tuple(data["execution"]["backends"]), tuple(data["execution"]["devices"])),
                 "tokens": Tokens(**{**data["tokens"], "stop": tuple(data["tokens"].get("stop", ()))}),
                 "engines": tuple(data.get("engines", ())),
+                "files": _files(data.get("files", {})),
             }
             manifest = cls(**fields)
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise RuntimeInputError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
         if manifest.kv_cache.update not in CACHE_UPDATES:
             raise RuntimeInputError(f"{where}: KV-cache update {manifest.kv_cache.update!r} is not supported "
@@ -148,6 +162,10 @@ class Manifest:
 
 def _specs(d: dict) -> dict[str, TensorSpec]:
     return {name: TensorSpec(spec["dtype"], tuple(spec["shape"])) for name, spec in d.items()}
+
+
+def _files(d: dict) -> dict[str, FileDigest]:
+    return {name: FileDigest(int(f["size"]), str(f["sha256"])) for name, f in d.items()}
 
 
 def _buffer(b: dict) -> CacheBuffer:
