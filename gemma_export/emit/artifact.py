@@ -106,10 +106,7 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
             for index, value in enumerate(stored):
                 tensor = value.const_value
                 offsets[value.name] = data.size
-                if hasattr(tensor, "tofile"):
-                    tensor.tofile(data)  # a StreamedTensor writes row range by row range
-                else:
-                    data.write(tensor.tobytes())
+                tensor.tofile(data)  # a StreamedTensor writes row range by row range
                 if data.size != offsets[value.name] + tensor.nbytes:
                     raise AssertionError(f"{value.name}: wrote {data.size - offsets[value.name]} bytes, "
                                          f"declared {tensor.nbytes}")
@@ -121,6 +118,8 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
             if kept.get(model.graph.initializers.get(base)) is not tensor or base not in offsets:
                 raise AssertionError(f"{value.name} is a view of {base}, which a later pass replaced, "
                                      "removed or kept inside model.onnx")
+            if value.dtype != tensor.dtype or list(value.shape.numpy()[1:]) != list(tensor.shape.numpy()[1:]):
+                raise AssertionError(f"{value.name}: its rows do not match {base}")
             row_bytes = value.const_value.nbytes // value.shape[0]
             value.const_value = _external(value.const_value, folder, offsets[base] + first_row * row_bytes)
         proto = ir.serde.serialize_model(model)
