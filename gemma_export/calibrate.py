@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import onnx
@@ -99,11 +99,11 @@ def prefill_feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def without_data(model: ir.Model) -> Iterator[list[ir.Value]]:
-    """Large initializers lose their data for the duration (the serializer then writes only
-    their types and shapes); yields them."""
+def without_data(model: ir.Model, also: Collection[str] = ()) -> Iterator[list[ir.Value]]:
+    """Large initializers (and those named in `also`) lose their data for the duration (the
+    serializer then writes only their types and shapes); yields them."""
     held = {v: v.const_value for v in model.graph.initializers.values()
-            if v.const_value is not None and v.const_value.size >= _WEIGHTLESS_MIN_ELEMENTS}
+            if v.const_value is not None and (v.const_value.size >= _WEIGHTLESS_MIN_ELEMENTS or v.name in also)}
     serde_log = logging.getLogger("onnx_ir.serde")
     level = serde_log.level
     serde_log.setLevel(logging.ERROR)  # it warns of each initializer without data

@@ -121,7 +121,7 @@ def _session(model: ir.Model, ctx: PassContext, units: list[Unit], tmp: Path):
     """The measuring session; the fp32 weights it is fed (name -> memory-mapped array, every large
     initializer); the flag input switching each unit's activation rounding; each unit's product
     input (the activation, by value name)."""
-    with calibrate.without_data(model) as large:
+    with calibrate.without_data(model, also={unit.name for unit in units}) as large:
         proto = ir.serde.serialize_model(model)
     graph = proto.graph
     infos = {vi.name: vi for vi in graph.value_info}

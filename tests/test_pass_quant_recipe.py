@@ -111,3 +111,18 @@ def test_stored_bytes_match_the_written_tensors():
     rows = ir.tensor(np.random.default_rng(0).standard_normal((8, 128)).astype(np.float32))
     tensors = quant.nbits_tensors(rows, s, "w")
     assert quant.stored_bytes(8, 128, s, 4) == sum(t.nbytes for t in tensors if t is not None)
+
+
+def test_the_expert_router_stays_float_and_is_measured_nowhere(tmp_path):
+    """Gemma 4's router chooses experts: the recipe keeps it float (its weight is also too small to
+    be fed as a memory-mapped input, which once made the sensitivity run fail on its name)."""
+    from tiny import write_checkpoint
+
+    model, ctx = fused(write_checkpoint("gemma4-moe", tmp_path / "moe"), "ort-cpu", "fp32")
+    with_options(ctx, quant="int4")
+    routers = [v.name for v in model.graph.initializers.values() if ".router." in v.name and v.shape.rank() == 2]
+    assert routers
+    apply(model, ctx, quant_recipe, quantize_matmuls)
+    assert not set(routers) & set(ctx.quant_plan)
+    assert all(model.graph.initializers[name].dtype == ir.DataType.FLOAT for name in routers)
+    assert set(ctx.quant_plan.values()) <= {"int4", "int8", "float"} and ctx.quant_plan

@@ -65,6 +65,11 @@ class Unit:
         return (a, b) if self.stored_as_rows else (b, a)
 
 
+# Gemma 4's expert router stays float: its few weights choose which experts run, and a rounding
+# there swaps whole experts (llama.cpp keeps it unquantized in every type too).
+FLOAT_WEIGHTS = (".router.",)
+
+
 def units(graph: ir.Graph, ctx: PassContext) -> list[Unit]:
     """Every weight the quantizers will take, in graph order."""
     found: dict[str, Unit] = {}
@@ -72,7 +77,7 @@ def units(graph: ir.Graph, ctx: PassContext) -> list[Unit]:
         if node.op_type == "MatMul" and node.domain == "":
             weight = initializer_of(node.inputs[1])
             if weight is not None and weight.shape is not None and weight.shape.rank() == 2 \
-                    and weight.dtype == ir.DataType.FLOAT:
+                    and weight.dtype == ir.DataType.FLOAT and not any(s in weight.name for s in FLOAT_WEIGHTS):
                 found.setdefault(weight.name, Unit(weight, [])).products.append(node)
         elif node.op_type == "Gemm" and not ctx.options.keep_embeddings_fp:
             weight = initializer_of(node.inputs[1])
