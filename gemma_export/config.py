@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gemma_export.errors import ConfigError
-from gemma_graphs.config import (FAMILIES, MODEL_TYPES, MULTIMODAL_MODEL_TYPES, Family, GemmaConfig, InvalidConfig,
-                                  sliding_layer_types)
+from gemma_export.errors import ConfigError, GemmaExportError, names
+from gemma_graphs.config import (FAMILIES, MAX_LAYERS, MODEL_TYPES, MULTIMODAL_MODEL_TYPES, Family, GemmaConfig,
+                                  InvalidConfig, sliding_layer_types)
 
 # Fields that say nothing about the math of inference: read and dropped on purpose.
 IGNORED_FIELDS = frozenset(
@@ -57,8 +57,8 @@ def load_hf_config(folder: Path) -> tuple[GemmaConfig, Multimodal | None, dict |
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: not found (an HF checkpoint folder needs config.json)")
-    raw = _read_json(path)
-    generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else None
+    raw = _read_object(path)
+    generation = _read_object(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else None
     cfg, multimodal = parse_checkpoint_config(raw, where=str(path))
     return cfg, multimodal, generation
 
@@ -66,14 +66,14 @@ def load_hf_config(folder: Path) -> tuple[GemmaConfig, Multimodal | None, dict |
 def parse_checkpoint_config(raw: dict, where: str = "config.json") -> tuple[GemmaConfig, Multimodal | None]:
     """A text model's config, or a multimodal one's text decoder with what the export skips."""
     model_type = raw.get("model_type")
-    if model_type not in MULTIMODAL_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MULTIMODAL_MODEL_TYPES:
         return parse_hf_config(raw, where), None
     f = _Fields(raw, where)
     f.raw.pop("model_type")
     text = dict(f.take("text_config", dict, required=True))
     family = FAMILIES[MULTIMODAL_MODEL_TYPES[model_type]]
     text.setdefault("model_type", family.model_types[0])
-    if MODEL_TYPES.get(text["model_type"]) != family.name:
+    if not isinstance(text["model_type"], str) or MODEL_TYPES.get(text["model_type"]) != family.name:
         raise ConfigError(f"{where}: text_config.model_type {text['model_type']!r} does not belong to a "
                           f"{model_type!r} checkpoint")
     towers = tuple(name for key, name in _TOWERS.items() if f.take(key, dict, None) is not None)
@@ -86,11 +86,30 @@ def parse_checkpoint_config(raw: dict, where: str = "config.json") -> tuple[Gemm
     return parse_hf_config(text, f"{where} text_config"), Multimodal(model_type, towers, ids)
 
 
-def _read_json(path: Path) -> dict:
+def parse_json(data: bytes, where: str, error: type[GemmaExportError] = ConfigError) -> Any:
+    """JSON from a file that may be corrupt: any failure is `error`, and an integer beyond 64 bits
+    (which no field holds) is refused before anything converts it."""
+    def parse_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > 20 or not -2**63 <= int(digits) < 2**64:
+            raise error(f"{where}: number {digits[:24]}{'...' if len(digits) > 24 else ''} is out of range")
+        return int(digits)
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not readable JSON ({e})") from None
+        return json.loads(data, parse_int=parse_int)
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: deep nesting
+        raise error(f"{where}: not readable JSON ({' '.join(str(e).split())})") from None
+
+
+def read_json(path: Path, error: type[GemmaExportError] = ConfigError) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"{path}: unreadable ({e})") from None
+    return parse_json(data, str(path), error)
+
+
+def _read_object(path: Path) -> dict:
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
@@ -127,15 +146,22 @@ class _Fields:
     def finish(self) -> None:
         unknown = sorted(k for k in self.raw if k not in IGNORED_FIELDS)
         if unknown:
-            raise ConfigError(f"{self.where}: unknown or unsupported config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"{self.where}: unknown or unsupported config field(s): {names(unknown)}")
+
+
+def layer_count(value: int, field: str, where: str) -> int:
+    """A checkpoint's layer count, checked before anything is built per layer."""
+    if not 0 < value <= MAX_LAYERS:
+        raise ConfigError(f"{where}: {field} = {value} is not a supported layer count (1 to {MAX_LAYERS})")
+    return value
 
 
 def _token_id(value: Any, name: str, where: str) -> int:
     if isinstance(value, list):  # eos may be a list (e.g. [1, 106]); the first is the model's eos
-        if not value or not all(isinstance(v, int) for v in value):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{where}: {name} = {value!r} is not a token id")
         return value[0]
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{where}: {name} = {value!r} is not a token id")
     return value
 
@@ -143,7 +169,7 @@ def _token_id(value: Any, name: str, where: str) -> int:
 def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     """A text decoder's config (model_type gemma, gemma2, gemma3_text or gemma4_text)."""
     model_type = raw.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         supported = [*MODEL_TYPES, *MULTIMODAL_MODEL_TYPES]
         raise ConfigError(f"{where}: unknown model_type {model_type!r} (supported: {', '.join(supported)})")
     family = FAMILIES[MODEL_TYPES[model_type]]
@@ -154,12 +180,12 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     heads = f.take("num_attention_heads", int, required=True)
     kv_heads = f.take("num_key_value_heads", int, heads)
     head_dim = f.take("head_dim", int, required=True)  # never derived from hidden / heads
-    layers = f.take("num_hidden_layers", int, required=True)
+    layers = layer_count(f.take("num_hidden_layers", int, required=True), "num_hidden_layers", where)
 
-    acts = {f.raw.pop(k) for k in ("hidden_act", "hidden_activation") if k in f.raw} - {None}
+    acts = [f.raw.pop(k) for k in ("hidden_act", "hidden_activation") if k in f.raw]
     # Gemma's MLP is GeGLU with tanh GELU; old Gemma 1 configs say "gelu" but mean tanh (gemma_pytorch).
-    if acts - {"gelu_pytorch_tanh", "gelu"}:
-        raise ConfigError(f"{where}: unsupported activation {sorted(acts)} (Gemma uses gelu_pytorch_tanh)")
+    if any(act not in (None, "gelu_pytorch_tanh", "gelu") for act in acts):
+        raise ConfigError(f"{where}: unsupported activation {acts} (Gemma uses gelu_pytorch_tanh)")
 
     f.expect("attention_bias", (False,))
     # "vision": bidirectional attention among image tokens only, which a text export never sees.
@@ -177,16 +203,16 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         f.expect("sliding_window", (None,))
         layer_types = sliding_layer_types(family, layers)
     elif layer_types_raw is not None:
-        names = {"sliding_attention": "sliding", "full_attention": "full"}
-        unknown = [t for t in layer_types_raw if t not in names]
+        kinds = {"sliding_attention": "sliding", "full_attention": "full"}
+        unknown = [t for t in layer_types_raw if not isinstance(t, str) or t not in kinds]
         if unknown:
             raise ConfigError(f"{where}: unsupported layer_types {sorted(set(map(str, unknown)))}")
-        layer_types = tuple(names[t] for t in layer_types_raw)
+        layer_types = tuple(kinds[t] for t in layer_types_raw)
         if family.last_layer_global and layer_types and layer_types[-1] != "full":
             layer_types = (*layer_types[:-1], "full")  # as transformers does
     else:
         pattern = raw.get("sliding_window_pattern", family.sliding_pattern)
-        if not isinstance(pattern, int) or pattern < 1:
+        if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:
             raise ConfigError(f"{where}: sliding_window_pattern = {pattern!r} is not supported")
         layer_types = sliding_layer_types(dataclasses.replace(family, sliding_pattern=pattern), layers)
 
@@ -278,15 +304,18 @@ def _per_layer_config(overrides: dict, layer_types: tuple[str, ...], head_dim: i
     must agree, and no sliding layer may differ from the global fields."""
     seen: dict[str, set] = {"head_dim": set(), "num_key_value_heads": set()}
     for key, override in overrides.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < len(layer_types)) or not isinstance(override, dict):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 10
+                and int(key) < len(layer_types)) or not isinstance(override, dict):
             raise ConfigError(f"{where}: per_layer_config entry {key!r} is not a layer index with its overrides")
         unknown = sorted(set(override) - set(seen))
         if unknown:
-            raise ConfigError(f"{where}: per_layer_config[{key!r}] overrides {', '.join(unknown)}, which is not "
+            raise ConfigError(f"{where}: per_layer_config[{key!r}] overrides {names(unknown)}, which is not "
                               "supported (head_dim, num_key_value_heads)")
         if layer_types[int(key)] != "full":
             raise ConfigError(f"{where}: per_layer_config[{key!r}] overrides a sliding-window layer; not supported")
         for name, value in override.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: per_layer_config[{key!r}].{name} = {value!r} is not an integer")
             seen[name].add(value)
     for name in seen:
         if len(seen[name]) > 1:
@@ -322,7 +351,7 @@ def _rope_entry(entry: Any, where: str, what: str, family: Family) -> tuple[floa
         supported = "default, linear, proportional" if family.proportional_rope else "default, linear"
         raise ConfigError(f"{where}: {what} rope_type {rope_type!r} is not supported ({supported})")
     if entry:
-        raise ConfigError(f"{where}: {what} has unsupported field(s): {', '.join(sorted(entry))}")
+        raise ConfigError(f"{where}: {what} has unsupported field(s): {names(sorted(entry))}")
     if theta is not None and not isinstance(theta, (int, float)):
         raise ConfigError(f"{where}: {what} rope_theta = {theta!r} is not a number")
     return (None if theta is None else float(theta)), float(factor), float(rotated)

@@ -9,7 +9,12 @@ read this module, and neither imports the other through it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
+
+# Far beyond any Gemma (62 layers at most), low enough that the per-layer lists a reader builds from
+# a lying layer count stay small.
+MAX_LAYERS = 1024
 
 
 class InvalidConfig(ValueError):
@@ -68,6 +73,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
 MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4"}
 MODEL_TYPES = {model_type: f.name for f in FAMILIES.values() for model_type in f.model_types}
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # an int of any size is finite
 
 
 def sliding_layer_types(family: Family, layers: int) -> tuple[str, ...]:
@@ -195,6 +204,24 @@ class GemmaConfig:
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise InvalidConfig(f"config field {name} must be positive, got {getattr(self, name)}")
+        if self.num_layers > MAX_LAYERS:
+            raise InvalidConfig(f"{self.num_layers} layers is beyond any Gemma (at most {MAX_LAYERS} supported)")
+        for name in ("rope_theta", "rope_local_theta", "rope_scaling_factor", "query_pre_attn_scalar",
+                     "attn_softcap", "final_softcap", "sliding_window", "global_head_dim", "num_global_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and _finite(value)):
+                raise InvalidConfig(f"config field {name} must be a positive number, got {value}")
+        for name in ("hidden_size_per_layer_input", "vocab_size_per_layer_input", "num_experts", "top_k_experts",
+                     "moe_intermediate_size"):
+            if getattr(self, name) < 0:
+                raise InvalidConfig(f"config field {name} must not be negative, got {getattr(self, name)}")
+        if not (self.rms_norm_eps >= 0 and _finite(self.rms_norm_eps)):
+            raise InvalidConfig(f"rms_norm_eps must be a non-negative number, got {self.rms_norm_eps}")
+        if not 0 < self.rope_rotated_fraction <= 1:
+            raise InvalidConfig(f"the rotated fraction of RoPE must be in (0, 1], got {self.rope_rotated_fraction}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise InvalidConfig(f"{name} {getattr(self, name)} is outside the vocabulary ({self.vocab_size})")
         if self.num_heads % self.num_kv_heads:
             raise InvalidConfig(
                 f"num_attention_heads ({self.num_heads}) is not a multiple of num_key_value_heads "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Protocol
 
 import numpy as np
@@ -10,6 +11,9 @@ import numpy as np
 from gemma_export.config import Multimodal
 from gemma_graphs.config import GemmaConfig
 from gemma_runtime.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE, Tokenizer
+
+
+_LAYER_NAME = re.compile(r"model\.layers\.([0-9]{1,9})\.")
 
 
 class WeightSource(Protocol):
@@ -97,8 +101,12 @@ def check_weights(cfg: GemmaConfig, weights: WeightSource, where: str) -> None:
 
     from gemma_graphs.gemma import parameter_shapes, unread_parameters
 
-    expected = parameter_shapes(cfg)
     have = set(weights.names())
+    layers = {int(m.group(1)) for m in map(_LAYER_NAME.match, have) if m}
+    if layers != set(range(cfg.num_layers)):  # before building the module: the config's count may be a lie
+        raise CheckpointError(f"{where}: the config has {cfg.num_layers} layers; the checkpoint has weights for "
+                              f"{len(layers)}")
+    expected = parameter_shapes(cfg)
     # A tied lm_head stored anyway is accepted when it is the embedding (checked when read: same shape).
     extra = have - set(expected) - {"lm_head.weight"} - unread_parameters(cfg)
     for name, shape in expected.items():
@@ -110,3 +118,4 @@ def check_weights(cfg: GemmaConfig, weights: WeightSource, where: str) -> None:
     if extra:
         raise CheckpointError(
             f"{where}: {len(extra)} unexpected tensor(s) for this config, e.g. {sorted(extra)[0]!r}")
+

@@ -19,8 +19,10 @@ import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights
 from gemma_export.checkpoints import gguf_blocks, gguf_gemma4
+from gemma_export.checkpoints.gguf_header import check_header
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
-from gemma_export.errors import CheckpointError, ConfigError
+from gemma_export.config import layer_count
+from gemma_export.errors import CheckpointError, ConfigError, names
 from gemma_export.quant import Quantized, Scheme
 from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
 
@@ -44,7 +46,7 @@ _LAYER_NAMES = {
 }
 # Gemma 1 has a single norm before the MLP: llama.cpp calls it ffn_norm, HF post_attention_layernorm.
 _GEMMA1_LAYER_NAMES = {**_LAYER_NAMES, "ffn_norm": "post_attention_layernorm"}
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_LAYER_TENSOR = re.compile(r"blk\.([0-9]{1,9})\.(\w+)\.weight")
 
 # GGUF stores no query_pre_attn_scalar; llama.cpp (after gemma_pytorch) uses hidden / heads for the
 # 27B models, recognised by their layer count, and head_dim for every other size.
@@ -99,20 +101,12 @@ class _Reader(gguf.GGUFReader):
 def _open_reader(path: Path) -> gguf.GGUFReader:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    check_header(path)  # the reader trusts the header's counts: they are checked against the file first
     try:
-        reader = _Reader(path)
+        return _Reader(path)
     except Exception as e:  # the gguf parser fails on bad input with assorted exception types
         detail = " ".join(str(e).split()) or type(e).__name__
         raise CheckpointError(f"{path}: not a valid GGUF file, corrupt or truncated ({detail})") from None
-    if reader.byte_order != "I":
-        raise CheckpointError(f"{path}: a GGUF file of the other byte order is not supported")
-    size = reader.data.nbytes
-    for t in reader.tensors:
-        end = t.data_offset + t.n_bytes
-        if end > size or t.data.nbytes != t.n_bytes:
-            raise CheckpointError(
-                f"{path}: tensor {t.name!r} ends at byte {end}, past the end of the file ({size} bytes): truncated")
-    return reader
 
 
 class _Metadata:
@@ -167,7 +161,7 @@ class _Metadata:
     def check_all_read(self, arch: str) -> None:
         unread = sorted(k for k in self.fields if k.startswith(arch + ".") and k not in self.used)
         if unread:
-            raise ConfigError(f"{self.where}: unsupported GGUF metadata: {', '.join(unread)}")
+            raise ConfigError(f"{self.where}: unsupported GGUF metadata: {names(unread)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,13 +226,15 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs:
               "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", int, 1),
               "pad_token_id": meta.get("tokenizer.ggml.padding_token_id", int, 0)}
     if arch == "gemma4":
-        freqs = None if rope_freqs is None else gguf.quants.dequantize(rope_freqs.data, rope_freqs.qtype)
+        freqs = None if rope_freqs is None else _dequantize(rope_freqs, rope_freqs.data, where)
         cfg = gguf_gemma4.gemma4_config(lambda key, *kind: meta.get(p + key, *kind),
                                         {name: t.shape for name, t in tensors.items()}, freqs, common, where)
         return _checked(meta, arch, cfg, where)
-    layers = meta.get(p + "block_count", int)
+    layers = layer_count(meta.get(p + "block_count", int), p + "block_count", where)
     hidden = meta.get(p + "embedding_length", int)
     heads = meta.get(p + "attention.head_count", int)
+    if heads <= 0:
+        raise ConfigError(f"{where}: {p}attention.head_count = {heads} must be positive")
     head_dim = _head_dim(meta, p, heads, tensors, where)
     family = FAMILIES[arch]
     theta, local_theta, factor = _rope(meta, family, where)
@@ -269,9 +265,6 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs:
 
 def _checked(meta: _Metadata, arch: str, cfg: GemmaConfig, where: str) -> GemmaConfig:
     meta.check_all_read(arch)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if not 0 <= getattr(cfg, name) < cfg.vocab_size:
-            raise ConfigError(f"{where}: {name} {getattr(cfg, name)} is outside the vocabulary ({cfg.vocab_size})")
     try:
         cfg.validate()
     except InvalidConfig as e:
@@ -421,9 +414,9 @@ class GGUFWeights:
         if start == stop:  # the quant kernels fail on no data
             return np.zeros((0, *t.shape[1:]), np.float32)
         if len(t.shape) == 1:  # small, and a 1-D quantized tensor has no rows to slice
-            values = self._dequantize(t, t.data)[start:stop]
+            values = _dequantize(t, t.data, self._where)[start:stop]
         else:
-            values = self._dequantize(t, t.data[start:stop])
+            values = _dequantize(t, t.data[start:stop], self._where)
         out = np.array(values, dtype=np.float32).reshape((stop - start, *t.shape[1:]))
         if t.norm:
             out -= 1.0  # GGUF stores Gemma's norm weights as 1 + w
@@ -441,15 +434,15 @@ class GGUFWeights:
         t = self._tensors[name]
         return gguf_blocks.decode(np.asarray(t.data[start:stop]), t.qtype, t.shape[1])
 
-    def _dequantize(self, t: _Tensor, raw: np.ndarray) -> np.ndarray:
-        try:
-            return gguf.quants.dequantize(raw, t.qtype)
-        except NotImplementedError:
-            raise CheckpointError(
-                f"{self._where}: tensor {t.gguf_name!r} has type {t.qtype.name}, which cannot be dequantized") from None
-        except Exception as e:
-            raise CheckpointError(
-                f"{self._where}: tensor {t.gguf_name!r} ({t.qtype.name}) is unreadable ({e})") from None
+
+def _dequantize(t: _Tensor, raw: np.ndarray, where: str) -> np.ndarray:
+    try:
+        return gguf.quants.dequantize(raw, t.qtype)
+    except NotImplementedError:
+        raise CheckpointError(
+            f"{where}: tensor {t.gguf_name!r} has type {t.qtype.name}, which cannot be dequantized") from None
+    except Exception as e:
+        raise CheckpointError(f"{where}: tensor {t.gguf_name!r} ({t.qtype.name}) is unreadable ({e})") from None
 
 
 def _fingerprint(reader: gguf.GGUFReader) -> str:

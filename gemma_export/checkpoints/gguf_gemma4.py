@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gemma_export.config import layer_count
 from gemma_export.errors import ConfigError
 from gemma_graphs.config import FAMILIES, GemmaConfig
 
@@ -58,7 +59,7 @@ LAYER_NAMES = {  # blk.N.<key> -> model.layers.N.<value>
     "post_ffw_norm_2.weight": "post_feedforward_layernorm_2.weight",
 }
 ROPE_FREQS = "rope_freqs.weight"  # proportional RoPE's frequency factors: read into the config
-_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
+_LAYER = re.compile(r"blk\.([0-9]{1,9})\.(.+)")
 _UNROTATED = 1e29  # a factor this large makes a frequency 0 (the converter writes 1e30)
 
 
@@ -73,7 +74,7 @@ def gemma4_config(get: Callable[..., Any], shapes: dict[str, tuple[int, ...]], r
                   common: dict, where: str) -> GemmaConfig:
     """`get(key, type, default)` reads `gemma4.{key}` metadata; shapes are the HF names' shapes;
     common holds the fields every family reads alike (vocab, eps, context, token ids)."""
-    layers = get("block_count", int)
+    layers = layer_count(get("block_count", int), "gemma4.block_count", where)
     types = get("attention.sliding_window_pattern", list)
     if len(types) != layers or not all(isinstance(b, bool) for b in types):
         raise ConfigError(f"{where}: gemma4.attention.sliding_window_pattern is not one boolean per layer")

@@ -53,7 +53,7 @@ def sentencepiece_model_from_gguf(reader: gguf.GGUFReader, where: str = "GGUF fi
         p.type = _piece_type(i, kind, ids, where)
     if len({p.piece for p in proto.pieces}) != len(tokens):
         raise CheckpointError(f"{where}: the tokenizer vocabulary has duplicate pieces")
-    _fill_specs(proto, reader, tokens, types, ids)
+    _fill_specs(proto, reader, tokens, types, ids, where)
     return proto.SerializeToString()
 
 
@@ -103,7 +103,7 @@ def _piece_type(i: int, kind: Any, ids: dict[str, int], where: str) -> int:
 
 
 def _fill_specs(proto: spm.ModelProto, reader: gguf.GGUFReader, tokens: list, types: list,
-                ids: dict[str, int]) -> None:
+                ids: dict[str, int], where: str) -> None:
     """Trainer and normalizer specs of Gemma's tokenizer.model (only some fields act at encode time)."""
     t = proto.trainer_spec
     t.model_type = spm.TrainerSpec.BPE
@@ -118,7 +118,7 @@ def _fill_specs(proto: spm.ModelProto, reader: gguf.GGUFReader, tokens: list, ty
     n = proto.normalizer_spec
     n.name = "identity"
     # llama.cpp writes add_space_prefix False for every Gemma; honour the file if it says otherwise.
-    prefix = reader.fields.get("tokenizer.ggml.add_space_prefix")
-    n.add_dummy_prefix = bool(prefix.contents()) if prefix is not None else False
+    prefix = "tokenizer.ggml.add_space_prefix"
+    n.add_dummy_prefix = prefix in reader.fields and _field(reader, prefix, where, _V.BOOL)
     n.remove_extra_whitespaces = False
     n.escape_whitespaces = True

@@ -6,14 +6,14 @@ file reads by row ranges, so nothing is memory-mapped and nothing is read before
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights, text_decoder
-from gemma_export.config import load_hf_config
+from gemma_export.config import load_hf_config, parse_json, read_json
 from gemma_export.errors import CheckpointError
 
 _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
@@ -37,29 +37,49 @@ def _read_header(path: Path) -> dict[str, _Entry]:
             (n,) = struct.unpack("<Q", head)
             if n > min(_MAX_HEADER, size - 8):
                 raise CheckpointError(f"{path}: not a safetensors file or truncated (header length {n})")
-            header = json.loads(f.read(n))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = f.read(n)
+    except OSError as e:
         raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
+    header = parse_json(text, f"{path}: safetensors header", CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: malformed safetensors header")
     header.pop("__metadata__", None)
-    data_start = 8 + n
+    data_start, data_size = 8 + n, size - 8 - n
     entries = {}
     for name, meta in header.items():
-        try:
-            dtype, shape, (begin, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
+        fields = _entry_fields(meta)
+        if fields is None:
+            raise CheckpointError(f"{path}: malformed header entry for {name!r}")
+        dtype, shape, begin, end = fields
         if dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype][1]
-        if end - begin != nbytes or begin < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: F32, F16, BF16")
+        if end - begin != math.prod(shape) * _DTYPES[dtype][1]:
             raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets")
-        if data_start + end > size:
+        if end > data_size:
             raise CheckpointError(
                 f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
         entries[name] = _Entry(path, dtype, shape, data_start + begin, data_start + end)
+    ranges = sorted((e.begin, e.end, name) for name, e in entries.items() if e.end > e.begin)
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise CheckpointError(f"{path}: tensors {first!r} and {second!r} overlap")
     return entries
+
+
+def _entry_fields(meta: object) -> tuple[str, tuple[int, ...], int, int] | None:
+    """(dtype, shape, begin, end) of a well-formed header entry, else None."""
+    if not isinstance(meta, dict):
+        return None
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not (isinstance(dtype, str) and _counts(shape) and _counts(offsets) and len(offsets) == 2
+            and offsets[0] <= offsets[1]):
+        return None
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _counts(values: object) -> bool:
+    """A list of non-negative integers (JSON true is not one)."""
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 class SafetensorsWeights:
@@ -77,7 +97,7 @@ class SafetensorsWeights:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         e = self._entries[name]
         np_dtype, itemsize = _DTYPES[e.dtype]
-        row = int(np.prod(e.shape[1:], dtype=np.int64)) * itemsize
+        row = math.prod(e.shape[1:]) * itemsize
         with open(e.path, "rb") as f:
             f.seek(e.begin + start * row)
             buf = f.read((stop - start) * row)
@@ -92,13 +112,14 @@ class SafetensorsWeights:
 def _safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: unreadable index ({e})") from None
+        weight_map = read_json(index, CheckpointError)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: no weight_map of tensor names to shard file names")
+        files = sorted(set(weight_map.values()))
         for name in files:
-            if "/" in name or "\\" in name or not (folder / name).is_file():
+            # A shard is a file of this folder by name: no path may lead elsewhere.
+            if "/" in name or "\\" in name or name in ("", ".", "..") or not (folder / name).is_file():
                 raise CheckpointError(f"{index}: shard {name!r} is missing")
         return [folder / n for n in files]
     single = folder / "model.safetensors"
