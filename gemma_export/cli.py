@@ -174,11 +174,17 @@ def validate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     max_rel_diff: Optional[float] = typer.Option(None, help="fp32: max |diff| / max |logit|"),
     min_top1: Optional[float] = typer.Option(None, help="minimum top-1 agreement"),
+    bisect: bool = typer.Option(False, "--bisect", help="also export again from the --reference checkpoint, "
+                                "comparing the graph with the reference after each group of passes, layer by "
+                                "layer: a table and the first group, layer and node that leave tolerance"),
 ) -> None:
     """Compare an artifact's logits with a reference; exit 1 when a threshold fails."""
     from gemma_export.validate import Thresholds, default_thresholds, validate as run_validate
     from gemma_runtime.manifest import read_manifest
 
+    if bisect:
+        from gemma_export.bisect import require_checkpoint
+        require_checkpoint(artifact, reference)  # before the slow part
     thresholds = default_thresholds(read_manifest(artifact))
     thresholds = Thresholds(max_rel_diff if max_rel_diff is not None else thresholds.max_rel_diff,
                             min_top1 if min_top1 is not None else thresholds.min_top1)
@@ -201,6 +207,15 @@ def validate(
     for k, v in rows:
         typer.echo(f"{k:<22} {v}")
     typer.echo("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
+    if bisect:
+        from gemma_export.bisect import bisect as run_bisect, format_report
+
+        progress = _Progress()
+        try:
+            report["bisect"] = run_bisect(artifact, reference, texts, progress)
+        finally:
+            progress.close()
+        typer.echo(format_report(report["bisect"]))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
     if not report["passed"]:

@@ -4,9 +4,15 @@ manifest and the README's targets table derive from this table.
 
 Low precision comes last in every pipeline, on whatever products, weights and kernels the
 fusions left (--calibrate, --quant, --dtype; each pass is a no-op at its default).
+
+Each target's passes also come in runnable groups (Target.groups): the graph runs in onnxruntime
+after every pass, except from a pass of UNRUNNABLE_UNTIL until one of the passes it names has run;
+`gemma-export validate --bisect` checks the graph after each group.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from gemma_export.passes.context import QUANTS, Target
 
@@ -81,6 +87,27 @@ _TARGETS = (
         passes=("tied_lm_head", "fold_weight_transposes"), dtypes=("fp32",), quants=("none",)),
 )
 
+# inplace_cache_io takes the attention mask away and makes the caches static in-place buffers; the
+# graph means something again once the attention lowering has given them their in-place meaning.
+UNRUNNABLE_UNTIL = {"inplace_cache_io": ("attention_gqa", "attention_onnx")}
+
+
+def runnable_groups(passes: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The passes cut after each pass the graph runs after."""
+    groups, current, waiting_for = [], [], ()
+    for name in passes:
+        current.append(name)
+        if name in UNRUNNABLE_UNTIL:
+            waiting_for = UNRUNNABLE_UNTIL[name]
+        elif not waiting_for or name in waiting_for:
+            groups.append(tuple(current))
+            current, waiting_for = [], ()
+    if current:
+        raise ValueError(f"the graph never runs again after {current[0]} (it waits for {' or '.join(waiting_for)})")
+    return tuple(groups)
+
+
+_TARGETS = tuple(dataclasses.replace(t, groups=runnable_groups(t.passes)) for t in _TARGETS)
 TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}
 DEFAULT_TARGET = _TARGETS[0].name
 

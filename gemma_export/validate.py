@@ -12,6 +12,7 @@ import numpy as np
 from gemma_export.errors import GemmaExportError
 from gemma_export.texts import PROMPTS
 from gemma_runtime.manifest import MANIFEST_FILE, Manifest
+from gemma_runtime.tokenizer import Tokenizer
 
 # Minimum teacher-forced top-1 agreement by precision; fp32 is checked exactly instead.
 TOP1_THRESHOLDS = {"fp16": 0.99, "bf16": 0.99, "int8": 0.98, "int8-uniform": 0.98, "int4": 0.90, "int4-uniform": 0.90,
@@ -67,13 +68,17 @@ def reference_logits_fn(reference: Path | str | None) -> tuple[LogitsFn, str]:
 def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]]:
     """Token ids to evaluate: the texts through the artifact's tokenizer, or (no tokenizer)
     seeded random ids, BOS first."""
+    return token_ids(model.tokenizer, model.manifest.tokens.bos, model.max_seq_len, texts, vocab)
+
+
+def token_ids(tokenizer: Tokenizer | None, bos: int, limit: int, texts: Sequence[str] | None,
+              vocab: int) -> list[list[int]]:
+    """prompt_ids() from the tokenizer (or None), BOS id and length limit alone."""
     texts = list(texts or PROMPTS)
-    if model.tokenizer is not None:
-        return [model.tokenizer.encode(t)[: model.max_seq_len] for t in texts]
+    if tokenizer is not None:
+        return [tokenizer.encode(t)[:limit] for t in texts]
     rng = np.random.default_rng(0)
-    bos = model.manifest.tokens.bos
-    return [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, model.max_seq_len - 1)).tolist()]
-            for i in range(len(texts))]
+    return [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, limit - 1)).tolist()] for i in range(len(texts))]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -228,7 +228,11 @@ def layer_caches(cfg: GemmaConfig) -> list[tuple[int, int]]:
 
 class GemmaForCausalLM(nn.Module):
     """forward(input_ids, position_ids, attention_mask, *past caches in cache_slots() order)
-    -> (logits fp32 [B, S, vocab], *present caches in the same order)."""
+    -> (logits fp32 [B, S, vocab], *present caches in the same order).
+
+    hidden_states(same inputs) -> (logits, [the residual stream after each decoder layer]): the
+    per-layer reference gemma_export/bisect.py compares exported graphs with; forward, which is
+    what the front end traces, keeps none of them."""
 
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
@@ -236,6 +240,14 @@ class GemmaForCausalLM(nn.Module):
         self.model = _Model(cfg)
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
+        return self._decode(input_ids, position_ids, attention_mask, past, None)
+
+    def hidden_states(self, input_ids, position_ids, attention_mask, *past) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        layers: list[torch.Tensor] = []
+        logits = self._decode(input_ids, position_ids, attention_mask, past, layers)[0]
+        return logits, layers
+
+    def _decode(self, input_ids, position_ids, attention_mask, past, layer_outputs: list | None):
         cfg = self.cfg
         embed = self.model.embed_tokens.weight
         x = self.model.embed_tokens(input_ids)
@@ -248,6 +260,8 @@ class GemmaForCausalLM(nn.Module):
                 x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v], *extra)
             else:  # this step's cache of the source layer, its new keys included
                 x, _, _ = layer(x, position_ids, attention_mask, presents[k], presents[v], *extra)
+            if layer_outputs is not None:
+                layer_outputs.append(x)
         x = self.model.norm(x)
         logits = (x @ embed.t()).float()  # tied lm_head
         if cfg.final_softcap:

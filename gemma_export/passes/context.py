@@ -34,6 +34,9 @@ class Target:
     kv_cache: str  # for people: the cache's form
     runs_on: str  # for people
     passes: tuple[str, ...]  # module names in gemma_export/passes/, in order
+    # the passes in runnable groups: the graph runs in onnxruntime after each group's last pass
+    # (targets.py derives them; gemma_export/bisect.py checks the graph there)
+    groups: tuple[tuple[str, ...], ...] = ()
     dtypes: tuple[str, ...] = DTYPES  # precisions it exports, the default first
     quants: tuple[str, ...] = QUANTS
     quantized_matmul: str | None = None  # a quantized product: "MatMulNBits" (com.microsoft) or "DequantizeLinear"

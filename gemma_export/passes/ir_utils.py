@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+# Value metadata under this prefix says what a value means, not which object holds it: replace_value
+# moves it to the replacement. gemma_export/bisect.py follows values through the passes by it.
+MEANING_PREFIX = "gemma_export."
+
 
 def add_node(graph: ir.Graph, before: ir.Node, op_type: str, inputs: list, attributes: dict | None = None,
              *, domain: str = "", num_outputs: int = 1, name: str | None = None) -> ir.Node:
@@ -45,10 +49,13 @@ def remove_dead(model: ir.Model) -> None:
 
 
 def replace_value(old: ir.Value, new: ir.Value) -> None:
-    """Every use of old, graph outputs included, reads new; a graph output keeps its name."""
+    """Every use of old, graph outputs included, reads new; a graph output keeps its name, and
+    new takes old's MEANING_PREFIX metadata."""
     output_name = old.name if old.is_graph_output() else None
     new.shape = new.shape or old.shape
     new.type = new.type or old.type
+    for key in [k for k in old.metadata_props if k.startswith(MEANING_PREFIX)]:
+        new.metadata_props[key] = old.metadata_props.pop(key)
     old.replace_all_uses_with(new, replace_graph_outputs=True)
     if output_name is not None:
         old.name = f"{output_name}.replaced"
