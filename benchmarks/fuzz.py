@@ -62,7 +62,7 @@ def fuzz_target(target: str, seeds, examples: int, seed: int, work: Path) -> dic
     seconds = time.perf_counter() - started
     cases = sum(outcomes.values())
     return {"target": target, "cases": cases, "seconds": seconds, "cases_per_s": cases / seconds,
-            "outcomes": dict(outcomes), "failures": failures}
+            "peak_rss_mib": peak_rss_mib(), "outcomes": dict(outcomes), "failures": failures}
 
 
 def _keep(work: Path, kept: Path) -> Path:
@@ -95,8 +95,9 @@ def main() -> None:
 
     kinds = sorted({k for row in rows for k in row["outcomes"]})
     table = [{"target": row["target"], "cases": row["cases"], "seconds": row["seconds"],
-              **{k: row["outcomes"].get(k, 0) for k in kinds}} for row in rows]
-    columns = [("cases", "cases", "{}"), ("s", "seconds", "{:.0f}")] + [(k, k, "{}") for k in kinds]
+              "peak_rss_mib": row["peak_rss_mib"], **{k: row["outcomes"].get(k, 0) for k in kinds}} for row in rows]
+    columns = [("cases", "cases", "{}"), ("s", "seconds", "{:.0f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}")] + \
+        [(k, k, "{}") for k in kinds]
     print(format_table(table, columns, label="target"))
     for row in rows:
         for failure in row["failures"]:
@@ -104,9 +105,9 @@ def main() -> None:
                   f"(input: {failure['input']})")
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"examples": args.examples, "seed": args.seed, "case_seconds": CASE_SECONDS,
-              "case_address_space_mib": CASE_ADDRESS_SPACE / 2**20, "peak_rss_mib": peak_rss_mib(), "targets": rows}
+              "case_address_space_mib": CASE_ADDRESS_SPACE / 2**20, "targets": rows}
     (RESULTS / "fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"peak RSS {result['peak_rss_mib']:.0f} MiB; wrote {RESULTS / 'fuzz.json'}")
+    print(f"wrote {RESULTS / 'fuzz.json'}")
     if any(row["failures"] for row in rows):
         sys.exit(1)
 

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 HERE = Path(__file__).resolve().parent
 CASE_SECONDS = 20.0  # a case that takes longer is a hang (the slowest honest one takes a fraction of a second)
-CASE_ADDRESS_SPACE = 2 << 30  # bytes a case may map on top of what the process had before it
+CASE_ADDRESS_SPACE = 1 << 30  # bytes a case may map on top of what the process had before it
 WORKER_ADDRESS_SPACE = 3 << 30  # the allocation worker's whole cap, set after its imports
 
 # -- the check ------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ _RAW = "\u0000raw\u0000"
 def _raw_json(draw, tree: dict) -> str:
     """JSON text with a value only a file can hold under some field: a number past Python's digit
     limit or beyond 64 bits, nesting past the recursion limit, NaN, a lone surrogate."""
-    tree[draw(st.one_of(st.sampled_from(sorted(tree)), json_keys))] = _RAW
+    tree[draw(st.one_of(st.sampled_from(sorted(tree)), json_keys) if tree else json_keys)] = _RAW
     snippet = draw(st.sampled_from(["1" * 5000, "-" + "9" * 30, "18446744073709551616", "[" * 100_000 + "]" * 100_000,
                                     "NaN", "-Infinity", "1e999", "\"\\ud800\"", "\"\\u0000\""]))
     return json.dumps(tree, allow_nan=True).replace(json.dumps(_RAW), snippet)
@@ -735,14 +735,23 @@ def run_case(target: str, case: Any, work: Path) -> str:
         else:
             path = hf_case_folder(work / "case", seed, {kind: data})
     with address_space_limit(CASE_ADDRESS_SPACE):
-        return outcome(lambda: open_fully(path))
+        result = outcome(lambda: open_fully(path))
+    if target == "sharded" and result == "ok":
+        shards = set(json.loads(case[1]["model.safetensors.index.json"])["weight_map"].values())
+        if not shards <= set(case[1]):
+            raise ParserBug(f"opened shards named outside the folder: {sorted(shards - set(case[1]))}")
+    return result
 
 
 # -- allocation cases: headers claiming sizes far beyond the file ---------------------------------
 
+HONEST_ARRAY = "gguf honest uint8 array of 2^20 items"
+
+
 def allocation_cases(seeds: Seeds, root: Path) -> dict[str, Path]:
     """name -> a checkpoint whose header claims an allocation of terabytes or a count in the
-    billions (each must be refused by counting before anything is allocated)."""
+    billions (each must be refused by counting before anything is allocated), and HONEST_ARRAY, a
+    file that holds what it claims (it opens, and costs no more than its megabyte)."""
     root.mkdir(parents=True, exist_ok=True)
     gemma3 = next(s for s in seeds.gguf if s.name == "gemma3")
     gemma4 = next(s for s in seeds.gguf if s.name == "gemma4")
@@ -762,6 +771,7 @@ def allocation_cases(seeds: Seeds, root: Path) -> dict[str, Path]:
         "gguf tensor offset 2^63": (gemma3, [], ("tensor offset", 1, 2**63)),
         "gguf block_count 2^40": (gemma3, [set_kv(b"gemma3.block_count", UINT64, 2**40)], None),
         "gguf gemma4 block_count 2^40": (gemma4, [set_kv(b"gemma4.block_count", UINT64, 2**40)], None),
+        HONEST_ARRAY: (gemma3, [set_kv(b"general.blob", ARRAY, (UINT8, [7] * 2**20))], None),
     }
     cases = {name: edited_gguf(seed, root / f"{name}.gguf", *edits, lie=lie) for name, (seed, edits, lie) in gguf.items()}
 
