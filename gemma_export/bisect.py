@@ -165,10 +165,14 @@ def bisect(artifact: Path | str, reference: Path | str | None, texts: Sequence[s
         walk = reexport(source, options, ids, Path(tmp), plan, progress)
         out = walk.artifact_logits(artifact)
     notes += walk.notes
-    recorded = [(p["name"], p["rewrites"]) for p in manifest.passes]
-    if recorded != [(p["name"], p["rewrites"]) for p in walk.passes]:
-        notes.append(f"{artifact}'s manifest lists other passes or rewrite counts than this export's "
-                     "(another gemma-export version?): the groups are this version's")
+    if [p["name"] for p in manifest.passes] != [p["name"] for p in walk.passes]:
+        notes.append(f"{artifact} was made by other passes than this version's (another gemma-export version): "
+                     "the groups are this version's")
+    else:
+        counts = [f"{ours['name']} {ours['rewrites']} (OUT {theirs['rewrites']})"
+                  for ours, theirs in zip(walk.passes, manifest.passes) if ours["rewrites"] != theirs["rewrites"]]
+        if counts:
+            notes.append(f"rewrites here differ from those OUT's manifest records: {', '.join(counts)}")
     finding = walk.finding
     return {
         "artifact": str(artifact), "reference": f"fp32 torch reference of {source.description}",
