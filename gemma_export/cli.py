@@ -144,6 +144,9 @@ def chat(
     sampling = _sampling(model, temperature, top_k, top_p)
     history: list[dict] = []
     budget = model.max_seq_len - max_new_tokens
+    if budget < 2:
+        raise GemmaExportError(f"--max-new-tokens {max_new_tokens} leaves no room for a message in this artifact's "
+                               f"context of {model.max_seq_len} tokens")
     while True:
         typer.echo("> ", nl=False)
         line = sys.stdin.readline()

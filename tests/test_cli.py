@@ -59,6 +59,8 @@ def test_chat_keeps_turns_and_drops_the_oldest_when_full(chat_artifact, capsys, 
     assert code == 0
     assert stdout.count("> ") == 5
     assert "oldest turn was dropped" in err
+    code, _, err = cli(capsys, "chat", out, "--max-new-tokens", "10000")
+    assert code == 2 and "leaves no room for a message" in err
 
 
 def test_validate_passes_against_its_source_and_fails_against_another(chat_artifact, tmp_path, capsys):
