@@ -152,26 +152,28 @@ def test_found_case_ends_in_its_error(name, seeds, tmp_path):
 
 
 BLOB = set_kv(b"general.blob", ARRAY, (UINT8, [1]))  # the 4th metadata array, after the tokenizer's 3
-FOUND_GGUF = {  # name -> (edits, lie, message)
+FOUND_GGUF = {  # name -> (seed, edits, lie, message)
     "a uint8 array claiming 2^40 items (the reader looped forever)": (
-        [BLOB], ("array length", 3, 2**40), "claims 1099511627776 items"),
+        "gemma3", [BLOB], ("array length", 3, 2**40), "claims 1099511627776 items"),
     "block_count 2^32 (a per-layer list of 2^32)": (
-        [set_kv(b"gemma3.block_count", UINT64, 2**32)], None, "not a supported layer count"),
+        "gemma3", [set_kv(b"gemma3.block_count", UINT64, 2**32)], None, "not a supported layer count"),
     "head_count 0 with 62 layers (hidden / heads)": (
-        [set_kv(b"gemma3.block_count", UINT32, 62), set_kv(b"gemma3.attention.head_count", UINT32, 0)], None,
-        "head_count = 0 must be positive"),
+        "gemma3", [set_kv(b"gemma3.block_count", UINT32, 62), set_kv(b"gemma3.attention.head_count", UINT32, 0)],
+        None, "head_count = 0 must be positive"),
     "a tensor name with 5000 digits (int() of them)": (
-        [set_tensor(b"blk.0.attn_norm.weight", name=b"blk." + b"1" * 5000 + b".attn_norm.weight")], None,
+        "gemma3", [set_tensor(b"blk.0.attn_norm.weight", name=b"blk." + b"1" * 5000 + b".attn_norm.weight")], None,
         "unexpected tensor"),
     "add_space_prefix of invalid UTF-8": (
-        [set_kv(b"tokenizer.ggml.add_space_prefix", STRING, b"\xff")], None, "add_space_prefix"),
+        "gemma3", [set_kv(b"tokenizer.ggml.add_space_prefix", STRING, b"\xff")], None, "add_space_prefix"),
+    "rope_freqs of a type that cannot be dequantized": (
+        "gemma4", [set_tensor(b"rope_freqs.weight", type=24)], None, "type I8, which cannot be dequantized"),
 }
 
 
 @pytest.mark.parametrize("name", FOUND_GGUF)
 def test_found_gguf_case_ends_in_its_error(name, seeds, tmp_path):
-    edits, lie, message = FOUND_GGUF[name]
-    path = edited_gguf(next(s for s in seeds.gguf if s.name == "gemma3"), tmp_path / "case.gguf", *edits, lie=lie)
+    seed_name, edits, lie, message = FOUND_GGUF[name]
+    path = edited_gguf(next(s for s in seeds.gguf if s.name == seed_name), tmp_path / "case.gguf", *edits, lie=lie)
     with time_limit(CASE_SECONDS), pytest.raises(documented_errors(), match=message):
         open_fully(path)
 
