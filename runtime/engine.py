@@ -89,11 +89,12 @@ class Metrics:
 class Engine:
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128,
                  prefill_budget: int | None = None):
-        """prefill_budget: prompt tokens fed per step in chunk calls (default 4 chunks)."""
+        """prefill_budget: prompt tokens fed per step in chunk calls (default one chunk: a step costs no more
+        than before, and short prompts share it)."""
         if not hasattr(model.backend, "reserve"):
             raise RuntimeInputError("continuous batching needs an artifact with an in-place KV cache "
                                     "(targets ort-cpu, ort-cuda, onnx) on the ort backend")
-        prefill_budget = 4 * prefill_chunk if prefill_budget is None else prefill_budget
+        prefill_budget = prefill_chunk if prefill_budget is None else prefill_budget
         if max_batch < 1 or prefill_chunk < 1 or prefill_budget < 1:
             raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")
         if model.engine is not None:
