@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
-from gemma_runtime.model import Model, _cut_at_stop, _safe_length
+from gemma_runtime.model import Model, _cut_at_stop, _safe_length, new_token_budget
 from gemma_runtime.sampling import Sampler
 
 
@@ -126,13 +126,9 @@ class Engine:
         if room < 1:
             raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
                                         f"{self.max_seq_len}, which leaves no room to generate")
-        if max_new_tokens is None:
-            max_new_tokens = room
+        max_new_tokens = new_token_budget(len(ids), self.max_seq_len, max_new_tokens, default=room)
         if max_new_tokens < 1:
             raise RuntimeInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if max_new_tokens > room:
-            raise ContextLengthExceeded(f"the prompt ({len(ids)} tokens) and max_new_tokens ({max_new_tokens}) "
-                                        f"exceed this artifact's context of {self.max_seq_len} tokens")
         if stop and self.model.tokenizer is None:
             raise RuntimeInputError("stop strings need the artifact's tokenizer")
         return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed), tuple(s for s in stop if s),

@@ -172,18 +172,8 @@ class Model:
     def _budget(self, prompts: list[list[int]], max_new_tokens: int | None) -> int:
         """The tokens to generate after the prompts (see the class docstring for the rule)."""
         longest = max(len(p) for p in prompts)
-        room = self.max_seq_len - longest
-        if max_new_tokens is None:
-            return min(DEFAULT_MAX_NEW_TOKENS, room)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-            raise RuntimeInputError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
-        if max_new_tokens < 0:
-            raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if max_new_tokens > room:
-            which = "longest prompt" if len(prompts) > 1 else "prompt"
-            raise ContextLengthExceeded(f"the {which} ({longest} tokens) and max_new_tokens ({max_new_tokens}) "
-                                        f"exceed this artifact's context of {self.max_seq_len} tokens")
-        return int(max_new_tokens)
+        return new_token_budget(longest, self.max_seq_len, max_new_tokens, DEFAULT_MAX_NEW_TOKENS,
+                                "longest prompt" if len(prompts) > 1 else "prompt")
 
     def _decode(self, prompts: list[list[int]], budget: int, sampler: Sampler, stops: Sequence[str]):
         """Yields (row, token or None, finish reason or None) as rows advance, budget tokens at most."""
@@ -271,6 +261,23 @@ class Model:
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""
+
+
+def new_token_budget(longest: int, max_seq_len: int, max_new_tokens: int | None, default: int,
+                     which: str = "prompt") -> int:
+    """How many tokens to generate after a prompt of `longest` tokens: max_new_tokens, which must be
+    an integer that fits in the context with the prompt; None means `default`, or what fits."""
+    room = max_seq_len - longest
+    if max_new_tokens is None:
+        return min(default, room)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise RuntimeInputError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if max_new_tokens > room:
+        raise ContextLengthExceeded(f"the {which} ({longest} tokens) and max_new_tokens ({max_new_tokens}) "
+                                    f"exceed this artifact's context of {max_seq_len} tokens")
+    return int(max_new_tokens)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -45,8 +45,8 @@ class ParserBug(Exception):
     hang, or an allocation the address-space cap refused."""
 
 
-class _Hang(BaseException):  # BaseException: no `except Exception` in the parser can swallow it
-    pass
+class _Hang(BaseException):
+    """A case over its time (a BaseException: no `except Exception` in a parser can swallow it)."""
 
 
 @contextlib.contextmanager
