@@ -7,15 +7,17 @@ from the calibration text the recipes measure on; random ids for the tokenizer-l
 against our fp32 export: top-1 agreement, KL(fp32 || ours) per position and perplexity; fp16 and
 bf16 also run a 2048-token prompt (prefill and 8 decode steps) for inf/NaN.
 Models: the real Gemma 3 270M (our exports from the embedded default GGUF, `source` keeping its blocks;
-genai from the HF folder that benchmarks/decode.py makes from the same GGUF) and the Gemma-2B-shaped
-4-layer random bf16 checkpoint.
+genai from the HF folder that benchmarks/decode.py makes from the same GGUF), the Gemma-2B-shaped
+4-layer random bf16 checkpoint, and a Gemma 4 E2B-shaped 5-layer one (benchmarks/gemma4.py's: its
+per-layer table is a recipe unit).
 
 Goals (README): the int4 recipe top-1 >= 96%, perplexity within 3% of fp32, size <= 30% of fp32; int8
 top-1 >= 98% at <= 55%; source top-1 >= 98% at <= 1.4x the GGUF; every decode >= llama.cpp's and the
 int4 recipe >= 1.2x onnxruntime-genai's k_quant_mixed.
 
-Run: .venv/bin/python benchmarks/precision.py [--models gemma3-270m 2b-4l] [--repeats 2] [--reuse]
+Run: .venv/bin/python benchmarks/precision.py [--models gemma3-270m 2b-4l gemma4-e2b-5l] [--repeats 2] [--reuse]
        [--llama-python /path/to/venv/bin/python]   (llama-cpp-python built from source)
+       [--keep-rows]   (keep the earlier rows this run does not measure; each row says when it ran)
 Writes benchmarks/results/precision.json (after every row) and prints a table per model.
 """
 
@@ -42,7 +44,7 @@ from gemma_export.passes.context import ExportOptions  # noqa: E402
 from gemma_export.validate import compare, prompt_ids  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
-MODELS = ("gemma3-270m", "2b-4l")
+MODELS = ("gemma3-270m", "2b-4l", "gemma4-e2b-5l")
 OURS = {  # name -> export options; max_size_of_fp32: --max-size as a fraction of the fp32 export's size
     "fp32": {},
     "fp16": {"dtype": "fp16"},
@@ -56,6 +58,7 @@ OURS = {  # name -> export options; max_size_of_fp32: --max-size as a fraction o
     "int4-uniform": {"quant": "int4-uniform"},
     "int4-uniform calibrated": {"quant": "int4-uniform", "calibrate": True},
     "source": {"quant": "source"},  # a quantized GGUF only
+    "source-uniform": {"quant": "source-uniform"},
 }
 GENAI = {"int8": [], "int4": ["algo_config=k_quant_mixed"]}  # -p precision -> builder extra options
 LONG_PROMPT = 2048
@@ -230,8 +233,9 @@ def profile_decode(artifact: Path, steps: int = 32) -> dict:
 
 def one_model(model: str, args, python: Path | None, report: dict) -> None:
     root = WORK / "precision" / model
-    source = None if model == "gemma3-270m" else source_folder(model)  # None: the embedded default
+    source = None if model == "gemma3-270m" else _source(model)  # None: the embedded default
     rows = report["models"].setdefault(model, {"rows": []})["rows"]
+    earlier = list(rows) if args.keep_rows else []
     rows.clear()
     reference_dir = root / "fp32"
     first = our_row("fp32", model, reference_dir, source, None, None, args)
@@ -241,7 +245,7 @@ def one_model(model: str, args, python: Path | None, report: dict) -> None:
     first.update({"top1_agreement": 1.0, "kl_divergence": 0.0, "positions": sum(map(len, sequences)),
                   "perplexity": agreement(lambda i, ids: reference[i], reference, sequences)["perplexity"]})
     rows.append(first)
-    names = [n for n in OURS if n != "fp32" and n in args.precisions and (n != "source" or source is None)]
+    names = [n for n in OURS if n != "fp32" and n in args.precisions and (not n.startswith("source") or source is None)]
     for name in names:
         rows.append(_guarded(lambda: our_row(name, model, root / name.replace(" ", "-").replace("%", ""), source,
                                              reference, sequences, args, first["size_mib"]), f"ours {name}"))
@@ -255,6 +259,11 @@ def one_model(model: str, args, python: Path | None, report: dict) -> None:
         rows.append(_guarded(lambda: genai_row(precision, model, python, reference, sequences, args),
                              f"onnxruntime-genai {precision}"))
         _save(report)
+    measured = {r["name"] for r in rows}
+    for r in rows:
+        r["measured"] = time.strftime("%Y-%m-%d")
+    rows[:] = [next(n for n in rows if n["name"] == r["name"]) if r["name"] in measured else r for r in earlier] \
+        + [r for r in rows if r["name"] not in {e["name"] for e in earlier}]
     llama = next((r for r in rows if r.get("engine") == "llama.cpp" and "error" not in r), None)
     for row in rows:
         if "size_mib" in row:
@@ -272,6 +281,15 @@ def one_model(model: str, args, python: Path | None, report: dict) -> None:
             print("  profiling our int4 decode ...", flush=True)
             report["models"][model]["int4_decode_profile"] = profile_decode(root / "int4")
     _save(report)
+
+
+def _source(model: str) -> Path:
+    if model == "gemma4-e2b-5l":
+        from gemma4 import E2B, WORK as GEMMA4_WORK, checkpoint, e2b_layer_types
+
+        return checkpoint(GEMMA4_WORK / "e2b-5l", dict(E2B, num_hidden_layers=5, layer_types=e2b_layer_types(5),
+                                                        num_kv_shared_layers=2))
+    return source_folder(model)
 
 
 def _guarded(fn, name: str) -> dict:
@@ -313,6 +331,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="our exports only")
     parser.add_argument("--llama-python", help="a python with llama-cpp-python (built from source) for llama.cpp's rows")
     parser.add_argument("--reuse", action="store_true", help="reuse exports and peer builds already made")
+    parser.add_argument("--keep-rows", action="store_true", help="keep the earlier rows this run does not measure")
     args = parser.parse_args()
     python = None if args.no_peers else bench_python()
     report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

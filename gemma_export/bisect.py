@@ -546,7 +546,7 @@ def _lowered_precision(pass_name: str, options: ExportOptions) -> str | None:
     """The precision a pass lowers the graph to under these options (None: it keeps fp32's)."""
     if pass_name == "precision" and options.dtype != "fp32":
         return options.dtype
-    if pass_name in ("quantize_matmuls", "quantize_embedding") and options.quant != "none":
+    if pass_name in ("quantize_matmuls", "quantize_embedding", "quantize_lookups") and options.quant != "none":
         return options.quant.removesuffix("-uniform")
     return None
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from gemma_export.errors import GemmaExportError
-from gemma_export.passes.context import DEFAULT_BUDGET, DTYPES
+from gemma_export.passes.context import DEFAULT_BUDGET, DTYPES, SOURCE_HEADROOM
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 
 BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
@@ -53,10 +53,10 @@ def export(
                                         + ", ".join(f"{t.name} {t.dtypes[0]}" for t in TARGETS.values()) + ")"),
     quant: str = typer.Option("none", help="none | int4 | int8 (a mix of widths chosen by measured sensitivity "
                               "within --max-size) | int4-uniform | int8-uniform | source (a quantized GGUF's own "
-                              "blocks)"),
-    max_size: Optional[float] = typer.Option(None, help="size budget in MiB for the int4 / int8 recipes "
+                              "blocks, float where measured to matter most) | source-uniform (its blocks only)"),
+    max_size: Optional[float] = typer.Option(None, help="size budget in MiB for the int4 / int8 / source recipes "
                                              "(default: " + " / ".join(f"{f:.0%}" for f in DEFAULT_BUDGET.values())
-                                             + " of the fp32 size)"),
+                                             + f" of the fp32 size; source: its blocks' size + {SOURCE_HEADROOM:.0%})"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
     keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),

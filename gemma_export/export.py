@@ -51,8 +51,9 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
     if options.calibrate and options.quant_bits is None:
         raise GemmaExportError("--calibrate applies to --quant int8 or int4 (and their -uniform forms)")
-    if options.max_size_mib is not None and options.quant not in ("int8", "int4"):
-        raise GemmaExportError(f"--max-size is the budget of the int8 / int4 recipes, not of --quant {options.quant}")
+    if options.max_size_mib is not None and options.quant not in ("int8", "int4", "source"):
+        raise GemmaExportError(f"--max-size is the budget of the int8 / int4 / source recipes, not of --quant "
+                               f"{options.quant}")
     if options.max_size_mib is not None and not options.max_size_mib > 0:
         raise GemmaExportError(f"--max-size must be positive, got {options.max_size_mib:g}")
     return dataclasses.replace(options, target=target.name, dtype=dtype)

@@ -127,12 +127,13 @@ def quantize_dequantize(w: np.ndarray, s: Scheme) -> np.ndarray:
 
 def stored_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int) -> int:
     """Bytes of an [rows, k] weight as MatMulNBits stores it (codes, float32 scales, packed zero
-    points), or in float (s None)."""
+    points, float32 offsets where the scheme has them), or in float (s None)."""
     if s is None:
         return rows * k * float_bytes
     blocks = k // s.block
     zero = 0 if s.symmetric else rows * (-(-blocks // 2) if s.bits == 4 else blocks)
-    return rows * k * s.bits // 8 + rows * blocks * 4 + zero
+    offsets = rows * blocks * 4 if s.offsets else 0
+    return rows * k * s.bits // 8 + rows * blocks * 4 + zero + offsets
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:

@@ -14,6 +14,9 @@ in the rounding of two large sums.
 The narrowest width is measured for every weight; a wider width's KL is scaled from it by the
 ratio of the product's output errors on the calibration activations (a quadratic model of KL in
 the output perturbation), which costs numpy time instead of a model run. Float costs nothing.
+A quantized GGUF's own blocks (width "source") are the graph's weights already: measuring them
+swaps no weight and measures the kernel's input rounding alone. A lookup table (no product reads
+it) scales by the ratio of its weights' own squared errors instead.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from gemma_export.passes.quant_recipe import Unit
 
 TOKENS = 320  # calibration tokens per measurement
+GATHER_BUDGET = 2 * 2 ** 30  # bytes of gathered expert weights one measuring call may hold
+MIN_PIECE = 8
 POSITION_STRIDE = 2  # KL at every other position (the lm_head is most of the 270M's work)
 ERROR_ROWS = 2048  # output channels sampled for the output-error ratio
 REFERENCE_P = "sensitivity.reference_probs"
@@ -44,6 +49,7 @@ LOG_PROBS = "sensitivity.log_probs"
 KL_SUM = "sensitivity.kl_sum"
 
 SchemeOf = Callable[["Unit", str], "quant.Scheme | None"]
+KEEPS_WEIGHTS = "source"  # the width whose stored values are the graph's own
 
 
 def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[str, ...],
@@ -52,13 +58,15 @@ def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[
     calibration tokens run."""
     sequences = _sequences(ctx)
     with tempfile.TemporaryDirectory(prefix="gemma-sensitivity-") as tmp:
-        session, held, flags, inputs_of = _session(model, ctx, units, Path(tmp))
+        narrowest = widths[0]
+        blocks = {u.name: scheme_of(u, narrowest).block for u in units}
+        session, held, flags, inputs_of = _session(model, ctx, units, blocks, Path(tmp))
         weights = dict(held)
         base = [_feeds(model.graph, ids, session) for ids in sequences]
         for f in base:
             f.update({name: np.zeros((), np.float32) for name in flags.values()})
         # fp32: the reference distributions and every product's input
-        x_names = list(dict.fromkeys(inputs_of.values()))
+        x_names = [x for x in dict.fromkeys(inputs_of.values()) if x is not None]
         references, activations = [], {n: [] for n in x_names}
         none = np.zeros((1, 1, 1), np.float32)
         for f in base:
@@ -67,47 +75,67 @@ def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[
             for n, x in zip(x_names, xs):
                 activations[n].append(x.reshape(-1, x.shape[-1]))
         positions = sum(r[REFERENCE_P].shape[1] for r in references)
-        narrowest = widths[0]
         result = {}
         for unit in units:
             scheme = scheme_of(unit, narrowest)
             rows = _rows(held[unit.name], unit)
-            swapped = quant.quantize_dequantize(rows, scheme)
-            weights[unit.name] = np.ascontiguousarray(swapped if unit.stored_as_rows else swapped.T)
+            if narrowest != KEEPS_WEIGHTS:
+                swapped = quant.quantize_dequantize(rows, scheme)
+                stored = swapped.reshape(held[unit.name].shape) if unit.stored_as_rows else swapped.T
+                weights[unit.name] = np.ascontiguousarray(stored)
             total = 0.0
             for f, ref in zip(base, references):
                 total += float(session.run([KL_SUM], {**f, **weights, **ref, flags[unit.name]: np.ones((), np.float32)})[0])
             weights[unit.name] = held[unit.name]
             kl = max(0.0, total / positions)
-            x = np.concatenate(activations[inputs_of[unit.name]])
-            errors = {w: _output_error(rows, x, scheme_of(unit, w), ctx.target.int8_activations) for w in widths}
+            x = np.concatenate(activations[inputs_of[unit.name]]) if inputs_of[unit.name] else None
+            errors = {w: _output_error(rows, x, scheme_of(unit, w), ctx.target.int8_activations, w == KEEPS_WEIGHTS)
+                      for w in widths}
             result[unit.name] = {w: 0.0 if errors[narrowest] == 0 else kl * errors[w] / errors[narrowest]
                                  for w in widths}
         return result, sum(map(len, sequences))
 
 
 def _sequences(ctx: PassContext) -> list[list[int]]:
-    """Calibration sequences, cut to TOKENS tokens in all."""
+    """Calibration sequences, cut to TOKENS tokens in all, in pieces of at most _piece_length()."""
     out, left = [], TOKENS
+    piece = _piece_length(ctx)
     for ids in calibrate.sequences(ctx):
         if left <= 1:
             break
-        out.append(ids[:left])
-        left -= len(out[-1])
+        ids = ids[:left]
+        left -= len(ids)
+        out.extend(ids[i: i + piece] for i in range(0, len(ids), piece))
     return out
 
 
+def _piece_length(ctx: PassContext) -> int:
+    """The routed experts gather each token's top-k experts' weights: a prefill of n tokens holds
+    n x top_k experts in fp32 (26B-A4B: ~190 MiB a token). Their pieces stay within GATHER_BUDGET."""
+    cfg = ctx.config
+    if not cfg.num_experts:
+        return TOKENS
+    per_token = cfg.top_k_experts * 3 * cfg.hidden_size * cfg.moe_intermediate_size * 4  # gate, up, down
+    return max(MIN_PIECE, min(TOKENS, GATHER_BUDGET // per_token))
+
+
 def _rows(stored: np.ndarray, unit: Unit) -> np.ndarray:
-    return np.asarray(stored if unit.stored_as_rows else stored.T, dtype=np.float32)
+    """The unit's [out, in] rows (Unit.rows(), from the fed array)."""
+    return np.asarray(stored.reshape(unit.shape) if unit.stored_as_rows else stored.T, dtype=np.float32)
 
 
-def _output_error(rows: np.ndarray, x: np.ndarray, scheme: quant.Scheme | None, int8_inputs: bool) -> float:
-    """||Qa(x) Q(W)^T - x W^T||^2 over sampled output channels (0 for float)."""
+def _output_error(rows: np.ndarray, x: np.ndarray, scheme: quant.Scheme | None, int8_inputs: bool,
+                  keeps_weights: bool) -> float:
+    """||Qa(x) Q(W)^T - x W^T||^2 over sampled output channels (0 for float; Q(W) = W when the
+    weights are kept); ||Q(W) - W||^2 for a lookup table (x None)."""
     if scheme is None:
         return 0.0
     w = rows[:: max(1, -(-rows.shape[0] // ERROR_ROWS))]
+    wq = w if keeps_weights else quant.quantize_dequantize(w, scheme)
+    if x is None:
+        return float(np.square(wq - w).sum())
     xq = quant.int8_blocks(x, scheme.block) if int8_inputs else x
-    return float(np.square(xq @ quant.quantize_dequantize(w, scheme).T - x @ w.T).sum())
+    return float(np.square(xq @ wq.T - x @ w.T).sum())
 
 
 def _feeds(graph: ir.Graph, ids: list[int], session: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -117,10 +145,10 @@ def _feeds(graph: ir.Graph, ids: list[int], session: ort.InferenceSession) -> di
     return feeds
 
 
-def _session(model: ir.Model, ctx: PassContext, units: list[Unit], tmp: Path):
+def _session(model: ir.Model, ctx: PassContext, units: list[Unit], blocks: dict[str, int], tmp: Path):
     """The measuring session; the fp32 weights it is fed (name -> memory-mapped array, every large
-    initializer); the flag input switching each unit's activation rounding; each unit's product
-    input (the activation, by value name)."""
+    initializer); the flag input switching each unit's activation rounding (in blocks of its
+    weight's block); each unit's product input (the activation, by value name)."""
     with calibrate.without_data(model, also={unit.name for unit in units}) as large:
         proto = ir.serde.serialize_model(model)
     graph = proto.graph
@@ -136,10 +164,10 @@ def _session(model: ir.Model, ctx: PassContext, units: list[Unit], tmp: Path):
         flag = f"sensitivity.flag.{i}"
         flags[unit.name] = flag
         graph.input.append(onnx.helper.make_tensor_value_info(flag, onnx.TensorProto.FLOAT, []))
-        inputs_of[unit.name] = unit.products[0].inputs[0].name
+        inputs_of[unit.name] = unit.products[0].inputs[0].name if unit.products else None
         if not ctx.target.int8_activations:
             continue
-        block = quant.block_for(unit.shape[1], ctx.options.block_size)
+        block = blocks[unit.name]
         for product in unit.products:
             node = by_output[product.outputs[0].name]
             x = node.input[0]
@@ -160,7 +188,7 @@ def _session(model: ir.Model, ctx: PassContext, units: list[Unit], tmp: Path):
     graph.output.append(onnx.helper.make_empty_tensor_value_info(LOG_PROBS))
     declared = {o.name for o in graph.output}
     graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in dict.fromkeys(inputs_of.values())
-                        if x not in declared)
+                        if x is not None and x not in declared)
     path = tmp / "sensitivity.onnx"
     onnx.save(proto, path, save_as_external_data=True, location="sensitivity.onnx.data")
     options = ort.SessionOptions()

@@ -18,7 +18,8 @@ from gemma_export.passes.context import QUANTS, Target
 
 # Passes by module name in gemma_export/passes/ (imported when a pipeline runs, so that reading
 # this table, as the CLI does for its help, costs nothing).
-LOW_PRECISION = ("activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "precision")
+LOW_PRECISION = ("activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
+                 "precision")
 
 ORT_FUSED = (
     "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
@@ -36,7 +37,7 @@ STANDARD_OPS = (
 
 # A GGUF's own blocks (--quant source) carry integer zero points and float offsets in MatMulNBits'
 # form; the DequantizeLinear targets quantize anew (TensorRT imports int4 only without zero points).
-DEQUANTIZED_QUANTS = tuple(q for q in QUANTS if q != "source")
+DEQUANTIZED_QUANTS = tuple(q for q in QUANTS if not q.startswith("source"))
 
 _TARGETS = (
     # The default target comes first.

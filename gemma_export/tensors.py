@@ -156,6 +156,23 @@ def row_view(initializer: ir.Value, start: int, stop: int, name: str) -> Streame
     return out
 
 
+def flattened(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
+    """[d0, d1, ..., K] as [d0 * d1 * ..., K] rows (a 2-D tensor as it is), read through dim 0."""
+    base = as_streamed(tensor)
+    shape = tuple(base.shape.numpy())
+    if len(shape) == 2:
+        return base
+    inner, k = int(np.prod(shape[1:-1])), shape[-1]
+
+    def read(a: int, b: int) -> np.ndarray:
+        lo, hi = a // inner, -(-b // inner)
+        return base.rows(lo, hi).reshape(-1, k)[a - lo * inner: b - lo * inner]
+
+    out = StreamedTensor(read, (shape[0] * inner, k), base.dtype, name, whole=base.whole)
+    out.source_type = base.source_type
+    return out
+
+
 def untransposed(tensor: ir.TensorProtocol, name: str) -> StreamedTensor:
     """The 2-D transpose, streamed by rows where the tensor is itself a transpose (or transposes
     side by side, e.g. packed [in, out] weights): quantizers want the [out, in] rows back."""

@@ -83,7 +83,7 @@ def test_unsupported_option_combination(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("args,expected", [
     (["--quant", "int3"], "unknown quantization 'int3'"),
     (["--quant", "int4", "--max-size", "0.001"], "below the all-int4 size"),
-    (["--quant", "int4-uniform", "--max-size", "100"], "--max-size is the budget of the int8 / int4 recipes"),
+    (["--quant", "int4-uniform", "--max-size", "100"], "--max-size is the budget of the int8 / int4 / source recipes"),
     (["--quant", "source"], "--quant source keeps a quantized GGUF's own blocks"),
     (["--quant", "source", "--target", "tensorrt"], "not source"),
 ])

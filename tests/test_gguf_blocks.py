@@ -21,5 +21,5 @@ def test_decoded_blocks_equal_gguf_dequantize(qtype):
     assert blocks.codes.max() < 2 ** scheme.bits
     tolerance = 1e-6 * np.abs(expected).max()
     np.testing.assert_allclose(quant.dequantize(blocks, scheme), expected, rtol=1e-6, atol=tolerance)
-    assert scheme.offsets == (blocks.offsets is not None) == (qtype in (Q.Q4_1, Q.Q5_1, Q.Q4_K, Q.Q5_K))
+    assert scheme.offsets == (blocks.offsets is not None) == (qtype in (Q.Q4_1, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q2_K))
     assert scheme.symmetric == (qtype in (Q.Q8_0, Q.Q4_0))

@@ -118,7 +118,7 @@ def test_the_expert_router_stays_float_and_is_measured_nowhere(tmp_path):
     be fed as a memory-mapped input, which once made the sensitivity run fail on its name)."""
     from tiny import write_checkpoint
 
-    model, ctx = fused(write_checkpoint("gemma4-moe", tmp_path / "moe"), "ort-cpu", "fp32")
+    model, ctx = fused(write_checkpoint("gemma4-moe", tmp_path / "moe", moe_intermediate_size=32), "ort-cpu", "fp32")
     with_options(ctx, quant="int4")
     routers = [v.name for v in model.graph.initializers.values() if ".router." in v.name and v.shape.rank() == 2]
     assert routers
@@ -126,3 +126,18 @@ def test_the_expert_router_stays_float_and_is_measured_nowhere(tmp_path):
     assert not set(routers) & set(ctx.quant_plan)
     assert all(model.graph.initializers[name].dtype == ir.DataType.FLOAT for name in routers)
     assert set(ctx.quant_plan.values()) <= {"int4", "int8", "float"} and ctx.quant_plan
+
+
+def test_mixture_of_experts_calibration_runs_in_pieces_within_the_gather_budget(monkeypatch, tmp_path):
+    """A routed prefill holds n x top_k experts' weights: the sensitivity run feeds pieces short
+    enough to stay within GATHER_BUDGET, the same tokens in all."""
+    from tiny import write_checkpoint
+
+    model, ctx = fused(write_checkpoint("gemma4-moe", tmp_path / "moe", moe_intermediate_size=32), "ort-cpu", "fp32")
+    whole = sensitivity._sequences(ctx)
+    cfg = ctx.config
+    per_token = cfg.top_k_experts * 3 * cfg.hidden_size * cfg.moe_intermediate_size * 4
+    monkeypatch.setattr(sensitivity, "GATHER_BUDGET", 20 * per_token)
+    pieces = sensitivity._sequences(ctx)
+    assert max(map(len, pieces)) == 20 < max(map(len, whole))
+    assert sum(pieces, []) == sum(whole, [])

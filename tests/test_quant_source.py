@@ -3,7 +3,8 @@
 With fp32 activations (accuracy level 0) the source-block export must give the fp32 export's logits
 (both compute with the same dequantized values), for a file mixing every kept type: packed
 products whose parts differ in type (Q5_0 / Q8_0, Q4_1 / Q5_1), 16-wide blocks (Q6_K), float
-offsets (Q4_K, Q5_K, Q4_1, Q5_1), 4-bit (Q4_0) and the tied Q8_0 table."""
+offsets (Q4_K, Q5_K, Q4_1, Q5_1, Q2_K), 3- and 2-bit K-quants (Q3_K, Q2_K), 4-bit (Q4_0) and the
+tied Q8_0 table."""
 
 import json
 
@@ -14,7 +15,7 @@ import gemma_runtime
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
 from gemma_export.passes import quantize_matmuls
-from gemma_export.passes.context import ExportOptions
+from gemma_export.passes.context import SOURCE_HEADROOM, ExportOptions
 from test_gguf import Q, write_gguf
 
 TYPES = {  # GGUF tensor name part -> type by layer parity
@@ -28,8 +29,8 @@ def type_of(name: str):
     parts = name.split(".")
     if parts[0] == "blk" and parts[2] in TYPES:
         layer = int(parts[1])
-        if parts[2] == "ffn_down" and layer == 5:
-            return Q.Q5_K
+        if parts[2] == "ffn_down" and layer >= 3:
+            return {3: Q.Q2_K, 4: Q.Q3_K, 5: Q.Q5_K}[layer]
         return TYPES[parts[2]][layer % 2]
     return None
 
@@ -44,7 +45,7 @@ def mixed_gguf(tmp_path_factory):
 def test_source_blocks_give_the_fp32_exports_logits(mixed_gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(quantize_matmuls, "ACCURACY_LEVEL", 0)  # fp32 activations: exact products
     fp32 = export(mixed_gguf, tmp_path / "fp32", ExportOptions(max_seq_len=64))
-    source = export(mixed_gguf, tmp_path / "source", ExportOptions(quant="source", max_seq_len=64))
+    source = export(mixed_gguf, tmp_path / "source", ExportOptions(quant="source-uniform", max_seq_len=64))
     report = source.report["quantization"]
     assert set(report["choices"].values()) == {"source"} and not report["requantized"]
     assert report["source_types"]["model.layers.0.self_attn.q_proj+k_proj+v_proj"] == "Q5_0+Q8_0"
@@ -57,13 +58,46 @@ def test_source_blocks_give_the_fp32_exports_logits(mixed_gguf, tmp_path, monkey
     size = lambda out: sum(f.stat().st_size for f in out.iterdir())  # noqa: E731
     assert size(tmp_path / "source") < 0.45 * size(tmp_path / "fp32")
     manifest = json.loads((tmp_path / "source" / "manifest.json").read_text())
-    assert manifest["quant"]["method"] == "source"
+    assert manifest["quant"]["method"] == "source-uniform"
+
+
+def test_source_spends_its_headroom_on_float_where_int8_activations_hurt_most(mixed_gguf, tmp_path):
+    """`--quant source` measures each block unit's KL under the kernel's int8 activations and buys
+    float for the most KL per byte within its blocks' size + SOURCE_HEADROOM; its logits move less
+    from fp32 than source-uniform's."""
+    uniform = export(mixed_gguf, tmp_path / "uniform", ExportOptions(quant="source-uniform", max_seq_len=64))
+    mixed = export(mixed_gguf, tmp_path / "mixed", ExportOptions(quant="source", max_seq_len=64))
+    report = mixed.report["quantization"]
+    kl, choices = report["sensitivity"]["kl"], report["choices"]
+    assert set(kl) == set(choices) - set(report["requantized"])
+    assert all(k["source"] > 0 and k["float"] == 0 for k in kl.values())
+    assert set(choices.values()) == {"source", "float"}
+    assert report["budget_mib"] == pytest.approx(report["all_narrowest_mib"] * (1 + SOURCE_HEADROOM), abs=0.01)
+    assert report["estimated_mib"] <= report["budget_mib"]
+    weights = lambda out: (tmp_path / out / "model.onnx.data").stat().st_size  # noqa: E731
+    assert weights("uniform") < weights("mixed") <= report["budget_mib"] * 2 ** 20 * 1.02
+    fp32 = export(mixed_gguf, tmp_path / "fp32", ExportOptions(max_seq_len=64))
+    models = {m: gemma_runtime.load(tmp_path / m) for m in ("fp32", "uniform", "mixed")}
+    rng = np.random.default_rng(0)
+    kl = {"uniform": 0.0, "mixed": 0.0}
+    for _ in range(3):  # the random weights make one sequence a noisy judge
+        ids = [2, *rng.integers(4, 290, size=40).tolist()]
+        ref = _log_softmax(models["fp32"].logits(ids))
+        for m in kl:
+            kl[m] += float((np.exp(ref) * (ref - _log_softmax(models[m].logits(ids)))).sum(-1).mean())
+    assert kl["mixed"] < kl["uniform"]
+    assert fp32.quant["method"] == "none" and uniform.report["quantization"]["recipe"] == "source-uniform"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def test_types_without_a_decoder_are_requantized_and_listed(tmp_path):
-    path = tmp_path / "q3k.gguf"
-    write_gguf(path, "gemma3", type_of=lambda n: None if "norm" in n else Q.Q3_K if "ffn_down" in n else Q.Q8_0)
-    manifest = export(path, tmp_path / "out", ExportOptions(quant="source", max_seq_len=64))
+    path = tmp_path / "iq4.gguf"
+    write_gguf(path, "gemma3", type_of=lambda n: None if "norm" in n else Q.IQ4_NL if "ffn_down" in n else Q.Q8_0)
+    manifest = export(path, tmp_path / "out", ExportOptions(quant="source-uniform", max_seq_len=64))
     report = manifest.report["quantization"]
     assert report["requantized"] == [f"model.layers.{i}.mlp.down_proj.weight.T" for i in range(6)]
     assert {report["choices"][n] for n in report["requantized"]} == {"int8"}

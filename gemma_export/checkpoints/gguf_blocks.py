@@ -15,8 +15,10 @@ low nibble first, the fifth / sixth bits in separate high-bit arrays.
     Q4_K   32     0..15  0           -dmin * m_j   (scale d * s_j, 6-bit s_j and m_j)
     Q5_K   32     0..31  0           -dmin * m_j
     Q6_K   16     0..63  32          -             (scale d * s_j, int8 s_j)
-Other quantized types (Q2_K, Q3_K, IQ*, TQ*, MXFP4) have no decoder here: their tensors are
-re-quantized from their dequantized values, and the export's report lists them.
+    Q3_K   16     0..7   4           -             (scale d * (s_j - 32), 6-bit s_j)
+    Q2_K   16     0..3   0           -dmin * m_j   (scale d * s_j, 4-bit s_j and m_j)
+Other quantized types (IQ*, TQ*, MXFP4) have no decoder here: their tensors are re-quantized from
+their dequantized values, and the export's report lists them.
 """
 
 from __future__ import annotations
@@ -104,10 +106,40 @@ def _q6_k(b: np.ndarray):
     return np.concatenate(halves, -1), d[..., None] * sc, 32, None, 8
 
 
+def _k_crumbs(qs: np.ndarray) -> np.ndarray:
+    """[..., 64] bytes -> [..., 256] 2-bit values: per 32-byte half, shift 0, 2, 4, 6 in turn, each
+    over the half's 32 bytes (Q2_K, Q3_K)."""
+    halves = qs.reshape(*qs.shape[:-1], 2, 1, 32)
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+    return ((halves >> shifts) & 3).reshape(*qs.shape[:-1], 256)
+
+
+def _q2_k(b: np.ndarray):
+    sc = b[..., 0:16]
+    d, dmin = _f16(b[..., 80:82]), _f16(b[..., 82:84])
+    return _k_crumbs(b[..., 16:80]), d[..., None] * (sc & 0x0F), 0, -(dmin[..., None] * (sc >> 4)), 4
+
+
+def _q3_k_scales(s: np.ndarray) -> np.ndarray:
+    """The 16 six-bit scales packed in 12 bytes: low nibbles of bytes 0-7 then their high nibbles,
+    each with two high bits from bytes 8-11 (pair i of byte 8 + j for scale 4 i + j)."""
+    low = np.concatenate([s[..., 0:8] & 0x0F, s[..., 0:8] >> 4], -1)
+    high = np.concatenate([(s[..., 8:12] >> (2 * i)) & 3 for i in range(4)], -1)
+    return (low | (high << 4)).astype(np.float32) - 32
+
+
+def _q3_k(b: np.ndarray):
+    high = _bits(b[..., 0:32], 256).reshape(*b.shape[:-1], 32, 8)  # [.., l, bit j]: value j*32 + l
+    high = np.swapaxes(high, -1, -2).reshape(*b.shape[:-1], 256)
+    d = _f16(b[..., 108:110])
+    return _k_crumbs(b[..., 32:96]) | (high << 2), d[..., None] * _q3_k_scales(b[..., 96:108]), 4, None, 4
+
+
 # type -> (values per block, zero point's block (the block scales apply to), decoder)
 DECODERS = {
     Q.Q8_0: (32, 32, _q8_0), Q.Q4_0: (32, 32, _q4_0), Q.Q4_1: (32, 32, _q4_1), Q.Q5_0: (32, 32, _q5_0),
     Q.Q5_1: (32, 32, _q5_1), Q.Q4_K: (256, 32, _q4_k), Q.Q5_K: (256, 32, _q5_k), Q.Q6_K: (256, 16, _q6_k),
+    Q.Q3_K: (256, 16, _q3_k), Q.Q2_K: (256, 16, _q2_k),
 }
 
 

@@ -17,11 +17,15 @@ if TYPE_CHECKING:
 DTYPES = ("fp32", "fp16", "bf16")
 # int8 / int4: a recipe (passes/quant_recipe.py) that picks each weight's width by measured
 # sensitivity under a size budget, starting from that width; -uniform: every weight at that width;
-# source: a quantized GGUF's own blocks (passes/quantize_source.py).
-QUANTS = ("none", "int8", "int4", "int8-uniform", "int4-uniform", "source")
+# source: a quantized GGUF's own blocks, float where their int8 activations hurt most within a budget;
+# source-uniform: every unit its own blocks.
+QUANTS = ("none", "int8", "int4", "int8-uniform", "int4-uniform", "source", "source-uniform")
 # The recipes' default budgets, as a fraction of the fp32 size of every weight (--max-size overrides
 # them); chosen on the real Gemma 3 270M, where they meet the README's fidelity goals.
 DEFAULT_BUDGET = {"int4": 0.30, "int8": 0.45}
+# --quant source's default budget: the all-source size plus this fraction, spent on float for the
+# units whose kernel input rounding (int8 activations) moves the output most.
+SOURCE_HEADROOM = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
