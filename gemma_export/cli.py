@@ -56,10 +56,11 @@ def export(
                               "blocks, float where measured to matter most) | source-uniform (its blocks only)"),
     max_size: Optional[float] = typer.Option(None, help="size budget in MiB for the int4 / int8 / source recipes "
                                              "(default: " + " / ".join(f"{f:.0%}" for f in DEFAULT_BUDGET.values())
-                                             + f" of the fp32 size; source: its blocks' size + {SOURCE_HEADROOM:.0%})"),
+                                             + f" of the fp32 size; source: {SOURCE_HEADROOM:.0%} over the size with every block kept)"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
-    keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head"),
+    keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head (nor Gemma 4's "
+                                            "per-layer table)"),
     max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),
     dump_ir: Optional[Path] = typer.Option(None, help="write the graph after each pass to this folder"),
     force: bool = typer.Option(False, help="replace an existing OUT"),

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gemma_export.passes.quant_recipe import Unit
 
 TOKENS = 320  # calibration tokens per measurement
+ROUND_TRIP_CHUNK = 64 * 2 ** 20  # bytes of a table's rows quantized at a time
 GATHER_BUDGET = 2 * 2 ** 30  # bytes of gathered expert weights one measuring call may hold
 MIN_PIECE = 8
 POSITION_STRIDE = 2  # KL at every other position (the lm_head is most of the 270M's work)
@@ -80,9 +81,7 @@ def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[
             scheme = scheme_of(unit, narrowest)
             rows = _rows(held[unit.name], unit)
             if narrowest != KEEPS_WEIGHTS:
-                swapped = quant.quantize_dequantize(rows, scheme)
-                stored = swapped.reshape(held[unit.name].shape) if unit.stored_as_rows else swapped.T
-                weights[unit.name] = np.ascontiguousarray(stored)
+                weights[unit.name] = _round_trip(held[unit.name], unit, scheme, Path(tmp) / "swapped.bin")
             total = 0.0
             for f, ref in zip(base, references):
                 total += float(session.run([KL_SUM], {**f, **weights, **ref, flags[unit.name]: np.ones((), np.float32)})[0])
@@ -97,26 +96,50 @@ def measure(model: ir.Model, ctx: PassContext, units: list[Unit], widths: tuple[
 
 
 def _sequences(ctx: PassContext) -> list[list[int]]:
-    """Calibration sequences, cut to TOKENS tokens in all, in pieces of at most _piece_length()."""
+    """Calibration sequences, cut to TOKENS tokens in all, in pieces of at most _piece_length()
+    tokens, each after the first led by BOS again (a piece is measured without what came before)."""
     out, left = [], TOKENS
     piece = _piece_length(ctx)
+    bos = ctx.config.bos_token_id
     for ids in calibrate.sequences(ctx):
         if left <= 1:
             break
         ids = ids[:left]
         left -= len(ids)
-        out.extend(ids[i: i + piece] for i in range(0, len(ids), piece))
+        out.extend(_split(ids, piece, bos))
     return out
+
+
+def _split(ids: list[int], piece: int, bos: int) -> list[list[int]]:
+    """ids in pieces of at most `piece` tokens, each after the first led by BOS."""
+    return [ids[:piece]] + [[bos, *ids[i: i + piece - 1]] for i in range(piece, len(ids), piece - 1)]
 
 
 def _piece_length(ctx: PassContext) -> int:
     """The routed experts gather each token's top-k experts' weights: a prefill of n tokens holds
-    n x top_k experts in fp32 (26B-A4B: ~190 MiB a token). Their pieces stay within GATHER_BUDGET."""
+    n x top_k experts in fp32 (26B-A4B: ~182 MiB a token). Their pieces stay within GATHER_BUDGET
+    (but are never shorter than MIN_PIECE)."""
     cfg = ctx.config
     if not cfg.num_experts:
         return TOKENS
     per_token = cfg.top_k_experts * 3 * cfg.hidden_size * cfg.moe_intermediate_size * 4  # gate, up, down
     return max(MIN_PIECE, min(TOKENS, GATHER_BUDGET // per_token))
+
+
+def _round_trip(stored: np.ndarray, unit: Unit, scheme: quant.Scheme, path: Path) -> np.ndarray:
+    """The unit's fed array with its values quantized and dequantized. A table stored as rows (the
+    embedding, a lookup table: up to ~9 GiB in fp32) goes through in chunks of rows into a
+    memory-mapped file, so no copy of it is ever whole in memory; a product's weight is small."""
+    if not unit.stored_as_rows:
+        return np.ascontiguousarray(quant.quantize_dequantize(np.asarray(stored.T, np.float32), scheme).T)
+    n, k = unit.shape
+    out = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, k))
+    step = max(1, ROUND_TRIP_CHUNK // (4 * k))
+    rows = stored.reshape(n, k)
+    for a in range(0, n, step):
+        out[a: a + step] = quant.quantize_dequantize(np.asarray(rows[a: a + step], np.float32), scheme)
+    out.flush()
+    return out.reshape(stored.shape)
 
 
 def _rows(stored: np.ndarray, unit: Unit) -> np.ndarray:

@@ -140,4 +140,8 @@ def test_mixture_of_experts_calibration_runs_in_pieces_within_the_gather_budget(
     monkeypatch.setattr(sensitivity, "GATHER_BUDGET", 20 * per_token)
     pieces = sensitivity._sequences(ctx)
     assert max(map(len, pieces)) == 20 < max(map(len, whole))
-    assert sum(pieces, []) == sum(whole, [])
+    assert all(p[0] == cfg.bos_token_id for p in pieces)  # each piece starts as a text does
+    ids = list(range(5, 50))
+    split = sensitivity._split(ids, 20, 2)
+    assert [len(p) for p in split] == [20, 20, 7] and split[0] == ids[:20]
+    assert split[0] + sum((p[1:] for p in split[1:] if p[0] == 2), []) == ids

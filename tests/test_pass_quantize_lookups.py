@@ -82,6 +82,18 @@ def test_float_tables_and_kept_embeddings_are_left(gemma4):
     assert "GatherBlockQuantized" not in op_types(kept)
 
 
+def test_a_table_no_block_fits_stays_float(tmp_path):
+    """Expert down tables 24 wide (no power-of-two block >= 16 divides it) are not units: they stay
+    float, and the gate/up tables (48 wide) quantize."""
+    model, ctx = prepared(write_checkpoint("gemma4-moe", tmp_path / "narrow"), ExportOptions(target="ort-cpu",
+                                                                                            quant="int4"))
+    assert tables(model, ctx) == [f"model.layers.{i}.experts.gate_up_proj" for i in range(4)]
+    quantized, (count,) = apply(model, ctx, quantize_lookups)
+    kept = quantized.graph.initializers
+    assert count == 4 and all(f"model.layers.{i}.experts.down_proj" in kept for i in range(4))
+    assert not any(f"model.layers.{i}.experts.gate_up_proj" in kept for i in range(4))
+
+
 def test_the_recipe_measures_each_table(gemma4):
     """The int4 recipe measures the tables like any unit (KL falling with width) and chooses a width
     for each within its budget."""

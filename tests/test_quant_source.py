@@ -94,6 +94,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def test_source_measures_nothing_where_the_kernels_keep_fp32_activations(mixed_gguf, tmp_path):
+    """ort-cuda's MatMulNBits keeps fp32 activations: a kept block moves nothing, so `source` is
+    `source-uniform` there (no sensitivity run)."""
+    manifest = export(mixed_gguf, tmp_path / "cuda", ExportOptions(target="ort-cuda", quant="source", max_seq_len=64))
+    report = manifest.report["quantization"]
+    assert "sensitivity" not in report and set(report["choices"].values()) == {"source"}
+
+
 def test_types_without_a_decoder_are_requantized_and_listed(tmp_path):
     path = tmp_path / "iq4.gguf"
     write_gguf(path, "gemma3", type_of=lambda n: None if "norm" in n else Q.IQ4_NL if "ffn_down" in n else Q.Q8_0)

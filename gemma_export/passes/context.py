@@ -64,7 +64,7 @@ class ExportOptions:
     calibrate: bool = False
     keep_embeddings_fp: bool = False
     max_seq_len: int = 4096
-    max_size_mib: float | None = None  # the int8 / int4 recipes' budget; None: the recipe's default
+    max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
 
     @property
     def quant_bits(self) -> int | None:
@@ -80,5 +80,5 @@ class PassContext:
     caches: tuple[CacheSlot, ...]  # the model's KV-cache slots (graph inputs past_{name})
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
     tokenizer: Tokenizer | None = None  # the source's: calibration text -> ids
-    # weight (initializer) name -> "int4" | "int8" | "float": the quantization recipe's choices
+    # weight (initializer) name -> "int4" | "int8" | "float" | "source": the quantization recipe's choices
     quant_plan: dict[str, str] = dataclasses.field(default_factory=dict)

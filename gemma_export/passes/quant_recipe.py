@@ -1,10 +1,12 @@
 """The quantization recipe: which width each quantizable weight gets (`--quant`), written to
-ctx.quant_plan for quantize_matmuls and quantize_embedding, and to the manifest's report.
+ctx.quant_plan for quantize_matmuls, quantize_embedding and quantize_lookups, and to the
+manifest's report.
 
 The units are the weights of the products the quantizers take: every MatMul with a 2-D float
 weight (packed q/k/v and gate/up count as one), the tied embedding (its lookup and the lm_head
 read one table), and the tables only looked up (Gemma 4's per-layer embedding and each layer's
-expert tables, quantize_lookups). Each gets "int4", "int8" or "float".
+expert tables, quantize_lookups; one whose last axis has no block of 16 or more stays float).
+Each gets "int4", "int8", "float" or (`--quant source`) "source".
 
 `--quant int4` / `int8` start every unit at that width and upgrade the units whose quantization
 hurts most, by measurement (gemma_export/sensitivity.py: the KL divergence of the model's output
@@ -17,7 +19,9 @@ whatever the thread count. `--quant int4-uniform` / `int8-uniform`: every unit a
 `--quant source` starts every unit a quantized GGUF stores as blocks at "source" (those blocks,
 kept exactly) and upgrades to "float" the units whose kernel input rounding (MatMulNBits' int8
 activations, the only rounding left) moves the output most, within the blocks' size plus
-SOURCE_HEADROOM (or `--max-size`); `source-uniform` keeps every unit's blocks.
+SOURCE_HEADROOM over the all-source size of the export (or `--max-size`); `source-uniform` keeps
+every unit's blocks. On a target whose kernels keep fp32 activations (ort-cuda) nothing is left
+to measure: `source` is `source-uniform` there.
 
 Why a mix: on the real Gemma 3 270M, int4 everywhere changes about a quarter of the top-1 tokens,
 most of it from a few units (the embedding / lm_head, which is also ~63% of the weights, and a
@@ -41,6 +45,7 @@ from gemma_export.passes.tied_lm_head import EMBEDDING
 NAME = "quant_recipe"
 WIDTHS = ("int4", "int8", "float")  # narrowest first
 SOURCE = "source"  # a quantized GGUF's own blocks (--quant source); its wider width is "float"
+MIN_BLOCK = 16  # the kernels' smallest block (quant.block_for)
 SIGNIFICANT_DIGITS = 3
 MIB = 2 ** 20
 
@@ -84,10 +89,12 @@ PER_LAYER_TABLE = "model.embed_tokens_per_layer.weight"
 EXPERT_TABLES = (".experts.gate_up_proj", ".experts.down_proj")
 
 
-def _lookup_table(name: str, ctx: PassContext) -> bool:
-    if name == PER_LAYER_TABLE:
+def _lookup_table(weight: ir.Value, ctx: PassContext) -> bool:
+    if weight.dtype != ir.DataType.FLOAT or weight.shape is None or weight.shape[-1] % MIN_BLOCK:
+        return False  # float, or no block fits its last axis (it stays float)
+    if weight.name == PER_LAYER_TABLE:
         return not ctx.options.keep_embeddings_fp
-    return name.endswith(EXPERT_TABLES)
+    return weight.name.endswith(EXPERT_TABLES)
 
 
 # Gemma 4's expert router stays float: its few weights choose which experts run, and a rounding
@@ -106,7 +113,7 @@ def units(graph: ir.Graph, ctx: PassContext) -> list[Unit]:
                 found.setdefault(weight.name, Unit(weight, [])).products.append(node)
         elif node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
             weight = initializer_of(node.inputs[0])
-            if weight is not None and weight.dtype == ir.DataType.FLOAT and _lookup_table(weight.name, ctx):
+            if weight is not None and _lookup_table(weight, ctx):
                 found.setdefault(weight.name, Unit(weight, []))
         elif node.op_type == "Gemm" and not ctx.options.keep_embeddings_fp:
             weight = initializer_of(node.inputs[1])
@@ -158,12 +165,14 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     found = units(model.graph, ctx)
     extra = {}
     if method.startswith(SOURCE):
-        start, extra = _source_widths(found)
+        start, extra = _source_widths(found, method)
         widths = (SOURCE, "float")
     else:
         floor = f"int{ctx.options.quant_bits}"
         start, widths = {u.name: floor for u in found}, WIDTHS[WIDTHS.index(floor):]
     candidates = [u for u in found if start[u.name] == widths[0]]
+    if widths[0] == SOURCE:  # only a product's input rounding moves a kept block's output
+        candidates = [u for u in candidates if u.products] if ctx.target.int8_activations else []
     if method.endswith("-uniform") or not candidates:
         ctx.quant_plan = start
         ctx.report["quantization"] = {"recipe": method, **extra, "choices": dict(start)}
@@ -218,7 +227,7 @@ def _measured_plan(model: ir.Model, ctx: PassContext, found: list[Unit], start: 
         "recipe": ctx.options.quant, **extra,
         "budget_mib": round(budget / MIB, 2), "estimated_mib": round(used / MIB, 2),
         "fp32_mib": round(fp32 / MIB, 2), "all_narrowest_mib": round(smallest / MIB, 2),
-        "sensitivity": {"measure": "KL(fp32 || quantized) per position, one unit quantized at a time",
+        "sensitivity": {"measure": MEASURES[floor == SOURCE],
                         "tokens": tokens, "kl": kl},
         "choices": dict(plan)}
     return plan
@@ -227,7 +236,12 @@ def _measured_plan(model: ir.Model, ctx: PassContext, found: list[Unit], start: 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
-def _source_widths(found: list[Unit]) -> tuple[dict[str, str], dict]:
+MEASURES = ("KL(fp32 || quantized) per position, one unit quantized at a time",
+            "KL(fp32 || export) per position, one unit's kernel input rounding at a time (its blocks are the "
+            "fp32 values)")
+
+
+def _source_widths(found: list[Unit], method: str) -> tuple[dict[str, str], dict]:
     """`--quant source`: a unit whose every part the source stores as blocks starts at "source"; one
     stored in float stays "float"; one of a type without a decoder is re-quantized at int8 (listed).
     Also the report's source entries."""
@@ -243,7 +257,7 @@ def _source_widths(found: list[Unit]) -> tuple[dict[str, str], dict]:
         else:
             plan[unit.name] = "int8"
     if not any(w == SOURCE for w in plan.values()):
-        raise GemmaExportError("--quant source keeps a quantized GGUF's own blocks, but this source has none "
+        raise GemmaExportError(f"--quant {method} keeps a quantized GGUF's own blocks, but this source has none "
                                f"(its weights are {', '.join(sorted(set(types.values()))) or 'not from a GGUF'}); "
                                "use --quant int8 or int4")
     return plan, {"source_types": types, "requantized": sorted(n for n, w in plan.items() if w == "int8")}

@@ -87,8 +87,9 @@ def gather_block_quantized(graph: ir.Graph, node: ir.Node, unit: Unit, packed, s
                         {"gather_axis": 0, "quantize_axis": 2, "block_size": scheme.block,
                          "bits": scheme.bits}, domain=MS_DOMAIN).outputs[0]  # [indices..., rest, block]
     if offsets is not None:  # each block's float offset, looked up and added to its values
-        table = by_first(offsets, []) if first else offsets
-        looked_up = add_node(graph, node, "Gather", [table, node.inputs[1]], {"axis": 0}).outputs[0]
+        if first:  # offsets come only with a source's own blocks, which flattened tables never keep
+            raise AssertionError(f"{unit.name}: float block offsets on a table of {len(dims)} dims")
+        looked_up = add_node(graph, node, "Gather", [offsets, node.inputs[1]], {"axis": 0}).outputs[0]
         column = add_node(graph, node, "Unsqueeze", [looked_up, constant_int64(graph, "const.last_axis", [-1])])
         gathered = add_node(graph, node, "Add", [gathered, column.outputs[0]]).outputs[0]
     indices = node.inputs[1].shape.rank() if node.inputs[1].shape is not None else None
