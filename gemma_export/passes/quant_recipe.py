@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import onnx_ir as ir
 
@@ -151,6 +152,17 @@ def planned(ctx: PassContext, unit: Unit) -> tuple[quant.Scheme, quant.BlockRead
         return scheme, read
     scheme = scheme_for(ctx, width, unit.shape[1])
     return None if scheme is None else (scheme, None)
+
+
+def quantized_units(graph: ir.Graph, ctx: PassContext, kind: Callable[[Unit], bool]
+                    ) -> list[tuple[Unit, quant.Scheme, quant.BlockReader | None]]:
+    """The units of one kind that the plan stores quantized, each with planned()'s scheme and
+    block reader (none without --quant). The kind is chosen first: a later pass also sees the
+    small MatMuls an earlier one added (offset terms), which are no units of the plan."""
+    if ctx.options.quant == "none":
+        return []
+    chosen = [(unit, planned(ctx, unit)) for unit in units(graph, ctx) if kind(unit)]
+    return [(unit, *plan) for unit, plan in chosen if plan is not None]
 
 
 def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> int:

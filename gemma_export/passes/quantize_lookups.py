@@ -18,7 +18,7 @@ import onnx_ir as ir
 from gemma_export import quant
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
-from gemma_export.passes.quant_recipe import Unit, planned, units
+from gemma_export.passes.quant_recipe import Unit, quantized_units
 from gemma_export.passes.quantize_matmuls import MS_DOMAIN, nbits_initializers
 from gemma_export.tensors import StreamedTensor
 
@@ -26,17 +26,9 @@ NAME = "quantize_lookups"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    if ctx.options.quant == "none":
-        return 0
     graph = model.graph
     count = 0
-    for unit in units(graph, ctx):
-        if unit.products:
-            continue  # a product's weight (quantize_matmuls, quantize_embedding)
-        plan = planned(ctx, unit)
-        if plan is None:
-            continue
-        scheme, blocks_of = plan
+    for unit, scheme, blocks_of in quantized_units(graph, ctx, kind=lambda u: not u.products):
         gathers = list(unit.weight.uses())
         if ctx.target.quantized_matmul == "MatMulNBits":
             blocks_of = blocks_of or quantized_rows(unit.rows(), scheme)

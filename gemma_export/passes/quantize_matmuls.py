@@ -19,7 +19,7 @@ from gemma_export import quant
 from gemma_export.tensors import transposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
-from gemma_export.passes.quant_recipe import planned, units
+from gemma_export.passes.quant_recipe import quantized_units
 
 NAME = "quantize_matmuls"
 MS_DOMAIN = "com.microsoft"
@@ -27,15 +27,10 @@ ACCURACY_LEVEL = 4
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    if ctx.options.quant == "none":
-        return 0
     graph = model.graph
     count = 0
-    for unit in units(graph, ctx):
-        plan = planned(ctx, unit)
-        if plan is None or unit.stored_as_rows:  # float, or the embedding (quantize_embedding's)
-            continue
-        scheme, blocks_of = plan
+    # the embedding and lookup tables are quantize_embedding's and quantize_lookups'
+    for unit, scheme, blocks_of in quantized_units(graph, ctx, kind=lambda u: not u.stored_as_rows):
         rows = unit.rows()  # [N, K]
         for node in unit.products:
             if ctx.target.quantized_matmul == "MatMulNBits":
