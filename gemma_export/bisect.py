@@ -65,9 +65,10 @@ from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import ExportOptions
 from gemma_export.passes.ir_utils import MEANING_PREFIX
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import QUANTIZERS
 from gemma_export.tensors import as_streamed
 from gemma_export.texts import PROMPTS
-from gemma_export.validate import FP32_RELATIVE_TOLERANCE, token_ids
+from gemma_export.validate import FP32_RELATIVE_TOLERANCE, reference_prefill, token_ids
 
 MEANING = MEANING_PREFIX + "value"  # what a value is: its traced name, or the group that made it
 LAYER_OUTPUT = MEANING_PREFIX + "layer_output"  # the decoder layer whose output a value is
@@ -242,17 +243,9 @@ def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan:
 
 def reference_hidden_states(source, ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
     """The fp32 torch reference's logits [1, n, vocab] and residual stream after each layer [1, n, hidden]."""
-    import torch
+    from gemma_graphs.gemma import load_reference
 
-    from gemma_graphs.gemma import cache_slots, load_reference
-
-    cfg = source.config
-    module = load_reference(cfg, source.weights)
-    n = len(ids)
-    caches = [torch.zeros(1, s.heads, 0, s.head_dim) for s in cache_slots(cfg)]
-    with torch.no_grad():
-        logits, layers = module.hidden_states(torch.tensor([ids]), torch.arange(n)[None],
-                                              torch.ones(1, n, dtype=torch.int64), *caches)
+    logits, layers = reference_prefill(load_reference(source.config, source.weights), source.config, ids)
     return logits.numpy(), [x.numpy() for x in layers]
 
 
@@ -523,30 +516,26 @@ class _Runner:
 
     def run(self, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """The named values, graph outputs or not."""
-        import onnxruntime as ort
-
         model = onnx.ModelProto()
         model.CopyFrom(proto)
+        names = list(dict.fromkeys(outputs))
         declared = {o.name for o in model.graph.output}
-        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(outputs) if n not in declared)
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
         path = self.folder / f"graph-{self.saved}.onnx"
         self.saved += 1
         onnx.save(model, path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            arrays = session.run(list(dict.fromkeys(outputs)), feeds)
+            arrays = calibrate.cpu_session(str(path)).run(names, feeds)
         finally:
             path.unlink()
-        return dict(zip(dict.fromkeys(outputs), arrays))
+        return dict(zip(names, arrays))
 
 
 def _lowered_precision(pass_name: str, options: ExportOptions) -> str | None:
     """The precision a pass lowers the graph to under these options (None: it keeps fp32's)."""
     if pass_name == "precision" and options.dtype != "fp32":
         return options.dtype
-    if pass_name in ("quantize_matmuls", "quantize_embedding", "quantize_lookups") and options.quant != "none":
+    if pass_name in QUANTIZERS and options.quant != "none":
         return options.quant.removesuffix("-uniform")
     return None
 

@@ -49,11 +49,20 @@ def value_dtypes(model: ir.Model) -> dict[str, ir.DataType]:
     for node in graph.node:
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in node.output if o and o not in declared)
     del graph.value_info[:]  # onnxruntime infers them again, from the same schemas
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(proto.SerializeToString(), optimize=False)
     return {o.name: _DTYPES.get(o.type, ir.DataType.UNDEFINED) for o in session.get_outputs()}
+
+
+def cpu_session(model: str | bytes, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
+    """A quiet onnxruntime CPU session for the export's own measuring runs (a path or model bytes;
+    threads None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[list[np.ndarray]]:
@@ -68,10 +77,7 @@ def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[l
         finally:
             for value in extra:
                 model.graph.outputs.remove(value)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(str(path), threads=os.cpu_count() or 1)
         names = [v.name for v in values]
         for ids in sequences(ctx):
             yield session.run(names, prefill_feeds(model.graph, ids))

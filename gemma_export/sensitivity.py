@@ -214,10 +214,7 @@ def _session(model: ir.Model, ctx: PassContext, units: list[Unit], blocks: dict[
                         if x is not None and x not in declared)
     path = tmp / "sensitivity.onnx"
     onnx.save(proto, path, save_as_external_data=True, location="sensitivity.onnx.data")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = calibrate.cpu_session(str(path), threads=os.cpu_count() or 1)
     return session, held, flags, inputs_of
 
 

@@ -18,8 +18,9 @@ from gemma_export.passes.context import QUANTS, Target
 
 # Passes by module name in gemma_export/passes/ (imported when a pipeline runs, so that reading
 # this table, as the CLI does for its help, costs nothing).
-LOW_PRECISION = ("activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
-                 "precision")
+# the passes that store weights quantized (--quant); precision lowers the float dtype (--dtype)
+QUANTIZERS = ("quantize_matmuls", "quantize_embedding", "quantize_lookups")
+LOW_PRECISION = ("activation_scaling", "quant_recipe", *QUANTIZERS, "precision")
 
 ORT_FUSED = (
     "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",

@@ -45,24 +45,31 @@ def reference_logits_fn(reference: Path | str | None) -> tuple[LogitsFn, str]:
         import gemma_runtime
         other = gemma_runtime.load(ref)
         return other.logits, f"artifact {ref}"
-    import torch
-
     from gemma_export.checkpoints import open_source
-    from gemma_graphs.gemma import cache_slots, load_reference
+    from gemma_graphs.gemma import load_reference
 
     source = open_source(ref)
     module = load_reference(source.config, source.weights)
-    cfg = source.config
 
     def run(ids: list[int]) -> np.ndarray:
-        n = len(ids)
-        empty = torch.zeros(1, cfg.num_kv_heads, 0, cfg.head_dim)
-        with torch.no_grad():
-            out = module(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
-                         *([empty] * len(cache_slots(cfg))))
-        return out[0][0].numpy()
+        return reference_prefill(module, source.config, ids)[0][0].numpy()
 
     return run, f"fp32 torch reference of {source.description}"
+
+
+def reference_prefill(module, cfg, ids: list[int]):
+    """The fp32 torch reference (gemma_graphs.gemma.load_reference) run over ids from empty caches,
+    each shaped as its cache slot (Gemma 4's global layers have their own heads and head dim):
+    (logits [1, n, vocab], [the residual stream after each layer, [1, n, hidden]])."""
+    import torch
+
+    from gemma_graphs.gemma import cache_slots
+
+    n = len(ids)
+    caches = [torch.zeros(1, s.heads, 0, s.head_dim) for s in cache_slots(cfg)]
+    with torch.no_grad():
+        return module.hidden_states(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
+                                    *caches)
 
 
 def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]]:
