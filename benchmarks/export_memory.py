@@ -40,9 +40,10 @@ def gemma_export_command() -> list[str]:
     return [found]
 
 
-def timed(cmd: list[str]) -> dict:
-    """Runs cmd under /usr/bin/time -v; wall seconds, peak RSS (MiB) and exit status."""
-    proc = subprocess.run([str(TIME), "-v", *cmd], capture_output=True, text=True)
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Runs cmd under /usr/bin/time -v (in env, or this process's); wall seconds, peak RSS (MiB) and
+    exit status."""
+    proc = subprocess.run([str(TIME), "-v", *cmd], capture_output=True, text=True, env=env)
     report = proc.stderr
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", report)

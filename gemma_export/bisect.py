@@ -225,7 +225,7 @@ def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan:
     say("tracing", 0, 1)
     model = export_module.trace(cfg)  # the export's own (tests cache it there)
     bind_weights(model, source.weights)
-    ctx = export_module.pass_context(cfg, options, source.tokenizer())
+    ctx = export_module.pass_context(cfg, options, source.tokenizer(), source.weights)
     walk = Walk(ids, logits, layers, options, _Runner(folder),
                 lambda done: say("checking groups", done, len(ctx.target.groups) + 1))
     walk.check_traced(model)

@@ -1,7 +1,9 @@
-"""The graph being compiled, run by onnxruntime over the built-in calibration text, for the passes
-that act on measured activations (precision: the largest |value| of each tensor; activation-aware
-int4: the inputs of each MatMul). Also the element type onnxruntime infers for every value, which
-the precision pass needs for the nodes other passes created without types.
+"""The graph being compiled, run by onnxruntime over the built-in calibration text, for the pass
+that acts on the graph's own activations (precision: the largest |value| of each tensor), and the
+calibration token ids every measuring pass reads. Also the element type onnxruntime infers for
+every value, which the precision pass needs for the nodes other passes created without types.
+(The decisions that rest on a model-level measurement, --calibrate's scales and the recipes'
+sensitivities, run the model in float64 instead: gemma_export/float64_reference.py.)
 """
 
 from __future__ import annotations

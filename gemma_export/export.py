@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from gemma_export import __version__
 from gemma_export.checkpoints import open_source
-from gemma_export.checkpoints.base import Source
+from gemma_export.checkpoints.base import Source, WeightSource
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
@@ -82,7 +82,7 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     model = trace(cfg)
     bind_weights(model, source.weights)
     tokenizer = source.tokenizer()
-    ctx = pass_context(cfg, options, tokenizer)
+    ctx = pass_context(cfg, options, tokenizer, source.weights)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes)
     with artifact.staging(claim) as tmp:
@@ -95,9 +95,11 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     return manifest
 
 
-def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer: Tokenizer | None = None) -> PassContext:
+def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer: Tokenizer | None = None,
+                 weights: WeightSource | None = None) -> PassContext:
     """What the passes of an export read; options as resolve_options() returns them."""
-    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer=tokenizer)
+    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer=tokenizer,
+                       weights=weights)
 
 
 def _specs(values) -> dict[str, TensorSpec]:

@@ -199,6 +199,14 @@ def stacked(tensors: list[ir.TensorProtocol], name: str) -> StreamedTensor:
     return out
 
 
+def sampled_rows(rows: StreamedTensor, count: int) -> np.ndarray:
+    """Every ceil(n / count)-th row (at most `count`), spread over the matrix, read chunk by chunk, fp32."""
+    n = rows.shape[0]
+    step = max(1, -(-n // count))
+    chunk = step * 1024
+    return np.concatenate([rows.rows(a, min(n, a + chunk))[::step] for a in range(0, n, chunk)]).astype(np.float32)
+
+
 def as_streamed(tensor: ir.TensorProtocol) -> StreamedTensor:
     if isinstance(tensor, StreamedTensor):
         return tensor

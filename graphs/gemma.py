@@ -98,7 +98,7 @@ class Router(nn.Module):
 
     def forward(self, x):
         z = ops.unit_rms_norm(x, self.eps) * self.scale * self.hidden_scale
-        probs = torch.softmax(self.proj(z).float(), dim=-1)
+        probs = torch.softmax(self.proj(z).to(ops.compute_dtype(z.dtype)), dim=-1)
         weights, experts = torch.topk(probs, self.top_k, dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True) * self.per_expert_scale[experts]
         return weights.to(x.dtype), experts
@@ -238,6 +238,7 @@ class GemmaForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = _Model(cfg)
+        self.lm_head_input = nn.Identity()
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         return self._decode(input_ids, position_ids, attention_mask, past, None)
@@ -248,13 +249,29 @@ class GemmaForCausalLM(nn.Module):
         return logits, layers
 
     def _decode(self, input_ids, position_ids, attention_mask, past, layer_outputs: list | None):
+        x, per_layer = self.embed(input_ids)
+        presents = list(past)
+        x = self.layers_from(0, x, position_ids, attention_mask, past, presents, per_layer, layer_outputs)
+        return (self.head(x), *presents)
+
+    def embed(self, input_ids):
+        """The scaled token embeddings and (Gemma 4) the per-layer inputs, else None."""
         cfg = self.cfg
-        embed = self.model.embed_tokens.weight
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
         per_layer = self._per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
-        presents = list(past)
-        for i, (layer, (k, v)) in enumerate(zip(self.model.layers, layer_caches(cfg))):
+        return x, per_layer
+
+    def layers_from(self, start: int, x, position_ids, attention_mask, past, presents: list, per_layer,
+                    layer_outputs: list | None = None):
+        """The residual stream after decoder layers start, start + 1, ... (x enters layer start).
+        presents (cache_slots() order) is filled in place; a KV-shared layer reads its source
+        layer's entry, written in this call or, for a source before start, already there."""
+        cfg = self.cfg
+        for i, (k, v) in enumerate(layer_caches(cfg)):
+            if i < start:
+                continue
+            layer = self.model.layers[i]
             extra = () if per_layer is None else (per_layer[:, :, i],)
             if cfg.kv_source(i) == i:
                 x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v], *extra)
@@ -262,11 +279,18 @@ class GemmaForCausalLM(nn.Module):
                 x, _, _ = layer(x, position_ids, attention_mask, presents[k], presents[v], *extra)
             if layer_outputs is not None:
                 layer_outputs.append(x)
-        x = self.model.norm(x)
-        logits = (x @ embed.t()).float()  # tied lm_head
+        return x
+
+    def head(self, x):
+        """Logits (at least fp32) of the residual stream: the final norm, the tied lm_head, whose
+        input passes lm_head_input (an identity: a place for a hook), and the final softcap."""
+        cfg = self.cfg
+        x = self.lm_head_input(self.model.norm(x))
+        logits = x @ self.model.embed_tokens.weight.t()
+        logits = logits.to(ops.compute_dtype(logits.dtype))
         if cfg.final_softcap:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
-        return (logits, *presents)
+        return logits
 
     def _per_layer_inputs(self, input_ids, x):
         """Gemma 4: [B, S, layers, width], the gathered per-layer token embeddings and a

@@ -18,13 +18,19 @@ import torch
 MASKED = -3.0e38
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype norms, RoPE, attention and the router compute in: fp32, or wider (the float64
+    reference the export measures quantization with keeps float64 throughout)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @torch.library.custom_op("gemma::rms_norm", mutates_args=())
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
     """x * rsqrt(mean(x^2) + eps) * (offset + w), in fp32, cast back. Gemma 1-3 store w
     zero-centred (offset 1), Gemma 4 stores the multiplier itself (offset 0)."""
-    xf = x.float()
+    xf = x.to(compute_dtype(x.dtype))
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * (offset + weight.float())).to(x.dtype)
+    return (y * (offset + weight.to(xf.dtype))).to(x.dtype)
 
 
 @rms_norm.register_fake
@@ -35,7 +41,7 @@ def _(x, weight, eps, offset):
 def unit_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm without a weight (Gemma 4's value and router norms), in fp32, cast back; plain ops,
     which every target runs as they are."""
-    xf = x.float()
+    xf = x.to(compute_dtype(x.dtype))
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -55,7 +61,8 @@ def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float, scale: float
     """Half-split (NeoX) rotary embedding of x [B, S, N, D] at position_ids [B, S]; the first
     `pairs` frequency pairs (dims i and i + D/2) rotate, the others have frequency 0."""
     d = x.shape[-1]
-    freqs = position_ids.float()[..., None] * rope_inv_freq(d, theta, scale, pairs).to(x.device)
+    wide = compute_dtype(x.dtype)
+    freqs = position_ids.to(wide)[..., None] * rope_inv_freq(d, theta, scale, pairs).to(x.device, wide)
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
@@ -102,8 +109,9 @@ def attention(
     present_k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
     present_v = torch.cat([past_v, v.transpose(1, 2)], dim=2)
     total = present_k.shape[2]
-    qg = q.transpose(1, 2).reshape(b, hkv, hq // hkv, s, d).float()
-    scores = qg @ present_k.float()[:, :, None].transpose(-1, -2) * scale
+    wide = compute_dtype(q.dtype)
+    qg = q.transpose(1, 2).reshape(b, hkv, hq // hkv, s, d).to(wide)
+    scores = qg @ present_k.to(wide)[:, :, None].transpose(-1, -2) * scale
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
     qi = torch.arange(total - s, total, device=q.device)[:, None]
@@ -114,7 +122,7 @@ def attention(
     visible = visible[None, None, None] & attention_mask.bool()[:, None, None, None, :]
     scores = scores.masked_fill(~visible, MASKED)
     probs = torch.softmax(scores, dim=-1)
-    out = probs @ present_v.float()[:, :, None]
+    out = probs @ present_v.to(wide)[:, :, None]
     out = out.reshape(b, hq, s, d).transpose(1, 2).reshape(b, s, hq * d).to(q.dtype)
     return out, present_k, present_v
 

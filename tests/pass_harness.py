@@ -10,6 +10,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from gemma_export.checkpoints import open_source
+from gemma_export.checkpoints.base import WeightSource
 from gemma_export.export import pass_context, resolve_options
 from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import ExportOptions, PassContext
@@ -19,16 +20,17 @@ from gemma_graphs.config import GemmaConfig
 
 def traced(folder, options: ExportOptions | None = None) -> tuple[ir.Model, PassContext]:
     """A fresh copy of the checkpoint's traced model (traced once per test session: it takes seconds)."""
-    proto, config = _traced(str(folder))
-    return ir.serde.deserialize_model(proto), pass_context(config, resolve_options(options or ExportOptions()))
+    proto, config, weights = _traced(str(folder))
+    return ir.serde.deserialize_model(proto), pass_context(config, resolve_options(options or ExportOptions()),
+                                                           weights=weights)
 
 
 @functools.lru_cache(maxsize=None)
-def _traced(folder: str) -> tuple[onnx.ModelProto, GemmaConfig]:
+def _traced(folder: str) -> tuple[onnx.ModelProto, GemmaConfig, WeightSource]:
     source = open_source(folder)
     model = trace(source.config)
     bind_weights(model, source.weights)
-    return ir.serde.serialize_model(model), source.config
+    return ir.serde.serialize_model(model), source.config, source.weights
 
 
 def apply(model: ir.Model, ctx: PassContext, *passes) -> tuple[ir.Model, list[int]]:

@@ -148,5 +148,5 @@ def test_every_targets_passes_keep_each_layer_output_marked(target, checkpoint):
         marked.append(sorted(int(v.metadata_props[bisect.LAYER_OUTPUT]) for n in model.graph for v in n.outputs
                              if bisect.LAYER_OUTPUT in v.metadata_props))
 
-    run_pipeline(model, pass_context(source.config, options), after_group=count)
+    run_pipeline(model, pass_context(source.config, options, weights=source.weights), after_group=count)
     assert marked == [[0, 1, 2]] * len(TARGETS[target].groups)

@@ -19,9 +19,13 @@ def test_scaling_changes_no_output_and_lowers_the_quantization_error(precision_c
     # o and down take a Mul in front; q/k/v and gate/up fold into their norms; the lookup is undone
     assert sum(n.op_type == "Mul" and n.inputs[1].name.endswith("input_scale") for n in scaled.graph) >= 2 * layers
     assert any(v.name == f"{EMBEDDING}.lookup_scale" for v in scaled.graph.initializers.values())
+    # every scale a power of two: the scaled fp32 graph computes the same bits as the unscaled one
+    scales = np.concatenate(list(ctx.input_scales.values()))
+    assert len(ctx.input_scales) == count and np.array_equal(scales, 2.0 ** np.round(np.log2(scales)))
+    assert scales.min() < 1 < scales.max()
     f = inputs(ctx.config, model)
     ref = run(model, f)["logits"]
-    np.testing.assert_allclose(run(scaled, f)["logits"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_array_equal(run(scaled, f)["logits"], ref)
     errors = []
     for calibrated in (False, True):
         ctx.options = type(ctx.options)(**{**ctx.options.__dict__, "calibrate": calibrated})

@@ -9,6 +9,7 @@ import pytest
 
 from gemma_export import calibrate, quant, sensitivity
 from gemma_export.errors import GemmaExportError
+from gemma_export.float64_reference import DTYPE
 from gemma_export.passes import quant_recipe, quantize_embedding, quantize_matmuls
 from gemma_export.passes.tied_lm_head import EMBEDDING
 from pass_harness import apply, run
@@ -58,12 +59,17 @@ def test_budget_buys_the_most_kl_per_byte_and_stays_within_it(precision_checkpoi
     assert all(rate(n, "int8") <= taken for n in fits)
 
 
-def test_choices_do_not_depend_on_the_thread_count(precision_checkpoints, monkeypatch):
-    plans = []
-    for cores in (1, 2):
-        monkeypatch.setattr(sensitivity.os, "cpu_count", lambda: cores)
-        _, ctx, _ = recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=0.5)
-        plans.append(ctx.quant_plan)
+def test_choices_do_not_depend_on_the_thread_count(precision_checkpoints):
+    import torch
+
+    plans, threads = [], torch.get_num_threads()
+    try:
+        for cores in (1, 2):
+            torch.set_num_threads(cores)
+            _, ctx, _ = recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=0.5)
+            plans.append((ctx.quant_plan, ctx.report["quantization"]["sensitivity"]["kl"]))
+    finally:
+        torch.set_num_threads(threads)
     assert plans[0] == plans[1]
 
 
@@ -136,7 +142,7 @@ def test_mixture_of_experts_calibration_runs_in_pieces_within_the_gather_budget(
     model, ctx = fused(write_checkpoint("gemma4-moe", tmp_path / "moe", moe_intermediate_size=32), "ort-cpu", "fp32")
     whole = sensitivity._sequences(ctx)
     cfg = ctx.config
-    per_token = cfg.top_k_experts * 3 * cfg.hidden_size * cfg.moe_intermediate_size * 4
+    per_token = cfg.top_k_experts * 3 * cfg.hidden_size * cfg.moe_intermediate_size * DTYPE.itemsize  # float64
     monkeypatch.setattr(sensitivity, "GATHER_BUDGET", 20 * per_token)
     pieces = sensitivity._sequences(ctx)
     assert max(map(len, pieces)) == 20 < max(map(len, whole))

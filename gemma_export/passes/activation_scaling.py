@@ -5,9 +5,19 @@ divided by s, which leaves y unchanged in exact arithmetic but moves quantizatio
 weights and activations. s is searched per product among two families on an alpha grid, AWQ's
 rms(x)^alpha (Lin et al. 2023) and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (Xiao et al.
 2023), by the output error ||Qa(X / s) Q(W s)^T - X W^T|| over the calibration activations
-(gemma_export/calibrate.py: the fp32 graph on the built-in text). Qa is the kernel's own rounding
+(the model in float64 on the built-in text: gemma_export/float64_reference.py). Qa is the kernel's own rounding
 of its input: onnxruntime's CPU MatMulNBits at accuracy level 4 (ort-cpu, and onnx as
 onnxruntime runs it) quantizes x to int8 in blocks (quant.int8_blocks); elsewhere x stays as it is.
+
+The export does not depend on the host that makes it. The activations come from the model in
+float64 (they came from the fp32 graph in onnxruntime, whose kernels differ between instruction
+sets: the same checkpoint gave activations that differed in their last bits between AVX2 and
+AVX-512 hosts, and scales computed from them differed in every byte, though no choice of alpha
+did). Every scale is then rounded to a power of two: a scale could change only where log2 of it
+lies within the float64 kernels' ~1e-16 of a half-integer, and the scaling is exact in floating
+point (W s and x / s round nothing, so the unquantized graph computes the same bits as before it).
+The statistics and the search run in numpy in a fixed order, the errors in float64; a candidate
+replaces the best only with a strictly smaller error (ties to the earlier one).
 
 x / s is folded into the norm that produces x when that norm feeds only this product (q/k/v,
 gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
@@ -27,7 +37,8 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export import calibrate, quant
-from gemma_export.tensors import StreamedTensor, mapped, transposed, untransposed
+from gemma_export.float64_reference import Float64Reference
+from gemma_export.tensors import StreamedTensor, mapped, sampled_rows, transposed, untransposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of
 from gemma_export.passes.quant_recipe import scheme_for, units
@@ -43,57 +54,61 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if not ctx.options.calibrate:
         return 0
     graph = model.graph
-    products = [(node, node.inputs[0], u) for u in units(graph, ctx) for node in u.products]
-    inputs = list(dict.fromkeys(x for _, x, _ in products))
-    seen: dict[ir.Value, list[np.ndarray]] = {x: [] for x in inputs}
-    for outputs in calibrate.run(model, ctx, inputs):
-        for x, array in zip(inputs, outputs):
-            seen[x].append(array.reshape(-1, array.shape[-1]).astype(np.float32))
-    activations = {x: np.concatenate(arrays) for x, arrays in seen.items()}
+    measured = [u for u in units(graph, ctx) if u.products]
+    reference = Float64Reference(ctx, measured)
+    activations = reference.inputs(measured, [reference.prefill(ids) for ids in calibrate.sequences(ctx)])
+    del reference
     alphas = {}
-    for node, x, unit in products:
-        rows = unit.rows()
+    for unit in measured:
         # searched for --quant's own width: the recipe, which runs next, measures the scaled graph
-        scheme = scheme_for(ctx, f"int{ctx.options.quant_bits}", rows.shape[1])
-        alpha, s = _search(rows, activations[x], scheme, ctx.target.int8_activations)
+        scheme = scheme_for(ctx, f"int{ctx.options.quant_bits}", unit.shape[1])
+        alpha, s = _search(unit.rows(), activations[unit.name], scheme, ctx.target.int8_activations)
         _scale_weight(unit.weight, s)
-        _divide_input(graph, node, x, unit.weight, s)
+        for node in unit.products:
+            _divide_input(graph, node, node.inputs[0], unit.weight, s)
+        ctx.input_scales[unit.name] = s
         alphas[unit.name] = alpha
-    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families)",
+    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families), powers of two",
                                  "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
                                  "alpha": alphas}
-    return len(products)
-
-
-def _sample(rows: StreamedTensor) -> np.ndarray:
-    """Up to SEARCH_ROWS rows, spread over the matrix, read chunk by chunk."""
-    n = rows.shape[0]
-    step = max(1, -(-n // SEARCH_ROWS))
-    chunk = step * 1024
-    return np.concatenate([rows.rows(a, min(n, a + chunk))[::step] for a in range(0, n, chunk)]).astype(np.float32)
+    return sum(len(u.products) for u in measured)
 
 
 def _search(rows: StreamedTensor, x: np.ndarray, scheme: quant.Scheme,
             int8_inputs: bool) -> tuple[str, np.ndarray]:
     """The scales s with the smallest output error over the calibration activations, the kernel's
     int8 rounding of x / s included when it has one. Two families, alpha on a grid: AWQ's
-    rms(x)^alpha and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (per input channel)."""
-    w = _sample(rows)
-    ref = x @ w.T
-    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0)) + 1e-8
-    x_max = np.abs(x).max(0).astype(np.float64) + 1e-8
-    w_max = np.abs(w).max(0).astype(np.float64) + 1e-8
-    candidates = [(f"rms^{a:.1f}", rms ** a) for a in ALPHAS]
-    candidates += [(f"max^{a:.1f}", x_max ** a / w_max ** (1 - a)) for a in ALPHAS[1:]]
+    rms(x)^alpha and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (per input channel), each
+    rounded to powers of two. Candidates that round to the same scales are one, the
+    first listed; errors in float64; ties to the earlier candidate."""
+    w = sampled_rows(rows, SEARCH_ROWS)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = x64 @ w64.T
+    log_rms = 0.5 * np.log2(np.mean(x64 ** 2, axis=0) + 1e-16)
+    log_x_max = np.log2(np.abs(x64).max(0) + 1e-8)
+    log_w_max = np.log2(np.abs(w64).max(0) + 1e-8)
+    candidates = [(f"rms^{a:.1f}", a * log_rms) for a in ALPHAS]
+    candidates += [(f"max^{a:.1f}", a * log_x_max - (1 - a) * log_w_max) for a in ALPHAS[1:]]
     best = (np.inf, "none", np.ones(x.shape[1], np.float32))
-    for name, s in candidates:
-        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+    tried = set()
+    for name, log_s in candidates:
+        s = power_of_two_scales(log_s)
+        if s.tobytes() in tried:
+            continue
+        tried.add(s.tobytes())
         q = quant.dequantize(quant.quantize(w * s, scheme), scheme)
         xs = quant.int8_blocks(x / s, scheme.block) if int8_inputs else x / s
-        err = float(np.square(xs @ q.T - ref).sum())
+        err = float(np.square(xs.astype(np.float64) @ q.astype(np.float64).T - ref).sum())
         if err < best[0]:
             best = (err, name, s)
     return best[1], best[2]
+
+
+def power_of_two_scales(log_s: np.ndarray) -> np.ndarray:
+    """2^round(log2 s - c), float32, with c the midpoint of log2 s's range (the geometric centre
+    of the scales, so that they straddle 1)."""
+    centre = (log_s.max() + log_s.min()) / 2
+    return np.ldexp(np.float32(1), np.rint(log_s - centre).astype(np.int32))
 
 
 def _scale_weight(weight: ir.Value, s: np.ndarray) -> None:

@@ -36,7 +36,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from gemma_export import quant
+from gemma_export import quant, sensitivity
 from gemma_export.errors import GemmaExportError
 from gemma_export.tensors import StreamedTensor, flattened, untransposed
 from gemma_export.passes.context import DEFAULT_BUDGET, SOURCE_HEADROOM, PassContext
@@ -197,8 +197,6 @@ def _measured_plan(model: ir.Model, ctx: PassContext, found: list[Unit], start: 
                    candidates: list[Unit], widths: tuple[str, ...], extra: dict) -> dict[str, str]:
     """Widens the candidates (every unit at widths[0] in start) greedily by KL saved per byte within
     the budget; the other units keep their start width."""
-    from gemma_export import sensitivity
-
     floor = widths[0]
     names = {u.name for u in found}
     fixed = _other_bytes(model.graph, names, ctx) + sum(unit_bytes(ctx, u, start[u.name]) for u in found
@@ -215,7 +213,7 @@ def _measured_plan(model: ir.Model, ctx: PassContext, found: list[Unit], start: 
         budget = int(smallest * (1 + SOURCE_HEADROOM))
     else:
         budget = max(smallest, int(DEFAULT_BUDGET[floor] * fp32))
-    kl, tokens = sensitivity.measure(model, ctx, candidates, widths, lambda u, w: scheme_for_unit(ctx, u, w))
+    kl, tokens = sensitivity.measure(ctx, candidates, widths, lambda u, w: scheme_for_unit(ctx, u, w))
     kl = {name: {w: _rounded(v) for w, v in by_width.items()} for name, by_width in kl.items()}
     plan = dict(start)
     used = smallest
