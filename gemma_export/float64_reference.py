@@ -15,11 +15,11 @@ computes its norms, RoPE, attention and router in float64 too (gemma_graphs.ops.
 The graph's units (passes/quant_recipe.Unit) map back to the module's parameters by name: a
 product's weight `<module>.weight.T`, packed products `<prefix>.<a>+<b>` (their rows stacked in
 that order), a table by its own name. Each unit's rows in the graph must equal those parameters
-times its scale (checked on its first rows: a pass that folded anything else into a weight would
-make the measurement wrong, so it is refused). A measurement swaps a unit's parameters for the
-values the export will store, Q(W s) / s, and rounds its products' input as the kernel does,
-Qa(x / s) s; with s a power of two both are exact, so the module then computes what the
-quantized graph computes, in float64.
+times its scale, to fp32's rounding of W s (checked on its first rows: a pass that folded anything
+else into a weight would make the measurement wrong, so it is refused). A measurement swaps a
+unit's parameters for the values the export will store, Q(W s) / s, and rounds its products' input
+as the kernel does, Qa(x / s) s, so that the module computes what the quantized graph computes,
+in float64.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 DTYPE = torch.float64
 LM_HEAD_INPUT = "lm_head_input"  # the module's hook point in front of the tied lm_head
 CHECKED_ROWS = 4  # rows of each unit compared with its parameters
+SCALED_ROUNDING = 1e-6  # relative: W s as the graph holds it is rounded to fp32 (2^-24)
 CHUNK_BYTES = 64 * 2 ** 20  # float64 rows of a swapped table built at a time
 # Environment variables that hold the libraries this measurement runs on to their SSE4.2 kernels,
 # read when each loads (so for a new process): torch's ATen dispatch, MKL and oneDNN under it, and
@@ -86,15 +87,12 @@ class Float64Reference:
         if missing or rows != unit.shape[0]:
             raise GemmaExportError(f"internal: weight {unit.name} matches no parameter of the model "
                                    f"(looked for {', '.join(names)})")
-        first = self._stacked(names)[:CHECKED_ROWS].numpy()
-        graph = np.asarray(unit.rows().rows(0, min(CHECKED_ROWS, unit.shape[0])), np.float64)
-        if not np.array_equal(graph / self.scale(unit)[None], first.astype(np.float32).astype(np.float64)):
+        first = self.parameters[names[0]].detach().reshape(-1, unit.shape[1])[:CHECKED_ROWS].numpy()
+        graph = np.asarray(unit.rows().rows(0, len(first)), np.float64)
+        if not np.allclose(graph / self.scale(unit)[None], first, rtol=SCALED_ROUNDING, atol=0):
             raise GemmaExportError(f"internal: weight {unit.name} in the graph is not its parameters "
                                    f"({', '.join(names)}) times its input scale")
         return names
-
-    def _stacked(self, names: list[str]) -> torch.Tensor:
-        return torch.cat([self.parameters[n].detach().reshape(-1, self.parameters[n].shape[-1]) for n in names])
 
     def scale(self, unit: Unit) -> np.ndarray:
         """The unit's activation-aware scale s (--calibrate; ones without): the graph holds W s."""
@@ -105,12 +103,11 @@ class Float64Reference:
         from gemma_graphs.gemma import cache_slots
 
         n = len(ids)
-        run = Prefill(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
-                      [torch.zeros(1, s.heads, 0, s.head_dim, dtype=DTYPE) for s in cache_slots(self.ctx.config)],
-                      [], None, [])
+        past = [torch.zeros(1, s.heads, 0, s.head_dim, dtype=DTYPE) for s in cache_slots(self.ctx.config)]
+        run = Prefill(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64), past,
+                      presents=list(past), per_layer=None, layer_inputs=[])
         with torch.no_grad():
             x, run.per_layer = self.module.embed(run.ids)
-            run.presents = list(run.past)
             outputs: list[torch.Tensor] = []
             self.module.layers_from(0, x, run.position_ids, run.attention_mask, run.past, run.presents,
                                     run.per_layer, outputs)
@@ -119,14 +116,14 @@ class Float64Reference:
 
     def inputs(self, units: list[Unit], runs: list[Prefill]) -> dict[str, np.ndarray]:
         """Each product unit's activation as the graph sees it, x / s, [tokens, in], over the runs."""
-        seen: dict[str, list[np.ndarray]] = {u.name: [] for u in units if u.products}
-        hooks = []
-        for unit in units:
-            if unit.products:
-                s = torch.from_numpy(self.scale(unit))
-                record = (lambda name, s: lambda module, args: seen[name].append(
-                    (args[0] / s).reshape(-1, args[0].shape[-1]).numpy()))(unit.name, s)
-                hooks.append(self._product_module(unit).register_forward_pre_hook(record))
+        products = [u for u in units if u.products]
+        seen: dict[str, list[np.ndarray]] = {u.name: [] for u in products}
+
+        def recorder(unit: Unit):
+            s = torch.from_numpy(self.scale(unit))
+            return lambda module, args: seen[unit.name].append((args[0] / s).reshape(-1, len(s)).numpy())
+
+        hooks = [self._product_module(u).register_forward_pre_hook(recorder(u)) for u in products]
         try:
             for run in runs:
                 self._logits(run, 0)
@@ -137,24 +134,22 @@ class Float64Reference:
 
     def log_probs(self, run: Prefill, start: int, positions: slice) -> torch.Tensor:
         """Log-probabilities at the given positions [p, vocab], the layers run again from `start`."""
-        with torch.no_grad():
-            return torch.log_softmax(self._logits(run, start, positions), dim=-1)
+        return torch.log_softmax(self._logits(run, start, positions), dim=-1)
 
     def _logits(self, run: Prefill, start: int, positions: slice = slice(None)) -> torch.Tensor:
         with torch.no_grad():
             presents = list(run.presents)
-            x = run.layer_inputs[start]
             if start == 0:  # a table read before the layers may be the one swapped
                 x, per_layer = self.module.embed(run.ids)
             else:
-                per_layer = run.per_layer
+                x, per_layer = run.layer_inputs[start], run.per_layer
             x = self.module.layers_from(start, x, run.position_ids, run.attention_mask, run.past, presents, per_layer)
             return self.module.head(x[:, positions])[0]
 
     def first_layer(self, unit: Unit) -> int:
         """The first layer whose output the unit changes (0 for what is read before the layers)."""
         parts = self.parts[unit.name][0].split(".")
-        if parts[:2] == ["model", "layers"] and unit.name != EMBEDDING:
+        if parts[:2] == ["model", "layers"]:
             return int(parts[2])
         return 0
 
@@ -175,7 +170,7 @@ class Float64Reference:
                     p = self.parameters[name]
                     n, k = p.numel() // p.shape[-1], p.shape[-1]
                     values = torch.empty((n, k), dtype=DTYPE)
-                    step = max(1, CHUNK_BYTES // (8 * k))
+                    step = max(1, CHUNK_BYTES // (DTYPE.itemsize * k))
                     for a in range(0, n, step):
                         b = min(n, a + step)
                         values[a:b] = torch.from_numpy(stored(offset + a, offset + b).astype(np.float64) / s[None])
