@@ -17,10 +17,9 @@ did). Every scale is then rounded to a grid of STEPS_PER_OCTAVE steps an octave,
 power of two times one of eight float32 constants: a scale could change only where its log2 lies
 within the float64 kernels' ~1e-14 of a grid boundary. The statistics and the search run in numpy
 in a fixed order, the errors in float64; a candidate replaces the best only with a strictly smaller
-error (ties to the earlier one). On the 270M the grid costs nothing (int4-uniform, against fp32:
-top-1 77.4%, KL 0.184, perplexity 20.86 with the grid; 73.5%, 0.184, 21.00 with fp32 scales from
-onnxruntime's activations); powers of two alone (a grid of one step an octave) lost most of the
-gain (72.9%, 0.252, 23.24).
+error (ties to the earlier one). On the 270M the grid costs nothing (int4-uniform against fp32:
+top-1 77.4%, KL 0.184, perplexity 20.86; with fp32 scales from onnxruntime's activations 73.5%,
+0.184, 21.00); powers of two alone (one step an octave) lost most of the gain (72.9%, 0.252, 23.24).
 
 x / s is folded into the norm that produces x when that norm feeds only this product (q/k/v,
 gate/up, lm_head); elsewhere (o_proj, down_proj) a Mul by 1 / s goes in front of the product. The
@@ -28,8 +27,8 @@ embedding table, scaled for the lm_head, is read by the token lookup too: a Mul 
 
 On the real Gemma 3 270M (ort-cpu, blocks of 32, against its fp32 export over
 gemma_export.texts.PROMPTS; calibration text gemma_export.texts.CALIBRATION, disjoint from it):
-int4 top-1 agreement 66.8% -> 74.4% and perplexity 23.7 -> 21.0; int8 96.5% -> 97.6% and KL
-0.0034 -> 0.0019 (benchmarks/precision.py). GPTQ-style error compensation was tried on the same 678
+int4-uniform top-1 agreement 67.3% -> 77.4% and perplexity 23.68 -> 20.86 (2026-12-07, with the
+grid); int8 96.5% -> 97.6% and KL 0.0034 -> 0.0019 (an earlier run, fp32 scales; benchmarks/precision.py). GPTQ-style error compensation was tried on the same 678
 calibration tokens and lost in perplexity (24.6 against round-to-nearest's 23.7, in a numpy
 simulation): too few tokens for its K x K Hessians, where this fits one number per product.
 """
