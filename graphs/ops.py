@@ -46,11 +46,13 @@ def unit_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_inv_freq(head_dim: int, theta: float, scale: float, pairs: int | None = None) -> torch.Tensor:
-    """Inverse frequencies in fp32 as transformers computes them: the scaling factor divides them
+    """Inverse frequencies in fp32, as transformers defines them: the scaling factor divides them
     (linear scaling; proportional RoPE's factor), and frequency pairs from `pairs` on are 0
-    (proportional RoPE: those dims pass through unrotated)."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (theta ** exponent) / scale
+    (proportional RoPE: those dims pass through unrotated). Computed in float64 and rounded once
+    (transformers computes in fp32, whose pow differs between instruction sets in the last bit; the
+    exported cos/sin caches must not)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    inv_freq = (1.0 / (theta ** exponent) / scale).float()
     if pairs is not None and pairs < head_dim // 2:
         inv_freq[pairs:] = 0.0
     return inv_freq

@@ -41,8 +41,10 @@ def lower_rope(graph: ir.Graph, node: ir.Node, max_seq_len: int) -> None:
 
 def cos_sin_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int, max_seq_len: int,
                    pairs: int) -> tuple[ir.Value, ir.Value]:
-    """cos and sin [max_seq_len, head_dim / 2] of position x inverse frequency, computed in fp32
-    exactly as transformers does (the eager reference's inv_freq), shared by every reader."""
+    """cos and sin [max_seq_len, head_dim / 2] of position x inverse frequency (the angle in fp32
+    as transformers computes it, from the eager reference's inv_freq), shared by every reader. cos
+    and sin in float64, rounded once: fp32 cos/sin differ between instruction sets in the last
+    bit, and the artifact's bytes must not depend on the host that exports it."""
     name = f"rotary.theta_{theta:g}.scale_{scale:g}"
     if pairs != head_dim // 2:  # proportional RoPE (Gemma 4's global layers)
         name += f".dim_{head_dim}.pairs_{pairs}"
@@ -53,8 +55,8 @@ def cos_sin_caches(graph: ir.Graph, theta: float, scale: float, head_dim: int, m
 
         inv_freq = rope_inv_freq(head_dim, theta, scale, pairs)
         freqs = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq
-        add_initializer(graph, f"{name}.cos", freqs.cos().numpy())
-        add_initializer(graph, f"{name}.sin", freqs.sin().numpy())
+        add_initializer(graph, f"{name}.cos", freqs.double().cos().float().numpy())
+        add_initializer(graph, f"{name}.sin", freqs.double().sin().float().numpy())
     cos, sin = graph.initializers[f"{name}.cos"], graph.initializers[f"{name}.sin"]
     if cos.shape[1] != head_dim // 2:
         raise AssertionError(f"{name}: one cos/sin cache for two head dims")
