@@ -1,5 +1,6 @@
 """Exports whose choices rest on a measurement (--calibrate's scales, the --quant recipes'
-sensitivities) are the same bytes whatever instruction set the host's numeric kernels use.
+sensitivities) are the same bytes whatever instruction set the host's numeric kernels use, the
+rotary cos/sin tables included (torch's fp32 pow, cos and sin differ between those kernels).
 
 The same export is made twice, each in a fresh process: as this host runs it (AVX2 or AVX-512
 kernels, whichever it has), and with every numeric library that the export measures with held to
@@ -49,7 +50,7 @@ def test_calibrated_recipes_are_the_same_bytes_on_other_kernels(tiny_checkpoints
         out = tmp_path / name
         child(env, "-c", "import sys; from gemma_export.cli import main; sys.argv[0] = 'gemma-export'; main()",
               "export", str(tiny_checkpoints["gemma3"]), "-o", str(out), "--quant", quant, "--calibrate",
-              "--max-seq-len", "32")
+              "--max-seq-len", "256")  # every position: the rotary tables are compared too
         report = json.loads((out / "manifest.json").read_text())["report"]
         exports.append((fingerprint(out), report["quantization"], report["calibration"]))
     (host, host_recipe, host_scales), (sse, sse_recipe, sse_scales) = exports
