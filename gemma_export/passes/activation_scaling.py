@@ -5,8 +5,8 @@ divided by s, which leaves y unchanged in exact arithmetic but moves quantizatio
 weights and activations. s is searched per product among two families on an alpha grid, AWQ's
 rms(x)^alpha (Lin et al. 2023) and SmoothQuant's max|x|^alpha / max|w|^(1 - alpha) (Xiao et al.
 2023), by the output error ||Qa(X / s) Q(W s)^T - X W^T|| over the calibration activations
-(the model in float64 on the built-in text: gemma_export/float64_reference.py). Qa is the kernel's own rounding
-of its input: onnxruntime's CPU MatMulNBits at accuracy level 4 (ort-cpu, and onnx as
+(the model in float64 on the built-in text: gemma_export/float64_reference.py). Qa is the
+kernel's own rounding of its input: onnxruntime's CPU MatMulNBits at accuracy level 4 (ort-cpu, and onnx as
 onnxruntime runs it) quantizes x to int8 in blocks (quant.int8_blocks); elsewhere x stays as it is.
 
 The export does not depend on the host that makes it. The activations come from the model in
@@ -28,7 +28,8 @@ embedding table, scaled for the lm_head, is read by the token lookup too: a Mul 
 On the real Gemma 3 270M (ort-cpu, blocks of 32, against its fp32 export over
 gemma_export.texts.PROMPTS; calibration text gemma_export.texts.CALIBRATION, disjoint from it):
 int4-uniform top-1 agreement 67.3% -> 77.4% and perplexity 23.68 -> 20.86 (2026-12-07, with the
-grid); int8 96.5% -> 97.6% and KL 0.0034 -> 0.0019 (an earlier run, fp32 scales; benchmarks/precision.py). GPTQ-style error compensation was tried on the same 678
+grid); int8 96.5% -> 97.6% and KL 0.0034 -> 0.0019 (an earlier run, fp32 scales;
+benchmarks/precision.py). GPTQ-style error compensation was tried on the same 678
 calibration tokens and lost in perplexity (24.6 against round-to-nearest's 23.7, in a numpy
 simulation): too few tokens for its K x K Hessians, where this fits one number per product.
 """
@@ -73,7 +74,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             _divide_input(graph, node, node.inputs[0], unit.weight, s)
         ctx.input_scales[unit.name] = s
         alphas[unit.name] = alpha
-    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families), powers of two",
+    ctx.report["calibration"] = {"method": "activation-aware scaling (AWQ / SmoothQuant families), on a grid of 2^(k/8)",
                                  "tokens": int(next(iter(activations.values())).shape[0]) if activations else 0,
                                  "alpha": alphas}
     return sum(len(u.products) for u in measured)
