@@ -69,6 +69,7 @@ from gemma_export.targets import QUANTIZERS
 from gemma_export.tensors import as_streamed
 from gemma_export.texts import PROMPTS
 from gemma_export.validate import FP32_RELATIVE_TOLERANCE, reference_prefill, token_ids
+from gemma_runtime.interface import LOGITS
 
 MEANING = MEANING_PREFIX + "value"  # what a value is: its traced name, or the group that made it
 LAYER_OUTPUT = MEANING_PREFIX + "layer_output"  # the decoder layer whose output a value is
@@ -81,7 +82,6 @@ _LAYER_SCOPE = re.compile(r"'model\.layers\.(\d+)'")
 # int4 3.1e-2). A GGUF's own blocks (source) get int4's.
 LOW_PRECISION_TOLERANCE = {"fp16": 0.015, "bf16": 0.05, "int8": 0.25, "int4": 1.0, "source": 1.0}
 TRACED = ("(traced)",)  # the group label of the traced graph
-LOGITS = "logits"
 
 Progress = Callable[[str, int, int], None]
 

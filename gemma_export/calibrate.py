@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from gemma_export.passes.context import PassContext
 from gemma_export.texts import CALIBRATION
+from gemma_runtime import interface
 
 RANDOM_SEQUENCES, RANDOM_LENGTH = 6, 48  # without a tokenizer: seeded random ids
 _WEIGHTLESS_MIN_ELEMENTS = 1024
@@ -88,20 +89,16 @@ def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[l
 def prefill_feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
     """Inputs for one prefill of `ids` from an empty cache, for either KV-cache interface."""
     n = len(ids)
-    known = {
-        "input_ids": np.asarray([ids], np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None],
-        "attention_mask": np.ones((1, n), np.int64),
-        "past_lengths": np.zeros(1, np.int64),
-        "seq_lengths": np.full(1, n, np.int64),
-        "logits_index": np.arange(n, dtype=np.int64)[None],  # the lm_head sees every position too
-    }
+    row = np.asarray([ids], np.int64)
+    known = {**interface.concat_feeds(row, np.arange(n, dtype=np.int64)[None], np.ones((1, n), np.int64)),
+             # the lm_head sees every position too
+             **interface.inplace_feeds(row, np.zeros(1), np.full(1, n), np.arange(n)[None])}
     feeds = {}
     for value in graph.inputs:
         if value.name in known:
             feeds[value.name] = known[value.name]
         else:  # a KV cache: [batch, kv_heads, past or max_seq_len, head_dim], zeroed
-            dims = [d if isinstance(d, int) else (1 if str(d) == "batch" else 0) for d in value.shape]
+            dims = [d if isinstance(d, int) else (1 if str(d) == interface.BATCH else 0) for d in value.shape]
             feeds[value.name] = np.zeros(dims, value.dtype.numpy())
     return feeds
 

@@ -20,10 +20,10 @@ from gemma_export.passes.pipeline import run_pipeline
 from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 from gemma_graphs.config import GemmaConfig
-from gemma_graphs.gemma import CacheSlot, cache_slots
+from gemma_graphs.gemma import cache_tensors
 from gemma_runtime.chat import EXTRA_STOP_PIECES, TURN_MARKERS
-from gemma_runtime.manifest import (BATCH, FORMAT_VERSION, CacheBuffer, Execution, KVCache, Manifest, TensorSpec,
-                                    Tokens, write_manifest)
+from gemma_runtime.interface import BATCH, CacheTensor
+from gemma_runtime.manifest import FORMAT_VERSION, Execution, KVCache, Manifest, TensorSpec, Tokens, write_manifest
 from gemma_runtime.tokenizer import Tokenizer
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -98,7 +98,7 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
 def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer: Tokenizer | None = None,
                  weights: WeightSource | None = None) -> PassContext:
     """What the passes of an export read; options as resolve_options() returns them."""
-    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_slots(cfg)), tokenizer=tokenizer,
+    return PassContext(cfg, TARGETS[options.target], options, tuple(cache_tensors(cfg)), tokenizer=tokenizer,
                        weights=weights)
 
 
@@ -126,18 +126,17 @@ def _special_tokens(source: Source, tokenizer: Tokenizer | None) -> Tokens:
                   end_of_turn=end, stop=stop)
 
 
-def cache_buffers(graph: ir.Graph, slots: tuple[CacheSlot, ...], max_seq_len: int) -> KVCache:
-    """The model's cache slots as the final graph holds them: a growing (concatenated) cache has a
+def cache_buffers(graph: ir.Graph, caches: tuple[CacheTensor, ...], max_seq_len: int) -> KVCache:
+    """The model's caches as the final graph holds them: a growing (concatenated) cache has a
     symbolic length, a static one max_seq_len positions, a ring fewer."""
     inputs = {v.name: v for v in graph.inputs}
     buffers = []
-    for slot in slots:
-        value = inputs[slot.input_name]
+    for cache in caches:
+        value = inputs[cache.input_name]
         shape = tuple(d if isinstance(d, int) else BATCH if i == 0 else str(d) for i, d in enumerate(value.shape))
         length = shape[2]
         layout = "concat" if not isinstance(length, int) else "full" if length == max_seq_len else "ring"
-        buffers.append(CacheBuffer(slot.name, slot.kind, shape, _CACHE_DTYPES[value.dtype], layout,
-                                   slot.written_by, slot.read_by))
+        buffers.append(dataclasses.replace(cache, shape=shape, dtype=_CACHE_DTYPES[value.dtype], layout=layout))
     update = "concat" if any(b.layout == "concat" for b in buffers) else "inplace"
     return KVCache(update, max_seq_len, tuple(buffers))
 

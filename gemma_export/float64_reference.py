@@ -61,7 +61,7 @@ class Prefill:
     ids: torch.Tensor  # [1, n]
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
-    past: list[torch.Tensor]  # the empty caches, in cache_slots() order
+    past: list[torch.Tensor]  # the empty caches, in cache_tensors() order
     presents: list[torch.Tensor]  # every cache after the whole run
     per_layer: torch.Tensor | None  # Gemma 4's per-layer inputs
     layer_inputs: list[torch.Tensor]  # the residual stream entering each layer
@@ -100,10 +100,10 @@ class Float64Reference:
         return np.ones(unit.shape[1]) if s is None else s.astype(np.float64)
 
     def prefill(self, ids: list[int]) -> Prefill:
-        from gemma_graphs.gemma import cache_slots
+        from gemma_graphs.gemma import cache_tensors
 
         n = len(ids)
-        past = [torch.zeros(1, s.heads, 0, s.head_dim, dtype=DTYPE) for s in cache_slots(self.ctx.config)]
+        past = [torch.zeros(1, s.kv_heads, 0, s.head_dim, dtype=DTYPE) for s in cache_tensors(self.ctx.config)]
         run = Prefill(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64), past,
                       presents=list(past), per_layer=None, layer_inputs=[])
         with torch.no_grad():

@@ -63,10 +63,10 @@ def reference_prefill(module, cfg, ids: list[int]):
     (logits [1, n, vocab], [the residual stream after each layer, [1, n, hidden]])."""
     import torch
 
-    from gemma_graphs.gemma import cache_slots
+    from gemma_graphs.gemma import cache_tensors
 
     n = len(ids)
-    caches = [torch.zeros(1, s.heads, 0, s.head_dim) for s in cache_slots(cfg)]
+    caches = [torch.zeros(1, s.kv_heads, 0, s.head_dim) for s in cache_tensors(cfg)]
     with torch.no_grad():
         return module.hidden_states(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
                                     *caches)

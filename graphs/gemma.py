@@ -8,7 +8,6 @@ config fields that default to off (GemmaConfig).
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from gemma_graphs import ops
 from gemma_graphs.config import GemmaConfig
+from gemma_runtime.interface import CacheTensor, decoder_input_names, decoder_output_names
 
 
 class Norm(nn.Module):
@@ -186,48 +186,28 @@ class _Model(nn.Module):
             self.per_layer_projection_norm = Norm(width, cfg)
 
 
-@dataclasses.dataclass(frozen=True)
-class CacheSlot:
-    """One KV-cache tensor of the model: graph input past_{name}, output present_{name},
-    [batch, heads, length, head_dim]; written by one layer, read by it and any layer sharing it."""
-
-    name: str
-    kind: str  # "key" or "value"
-    heads: int
-    head_dim: int
-    written_by: tuple[int, ...]  # layers
-    read_by: tuple[int, ...]
-
-    @property
-    def input_name(self) -> str:
-        return f"past_{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"present_{self.name}"
-
-
-def cache_slots(cfg: GemmaConfig) -> list[CacheSlot]:
+def cache_tensors(cfg: GemmaConfig) -> list[CacheTensor]:
     """The model's caches in forward's order: a key and a value per layer that computes its own."""
-    slots = []
+    caches = []
     for i in range(cfg.num_layers):
         if cfg.kv_source(i) != i:
             continue
         readers = tuple(j for j in range(cfg.num_layers) if cfg.kv_source(j) == i)
         for kind in ("key", "value"):
-            slots.append(CacheSlot(f"{kind}.{i}", kind, cfg.layer_kv_heads(i), cfg.layer_head_dim(i), (i,), readers))
-    return slots
+            caches.append(CacheTensor.growing(f"{kind}.{i}", kind, cfg.layer_kv_heads(i), cfg.layer_head_dim(i), (i,),
+                                              readers))
+    return caches
 
 
 def layer_caches(cfg: GemmaConfig) -> list[tuple[int, int]]:
-    """Per layer, the indices in cache_slots() of the key and value cache it reads (and writes,
+    """Per layer, the indices in cache_tensors() of the key and value cache it reads (and writes,
     unless it shares another layer's)."""
-    indices = {(slot.kind, reader): i for i, slot in enumerate(cache_slots(cfg)) for reader in slot.read_by}
+    indices = {(slot.kind, reader): i for i, slot in enumerate(cache_tensors(cfg)) for reader in slot.read_by}
     return [(indices["key", layer], indices["value", layer]) for layer in range(cfg.num_layers)]
 
 
 class GemmaForCausalLM(nn.Module):
-    """forward(input_ids, position_ids, attention_mask, *past caches in cache_slots() order)
+    """forward(input_ids, position_ids, attention_mask, *past caches in cache_tensors() order)
     -> (logits fp32 [B, S, vocab], *present caches in the same order).
 
     hidden_states(same inputs) -> (logits, [the residual stream after each decoder layer]): the
@@ -265,7 +245,7 @@ class GemmaForCausalLM(nn.Module):
     def layers_from(self, start: int, x, position_ids, attention_mask, past, presents: list, per_layer,
                     layer_outputs: list | None = None):
         """The residual stream after decoder layers start, start + 1, ... (x enters layer start).
-        presents (cache_slots() order) is filled in place; a KV-shared layer reads its source
+        presents (cache_tensors() order) is filled in place; a KV-shared layer reads its source
         layer's entry, written in this call or, for a source before start, already there."""
         cfg = self.cfg
         for i, (k, v) in enumerate(layer_caches(cfg)):
@@ -306,9 +286,8 @@ class GemmaForCausalLM(nn.Module):
 
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:
     """Graph input and output names, in forward's order."""
-    slots = cache_slots(cfg)
-    return (["input_ids", "position_ids", "attention_mask", *(s.input_name for s in slots)],
-            ["logits", *(s.output_name for s in slots)])
+    caches = cache_tensors(cfg)
+    return decoder_input_names(caches), decoder_output_names(caches)
 
 
 def parameter_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.interface import CacheTensor
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
@@ -24,8 +25,6 @@ DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
 
 CACHE_UPDATES = ("concat", "inplace")  # present = past + new (a new tensor), or past updated in place
-CACHE_LAYOUTS = ("concat", "full", "ring")  # growing; max_seq_len positions; a ring of `window` slots
-BATCH = "batch"  # the symbolic leading dim of every input, output and cache buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,41 +34,10 @@ class TensorSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class CacheBuffer:
-    """One KV-cache tensor: graph input past_{name} and output present_{name} (in place: the same
-    buffer), [batch, kv_heads, length, head_dim]."""
-
-    name: str
-    kind: str  # "key" or "value"
-    shape: tuple[int | str, ...]
-    dtype: str  # fp32 | fp16 | bf16
-    layout: str  # see CACHE_LAYOUTS
-    written_by: tuple[int, ...]  # layers
-    read_by: tuple[int, ...]
-
-    @property
-    def input_name(self) -> str:
-        return f"past_{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"present_{self.name}"
-
-    @property
-    def length(self) -> int | str:
-        return self.shape[2]
-
-    def nbytes(self, batch: int) -> int:
-        """Bytes of a static buffer for `batch` rows."""
-        heads, length, dims = self.shape[1:]
-        return batch * heads * length * dims * {"fp32": 4, "fp16": 2, "bf16": 2}[self.dtype]
-
-
-@dataclasses.dataclass(frozen=True)
 class KVCache:
     update: str  # see CACHE_UPDATES
     max_seq_len: int  # the longest sequence the artifact accepts (static caches: their full length)
-    buffers: tuple[CacheBuffer, ...]
+    buffers: tuple[CacheTensor, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,12 +136,9 @@ def _files(d: dict) -> dict[str, FileDigest]:
     return {name: FileDigest(int(f["size"]), str(f["sha256"])) for name, f in d.items()}
 
 
-def _buffer(b: dict) -> CacheBuffer:
-    buffer = CacheBuffer(b["name"], b["kind"], tuple(b["shape"]), b["dtype"], b["layout"],
-                         tuple(b["written_by"]), tuple(b["read_by"]))
-    if buffer.layout not in CACHE_LAYOUTS:
-        raise ValueError(f"cache {buffer.name}: layout {buffer.layout!r} (supported: {', '.join(CACHE_LAYOUTS)})")
-    return buffer
+def _buffer(b: dict) -> CacheTensor:
+    return CacheTensor(b["name"], b["kind"], tuple(b["shape"]), tuple(b["written_by"]), tuple(b["read_by"]),
+                       b["dtype"], b["layout"])
 
 
 def read_manifest(folder: Path | str) -> Manifest:

@@ -16,6 +16,8 @@ from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import ExportOptions, PassContext
 from gemma_export.passes.ir_utils import remove_dead
 from gemma_graphs.config import GemmaConfig
+from gemma_graphs.gemma import cache_tensors
+from gemma_runtime import interface
 
 
 def traced(folder, options: ExportOptions | None = None) -> tuple[ir.Model, PassContext]:
@@ -58,14 +60,11 @@ def run(model: ir.Model, feeds: dict, optimize: bool = True) -> dict[str, np.nda
 
 def feeds(cfg, batch: int = 2, seq: int = 9, past: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    out = {
-        "input_ids": rng.integers(3, cfg.vocab_size, size=(batch, seq)).astype(np.int64),
-        "position_ids": np.tile(np.arange(past, past + seq, dtype=np.int64), (batch, 1)),
-        "attention_mask": np.ones((batch, past + seq), np.int64),
-    }
-    for i in range(cfg.num_layers):
-        for kind in ("key", "value"):
-            out[f"past_{kind}.{i}"] = rng.standard_normal((batch, cfg.num_kv_heads, past, cfg.head_dim)).astype(np.float32)
+    out = interface.concat_feeds(rng.integers(3, cfg.vocab_size, size=(batch, seq)),
+                                 np.tile(np.arange(past, past + seq), (batch, 1)), np.ones((batch, past + seq)))
+    for cache in cache_tensors(cfg):  # per-layer head dims and shared caches (Gemma 4) included
+        shape = (batch, cache.kv_heads, past, cache.head_dim)
+        out[cache.input_name] = rng.standard_normal(shape).astype(np.float32)
     return out
 
 
@@ -75,12 +74,12 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
     of a static [batch, kv_heads, max_seq_len, head_dim] buffer whose tail holds other finite values;
     layer i in `windows` (ring_windows()) as a ring of that many slots, position p in slot p mod window."""
     rng = np.random.default_rng(seed)
-    batch, seq = concat["input_ids"].shape
-    past = concat["position_ids"][:, 0]
-    out = {"input_ids": concat["input_ids"], "position_ids": concat["position_ids"], "past_lengths": past,
-           "seq_lengths": np.full(batch, seq, np.int64)}
+    ids = concat[interface.INPUT_IDS]
+    batch, seq = ids.shape
+    out = interface.inplace_feeds(ids, concat[interface.POSITION_IDS][:, 0], np.full(batch, seq), np.zeros((batch, 1)))
+    del out[interface.LOGITS_INDEX]  # a graph before the logits_index pass has none
     for name, cache in concat.items():
-        if name.startswith("past_"):
+        if name.startswith(interface.PAST_PREFIX):
             window = (windows or {}).get(int(name.split(".")[1]))
             static = rng.standard_normal((*cache.shape[:2], window or max_seq_len, cache.shape[3])).astype(np.float32)
             for position, slot in cache_slots(cache.shape[2], window):
@@ -92,7 +91,7 @@ def inplace_feeds(concat: dict[str, np.ndarray], max_seq_len: int, seed: int = 1
 def ring_windows(model: ir.Model, max_seq_len: int) -> dict[int, int]:
     """layer -> ring size, for the layers whose key cache is shorter than max_seq_len (a ring)."""
     return {int(v.name.split(".")[1]): v.shape[2] for v in model.graph.inputs
-            if v.name.startswith("past_key.") and isinstance(v.shape[2], int) and v.shape[2] < max_seq_len}
+            if v.name.startswith(interface.PAST_PREFIX + "key.") and isinstance(v.shape[2], int) and v.shape[2] < max_seq_len}
 
 
 def cache_slots(held: int, window: int | None) -> list[tuple[int, int]]:

@@ -7,8 +7,9 @@ import onnx
 from onnx import TensorProto, helper
 
 import gemma_runtime
-from gemma_runtime.manifest import (FORMAT_VERSION, MODEL_FILE, CacheBuffer, Execution, KVCache, Manifest,
-                                    TensorSpec, Tokens, write_manifest)
+from gemma_runtime.interface import CacheTensor
+from gemma_runtime.manifest import (FORMAT_VERSION, MODEL_FILE, Execution, KVCache, Manifest, TensorSpec, Tokens,
+                                    write_manifest)
 
 LENGTH = 8  # the buffer's positions
 
@@ -52,7 +53,7 @@ def _graph() -> onnx.ModelProto:
 def _artifact(folder):
     folder.mkdir()
     onnx.save(_graph(), str(folder / MODEL_FILE))
-    buffer = CacheBuffer("kv.0", "key", ("batch", 1, LENGTH, 1), "fp32", "full", written_by=(0,), read_by=(0, 1))
+    buffer = CacheTensor("kv.0", "key", ("batch", 1, LENGTH, 1), written_by=(0,), read_by=(0, 1), layout="full")
     specs = {"input_ids": TensorSpec("int64", ("batch", "seq"))}
     write_manifest(folder, Manifest(
         format_version=FORMAT_VERSION, producer="test", family="gemma", config={"vocab_size": 2},

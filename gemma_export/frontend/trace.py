@@ -22,7 +22,7 @@ from gemma_graphs.config import GemmaConfig
 def trace(cfg: GemmaConfig) -> ir.Model:
     import torch
 
-    from gemma_graphs.gemma import GemmaForCausalLM, cache_slots, io_names
+    from gemma_graphs.gemma import GemmaForCausalLM, cache_tensors, io_names
 
     with torch.device("meta"):
         module = GemmaForCausalLM(cfg).eval()
@@ -32,8 +32,8 @@ def trace(cfg: GemmaConfig) -> ir.Model:
     args = [torch.zeros(b, s, dtype=torch.int64, **meta), torch.zeros(b, s, dtype=torch.int64, **meta),
             torch.zeros(b, p + s, dtype=torch.int64, **meta)]
     shapes = [{0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.AUTO}]
-    for slot in cache_slots(cfg):
-        args.append(torch.zeros(b, slot.heads, p, slot.head_dim, **meta))
+    for slot in cache_tensors(cfg):
+        args.append(torch.zeros(b, slot.kv_heads, p, slot.head_dim, **meta))
         shapes.append({0: batch, 2: past})
     input_names, output_names = io_names(cfg)
 

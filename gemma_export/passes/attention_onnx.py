@@ -38,6 +38,7 @@ import onnx_ir as ir
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.inplace_cache_io import attention_nodes, lengths
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+from gemma_runtime.interface import INPUT_IDS
 
 NAME = "attention_onnx"
 HEADS_FIRST = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
@@ -135,7 +136,7 @@ class _Shared:
         self.zero, self.one = self.scalar(0), self.scalar(1)
         self.k = self.node("Range", self.zero, self.node("Squeeze", self.longest), self.one)
         # q per column: past_lengths + i, capped at the row's last real position (padded columns)
-        input_ids = next(v for v in graph.inputs if v.name == "input_ids")
+        input_ids = next(v for v in graph.inputs if v.name == INPUT_IDS)
         self.width = self.node("Shape", input_ids, start=1, end=2)
         self.columns = self.node("Range", self.zero, self.node("Squeeze", self.width), self.one)
         self.axis_1 = constant_int64(graph, "const.axis_1", [1])

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from gemma_export.checkpoints.base import WeightSource
-    from gemma_graphs.gemma import CacheSlot
+    from gemma_runtime.interface import CacheTensor
     from gemma_runtime.tokenizer import Tokenizer
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -80,7 +80,7 @@ class PassContext:
     config: GemmaConfig
     target: Target
     options: ExportOptions
-    caches: tuple[CacheSlot, ...]  # the model's KV-cache slots (graph inputs past_{name})
+    caches: tuple[CacheTensor, ...]  # the model's KV-cache tensors, growing and fp32 as traced
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # goes into the manifest
     tokenizer: Tokenizer | None = None  # the source's: calibration text -> ids
     # weight (initializer) name -> "int4" | "int8" | "float" | "source": the quantization recipe's choices

@@ -1,6 +1,6 @@
 """The in-place KV-cache interface shared by the targets whose cache is one static buffer per
 layer, updated in place (`onnx`, `ort-cpu`, `ort-cuda`); the contract itself is written in
-runtime/backends/ort_inplace.py.
+runtime/interface.py.
 
 Only the graph's inputs and outputs change here: `attention_mask` goes, `past_lengths` and
 `seq_lengths` [batch] come in, and every cache input and output (the model's cache slots,
@@ -17,18 +17,18 @@ import onnx_ir as ir
 from gemma_export.frontend.onnx_ops import ATTENTION
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import project_nodes
+from gemma_runtime.interface import ATTENTION_MASK, BATCH, INPUT_IDS, PAST_LENGTHS, SEQ_LENGTHS
 
 NAME = "inplace_cache_io"
-PAST_LENGTHS, SEQ_LENGTHS = "past_lengths", "seq_lengths"
 MASK_INPUT = 5  # GemmaAttention's attention_mask
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
-    mask = _input(graph, "attention_mask")
+    mask = _input(graph, ATTENTION_MASK)
     for node in attention_nodes(graph):
         node.replace_input_with(MASK_INPUT, None)
-    input_ids = _input(graph, "input_ids")
+    input_ids = _input(graph, INPUT_IDS)
     for node, index in list(mask.uses()):  # the trace may read the batch size off the mask: same as the ids'
         if node.op_type == "Shape" and node.attributes.get_int("start", 0) == 0 and node.attributes.get_int("end", 2) == 1:
             node.replace_input_with(index, input_ids)
@@ -36,7 +36,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         raise AssertionError(f"attention_mask is still read by {[user.op_type for user, _ in mask.uses()]}")
     at = graph.inputs.index(mask)
     graph.inputs[at:at + 1] = [
-        ir.Value(name=name, shape=ir.Shape(["batch"]), type=ir.TensorType(ir.DataType.INT64))
+        ir.Value(name=name, shape=ir.Shape([BATCH]), type=ir.TensorType(ir.DataType.INT64))
         for name in (PAST_LENGTHS, SEQ_LENGTHS)]
     values = {v.name: v for v in [*graph.inputs, *graph.outputs]}
     count = 0

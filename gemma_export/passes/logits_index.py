@@ -9,10 +9,10 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_node, constant_int64
+from gemma_runtime.interface import BATCH, LOGITS_INDEX
 
 NAME = "logits_index"
 FINAL_NORM = "model.norm.weight"
-INPUT = "logits_index"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -21,7 +21,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if len(norms) != 1:
         raise AssertionError(f"expected one final norm reading {FINAL_NORM}, found {len(norms)}")
     norm = norms[0]
-    index = ir.Value(name=INPUT, shape=ir.Shape(["batch", "keep"]), type=ir.TensorType(ir.DataType.INT64))
+    index = ir.Value(name=LOGITS_INDEX, shape=ir.Shape([BATCH, "keep"]), type=ir.TensorType(ir.DataType.INT64))
     graph.inputs.append(index)
     unsqueezed = add_node(graph, norm, "Unsqueeze", [index, constant_int64(graph, "const.last_axis", [-1])])
     picked = add_node(graph, norm, "GatherND", [norm.inputs[0], unsqueezed.outputs[0]], {"batch_dims": 1})

@@ -28,6 +28,7 @@ from gemma_export.tensors import mapped, numpy_dtype
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node
+from gemma_runtime.interface import LOGITS
 
 NAME = "precision"
 LOW = {"fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
@@ -107,7 +108,7 @@ def _fp32_nodes(graph: ir.Graph, hot: dict[str, float], is_float) -> set[ir.Node
 def _logits_region(graph: ir.Graph, is_float) -> set[ir.Node]:
     """The nodes between the lm_head product and the logits output."""
     region = set()
-    logits = next(v for v in graph.outputs if v.name == "logits")
+    logits = next(v for v in graph.outputs if v.name == LOGITS)
     node = logits.producer()
     while node is not None and node.op_type not in PRODUCTS:
         region.add(node)
@@ -185,7 +186,7 @@ def _insert_casts(graph: ir.Graph, fp32_nodes: set[ir.Node], low: ir.DataType, i
                 made[(value, want)] = cast.outputs[0]
             node.replace_input_with(i, made[(value, want)])
     for value in graph.outputs:  # an output whose producer computes in the other dtype
-        if value.name == "logits" and new_dtype.get(value) != F32:
+        if value.name == LOGITS and new_dtype.get(value) != F32:
             raise AssertionError("the logits are not computed in fp32")
     return len(made)
 
@@ -202,7 +203,7 @@ def _report(ctx: PassContext, low: ir.DataType, hot: dict[str, float], graph: ir
         "compute": _suffix(low) if computed else "fp32",
         "fp16_limit": FP16_LIMIT if low == ir.DataType.FLOAT16 else None,
         "kept_fp32": {_describe(graph, name): round(m, 1) for name, m in sorted(hot.items(), key=lambda kv: -kv[1])},
-        "fp32_by_rule": ["logits", "norm statistics (stash_type=1)", "attention softmax"],
+        "fp32_by_rule": [LOGITS, "norm statistics (stash_type=1)", "attention softmax"],
         "low_precision_nodes": len(computed),
         "casts": casts,
     }
