@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint import write_safetensors_bf16  # noqa: E402
 
 from gemma_export.bench import format_table, measure  # noqa: E402
-from gemma_export.config import parse_hf_config  # noqa: E402
+from gemma_export.checkpoints.hf_config import parse_hf_config  # noqa: E402
 from gemma_graphs.config import GemmaConfig  # noqa: E402
 from gemma_graphs.gemma import parameter_shapes  # noqa: E402
 from gemma_runtime.manifest import read_manifest  # noqa: E402

@@ -234,7 +234,7 @@ def inspect(
 ) -> None:
     """Op counts, inputs and outputs, passes and sizes of an artifact; or, with --verify, its files
     checked against the manifest."""
-    from gemma_export.inspect import describe, verify as verify_files
+    from gemma_export.describe import describe, verify as verify_files
 
     if not verify:
         typer.echo(describe(artifact))
@@ -278,11 +278,11 @@ def build_engine(
                                                      "this GPU architecture (default: this machine's GPU)"),
 ) -> None:
     """Build a TensorRT engine into the artifact (TensorRT with a GPU, else TensorRT-RTX ahead of time)."""
-    from gemma_export.emit import engine
+    from gemma_export.emit import tensorrt_engine
 
     progress = _Progress()
     try:
-        entry = engine.build(artifact, max_batch, opt_seq_len, compute_capability, progress)
+        entry = tensorrt_engine.build(artifact, max_batch, opt_seq_len, compute_capability, progress)
     finally:
         progress.close()
     typer.echo(f"wrote {artifact / entry['file']} ({entry['library']} {entry['version']}, compute capability "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemma_export.config import Multimodal, parse_checkpoint_config, parse_hf_config
+from gemma_export.checkpoints.hf_config import Multimodal, parse_checkpoint_config, parse_hf_config
 from gemma_export.errors import ConfigError
 
 GEMMA3_V4 = {  # transformers 4.x form of a Gemma 3 270M config

@@ -9,7 +9,7 @@ import torch
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.inspect import describe
+from gemma_export.describe import describe
 from gemma_export.passes.context import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import GEMMA4_CONFIGS, hf_model, write_checkpoint
@@ -119,9 +119,9 @@ def test_per_layer_table_is_only_gathered(models):
 def test_tensorrt_rtx_builds_the_tensorrt_graph_ahead_of_time(name, artifacts, tmp_path):
     import shutil
 
-    from gemma_export.emit import engine
+    from gemma_export.emit import tensorrt_engine
 
     folder = tmp_path / name
     shutil.copytree(artifacts[name, "tensorrt"], folder)
-    entry = engine.build(folder, max_batch=1, compute_capability="8.9")  # parses every node, or raises
+    entry = tensorrt_engine.build(folder, max_batch=1, compute_capability="8.9")  # parses every node, or raises
     assert (folder / entry["file"]).stat().st_size > 0 and entry["library"] == "tensorrt_rtx"

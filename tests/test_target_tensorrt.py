@@ -15,7 +15,7 @@ import tensorrt_rtx  # the [tensorrt] extra; CI installs it: these tests fail lo
 
 import gemma_runtime
 from cli_util import cli
-from gemma_export.emit import engine
+from gemma_export.emit import tensorrt_engine
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
 from gemma_runtime.backends import cuda_driver, trt
@@ -90,7 +90,7 @@ def test_tensorrt_rtx_takes_every_node_and_builds_ahead_of_time(name, artifacts,
     path = artifacts[name] / "model.onnx"
     nodes = len(onnx.load(path, load_external_data=False).graph.node)
     check = Parse()  # a parser parses one model: one to check support, one to parse
-    assert check.parser.supports_model_v2(path.read_bytes(), str(path)), engine.parser_errors(check.parser)
+    assert check.parser.supports_model_v2(path.read_bytes(), str(path)), tensorrt_engine.parser_errors(check.parser)
     assert check.parser.num_subgraphs == 1 and check.parser.is_subgraph_supported(0)
     assert len(check.parser.get_subgraph_nodes(0)) == nodes
     parse = Parse()
@@ -103,7 +103,7 @@ def test_tensorrt_rtx_takes_every_node_and_builds_ahead_of_time(name, artifacts,
     assert not any(kind.startswith("PLUGIN") for kind in layers)
 
     folder = copy_artifact(artifacts, tmp_path, name)
-    entry = engine.build(folder, max_batch=2, compute_capability=AHEAD_OF_TIME)
+    entry = tensorrt_engine.build(folder, max_batch=2, compute_capability=AHEAD_OF_TIME)
     assert (folder / entry["file"]).stat().st_size > 0
     assert entry["library"] == "tensorrt_rtx" and entry["compute_capability"] == AHEAD_OF_TIME
 
@@ -113,7 +113,7 @@ def test_an_fp16_graph_builds_too(fp16_artifact, tmp_path):
     attention = [n for n in proto.graph.node if n.op_type == "Attention"]
     assert attention and not any(a.name == "softmax_precision" for n in attention for a in n.attribute)
     folder = shutil.copytree(fp16_artifact, tmp_path / "fp16")
-    assert engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
+    assert tensorrt_engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
@@ -123,7 +123,7 @@ def test_quantized_graphs_build_too(quant, tiny_checkpoints, tmp_path):
     export(tiny_checkpoints["gemma3"], folder, ExportOptions(target="tensorrt", quant=quant, max_seq_len=MAX_SEQ_LEN))
     proto = onnx.load(folder / "model.onnx", load_external_data=False)
     assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
-    assert engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
+    assert tensorrt_engine.build(folder, compute_capability=AHEAD_OF_TIME)["file"] in {p.name for p in folder.iterdir()}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -165,7 +165,7 @@ def test_an_interrupted_build_leaves_the_artifact_as_it_was(artifacts, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        engine.build(folder, compute_capability=AHEAD_OF_TIME, progress=interrupt)
+        tensorrt_engine.build(folder, compute_capability=AHEAD_OF_TIME, progress=interrupt)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -197,7 +197,7 @@ def test_trt_backend_refuses_without_an_engine_or_a_gpu(artifacts, tmp_path, cap
     folder = copy_artifact(artifacts, tmp_path)
     with pytest.raises(RuntimeInputError, match="no TensorRT engine .* gemma-export build-engine"):
         gemma_runtime.load(folder, backend="trt")
-    engine.build(folder, compute_capability=AHEAD_OF_TIME)
+    tensorrt_engine.build(folder, compute_capability=AHEAD_OF_TIME)
     with pytest.raises(RuntimeInputError, match="the trt backend needs an NVIDIA GPU"):
         gemma_runtime.load(folder, backend="trt")
     code, _, err = cli(capsys, "generate", folder, "--prompt", "hi", "--backend", "trt")
@@ -212,7 +212,7 @@ def _gpu_skip_reason() -> str | None:
     capability = cuda_driver.compute_capability()
     if trt.installed("tensorrt"):
         return None
-    if capability not in engine.rtx_capabilities(tensorrt_rtx):
+    if capability not in tensorrt_engine.rtx_capabilities(tensorrt_rtx):
         return (f"this GPU (compute capability {capability}) has no TensorRT-RTX build target and the full "
                 "tensorrt is not installed")
     return None
@@ -228,7 +228,7 @@ def engines(artifacts, fp16_artifact, tmp_path_factory):
     folders = {name: shutil.copytree(artifacts[name], root / name) for name in NAMES}
     folders["gemma3-fp16"] = shutil.copytree(fp16_artifact, root / "gemma3-fp16")
     for folder in folders.values():
-        engine.build(folder, max_batch=2)
+        tensorrt_engine.build(folder, max_batch=2)
     return {name: (gemma_runtime.load(f), gemma_runtime.load(f, backend="trt")) for name, f in folders.items()}
 
 

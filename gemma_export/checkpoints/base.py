@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gemma_export.config import Multimodal
+from gemma_export.checkpoints.hf_config import Multimodal
 from gemma_graphs.config import GemmaConfig
 from gemma_runtime.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE, Tokenizer
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gemma_export.config import layer_count
+from gemma_export.checkpoints.hf_config import layer_count
 from gemma_export.errors import ConfigError
 from gemma_graphs.config import FAMILIES, GemmaConfig
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights, text_decoder
-from gemma_export.config import load_hf_config, parse_json, read_json
+from gemma_export.checkpoints.hf_config import load_hf_config
+from gemma_export.checkpoints.json_files import parse_json, read_json
 from gemma_export.errors import CheckpointError
 
 _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
