@@ -1,6 +1,8 @@
 """The normalized Gemma config and the family table: what each Gemma generation defaults to and
 which features it has. Both checkpoint readers (HF config.json, GGUF metadata) take their defaults
-from FAMILIES, and the model definition switches on the config's fields.
+from FAMILIES and resolve every structural switch into the config's own fields (family_switches),
+so the model definition switches on those fields alone and a manifest's config describes the
+model without the table: `family` is a label, never looked up after a checkpoint is read.
 
 No project imports: the model definition (gemma_graphs) and the compiler (gemma_export) both
 read this module, and neither imports the other through it.
@@ -79,6 +81,12 @@ def _finite(value: float) -> bool:
     return isinstance(value, int) or math.isfinite(value)  # an int of any size is finite
 
 
+def family_switches(family: Family) -> dict[str, Any]:
+    """The GemmaConfig fields a checkpoint reader takes from the family (no checkpoint states them)."""
+    return {"norm_offset": family.norm_offset, "qk_norm": family.qk_norm, "sandwich_norms": family.sandwich_norms,
+            "unscaled_queries": family.unscaled_queries, "v_norm": family.v_norm, "layer_scalar": family.layer_scalar}
+
+
 def sliding_layer_types(family: Family, layers: int) -> tuple[str, ...]:
     """The family's default layer pattern."""
     n = family.sliding_pattern
@@ -113,6 +121,14 @@ class GemmaConfig:
     bos_token_id: int = 2
     eos_token_id: int = 1
     pad_token_id: int = 0
+    # Structural switches, resolved from the family when a checkpoint is read (family_switches);
+    # the defaults are Gemma 1's.
+    norm_offset: float = 1.0  # RMSNorm multiplies by (norm_offset + w): Gemma 1-3 store w zero-centred
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
+    sandwich_norms: bool = False  # attention and MLP outputs normalised before the residual add
+    unscaled_queries: bool = False  # attention scaling 1.0 (the q/k norms set the scale)
+    v_norm: bool = False  # values get a weightless RMSNorm
+    layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
     # Gemma 4 features, each off at its default (Gemma 1-3 keep the defaults).
     global_head_dim: int | None = None  # head_dim of full-attention layers (None: head_dim)
     num_global_kv_heads: int | None = None  # KV heads of full layers (None: num_kv_heads)
@@ -127,20 +143,8 @@ class GemmaConfig:
     moe_intermediate_size: int = 0
 
     @property
-    def features(self) -> Family:
-        return FAMILIES[self.family]
-
-    @property
-    def qk_norm(self) -> bool:
-        return self.features.qk_norm
-
-    @property
-    def sandwich_norms(self) -> bool:
-        return self.features.sandwich_norms
-
-    @property
     def query_scale(self) -> float:
-        return 1.0 if self.features.unscaled_queries else float(self.query_pre_attn_scalar) ** -0.5
+        return 1.0 if self.unscaled_queries else float(self.query_pre_attn_scalar) ** -0.5
 
     def layer_window(self, layer: int) -> int | None:
         return self.sliding_window if self.layer_types[layer] == "sliding" else None
@@ -190,11 +194,16 @@ class GemmaConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
-        """Inverse of to_dict (the manifest's normalized config)."""
+        """Inverse of to_dict (the manifest's normalized config). Every field must be there: a
+        config written before a switch became a field would otherwise read as Gemma 1's."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
             raise InvalidConfig(f"normalized config has unknown fields: {sorted(unknown)}")
+        missing = fields - set(d)
+        if missing:
+            raise InvalidConfig(f"normalized config lacks fields {sorted(missing)} (written by an older "
+                                "gemma-export: export it again)")
         return cls(**{**d, "layer_types": tuple(d["layer_types"])})
 
     def validate(self) -> None:

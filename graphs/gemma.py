@@ -22,7 +22,7 @@ class Norm(nn.Module):
     def __init__(self, size: int, cfg: GemmaConfig):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(size))
-        self.eps, self.offset = cfg.rms_norm_eps, cfg.features.norm_offset
+        self.eps, self.offset = cfg.rms_norm_eps, cfg.norm_offset
 
     def forward(self, x):
         return ops.rms_norm(x, self.weight, self.eps, self.offset)
@@ -65,7 +65,7 @@ class Attention(nn.Module):
             v = k if self.k_eq_v else self.v_proj(x).view(b, s, self.kv_heads, self.head_dim)
             if cfg.qk_norm:
                 k = self.k_norm(k)
-            if cfg.features.v_norm:
+            if cfg.v_norm:
                 v = ops.unit_rms_norm(v, cfg.rms_norm_eps)
             k = ops.rope(k, position_ids, theta, scale, pairs)
         out, present_k, present_v = ops.attention(
@@ -150,7 +150,7 @@ class DecoderLayer(nn.Module):
             self.per_layer_input_gate = nn.Linear(h, cfg.hidden_size_per_layer_input, bias=False)
             self.per_layer_projection = nn.Linear(cfg.hidden_size_per_layer_input, h, bias=False)
             self.post_per_layer_input_norm = Norm(h, cfg)
-        if cfg.features.layer_scalar:
+        if cfg.layer_scalar:
             self.layer_scalar = nn.Parameter(torch.ones(1))
 
     def forward(self, x, position_ids, attention_mask, past_k, past_v, per_layer_input=None):
@@ -168,7 +168,7 @@ class DecoderLayer(nn.Module):
         if per_layer_input is not None:
             gated = ops.geglu(self.per_layer_input_gate(x), per_layer_input)
             x = x + self.post_per_layer_input_norm(self.per_layer_projection(gated))
-        if self.cfg.features.layer_scalar:
+        if self.cfg.layer_scalar:
             x = x * self.layer_scalar
         return x, present_k, present_v
 

@@ -128,3 +128,25 @@ def test_gemma4_fields_we_do_not_support_are_named(change, message):
 
 def test_gemma4_image_only_bidirectional_attention_is_accepted_for_text():
     assert parse_hf_config({**GEMMA4, "use_bidirectional_attention": "vision"}) == parse_hf_config(GEMMA4)
+
+
+def test_the_family_is_resolved_into_config_fields():
+    """Every structural switch is a field of the config once the checkpoint is read, so the
+    manifest's config alone describes the model; the model definition reads no family table."""
+    import dataclasses
+
+    from gemma_graphs.config import GemmaConfig, InvalidConfig
+    from gemma_graphs.gemma import GemmaForCausalLM
+
+    cfg = parse_hf_config(GEMMA3_V4)
+    assert (cfg.qk_norm, cfg.sandwich_norms, cfg.norm_offset, cfg.unscaled_queries, cfg.v_norm, cfg.layer_scalar) \
+        == (True, True, 1.0, False, False, False)
+    assert GemmaConfig.from_dict(cfg.to_dict()) == cfg
+    # a Gemma 1 label with Gemma 3's switches builds Gemma 3's modules: only the fields decide
+    small = dataclasses.replace(cfg, family="gemma", num_layers=1, layer_types=("full",), vocab_size=16,
+                                hidden_size=8, intermediate_size=8, num_heads=1, head_dim=8)
+    names = {n for n, _ in GemmaForCausalLM(small).named_parameters()}
+    assert {"model.layers.0.self_attn.q_norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"} <= names
+    old = {k: v for k, v in cfg.to_dict().items() if k != "qk_norm"}  # a manifest from before the field
+    with pytest.raises(InvalidConfig, match=r"lacks fields \['qk_norm'\].*export it again"):
+        GemmaConfig.from_dict(old)

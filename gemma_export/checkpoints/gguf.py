@@ -24,7 +24,7 @@ from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_ggu
 from gemma_export.checkpoints.hf_config import layer_count
 from gemma_export.errors import CheckpointError, ConfigError, names
 from gemma_export.quant import Quantized, Scheme
-from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, sliding_layer_types
+from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, family_switches, sliding_layer_types
 
 ARCHITECTURES = tuple(FAMILIES)  # GGUF architecture names are the family names
 
@@ -270,6 +270,7 @@ def _config(meta: _Metadata, arch: str, tensors: dict[str, _Tensor], rope_freqs:
         final_softcap=final_softcap,
         sliding_window=window if "sliding" in layer_types else None,
         layer_types=layer_types,
+        **family_switches(family),
         **common,
     )
     return _checked(meta, arch, cfg, where)

@@ -21,7 +21,7 @@ import numpy as np
 
 from gemma_export.checkpoints.hf_config import layer_count
 from gemma_export.errors import ConfigError
-from gemma_graphs.config import FAMILIES, GemmaConfig
+from gemma_graphs.config import FAMILIES, GemmaConfig, family_switches
 
 GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -135,6 +135,7 @@ def gemma4_config(get: Callable[..., Any], shapes: dict[str, tuple[int, ...]], r
         num_kv_shared_layers=shared,
         double_wide_mlp=double_wide,
         **moe,
+        **family_switches(family),
         **common,
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 from gemma_export.checkpoints.json_files import read_json
 from gemma_export.errors import ConfigError, names
 from gemma_graphs.config import (FAMILIES, MAX_LAYERS, MODEL_TYPES, MULTIMODAL_MODEL_TYPES, Family, GemmaConfig,
-                                  InvalidConfig, sliding_layer_types)
+                                  InvalidConfig, family_switches, sliding_layer_types)
 
 # Fields that say nothing about the math of inference: read and dropped on purpose.
 IGNORED_FIELDS = frozenset(
@@ -231,6 +231,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         eos_token_id=eos,
         pad_token_id=pad,
         rope_rotated_fraction=rotated,
+        **family_switches(family),
         **gemma4,
     )
     f.finish()
