@@ -35,6 +35,40 @@ def trace_each_config_once():
     patch.undo()
 
 
+CONFORMANCE_MAX_SEQ_LEN = 64
+
+
+@pytest.fixture(scope="session")
+def gemma4_checkpoints(tmp_path_factory):
+    """name -> HF folder of a tiny random Gemma 4 checkpoint (tests/tiny.py's GEMMA4_CONFIGS)."""
+    from tiny import GEMMA4_CONFIGS, write_checkpoint
+
+    root = tmp_path_factory.mktemp("gemma4")
+    return {name: write_checkpoint(name, root / name) for name in GEMMA4_CONFIGS}
+
+
+@pytest.fixture(scope="session")
+def target_artifacts(tiny_checkpoints, gemma4_checkpoints, tmp_path_factory):
+    """target -> {config name -> artifact folder}: every tiny config (Gemma 1-4) exported with the
+    target's defaults at max_seq_len 64, once per session, when a test first asks for the target.
+    The conformance suite and the per-target tests share them."""
+    from gemma_export.export import export
+    from gemma_export.passes.context import ExportOptions
+
+    exported: dict[str, dict[str, Path]] = {}
+
+    def artifacts(target: str) -> dict[str, Path]:
+        if target not in exported:
+            root = tmp_path_factory.mktemp(f"target-{target}")
+            exported[target] = {}
+            for name, folder in {**tiny_checkpoints, **gemma4_checkpoints}.items():
+                export(folder, root / name, ExportOptions(target=target, max_seq_len=CONFORMANCE_MAX_SEQ_LEN))
+                exported[target][name] = root / name
+        return exported[target]
+
+    return artifacts
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """name -> HF folder of a tiny random checkpoint (see tests/tiny.py)."""

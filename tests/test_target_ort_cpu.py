@@ -1,5 +1,5 @@
-"""The ort-cpu target against transformers' Gemma classes, fp32, through gemma_runtime (the in-place
-cache bound once with IOBinding)."""
+"""What the ort-cpu target's graph is made of (its parity with transformers is in the conformance
+suite, tests/test_conformance.py)."""
 
 from collections import Counter
 
@@ -7,53 +7,21 @@ import onnx
 import pytest
 
 import gemma_runtime
-from gemma_export.export import export
+from conftest import CONFORMANCE_MAX_SEQ_LEN
 from gemma_export.frontend.onnx_ops import DOMAIN
-from gemma_export.passes.context import ExportOptions
-from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
-from tiny import CONFIGS, hf_model
+from tiny import CONFIGS
 
 NAMES = list(CONFIGS)
-MAX_SEQ_LEN = 64
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ort_cpu")
-    for name in NAMES:
-        export(tiny_checkpoints[name], root / name, ExportOptions(target="ort-cpu", max_seq_len=MAX_SEQ_LEN))
-    return {name: root / name for name in NAMES}
+def artifacts(target_artifacts):
+    return target_artifacts("ort-cpu")
 
 
 @pytest.fixture(scope="module")
 def models(artifacts):
     return {name: gemma_runtime.load(artifacts[name], threads=1) for name in NAMES}
-
-
-@pytest.fixture(scope="module")
-def references():
-    return {name: hf_model(name) for name in NAMES}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_whole_prompt_matches_transformers(name, models, references):
-    ids = prompt(1, 40)  # longer than the tiny sliding window (6)
-    assert_fp32_parity(models[name].logits(ids), hf_logits(references[name], ids))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_token_by_token_through_in_place_cache_matches_transformers(name, models, references):
-    ids = prompt(2, 30)
-    assert_fp32_parity(stepwise_logits(models[name], ids, prefill=5), hf_logits(references[name], ids)[4:])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_ragged_batch_generates_what_each_prompt_generates_alone(name, models):
-    model = models[name]
-    short, long = prompt(3, 7), prompt(4, 19)
-    alone = [model.generate(p, max_new_tokens=12).token_ids for p in (short, long)]
-    assert [r.token_ids for r in model.generate([short, long], max_new_tokens=12)] == alone
-    assert all(alone)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -70,6 +38,6 @@ def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     assert ops["Split"] == cfg["num_layers"] * (2 if cfg["family"] == "gemma3" else 1)
     assert not [n for n in graph.graph.node if n.domain == DOMAIN] and not graph.functions
     manifest = models[name].manifest
-    assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == MAX_SEQ_LEN
-    assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], MAX_SEQ_LEN, cfg["head_dim"])
+    assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == CONFORMANCE_MAX_SEQ_LEN
+    assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], CONFORMANCE_MAX_SEQ_LEN, cfg["head_dim"])
 
