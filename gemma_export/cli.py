@@ -115,7 +115,7 @@ def generate(
     from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
-    text = render([{"role": "user", "content": prompt}], model.manifest.family) if chat else prompt
+    text = render([{"role": "user", "content": prompt}], model.chat_format()) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
                               **_sampling(model, temperature, top_k, top_p)):
         typer.echo(piece, nl=False)
@@ -155,13 +155,13 @@ def chat(
             return
         history.append({"role": "user", "content": line.rstrip("\n")})
         prefix = [{"role": "system", "content": system}] if system else []
-        while len(model.tokenizer.encode(render(prefix + history, model.manifest.family))) > budget:
+        while len(model.tokenizer.encode(render(prefix + history, model.chat_format()))) > budget:
             if len(history) <= 1:
                 raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
             history = history[2:]  # drop the oldest user/model exchange, whole
             typer.echo("[context full: the oldest turn was dropped]", err=True)
         answer = []
-        for piece in model.stream(render(prefix + history, model.manifest.family), max_new_tokens=max_new_tokens,
+        for piece in model.stream(render(prefix + history, model.chat_format()), max_new_tokens=max_new_tokens,
                                   seed=seed, **sampling):
             answer.append(piece)
             typer.echo(piece, nl=False)

@@ -316,7 +316,7 @@ def _chat_prompt(service: Service, messages: Any) -> str:
     if service.model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        return render(flat, service.model.manifest.family)
+        return render(flat, service.model.chat_format())
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
 

@@ -72,7 +72,7 @@ def test_token_by_token_to_max_seq_len_matches_transformers(name, target, models
     for prefill in (3, 16):  # inside the first window; past two windows (a ring wrapped by the prefill)
         assert_fp32_parity(stepwise_logits(model, LONGEST, prefill), references[name].longest[prefill - 1:])
         with pytest.raises(RuntimeInputError, match="exceed this artifact's maximum length 50"):
-            model.backend.decode(np.asarray([LONGEST[0]]))  # the cache is full
+            model.backend.step([[LONGEST[0]]], [len(LONGEST)], [1])  # the cache is full
 
 
 @pytest.mark.parametrize("name,target", CASES)
