@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -22,6 +23,8 @@ from gemma_runtime.tokenizer import Tokenizer
 Prompt = Union[str, Sequence[int]]
 _ONE_PROMPT = (str, list, tuple, np.ndarray)  # what a batch's items are
 DEFAULT_MAX_NEW_TOKENS = 64
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -53,7 +56,10 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
-    return Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
+    model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
+    logger.info("loaded %s (target %s, format %d) on the %s backend: %s", folder, manifest.target,
+                manifest.format_version, backend, model.backend.capabilities)
+    return model
 
 
 def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, device: str) -> Backend:
