@@ -2,11 +2,12 @@
 token (the prefix-offset/read-offset technique): each new token decodes only the few tokens since
 the last complete piece, twice (with and without the new tokens), and the difference is the new
 text. A piece ending in U+FFFD (a character still being assembled from byte tokens) is held back
-until the character is whole. Stop strings are searched in the text not yet released, and a tail
-that could begin one is held back, so a stop string spanning tokens is found and never shown.
+until the character is whole. Stop strings are searched in the text not yet released, the held
+incomplete piece included (as in tokenizer.decode of the tokens so far), and a tail that could
+begin one is held back, so a stop string spanning tokens is found and never shown.
 
-The released text, once finish() is called, is tokenizer.decode(all tokens) cut before the first
-stop string. The window grows only across tokens that add no complete text (incomplete UTF-8,
+The released text, once finish() is called or a stop string found, is tokenizer.decode(the tokens
+added) cut before the first stop string. The window grows only across tokens that add no complete text (incomplete UTF-8,
 pieces that decode to nothing), a few tokens in any real text.
 """
 
@@ -38,7 +39,7 @@ class Detokenizer:
         if self.stopped:
             return ""
         new = self._new_text()
-        if not new or new.endswith(INCOMPLETE):
+        if not new or new.endswith(INCOMPLETE) and not any(s in self._pending + new for s in self.stops):
             return ""
         self._take(new)
         return self._release(final=False)

@@ -1,7 +1,8 @@
 """The incremental detokenizer (gemma_runtime/detokenizer.py): on many random token sequences of
 the tiny and the real tokenizer (byte-fallback tokens of multi-byte UTF-8, whole and cut short;
 stop strings spanning tokens), the text released token by token is only ever extended, never
-revised, and in the end equals tokenizer.decode(all tokens) cut before the first stop string."""
+revised, and in the end equals tokenizer.decode(the tokens fed) cut before the first stop string
+(a generation ends at the token that completes a stop string)."""
 
 import numpy as np
 import pytest
@@ -54,14 +55,18 @@ def cut(text: str, stops: list[str]) -> str:
 
 def check(tokenizer: Tokenizer, ids: list[int], stops: list[str]) -> None:
     detokenizer = Detokenizer(tokenizer, stops)
-    expected = cut(tokenizer.decode(ids), stops)
-    released = ""
-    for token in ids:
-        released += detokenizer.add(token)
-        assert expected.startswith(released), (ids, stops)
-    released += detokenizer.finish()
-    assert released == detokenizer.text == expected, (ids, stops)
-    assert detokenizer.stopped == any(s in tokenizer.decode(ids) for s in stops)
+    released, fed = [], 0
+    while fed < len(ids) and not detokenizer.stopped:
+        released.append(detokenizer.add(ids[fed]))
+        fed += 1
+    released.append(detokenizer.finish())
+    whole = tokenizer.decode(ids[:fed])
+    expected = cut(whole, stops)
+    assert "".join(released) == detokenizer.text == expected, (ids, stops)
+    for n in range(len(released)):  # only ever extended
+        assert expected.startswith("".join(released[:n])), (ids, stops)
+    assert detokenizer.stopped == any(s in whole for s in stops)
+    assert fed == len(ids) or detokenizer.stopped and not any(s in tokenizer.decode(ids[:fed - 1]) for s in stops)
 
 
 @pytest.mark.parametrize("which", ["tiny_sentencepiece", "real_sentencepiece"])
@@ -101,3 +106,10 @@ def test_a_stop_string_spanning_tokens_is_never_shown(tiny_sentencepiece):
     assert pieces == ["a", "", "", ""] and detokenizer.stopped and detokenizer.finish() == ""
     assert detokenizer.text == "a"
 
+
+
+def test_a_stop_string_of_incomplete_characters_stops_at_once(tiny_sentencepiece):
+    """As tokenizer.decode shows them: dangling bytes are U+FFFD, which a stop string may hold."""
+    detokenizer = Detokenizer(tiny_sentencepiece, ["\ufffd\ufffd"])
+    lone = tiny_sentencepiece.token_id("<0x80>")  # a continuation byte with no lead: never completes
+    assert [detokenizer.add(lone) for _ in range(2)] == ["", ""] and detokenizer.stopped
