@@ -173,7 +173,7 @@ def _specs(d: dict) -> dict[str, TensorSpec]:
 
 
 def _graphs(data: dict) -> dict[str, Graph]:
-    if data["format_version"] < 4:  # one decoder graph, its interface at the top level
+    if data["format_version"] < 4 and "graphs" not in data:  # one decoder graph, its interface at the top level
         files = data.get("files")
         data_file = DATA_FILE if files is None or DATA_FILE in files else None
         return {DECODER: Graph(DECODER, MODEL_FILE, data_file, _specs(data["inputs"]), _specs(data["outputs"]))}
