@@ -4,7 +4,6 @@ by token through each cache up to max_seq_len (the onnx target's window-sized ri
 times), greedy generation that fills the context ends with finish_reason "length", and one token
 more is refused."""
 
-import numpy as np
 import pytest
 
 import gemma_runtime
