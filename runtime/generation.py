@@ -46,8 +46,11 @@ class Generation:
         return piece
 
     def finish(self, reason: str) -> str:
-        """Ends it; the text held back so far (none when cancelled or failed)."""
-        self.finish_reason = reason
+        """Ends it; the text held back so far (none when cancelled or failed). A stop string found
+        in that text makes the reason "stop"."""
         if reason in ("cancelled", "error") or self._text is None:
+            self.finish_reason = reason
             return ""
-        return self._text.finish()
+        piece = self._text.finish()
+        self.finish_reason = "stop" if self._text.stopped else reason
+        return piece

@@ -167,6 +167,7 @@ def test_cache_is_allocated_once_per_batch_size_and_bound_in_both_profiles(artif
 def test_the_engine_runs_on_the_trt_backend(artifact, fake_gpu):
     """Continuous batching over TensorRT: every call runs the reserved rows (no row views)."""
     model = gemma_runtime.load(artifact, backend="trt")
+    assert type(model.backend).__mro__[1:] == (object,)  # a sibling of the onnxruntime backends
     assert model.backend.capabilities == Capabilities(keeps_rows=True, row_views=False, devices=("cuda",),
                                                       max_batch=ENGINE["max_batch"])
     short, long = prompt(3, 7), prompt(4, 19)
