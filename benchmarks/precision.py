@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import WORK, bench_python, peer, source_folder  # noqa: E402
 
 import gemma_runtime  # noqa: E402
-from gemma_export.bench import format_table, measure  # noqa: E402
+from gemma_export.bench import OneSequence, format_table, measure  # noqa: E402
 from gemma_export.export import export  # noqa: E402
 from gemma_export.passes.context import ExportOptions  # noqa: E402
 from gemma_export.validate import compare, prompt_ids  # noqa: E402
@@ -97,9 +97,10 @@ def long_prompt_finite(artifact: Path) -> bool:
     cfg = model.manifest.config
     ids = [model.manifest.tokens.bos] + np.random.default_rng(0).integers(4, cfg["vocab_size"],
                                                                                 LONG_PROMPT - 1).tolist()
-    logits = [model.backend.prefill([ids])]
+    sequence = OneSequence(model.backend)
+    logits = [sequence.prefill(ids)]
     for _ in range(8):
-        logits.append(model.backend.decode(np.array([int(logits[-1][0].argmax())])))
+        logits.append(sequence.decode(int(logits[-1].argmax())))
     return bool(all(np.isfinite(x).all() for x in logits))
 
 
@@ -212,10 +213,11 @@ def profile_decode(artifact: Path, steps: int = 32) -> dict:
         ort_inplace.create_session = original
     cfg = model.manifest.config
     ids = [model.manifest.tokens.bos] + np.random.default_rng(1).integers(4, cfg["vocab_size"], 127).tolist()
-    token = int(model.backend.prefill([ids])[0].argmax())
+    sequence = OneSequence(model.backend)
+    token = int(sequence.prefill(ids).argmax())
     t = time.perf_counter()
     for _ in range(steps):
-        token = int(model.backend.decode(np.array([token]))[0].argmax())
+        token = int(sequence.decode(token).argmax())
     wall_ms = (time.perf_counter() - t) * 1e3 / steps
     trace = json.loads(Path(model.backend.session.end_profiling()).read_text())
     # events are relative to the session's start; keep the decode steps (the last `steps` runs)

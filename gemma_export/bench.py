@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gemma_export.errors import GemmaExportError
+from gemma_runtime.backends.protocol import Backend
 
 SEED = 1234
 FIRST_ORDINARY_ID = 4  # skip pad, eos, bos, unk
@@ -39,6 +40,24 @@ def random_prompt(n: int, vocab_size: int, bos: int, seed: int = SEED) -> list[i
     """BOS then n - 1 random ordinary ids (the same ids for every engine given the same seed)."""
     rng = np.random.default_rng(seed)
     return [bos] + rng.integers(FIRST_ORDINARY_ID, vocab_size, n - 1).tolist()
+
+
+class OneSequence:
+    """One sequence through a backend's step call: the prompt, then one token at a time."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.past = backend, 0
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """[vocab] logits of the prompt's last token, in a new cache row."""
+        self.backend.reserve(1)
+        self.past = len(ids)
+        return self.backend.step([ids], [0], [len(ids)])[0, 0]
+
+    def decode(self, token: int) -> np.ndarray:
+        logits = self.backend.step([[token]], [self.past], [1])[0, 0]
+        self.past += 1
+        return logits
 
 
 def time_generation(prefill: Prefill, decode: Decode, prompt: list[int], new_tokens: int,
@@ -98,10 +117,8 @@ def measure_here(artifact: Path, prompt_tokens: int = 128, new_tokens: int = 128
         raise RuntimeInputError(f"{prompt_tokens} + {new_tokens} tokens exceed the artifact's maximum "
                                 f"sequence length {model.max_seq_len}")
     prompt = random_prompt(prompt_tokens, manifest.config["vocab_size"], manifest.tokens.bos)
-    be = model.backend
-    result = time_generation(lambda ids: be.prefill([ids])[0],
-                             lambda token: be.decode(np.array([token], np.int64))[0],
-                             prompt, new_tokens, repeats)
+    sequence = OneSequence(model.backend)
+    result = time_generation(sequence.prefill, sequence.decode, prompt, new_tokens, repeats)
     return {"artifact": str(artifact), "target": manifest.target, "dtype": manifest.dtype,
             "quant": manifest.quant["method"], "backend": backend or manifest.execution.backends[0], "threads": threads,
             "load_s": load_s, **result, "peak_rss_mib": peak_rss_mib()}

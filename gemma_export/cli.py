@@ -115,7 +115,7 @@ def generate(
     from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
-    text = render([{"role": "user", "content": prompt}], model.manifest.family) if chat else prompt
+    text = render([{"role": "user", "content": prompt}], model.chat_format()) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
                               **_sampling(model, temperature, top_k, top_p)):
         typer.echo(piece, nl=False)
@@ -155,13 +155,13 @@ def chat(
             return
         history.append({"role": "user", "content": line.rstrip("\n")})
         prefix = [{"role": "system", "content": system}] if system else []
-        while len(model.tokenizer.encode(render(prefix + history, model.manifest.family))) > budget:
+        while len(model.tokenizer.encode(render(prefix + history, model.chat_format()))) > budget:
             if len(history) <= 1:
                 raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
             history = history[2:]  # drop the oldest user/model exchange, whole
             typer.echo("[context full: the oldest turn was dropped]", err=True)
         answer = []
-        for piece in model.stream(render(prefix + history, model.manifest.family), max_new_tokens=max_new_tokens,
+        for piece in model.stream(render(prefix + history, model.chat_format()), max_new_tokens=max_new_tokens,
                                   seed=seed, **sampling):
             answer.append(piece)
             typer.echo(piece, nl=False)
@@ -301,6 +301,7 @@ def serve(
     ray: bool = typer.Option(False, "--ray", help="deploy as Ray Serve replicas (RAY_ADDRESS's cluster, else a "
                              "local Ray) behind Ray's HTTP proxy"),
     replicas: int = typer.Option(1, help="Ray Serve replicas (with --ray)"),
+    log_level: str = typer.Option("warning", help="what the runtime and uvicorn log: debug, info, warning or error"),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
     with continuous batching."""
@@ -308,6 +309,10 @@ def serve(
         raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
     if replicas != 1 and not ray:
         raise GemmaExportError("--replicas needs --ray")
+    from gemma_runtime.logs import LOG_LEVELS
+
+    if log_level not in LOG_LEVELS:
+        raise GemmaExportError(f"--log-level {log_level!r}: one of {', '.join(LOG_LEVELS)}")
     if not (artifact / "manifest.json").is_file():
         raise GemmaExportError(f"{artifact}: not an artifact folder (no manifest.json)")
     extra = "ray" if ray else "serve"
@@ -323,9 +328,9 @@ def serve(
     typer.echo(f"serving {artifact} on http://{host}:{port} (max batch {max_batch}"
                + (f", {replicas} Ray Serve replicas" if ray else "") + ")", err=True)
     if ray:
-        run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads)
+        run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads, log_level)
     else:
-        run_server(artifact, host, port, max_batch, max_queue, threads)
+        run_server(artifact, host, port, max_batch, max_queue, threads, log_level)
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ def describe(folder: Path | str) -> str:
         f"target {manifest.target} (backends {', '.join(manifest.execution.backends)}; devices "
         f"{', '.join(manifest.execution.devices)}), dtype {manifest.dtype}, quant {manifest.quant['method']}",
         "", "inputs:"]
-    lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.inputs.items() if k not in caches]
-    lines += ["outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.outputs.items()
+    lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.inputs.items() if k not in caches]
+    lines += ["outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.outputs.items()
                              if k not in caches]
     cache = f"KV cache ({kv.update}, max {kv.max_seq_len} positions): {len(kv.buffers)} buffers"
     if kv.update == "inplace":

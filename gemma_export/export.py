@@ -21,9 +21,10 @@ from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import cache_tensors
-from gemma_runtime.chat import EXTRA_STOP_PIECES, TURN_MARKERS
-from gemma_runtime.interface import BATCH, CacheTensor
-from gemma_runtime.manifest import FORMAT_VERSION, Execution, KVCache, Manifest, TensorSpec, Tokens, write_manifest
+from gemma_export.chat_formats import CHAT_FORMATS, EXTRA_STOP_PIECES
+from gemma_runtime.interface import BATCH, DECODER, CacheTensor
+from gemma_runtime.manifest import (DATA_FILE, FORMAT_VERSION, MODEL_FILE, Execution, Graph, KVCache, Manifest,
+                                    TensorSpec, Tokens, write_manifest)
 from gemma_runtime.tokenizer import Tokenizer
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -118,8 +119,8 @@ def _special_tokens(source: Source, tokenizer: Tokenizer | None) -> Tokens:
         if tokenizer.vocab_size > cfg.vocab_size:
             raise CheckpointError(f"{source.description}: tokenizer has {tokenizer.vocab_size} pieces, "
                                   f"more than the model's vocabulary ({cfg.vocab_size})")
-        start_piece, end_piece = TURN_MARKERS[cfg.family]
-        start, end = tokenizer.token_id(start_piece), tokenizer.token_id(end_piece)
+        chat = CHAT_FORMATS[cfg.family]
+        start, end = tokenizer.token_id(chat.turn_start), tokenizer.token_id(chat.turn_end)
         extra = tuple(tokenizer.token_id(p) for p in EXTRA_STOP_PIECES.get(cfg.family, ()))
     stop = tuple(dict.fromkeys(t for t in (cfg.eos_token_id, end, *extra) if t is not None))
     return Tokens(bos=cfg.bos_token_id, eos=cfg.eos_token_id, pad=cfg.pad_token_id, start_of_turn=start,
@@ -153,8 +154,7 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         dtype=options.dtype,
         quant={"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
                "embeddings_quantized": ctx.quant_plan.get(EMBEDDING, "float") != "float"},
-        inputs=_specs(model.graph.inputs),
-        outputs=_specs(model.graph.outputs),
+        graphs={DECODER: Graph(DECODER, MODEL_FILE, DATA_FILE, _specs(model.graph.inputs), _specs(model.graph.outputs))},
         kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),
         execution=Execution(target.backends, target.devices),
         tokens=_special_tokens(source, tokenizer),
@@ -166,4 +166,5 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         multimodal=None if source.multimodal is None else {
             "model_type": source.multimodal.model_type, "skipped": list(source.multimodal.towers),
             "placeholder_ids": source.multimodal.placeholder_ids},
+        chat=CHAT_FORMATS[cfg.family],
     )

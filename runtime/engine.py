@@ -7,8 +7,11 @@ most the budget per step, never by its whole prefill); a finished or cancelled r
 slot at once. Each request keeps its own sampling settings, stop strings and random generator, so a
 seed gives the same text whatever else is in the batch.
 
-The backend must keep one cache row per slot across calls (`forward`): the in-place artifacts
-(targets ort-cpu, ort-cuda, onnx). Torch-free, like the rest of the runtime.
+The engine drives the backend's one step call (backends/protocol.py), which must keep each cache
+row across calls (capabilities.keeps_rows: the in-place artifacts, targets ort-cpu, ort-cuda, onnx,
+tensorrt); with row views a call costs only its rows, so prompt chunks run alone on their rows.
+Each request's sequence is a Generation, as in Model. A failed step ends every request in flight
+with an error event and is logged with its traceback. Torch-free, like the rest of the runtime.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -24,8 +28,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
-from gemma_runtime.model import Model, _cut_at_stop, _safe_length, new_token_budget
+from gemma_runtime.generation import Generation
+from gemma_runtime.model import Model, new_token_budget
 from gemma_runtime.sampling import Sampler
+
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeInputError):
@@ -48,15 +55,21 @@ class Request:
     on_event: Callable[[Event], None] | None = None  # called from the engine's thread
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
     # filled in by the engine
-    tokens: list[int] = dataclasses.field(default_factory=list)
-    text: str = ""
+    generation: Generation | None = None  # made when admitted (max_new_tokens may change until then)
     finish_reason: str | None = None
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token_s: float | None = None  # time to first token
     cancelled: bool = False
     events: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # when on_event is None
     _fed: int = 0  # prompt tokens already in the cache
-    _sent: int = 0  # characters of text already emitted
+
+    @property
+    def tokens(self) -> list[int]:
+        return [] if self.generation is None else self.generation.tokens
+
+    @property
+    def text(self) -> str:
+        return "" if self.generation is None else self.generation.text
 
     def cancel(self) -> None:
         """Thread-safe: the engine frees the slot at its next step."""
@@ -91,17 +104,17 @@ class Engine:
                  prefill_budget: int | None = None):
         """prefill_budget: prompt tokens fed per step in chunk calls (default one chunk: a step costs no more
         than before, and short prompts share it)."""
-        if not hasattr(model.backend, "reserve"):
-            raise RuntimeInputError("continuous batching needs an artifact with an in-place KV cache "
-                                    "(targets ort-cpu, ort-cuda, onnx) on the ort backend")
+        if not model.backend.capabilities.keeps_rows:
+            raise RuntimeInputError("continuous batching needs a backend that keeps each cache row across calls: "
+                                    "an artifact with an in-place KV cache (targets ort-cpu, ort-cuda, onnx, tensorrt)")
         prefill_budget = prefill_chunk if prefill_budget is None else prefill_budget
         if max_batch < 1 or prefill_chunk < 1 or prefill_budget < 1:
             raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")
         if model.engine is not None:
             raise RuntimeInputError("this model already belongs to another Engine")
+        model.backend.reserve(max_batch)  # refused beyond the backend's largest batch
         self.model = model
         model.engine = self
-        model.backend.reserve(max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue if max_queue is not None else 4 * max_batch
         self.prefill_chunk = prefill_chunk
@@ -121,7 +134,7 @@ class Engine:
                 stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
         once); max_new_tokens None fills the rest of the context."""
-        ids = self.model._encode(prompt)
+        ids = self.model.encode(prompt)
         room = self.max_seq_len - len(ids)
         if room < 1:
             raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
@@ -167,6 +180,7 @@ class Engine:
             try:
                 self.step()
             except Exception as e:  # a failed call ends every request in flight, not the server
+                logger.exception("engine step failed; ending the %d requests in flight", self.active)
                 for r, request in enumerate(self.slots):
                     if request is not None:
                         self._finish(r, "error")
@@ -190,7 +204,7 @@ class Engine:
         busy = [r for r, q in enumerate(self.slots) if q is not None]
         if not busy:
             return False
-        if getattr(self.model.backend, "views", None) is None:
+        if not self.model.backend.capabilities.row_views:
             self._call(0, 1 + max(busy), self.prefill_chunk)
             return True
         prefilling = sorted((r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)),
@@ -226,7 +240,7 @@ class Engine:
             ids[i, :len(p)] = p
         seq = np.asarray([len(p) for p in pieces], np.int64)
         past = np.where([q is not None for q in slots], self.past[start:stop], 0)
-        logits = self.model.backend.forward(ids, past, seq, start)
+        logits = self.model.backend.step(ids, past, seq, first_row=start)[:, 0]
         self.metrics.steps += 1
         for i, request in enumerate(slots):
             if request is None:
@@ -250,39 +264,32 @@ class Engine:
                         request.finish_reason = "cancelled"
                         request.emit(Event("", None, "cancelled"))
                         continue
+                    request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
+                                                    self.model.tokenizer, request.stop)
                     self.slots[r] = request
                     self.past[r] = 0
 
     def _advance(self, r: int, request: Request, logits: np.ndarray) -> None:
-        token = request.sampler(logits)
         if request.first_token_s is None:
             request.first_token_s = time.perf_counter() - request.submitted
             self.metrics.ttft_sum_s += request.first_token_s
             self.metrics.ttft_count += 1
-        if token in self.model.stop_ids:
-            self._finish(r, "stop")
-            return
-        request.tokens.append(token)
-        self.metrics.generated_tokens += 1
-        cut = False
-        if self.model.tokenizer is not None:
-            request.text, cut = _cut_at_stop(self.model.tokenizer.decode(request.tokens), request.stop)
-        if cut:
-            self._finish(r, "stop")
-        elif len(request.tokens) >= request.max_new_tokens or self.past[r] >= self.max_seq_len:
-            self._finish(r, "length")
+        generation = request.generation
+        before = len(generation.tokens)
+        piece = generation.advance(logits, room=self.past[r] < self.max_seq_len)
+        self.metrics.generated_tokens += len(generation.tokens) - before
+        if generation.finish_reason is not None:
+            self._finish(r, generation.finish_reason, piece)
         else:
-            ready = _safe_length(request.text, request.stop)
-            piece = request.text[request._sent: ready] if ready > request._sent else ""
-            request._sent = max(request._sent, ready)
-            request.emit(Event(piece, token, None))
+            request.emit(Event(piece, generation.tokens[-1], None))
 
-    def _finish(self, r: int, reason: str) -> None:
-        """Frees the slot; the last event carries the text held back so far (none when cancelled)."""
+    def _finish(self, r: int, reason: str, piece: str = "") -> None:
+        """Frees the slot; the last event carries the text held back so far (none when cancelled or
+        failed: the error event follows)."""
         request = self.slots[r]
         self.slots[r] = None
-        piece = "" if reason in ("cancelled", "error") else request.text[request._sent:]
-        request._sent = len(request.text)
+        if request.generation.finish_reason is None:  # cancelled or failed by the engine
+            request.generation.finish(reason)
         request.finish_reason = reason
         self.metrics.finished += 1
         if reason != "error":

@@ -39,12 +39,15 @@ A decoder that takes media (images, audio) has two more inputs: an encoder's out
 input_ids each replaces (`spliced_columns`, [batch, spliced] int64, -1 for an unused row). The
 decoder embeds input_ids as usual and then overwrites column spliced_columns[b, i] of row b with
 spliced_embeds[b, i]; the token id in such a column is the model's placeholder and is not looked
-up. A decoder without these inputs takes token ids alone.
+up. A call that splices nothing feeds spliced = 0 ([batch, 0, hidden] and [batch, 0]). A decoder
+without these inputs takes token ids alone. The runtime passes a step one Splice (or None) per row
+and builds these two inputs with spliced_feeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -157,3 +160,24 @@ def concat_feeds(ids: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> di
     """A growing-cache decoder call's inputs, before its past caches."""
     return {INPUT_IDS: np.ascontiguousarray(ids, np.int64), POSITION_IDS: np.ascontiguousarray(positions, np.int64),
             ATTENTION_MASK: np.ascontiguousarray(mask, np.int64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Splice:
+    """Embeddings that replace some columns of one row of a step's input_ids."""
+
+    columns: np.ndarray  # [n] int64: columns of the row's ids in this call
+    embeds: np.ndarray  # [n, hidden]
+
+
+def spliced_feeds(splices: Sequence[Splice | None], hidden: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """A media decoder's SPLICED_EMBEDS and SPLICED_COLUMNS for one Splice (or None) per row,
+    padded to the most columns any row splices with unused entries (column -1, zero embeds)."""
+    n = max((len(s.columns) for s in splices if s is not None), default=0)
+    embeds = np.zeros((len(splices), n, hidden), dtype)
+    columns = np.full((len(splices), n), -1, np.int64)
+    for row, splice in enumerate(splices):
+        if splice is not None:
+            embeds[row, :len(splice.columns)] = splice.embeds
+            columns[row, :len(splice.columns)] = splice.columns
+    return {SPLICED_EMBEDS: embeds, SPLICED_COLUMNS: columns}

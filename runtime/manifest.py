@@ -4,8 +4,12 @@ The exporter writes it (Manifest.to_json) and the runtime reads it (read_manifes
 use these classes, so a field is named in one place. Format version 2 lists the KV cache as
 buffers: each with its graph names, shape, dtype, layout and the layers that write and read it.
 The backends allocate and bind exactly these buffers; nothing counts layers to find caches.
-Format version 3 adds the size and sha256 of each file the export wrote (`files`); this runtime
-reads versions 2 and 3 (a version 2 manifest has no `files`).
+Format version 3 adds the size and sha256 of each file the export wrote (`files`). Format
+version 4 makes an artifact a set of named graphs (`graphs`: each with its role, files, inputs
+and outputs; today one, "decoder") in place of the top-level `inputs`/`outputs`, and records the
+chat format (`chat`). The KV cache (`kv_cache`) is the decoder's. This runtime reads versions 2 to
+4: a version 2 or 3 manifest is read as one decoder graph (model.onnx) with no chat format (the
+runtime recovers it from the tokenizer's turn pieces; see chat.py).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gemma_runtime.errors import RuntimeInputError
-from gemma_runtime.interface import CacheTensor
+from gemma_runtime.interface import DECODER, ROLES, CacheTensor
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
@@ -31,6 +35,30 @@ CACHE_UPDATES = ("concat", "inplace")  # present = past + new (a new tensor), or
 class TensorSpec:
     dtype: str
     shape: tuple[int | str, ...]  # a str is a symbolic dim ("batch", "seq", ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """One graph of the artifact: what it is for (interface.ROLES), its files, its interface."""
+
+    role: str
+    file: str
+    data_file: str | None  # its external weights, if any
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+SYSTEM_PLACEMENTS = ("first_user_turn",)  # Gemma has no system role: the prompt opens the first user turn
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """How a conversation is written as text: every turn is `{turn_start}{role}\n{text}{turn_end}\n`."""
+
+    turn_start: str
+    turn_end: str
+    model_role: str  # the role name of the model's turns ("assistant" messages)
+    system: str  # see SYSTEM_PLACEMENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +103,7 @@ class Manifest:
     target: str
     dtype: str
     quant: dict[str, Any]
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
+    graphs: dict[str, Graph]  # name -> graph; the KV cache below is the decoder's
     kv_cache: KVCache
     execution: Execution
     tokens: Tokens
@@ -92,6 +119,11 @@ class Manifest:
     multimodal: dict[str, Any] | None = None
     # file name -> what the export wrote (model, weights, tokenizer; not manifest.json itself)
     files: dict[str, FileDigest] = dataclasses.field(default_factory=dict)
+    chat: ChatFormat | None = None  # None in manifests before version 4
+
+    @property
+    def decoder(self) -> Graph:
+        return next(g for g in self.graphs.values() if g.role == DECODER)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,31 +137,48 @@ class Manifest:
             hint = " (written by an older gemma-export: export it again with this version)" \
                 if isinstance(version, int) and version < READABLE_VERSIONS[0] else ""
             raise RuntimeInputError(f"{where}: format_version {version!r} is not supported by this runtime "
-                                    f"(it reads {' and '.join(map(str, READABLE_VERSIONS))}){hint}")
+                                    f"(it reads {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}){hint}")
         try:
             kv = data["kv_cache"]
-            fields = {
-                **data,
-                "inputs": _specs(data["inputs"]),
-                "outputs": _specs(data["outputs"]),
+            fields = {k: v for k, v in data.items() if k not in ("inputs", "outputs")}
+            fields.update({
+                "graphs": _graphs(data),
                 "kv_cache": KVCache(kv["update"], int(kv["max_seq_len"]),
                                     tuple(_buffer(b) for b in kv["buffers"])),
                 "execution": Execution(tuple(data["execution"]["backends"]), tuple(data["execution"]["devices"])),
                 "tokens": Tokens(**{**data["tokens"], "stop": tuple(data["tokens"].get("stop", ()))}),
                 "engines": tuple(data.get("engines", ())),
                 "files": _files(data.get("files", {})),
-            }
+                "chat": None if data.get("chat") is None else ChatFormat(**data["chat"]),
+            })
             manifest = cls(**fields)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise RuntimeInputError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
         if manifest.kv_cache.update not in CACHE_UPDATES:
             raise RuntimeInputError(f"{where}: KV-cache update {manifest.kv_cache.update!r} is not supported "
                                     f"(supported: {', '.join(CACHE_UPDATES)})")
+        roles = [g.role for g in manifest.graphs.values()]
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown or roles.count(DECODER) != 1:
+            raise RuntimeInputError(f"{where}: graphs with roles {roles} (an artifact has one {DECODER}, and roles "
+                                    f"among {', '.join(ROLES)})")
+        if manifest.chat is not None and manifest.chat.system not in SYSTEM_PLACEMENTS:
+            raise RuntimeInputError(f"{where}: chat system placement {manifest.chat.system!r} is not supported "
+                                    f"(supported: {', '.join(SYSTEM_PLACEMENTS)})")
         return manifest
 
 
 def _specs(d: dict) -> dict[str, TensorSpec]:
     return {name: TensorSpec(spec["dtype"], tuple(spec["shape"])) for name, spec in d.items()}
+
+
+def _graphs(data: dict) -> dict[str, Graph]:
+    if data["format_version"] < 4 and "graphs" not in data:  # one decoder graph, its interface at the top level
+        files = data.get("files")
+        data_file = DATA_FILE if files is None or DATA_FILE in files else None
+        return {DECODER: Graph(DECODER, MODEL_FILE, data_file, _specs(data["inputs"]), _specs(data["outputs"]))}
+    return {name: Graph(g["role"], g["file"], g["data_file"], _specs(g["inputs"]), _specs(g["outputs"]))
+            for name, g in data["graphs"].items()}
 
 
 def _files(d: dict) -> dict[str, FileDigest]:

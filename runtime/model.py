@@ -1,23 +1,30 @@
-"""A loaded artifact: logits, generate and stream over a backend that owns the KV cache."""
+"""A loaded artifact: logits, generate and stream, each driving its backend's one step call
+(backends/protocol.py) over cache rows it reserves; each generating row is a Generation."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from gemma_runtime.manifest import Manifest, read_manifest
+from gemma_runtime.backends.protocol import Backend
+from gemma_runtime.chat import chat_format
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
+from gemma_runtime.generation import Generation
+from gemma_runtime.manifest import ChatFormat, Manifest, read_manifest
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
 _ONE_PROMPT = (str, list, tuple, np.ndarray)  # what a batch's items are
 DEFAULT_MAX_NEW_TOKENS = 64
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -49,10 +56,13 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
-    return Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
+    model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
+    logger.info("loaded %s (target %s, format %d) on the %s backend: %s", folder, manifest.target,
+                manifest.format_version, backend, model.backend.capabilities)
+    return model
 
 
-def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, device: str):
+def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, device: str) -> Backend:
     if name == "trt":
         from gemma_runtime.backends.trt import TrtBackend
         return TrtBackend(folder, manifest, threads)
@@ -76,7 +86,7 @@ class Model:
     A Model handed to an Engine belongs to it (the engine drives the same cache rows): its own
     calls then raise RuntimeInputError."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend, tokenizer: Tokenizer | None):
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, tokenizer: Tokenizer | None):
         self.folder = folder
         self.manifest = manifest
         self.backend = backend
@@ -91,12 +101,18 @@ class Model:
         self._holder: int | None = None  # the thread that holds the lock
         self.engine = None  # the Engine that owns the backend, if any
 
+    def chat_format(self) -> ChatFormat:
+        """How a conversation is written for this model (chat.render); RuntimeInputError if unknown."""
+        return chat_format(self.manifest, self.tokenizer)
+
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits at every position, ids used as given."""
         ids = self._check_ids(ids)
+        n = len(ids)
         with self._exclusive():
-            return np.array(self.backend.teacher_forced(ids), dtype=np.float32)
+            self.backend.reserve(1)
+            return self.backend.step(np.asarray([ids]), np.zeros(1), np.asarray([n]), np.arange(n)[None])[0]
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int | None = None,
@@ -105,20 +121,11 @@ class Model:
                  ) -> GenerationResult | list[GenerationResult]:
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched = self._prompts(prompt)
-        budget = self._budget(prompts, max_new_tokens)
-        generated = [[] for _ in prompts]
-        reasons: list[str | None] = [None] * len(prompts)
+        rows = self._generations(prompts, max_new_tokens, sampler, stop or ())
         with self._exclusive():
-            for row, token, reason in self._decode(prompts, budget, sampler, stop or ()):
-                if token is not None:
-                    generated[row].append(token)
-                if reason is not None:
-                    reasons[row] = reason
-        results = []
-        for ids, reason, p in zip(generated, reasons, prompts):
-            text = self._text(ids)
-            text, cut = _cut_at_stop(text, stop or ())
-            results.append(GenerationResult(ids, text, "stop" if cut else reason, len(p)))
+            for _ in self._run(prompts, rows):
+                pass
+        results = [GenerationResult(g.tokens, g.text, g.finish_reason, len(p)) for g, p in zip(rows, prompts)]
         return results if batched else results[0]
 
     def stream(self, prompt: Prompt, max_new_tokens: int | None = None, temperature: float = 0.0,
@@ -131,27 +138,48 @@ class Model:
         if batched:
             raise RuntimeInputError("stream takes one prompt")
         self._require_tokenizer()
-        return self._stream(prompts, self._budget(prompts, max_new_tokens), sampler, tuple(stop or ()))
+        return self._stream(prompts, self._generations(prompts, max_new_tokens, sampler, stop or ()))
 
-    def _stream(self, prompts: list[list[int]], budget: int, sampler: Sampler, stops: tuple[str, ...]) -> Iterator[str]:
+    def _stream(self, prompts: list[list[int]], rows: list[Generation]) -> Iterator[str]:
         with self._exclusive():
-            ids: list[int] = []
-            sent = 0
-            for _, token, _ in self._decode(prompts, budget, sampler, stops):
-                if token is None:
-                    continue
-                ids.append(token)
-                text = self.tokenizer.decode(ids)
-                text, cut = _cut_at_stop(text, stops)
-                ready = len(text) if cut else _safe_length(text, stops)
-                if ready > sent:
-                    yield text[sent:ready]
-                    sent = ready
-                if cut:
-                    return
-            text = self.tokenizer.decode(ids)
-            if len(text) > sent:
-                yield text[sent:]
+            for _, piece in self._run(prompts, rows):
+                if piece:
+                    yield piece
+
+    def _generations(self, prompts: list[list[int]], max_new_tokens: int | None, sampler: Sampler,
+                     stops: Sequence[str]) -> list[Generation]:
+        """One Generation per prompt, all drawing from one sampler (row order, step by step)."""
+        longest = max(len(p) for p in prompts)
+        budget = new_token_budget(longest, self.max_seq_len, max_new_tokens, DEFAULT_MAX_NEW_TOKENS,
+                                  "longest prompt" if len(prompts) > 1 else "prompt")
+        return [Generation(sampler, self.stop_ids, budget, self.tokenizer, stops) for _ in prompts]
+
+    def _run(self, prompts: list[list[int]], rows: list[Generation]) -> Iterator[tuple[int, str]]:
+        """Steps every row until all have finished; yields (row, text piece) as each advances. A
+        finished row is fed pad tokens until the others finish."""
+        if rows[0].max_new_tokens == 0:
+            for g in rows:
+                g.finish("length")
+            return
+        n = len(prompts)
+        past = np.asarray([len(p) for p in prompts], np.int64)
+        ids = np.full((n, past.max()), self.pad_id, np.int64)
+        for r, p in enumerate(prompts):
+            ids[r, :len(p)] = p
+        self.backend.reserve(n)
+        logits = self.backend.step(ids, np.zeros(n, np.int64), past)[:, 0]
+        while True:
+            next_ids = np.full((n, 1), self.pad_id, np.int64)
+            for r, g in enumerate(rows):
+                if g.finish_reason is None:
+                    piece = g.advance(logits[r])
+                    if g.finish_reason is None:
+                        next_ids[r] = g.tokens[-1]
+                    yield r, piece
+            if all(g.finish_reason is not None for g in rows):
+                return
+            logits = self.backend.step(next_ids, past, np.ones(n, np.int64))[:, 0]
+            past += 1
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -169,42 +197,6 @@ class Model:
             finally:
                 self._holder = None
 
-    def _budget(self, prompts: list[list[int]], max_new_tokens: int | None) -> int:
-        """The tokens to generate after the prompts (see the class docstring for the rule)."""
-        longest = max(len(p) for p in prompts)
-        return new_token_budget(longest, self.max_seq_len, max_new_tokens, DEFAULT_MAX_NEW_TOKENS,
-                                "longest prompt" if len(prompts) > 1 else "prompt")
-
-    def _decode(self, prompts: list[list[int]], budget: int, sampler: Sampler, stops: Sequence[str]):
-        """Yields (row, token or None, finish reason or None) as rows advance, budget tokens at most."""
-        batch = len(prompts)
-        done = [False] * batch
-        texts = [[] for _ in prompts]
-        logits = self.backend.prefill(prompts) if budget > 0 else None
-        for step in range(budget):
-            next_ids = np.full(batch, self.pad_id, np.int64)
-            for r in range(batch):
-                if done[r]:
-                    continue
-                token = sampler(logits[r])
-                if token in self.stop_ids:
-                    done[r] = True
-                    yield r, None, "stop"
-                    continue
-                next_ids[r] = token
-                yield r, token, None
-                if stops:
-                    texts[r].append(token)
-                    if _cut_at_stop(self._text(texts[r]), stops)[1]:
-                        done[r] = True
-                        yield r, None, "stop"
-            if all(done) or step == budget - 1:
-                break
-            logits = self.backend.decode(next_ids)
-        for r in range(batch):
-            if not done[r]:
-                yield r, None, "length"
-
     # -- input handling -------------------------------------------------------------------
     def _prompts(self, prompt) -> tuple[list[list[int]], bool]:
         """The prompt(s) as checked token ids, and whether a batch (a list of prompts) was given."""
@@ -215,10 +207,11 @@ class Model:
             if odd is not None:
                 raise RuntimeInputError(f"a list mixes prompts (text or lists of token ids) with {odd!r} "
                                         f"({type(odd).__name__}); token ids must all be integers")
-            return [self._encode(p) for p in prompt], True
-        return [self._encode(prompt)], False
+            return [self.encode(p) for p in prompt], True
+        return [self.encode(prompt)], False
 
-    def _encode(self, prompt: Prompt) -> list[int]:
+    def encode(self, prompt: Prompt) -> list[int]:
+        """One prompt as checked token ids: text tokenized (BOS once), or ids checked."""
         if isinstance(prompt, str):
             if not prompt:
                 raise RuntimeInputError("empty prompt text")
@@ -259,9 +252,6 @@ class Model:
         if self.tokenizer is None:
             raise RuntimeInputError(f"{self.folder}: the artifact has no tokenizer.model; pass token ids")
 
-    def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids) if self.tokenizer else ""
-
 
 def new_token_budget(longest: int, max_seq_len: int, max_new_tokens: int | None, default: int,
                      which: str = "prompt") -> int:
@@ -279,21 +269,3 @@ def new_token_budget(longest: int, max_seq_len: int, max_new_tokens: int | None,
                                     f"exceed this artifact's context of {max_seq_len} tokens")
     return int(max_new_tokens)
 
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def _safe_length(text: str, stops: Sequence[str]) -> int:
-    """How much of text can be shown: no trailing replacement char (a character still being
-    assembled from byte tokens) and no tail that could begin a stop string."""
-    n = len(text)
-    while n and text[n - 1] == "\ufffd":
-        n -= 1
-    for s in stops:
-        for k in range(min(len(s) - 1, n), 0, -1):
-            if text[:n].endswith(s[:k]):
-                n -= k
-                break
-    return n

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request as HttpRequest
 from ray import serve
 
+from gemma_runtime.logs import configure_logging
 from gemma_runtime.server import (Service, completion_response, health_response, metrics_response,
                                   models_response)
 
@@ -26,9 +27,11 @@ api = FastAPI(title="gemma-export", docs_url=None, redoc_url=None)
 @serve.deployment
 @serve.ingress(api)
 class GemmaReplica:
-    def __init__(self, artifact: str, max_batch: int = 8, max_queue: int | None = None, threads: int | None = None):
+    def __init__(self, artifact: str, max_batch: int = 8, max_queue: int | None = None, threads: int | None = None,
+                 log_level: str = "warning"):
         import ray
 
+        configure_logging(log_level)
         context = serve.get_replica_context()
         node = ray.get_runtime_context().get_node_id()[:12]
         self.service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads,
@@ -56,7 +59,7 @@ class GemmaReplica:
 
 
 def run(artifact: str, host: str, port: int, replicas: int, max_batch: int, max_queue: int | None,
-        threads: int | None) -> None:
+        threads: int | None, log_level: str = "warning") -> None:
     """`gemma-export serve --ray`: connects to RAY_ADDRESS's cluster (else starts Ray on this machine),
     deploys the replicas behind Ray's HTTP proxy on host:port, and blocks until interrupted."""
     import time
@@ -66,7 +69,7 @@ def run(artifact: str, host: str, port: int, replicas: int, max_batch: int, max_
     ray.init(log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app({"artifact": artifact, "replicas": replicas, "max_batch": max_batch, "max_queue": max_queue,
-                   "threads": threads}), name="gemma-export", route_prefix="/")
+                   "threads": threads, "log_level": log_level}), name="gemma-export", route_prefix="/")
     try:
         while True:
             time.sleep(3600)
@@ -76,7 +79,7 @@ def run(artifact: str, host: str, port: int, replicas: int, max_batch: int, max_
 
 def app(args: dict[str, Any]):
     """The application `serve run gemma_runtime.ray_serve:app artifact=OUT [replicas=N] [max_batch=N]
-    [max_queue=N] [threads=N] [cpus=N]` builds."""
+    [max_queue=N] [threads=N] [cpus=N] [log_level=LEVEL]` builds."""
     if "artifact" not in args:
         raise ValueError("pass artifact=OUT (the artifact folder, at the same path on every node)")
     integer = lambda key: None if args.get(key) is None else int(args[key])  # noqa: E731
@@ -84,4 +87,5 @@ def app(args: dict[str, Any]):
         num_replicas=integer("replicas") or 1,
         ray_actor_options={"num_cpus": float(args.get("cpus", 1))},
         max_ongoing_requests=4 * (integer("max_batch") or 8) + 8,
-    ).bind(str(args["artifact"]), integer("max_batch") or 8, integer("max_queue"), integer("threads"))
+    ).bind(str(args["artifact"]), integer("max_batch") or 8, integer("max_queue"), integer("threads"),
+           str(args.get("log_level", "warning")))

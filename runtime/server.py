@@ -8,6 +8,10 @@ error shape with a 4xx and a message naming the field: {"error": {"message", "ty
 A client that disconnects mid-stream cancels its request; the engine frees the slot at its next
 step. Every response names the process that served it in `x-gemma-replica`.
 
+Errors are logged (logger gemma_runtime.server): a 4xx at info (429 at warning), a 5xx at error; a
+failed generation's traceback is logged by the engine. `serve(log_level=...)` sets the level of the
+gemma_runtime loggers and of uvicorn's.
+
 `Service` holds what one replica needs (the model, the engine, its name); the handlers take it,
 so the standalone app (`create_app`) and the Ray Serve deployment (gemma_runtime/ray_serve.py)
 share them.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -31,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from gemma_runtime.chat import render
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
+from gemma_runtime.logs import configure_logging
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
 UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
@@ -39,6 +45,8 @@ UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
     "response_format": None, "audio": None, "modalities": None, "prediction": None,
 }
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -240,8 +248,9 @@ async def stream(service: Service, request: Request, queue: asyncio.Queue, shape
         yield chunk(None, None, first=True)
     async for event in events(request, queue):
         if event.finish_reason == "error":
-            error = ApiError(500, "generation failed: " + event.text, kind="server_error").body()
-            yield f"data: {json.dumps(error)}\n\n"
+            error = ApiError(500, "generation failed: " + event.text, kind="server_error")
+            log_error(error)
+            yield f"data: {json.dumps(error.body())}\n\n"
             return
         if event.text:
             yield chunk(event.text, None)
@@ -316,7 +325,7 @@ def _chat_prompt(service: Service, messages: Any) -> str:
     if service.model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        return render(flat, service.model.manifest.family)
+        return render(flat, service.model.chat_format())
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
 
@@ -328,7 +337,13 @@ def _headers(service: Service) -> dict[str, str]:
     return {"x-gemma-replica": service.replica}
 
 
+def log_error(e: ApiError) -> None:
+    level = logging.ERROR if e.status >= 500 else logging.WARNING if e.status == 429 else logging.INFO
+    logger.log(level, "%d %s: %s", e.status, e.code or e.kind, e.message)
+
+
 def error_response(service: Service, e: ApiError) -> JSONResponse:
+    log_error(e)
     return JSONResponse(e.body(), status_code=e.status, headers=_headers(service))
 
 
@@ -408,8 +423,9 @@ async def _json_body(http) -> Any:
 
 
 def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
-          max_queue: int | None = None, threads: int | None = None) -> None:
+          max_queue: int | None = None, threads: int | None = None, log_level: str = "warning") -> None:
     import uvicorn
 
+    configure_logging(log_level)
     service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)

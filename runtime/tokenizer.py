@@ -52,6 +52,10 @@ class Tokenizer:
         i = self._sp.piece_to_id(piece)
         return None if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i) else i
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary's piece for an id, as written in the tokenizer file."""
+        return self._hf.id_to_token(token_id) if self._hf is not None else self._sp.id_to_piece(token_id)
+
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self._hf.encode(text, add_special_tokens=False).ids if self._hf is not None else self._sp.encode(text)
         return [self.bos_id, *ids] if add_bos else list(ids)

@@ -33,7 +33,8 @@ def prompt(seed: int, length: int, vocab: int = 384) -> list[int]:
 def stepwise_logits(model, ids: list[int], prefill: int) -> np.ndarray:
     """Logits of positions prefill-1 .. len-1: prefill, then one token at a time through the cache."""
     backend = model.backend
-    out = [backend.prefill([ids[:prefill]])]
+    backend.reserve(1)
+    out = [backend.step([ids[:prefill]], [0], [prefill])[:, 0]]
     for t in range(prefill, len(ids)):
-        out.append(backend.decode(np.asarray([ids[t]])))
+        out.append(backend.step([[ids[t]]], [t], [1])[:, 0])
     return np.concatenate(out, axis=0)

@@ -40,6 +40,6 @@ def test_gemma1_chat_and_stop_tokens(tiny_checkpoints, tmp_path):
     assert model.manifest.tokens.start_of_turn == 106
     assert model.manifest.tokens.end_of_turn == 107
     assert model.stop_ids == {1, 107}
-    ids = model.tokenizer.encode(render([{"role": "user", "content": "hi"}]))
+    ids = model.tokenizer.encode(render([{"role": "user", "content": "hi"}], model.chat_format()))
     assert ids[:2] == [2, 106] and 107 in ids
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (folder / "tokenizer.model").read_bytes()

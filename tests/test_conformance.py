@@ -109,13 +109,13 @@ def test_greedy_tokens_equal_transformers_generate(target, name, models, referen
 def test_the_graph_has_the_interface_its_manifest_lists(target, name, target_artifacts, models):
     folder = target_artifacts(target)[name]
     manifest = models(target, name).manifest
-    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    graph = onnx.load(folder / manifest.decoder.file, load_external_data=False).graph
     inputs = [i.name for i in graph.input]
     caches = [c.input_name for c in manifest.kv_cache.buffers]
     fixed = interface.TRACED_INPUTS if manifest.kv_cache.update == "concat" else interface.INPLACE_INPUTS
     assert sorted(inputs) == sorted([*fixed, *caches])  # logits_index comes after the caches
     assert [o.name for o in graph.output] == [interface.LOGITS, *(c.output_name for c in manifest.kv_cache.buffers)]
-    assert list(manifest.inputs) == inputs
+    assert list(manifest.decoder.inputs) == inputs
     for cache in manifest.kv_cache.buffers:
-        assert manifest.inputs[cache.input_name].shape == cache.shape
+        assert manifest.decoder.inputs[cache.input_name].shape == cache.shape
         assert (cache.layout == "concat") == (target == "generic")

@@ -2,14 +2,16 @@
 torch), its chat turns are <|turn>role ... <turn|>, and generation stops at eos, <turn|> and
 <|tool_response>, ids taken from the tokenizer."""
 
+import dataclasses
 import json
 
 import pytest
 
 import gemma_runtime
+from gemma_export.chat_formats import CHAT_FORMATS
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
-from gemma_runtime.chat import render
+from gemma_runtime.chat import chat_format, render
 from tiny import write_checkpoint
 
 SPECIALS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<|tool_response>": 50, "<|turn>": 105, "<turn|>": 106}
@@ -49,7 +51,8 @@ def test_text_is_encoded_with_one_bos(model):
 
 
 def test_gemma4_chat_turns(model):
-    text = render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}], "gemma4")
+    text = render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+                  model.chat_format())
     assert text == "<|turn>user\nbe brief\n\nhello<turn|>\n<|turn>model\n"
     ids = model.tokenizer.encode(text)
     assert ids[:3] == [2, 105, 200] and ids.count(2) == 1 and ids[-2:] == [105, 201]
@@ -75,15 +78,19 @@ class _Scripted:
         logits[:, next(self.tokens)] = 1.0
         return logits
 
-    def prefill(self, prompts):
-        return self._next(len(prompts))
+    def reserve(self, rows):
+        pass
 
-    def decode(self, tokens):
-        return self._next(len(tokens))
+    def step(self, ids, past, seq, keep=None, first_row=0, spliced=None):
+        return self._next(len(ids))[:, None]
 
 
-def test_chat_format_of_the_earlier_families_is_unchanged():
-    assert render([{"role": "user", "content": "hi"}], "gemma3") == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+def test_chat_format_of_the_earlier_families_is_unchanged(model):
+    assert render([{"role": "user", "content": "hi"}], CHAT_FORMATS["gemma3"]) == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    assert model.manifest.chat == CHAT_FORMATS["gemma4"]
+    older = dataclasses.replace(model.manifest, format_version=3, chat=None)
+    assert chat_format(older, model.tokenizer) == CHAT_FORMATS["gemma4"]  # from the tokenizer's turn pieces
+    no_turns = dataclasses.replace(older, tokens=dataclasses.replace(older.tokens, start_of_turn=None))
     with pytest.raises(gemma_runtime.RuntimeInputError, match="no chat format"):
-        render([{"role": "user", "content": "hi"}], "llama")
+        chat_format(no_turns, model.tokenizer)
     assert json.loads(tokenizer_json())["model"]["type"] == "WordLevel"

@@ -4,7 +4,6 @@ by token through each cache up to max_seq_len (the onnx target's window-sized ri
 times), greedy generation that fills the context ends with finish_reason "length", and one token
 more is refused."""
 
-import numpy as np
 import pytest
 
 import gemma_runtime
@@ -72,7 +71,7 @@ def test_token_by_token_to_max_seq_len_matches_transformers(name, target, models
     for prefill in (3, 16):  # inside the first window; past two windows (a ring wrapped by the prefill)
         assert_fp32_parity(stepwise_logits(model, LONGEST, prefill), references[name].longest[prefill - 1:])
         with pytest.raises(RuntimeInputError, match="exceed this artifact's maximum length 50"):
-            model.backend.decode(np.asarray([LONGEST[0]]))  # the cache is full
+            model.backend.step([[LONGEST[0]]], [len(LONGEST)], [1])  # the cache is full
 
 
 @pytest.mark.parametrize("name,target", CASES)

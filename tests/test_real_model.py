@@ -67,7 +67,7 @@ def test_chat_tokens_come_from_the_tokenizer(real_artifact):
     assert model.manifest.tokens == Tokens(bos=2, eos=1, pad=0, start_of_turn=105, end_of_turn=106, stop=(1, 106))
     assert model.stop_ids == {1, 106}
     from gemma_runtime.chat import render
-    text = render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    text = render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], model.chat_format())
     assert text == "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
     ids = model.tokenizer.encode(text)
     assert ids[:2] == [2, 105] and ids.count(106) == 1 and ids[-3] == 105

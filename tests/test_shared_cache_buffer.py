@@ -7,9 +7,9 @@ import onnx
 from onnx import TensorProto, helper
 
 import gemma_runtime
-from gemma_runtime.interface import CacheTensor
-from gemma_runtime.manifest import (FORMAT_VERSION, MODEL_FILE, Execution, KVCache, Manifest, TensorSpec, Tokens,
-                                    write_manifest)
+from gemma_runtime.interface import DECODER, CacheTensor
+from gemma_runtime.manifest import (FORMAT_VERSION, MODEL_FILE, Execution, Graph, KVCache, Manifest, TensorSpec,
+                                    Tokens, write_manifest)
 
 LENGTH = 8  # the buffer's positions
 
@@ -57,7 +57,7 @@ def _artifact(folder):
     specs = {"input_ids": TensorSpec("int64", ("batch", "seq"))}
     write_manifest(folder, Manifest(
         format_version=FORMAT_VERSION, producer="test", family="gemma", config={"vocab_size": 2},
-        target="onnx", dtype="fp32", quant={"method": "none"}, inputs=specs, outputs={},
+        target="onnx", dtype="fp32", quant={"method": "none"}, graphs={DECODER: Graph(DECODER, MODEL_FILE, None, specs, {})},
         kv_cache=KVCache("inplace", LENGTH, (buffer,)), execution=Execution(("ort",), ("cpu",)),
         tokens=Tokens(bos=2, eos=9, pad=0), generation_config=None, passes=[], report={}, sources={}, source="test"))
     return folder
@@ -66,10 +66,11 @@ def _artifact(folder):
 def test_two_layers_reading_one_buffer_bind_it_once(tmp_path):
     model = gemma_runtime.load(_artifact(tmp_path / "shared"), threads=1)
     backend = model.backend
-    np.testing.assert_array_equal(backend.prefill([[3, 1, 4]]), [[8, 4]])
-    assert len(backend.cache) == 1  # one OrtValue for the one buffer, read by both layers
-    pointer = backend.cache[0].data_ptr()
-    np.testing.assert_array_equal(backend.decode(np.asarray([5])), [[13, 5]])  # the buffer kept its ids
-    np.testing.assert_array_equal(backend.decode(np.asarray([2])), [[15, 5]])
-    assert backend.cache[0].data_ptr() == pointer
+    backend.reserve(1)
+    np.testing.assert_array_equal(backend.step([[3, 1, 4]], [0], [3])[:, 0], [[8, 4]])
+    assert len(backend.cache) == 1  # one array for the one buffer, read by both layers
+    pointer = backend.cache[0].ctypes.data
+    np.testing.assert_array_equal(backend.step([[5]], [3], [1])[:, 0], [[13, 5]])  # the buffer kept its ids
+    np.testing.assert_array_equal(backend.step([[2]], [4], [1])[:, 0], [[15, 5]])
+    assert backend.cache[0].ctypes.data == pointer
     assert model.manifest.kv_cache.buffers[0].read_by == (0, 1)

@@ -39,5 +39,6 @@ def test_graph_is_fused_onnxruntime_ops(name, artifacts, models):
     assert not [n for n in graph.graph.node if n.domain == DOMAIN] and not graph.functions
     manifest = models[name].manifest
     assert manifest.kv_cache.update == "inplace" and manifest.kv_cache.max_seq_len == CONFORMANCE_MAX_SEQ_LEN
-    assert manifest.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], CONFORMANCE_MAX_SEQ_LEN, cfg["head_dim"])
+    assert manifest.decoder.inputs["past_key.0"].shape == ("batch", cfg["num_kv_heads"], CONFORMANCE_MAX_SEQ_LEN,
+                                                           cfg["head_dim"])
 

@@ -15,6 +15,7 @@ import tensorrt_rtx  # the [tensorrt] extra; CI installs it: these tests fail lo
 
 import gemma_runtime
 from cli_util import cli
+from gemma_export.bench import OneSequence
 from gemma_export.emit import tensorrt_engine
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
@@ -243,11 +244,12 @@ def test_engine_fp16_agrees_with_onnxruntime(engines):
 @gpu
 def test_engine_decodes_faster_than_onnxruntime_on_the_cpu(engines):
     def decode_seconds(model, steps=48):
-        model.backend.prefill([prompt(5, 8)])
-        model.backend.decode(np.asarray([3]))  # warm-up
+        sequence = OneSequence(model.backend)
+        sequence.prefill(prompt(5, 8))
+        sequence.decode(3)  # warm-up
         start = time.perf_counter()
         for _ in range(steps):
-            model.backend.decode(np.asarray([3]))
+            sequence.decode(3)
         return (time.perf_counter() - start) / steps
 
     ort_model, trt_model = engines["gemma3"]

@@ -16,7 +16,10 @@ import gemma_runtime
 from gemma_export.export import export
 from gemma_export.passes.context import ExportOptions
 from gemma_runtime.backends import cuda_driver, trt
+from gemma_runtime.backends.protocol import Capabilities
+from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.interface import PAST_LENGTHS
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import hf_model
 
@@ -143,16 +146,39 @@ def test_prefill_and_decode_through_the_bound_cache_match_transformers(artifact,
 
 def test_cache_is_allocated_once_per_batch_size_and_bound_in_both_profiles(artifact, fake_gpu):
     backend = gemma_runtime.load(artifact, backend="trt").backend
-    backend.prefill([prompt(5, 9), prompt(6, 3)])
+    backend.reserve(2)
+    ids = np.zeros((2, 9), np.int64)
+    ids[0], ids[1, :3] = prompt(5, 9), prompt(6, 3)
+    backend.step(ids, [0, 0], [9, 3])
     pointers = [buffer.ptr for buffer in backend.cache]
+    past = np.asarray([9, 3])
     for token in (7, 8, 9):
-        backend.decode(np.asarray([token, token]))
+        backend.step([[token], [token]], past, [1, 1])
+        past += 1
+    backend.reserve(2)  # the same rows: kept
     assert [buffer.ptr for buffer in backend.cache] == pointers
     for context in fake_gpu[0].contexts:
         assert [context.addresses[f"present_{name}"] for name in backend.cache_names] == pointers
-    np.testing.assert_array_equal(backend.lengths, [12, 6])
+    np.testing.assert_array_equal(MEMORY[backend.feeds[PAST_LENGTHS].ptr][:16].view(np.int64), [11, 5])
     with pytest.raises(RuntimeInputError, match="batch 3 is larger than this engine's maximum"):
-        backend.prefill([[2, 5]] * 3)
+        backend.reserve(3)
+
+
+def test_the_engine_runs_on_the_trt_backend(artifact, fake_gpu):
+    """Continuous batching over TensorRT: every call runs the reserved rows (no row views)."""
+    model = gemma_runtime.load(artifact, backend="trt")
+    assert type(model.backend).__mro__[1:] == (object,)  # a sibling of the onnxruntime backends
+    assert model.backend.capabilities == Capabilities(keeps_rows=True, row_views=False, devices=("cuda",),
+                                                      max_batch=ENGINE["max_batch"])
+    short, long = prompt(3, 7), prompt(4, 19)
+    alone = [model.generate(p, max_new_tokens=6).token_ids for p in (short, long)]
+    engine = Engine(gemma_runtime.load(artifact, backend="trt"), max_batch=2, prefill_chunk=8)
+    requests = [engine.submit(engine.request(p, max_new_tokens=6)) for p in (short, long)]
+    while engine.step():
+        continue
+    assert [r.tokens for r in requests] == alone and all(r.finish_reason == "length" for r in requests)
+    with pytest.raises(RuntimeInputError, match="batch 3 is larger than this engine's maximum"):
+        Engine(gemma_runtime.load(artifact, backend="trt"), max_batch=3)
 
 
 def test_ragged_batch_generates_what_each_prompt_generates_alone(artifact, fake_gpu):

@@ -64,7 +64,7 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     allow_decomposed_attention(trt, network)
 
     config = builder.create_builder_config()
-    for profile in _profiles(builder, network, manifest.inputs, max_batch, opt_seq_len, max_seq_len):
+    for profile in _profiles(builder, network, manifest.decoder.inputs, max_batch, opt_seq_len, max_seq_len):
         config.add_optimization_profile(profile)
     stem = f"model.{library}.sm{capability.replace('.', '')}"
     timing = None

@@ -1,12 +1,13 @@
 """TensorRT engines of `tensorrt`-target artifacts (built by `gemma-export build-engine`, listed in
 manifest.engines), run with `tensorrt` or `tensorrt_rtx`, whichever built the engine.
 
-The graph interface is the in-place one of runtime/backends/ort_inplace.py, and so are prefill,
-decode and teacher_forced (inherited); this class only moves the tensors: one device buffer per
-cache tensor, bound once as both past_{name} and present_{name} (TensorRT updates the cache in
-place), fixed-size device buffers for the int64 inputs, a logits buffer that grows on demand.
-The engine has two optimization profiles: 0 for prefill (any width), 1 for decode (width 1); each
-has its own execution context, both bound to the same cache.
+The graph interface is interface.py's in-place one, and the backend implements the step protocol
+(backends/protocol.py) beside the onnxruntime backends: one device buffer per cache tensor, bound
+once as both past_{name} and present_{name} (TensorRT updates the cache in place), fixed-size device
+buffers for the int64 inputs, a logits buffer that grows on demand. A call runs every reserved row
+(idle ones padded): no row views. The engine has two optimization profiles: 0 for prefill (any
+width), 1 for decode (width 1, one logit row); each has its own execution context, both bound to
+the same cache.
 
 Nothing here touches a TensorRT runtime before a CUDA device has been found: without one they
 fail (tensorrt) or crash the process (tensorrt_rtx) on engine load.
@@ -19,17 +20,19 @@ import importlib.util
 import weakref
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import numpy as np
 
 from gemma_runtime.backends import cuda_driver
-from gemma_runtime.backends.ort_inplace import OrtInplaceBackend
+from gemma_runtime.backends.protocol import (Capabilities, MediaInputs, check_length, check_reserve, check_rows,
+                                             pad_rows, step_arrays)
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.interface import INPLACE_INPUTS, LOGITS, SPLICED_EMBEDS, Splice, inplace_feeds
 from gemma_runtime.manifest import Manifest
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 PREFILL_PROFILE, DECODE_PROFILE = 0, 1
-FEEDS = ("input_ids", "position_ids", "past_lengths", "seq_lengths", "logits_index")
 RUNTIME_CACHE_SUFFIX = ".runtime-cache"  # tensorrt_rtx: kernels compiled on this GPU at first load
 
 
@@ -59,8 +62,10 @@ def error_log(trt: ModuleType):
     return ErrorLog()
 
 
-class TrtBackend(OrtInplaceBackend):
+class TrtBackend:
     def __init__(self, folder: Path, manifest: Manifest, threads: int | None):
+        if MediaInputs(manifest).declared:
+            raise RuntimeInputError(f"{folder}: the trt backend does not feed {SPLICED_EMBEDS} yet; use the ort backend")
         entry, trt = _engine_entry(folder, manifest)
         cuda_driver.use_primary_context()
         self.log = error_log(trt)
@@ -79,64 +84,61 @@ class TrtBackend(OrtInplaceBackend):
             context.set_optimization_profile_async(index, self.stream.handle)
 
         self.max_seq_len = manifest.kv_cache.max_seq_len
-        self.max_batch = int(entry["max_batch"])
+        max_batch = int(entry["max_batch"])
+        self.capabilities = Capabilities(keeps_rows=True, row_views=False, devices=("cuda",), max_batch=max_batch)
         self.pad_id = manifest.tokens.pad
         self.vocab = manifest.config["vocab_size"]
         self.buffers = manifest.kv_cache.buffers
         self.cache_names = [b.name for b in self.buffers]
         self.cache_itemsize = [np.dtype(trt.nptype(self.engine.get_tensor_dtype(b.input_name))).itemsize
                                for b in self.buffers]
-        self.logits_dtype = trt.nptype(self.engine.get_tensor_dtype("logits"))
+        self.logits_dtype = trt.nptype(self.engine.get_tensor_dtype(LOGITS))
         self.cache: list[cuda_driver.Buffer] = []
-        self.cache_batch = 0
-        self.lengths = np.zeros(0, np.int64)
-        self.feeds = {name: cuda_driver.Buffer(self.max_batch * self.max_seq_len * 8) for name in FEEDS}
+        self.reserved = 0
+        self.feeds = {name: cuda_driver.Buffer(max_batch * self.max_seq_len * 8) for name in INPLACE_INPUTS}
         self.logits = cuda_driver.Buffer(0)
         for context in self.contexts:
             for name, buffer in self.feeds.items():
                 context.set_tensor_address(name, buffer.ptr)
 
-    def _allocate(self, batch: int) -> None:
-        """Zeroed cache buffers for this batch size, each bound as both past and present."""
-        if batch > self.max_batch:
-            raise RuntimeInputError(f"batch {batch} is larger than this engine's maximum ({self.max_batch}); "
-                                    "rebuild it with gemma-export build-engine --max-batch")
-        if self.cache_batch == batch:
+    def reserve(self, rows: int) -> None:
+        """Zeroed cache buffers for this many rows, each bound as both past and present."""
+        check_reserve(rows, self.capabilities.max_batch, "; rebuild it with gemma-export build-engine --max-batch")
+        if self.reserved == rows:
             return
-        self.cache = [cuda_driver.Buffer(batch * int(np.prod(b.shape[1:])) * itemsize)
+        self.cache = [cuda_driver.Buffer(rows * int(np.prod(b.shape[1:])) * itemsize)
                       for b, itemsize in zip(self.buffers, self.cache_itemsize)]
-        self.cache_batch = batch
+        self.reserved = rows
         for context in self.contexts:
             for b, buffer in zip(self.buffers, self.cache):
-                context.set_input_shape(b.input_name, (batch, *b.shape[1:]))
+                context.set_input_shape(b.input_name, (rows, *b.shape[1:]))
                 context.set_tensor_address(b.input_name, buffer.ptr)
                 context.set_tensor_address(b.output_name, buffer.ptr)
 
-    def _decode_step(self, ids: np.ndarray) -> np.ndarray:
-        batch = len(ids)
-        return self._run(ids, self.lengths, np.ones(batch, np.int64), np.zeros((batch, 1), np.int64))[:, 0]
-
-    def _run(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        batch, width = ids.shape
-        if int((past + width).max()) > self.max_seq_len:
-            raise RuntimeInputError(f"the sequence would exceed this artifact's maximum length {self.max_seq_len}")
+    def step(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray | None = None,
+             first_row: int = 0, spliced: Sequence[Splice | None] | None = None) -> np.ndarray:
+        ids, past, seq, keep = step_arrays(ids, past, seq, keep)
+        rows, width = ids.shape
+        check_rows(first_row, rows, self.reserved)
+        if first_row:
+            raise RuntimeInputError("the trt backend runs every reserved row (no row views): first_row must be 0")
+        if spliced is not None and any(s is not None for s in spliced):
+            raise RuntimeInputError(f"this artifact's decoder has no {SPLICED_EMBEDS} input: it cannot splice embeddings")
+        check_length(past, width, self.max_seq_len)
+        ids, past, seq, keep = pad_rows(self.reserved, ids, past, seq, keep, self.pad_id)
         context = self.contexts[DECODE_PROFILE if width == 1 and keep.shape[1] == 1 else PREFILL_PROFILE]
-        feeds = {"input_ids": ids, "position_ids": past[:, None] + np.arange(width, dtype=np.int64),
-                 "past_lengths": past, "seq_lengths": seq, "logits_index": keep}
-        for name, array in feeds.items():
-            array = np.ascontiguousarray(array, np.int64)
+        for name, array in inplace_feeds(ids, past, seq, keep).items():
             self.feeds[name].upload(array)
             context.set_input_shape(name, array.shape)
-        out = np.empty((batch, keep.shape[1], self.vocab), self.logits_dtype)
+        out = np.empty((self.reserved, keep.shape[1], self.vocab), self.logits_dtype)
         if out.nbytes > self.logits.nbytes:
             self.logits = cuda_driver.Buffer(out.nbytes)
         for c in self.contexts:
-            c.set_tensor_address("logits", self.logits.ptr)
+            c.set_tensor_address(LOGITS, self.logits.ptr)
         if not context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT could not run the engine ({'; '.join(self.log.errors) or 'no reason given'})")
         self.stream.synchronize()
-        self.lengths = past + seq
-        return self.logits.download(out).astype(np.float32, copy=False)
+        return self.logits.download(out)[:rows].astype(np.float32)
 
 
 def _engine_entry(folder: Path, manifest: Manifest) -> tuple[dict, ModuleType]:

@@ -1,0 +1,56 @@
+"""One generating sequence, as Model and Engine both run it: the next token sampled from each
+step's logits, the stop ids, the stop strings, the length limit and the text (incrementally, see
+detokenizer.py)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from gemma_runtime.detokenizer import Detokenizer
+from gemma_runtime.sampling import Sampler
+from gemma_runtime.tokenizer import Tokenizer
+
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+
+
+class Generation:
+    def __init__(self, sampler: Sampler, stop_ids: set[int], max_new_tokens: int, tokenizer: Tokenizer | None,
+                 stops: Sequence[str] = ()):
+        """Without a tokenizer there is no text (and stop strings cannot match)."""
+        self.sampler = sampler
+        self.stop_ids = stop_ids
+        self.max_new_tokens = max_new_tokens
+        self.tokens: list[int] = []  # the stop id that ended it is not one of them
+        self.finish_reason: str | None = None  # see FINISH_REASONS
+        self._text = None if tokenizer is None else Detokenizer(tokenizer, stops)
+
+    @property
+    def text(self) -> str:
+        return "" if self._text is None else self._text.text
+
+    def advance(self, logits: np.ndarray, room: bool = True) -> str:
+        """Takes the next token from one row's logits; returns the text it makes certain, and all
+        the text held back when it ends the generation (finish_reason set). room: whether the
+        context has room for another token."""
+        token = self.sampler(logits)
+        if token in self.stop_ids:
+            return self.finish("stop")
+        self.tokens.append(token)
+        piece = "" if self._text is None else self._text.add(token)
+        if self._text is not None and self._text.stopped:
+            return piece + self.finish("stop")
+        if len(self.tokens) >= self.max_new_tokens or not room:
+            return piece + self.finish("length")
+        return piece
+
+    def finish(self, reason: str) -> str:
+        """Ends it; the text held back so far (none when cancelled or failed). A stop string found
+        in that text makes the reason "stop"."""
+        if reason in ("cancelled", "error") or self._text is None:
+            self.finish_reason = reason
+            return ""
+        piece = self._text.finish()
+        self.finish_reason = "stop" if self._text.stopped else reason
+        return piece

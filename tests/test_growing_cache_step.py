@@ -1,0 +1,59 @@
+"""The growing-cache backend (target generic) under the step protocol: it declares that it keeps
+no row apart, starts a new sequence in every row or continues them all together, refuses any
+other step in one line, and the Engine refuses it naming what it needs."""
+
+import numpy as np
+import pytest
+
+import gemma_runtime
+from gemma_export.export import export
+from gemma_export.passes.context import ExportOptions
+from gemma_runtime.backends.protocol import Capabilities
+from gemma_runtime.engine import Engine
+from gemma_runtime.errors import RuntimeInputError
+
+REFUSED = "the growing-cache backend .* keeps no row apart"
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("growing") / "gemma3"
+    export(tiny_checkpoints["gemma3"], out, ExportOptions(target="generic", max_seq_len=32))
+    return out
+
+
+def test_capabilities_and_the_engine_refusal(artifact):
+    model = gemma_runtime.load(artifact)
+    assert model.backend.capabilities == Capabilities(keeps_rows=False, row_views=False, devices=("cpu",),
+                                                      max_batch=None)
+    with pytest.raises(RuntimeInputError, match="continuous batching needs a backend that keeps each cache row "
+                                                r"across calls: an artifact with an in-place KV cache \(targets"):
+        Engine(model)
+    assert model.engine is None  # still usable directly
+    assert len(model.generate([2, 5, 6], max_new_tokens=2).token_ids) <= 2
+
+
+def test_new_sequences_then_all_rows_together(artifact):
+    model = gemma_runtime.load(artifact)
+    backend = model.backend
+    short, long = [2, 5, 6], [2, 7, 8, 9, 10]
+    backend.reserve(2)
+    ids = np.array([short + [0, 0], long])
+    first = backend.step(ids, [0, 0], [3, 5], keep=[[1, 2], [3, 4]])
+    np.testing.assert_allclose(first[0], model.logits(short)[1:3], rtol=1e-4, atol=1e-4)
+    backend.reserve(2)
+    backend.step(ids, [0, 0], [3, 5])
+    then = backend.step([[11], [12]], [3, 5], [1, 1])[:, 0]
+    np.testing.assert_allclose(then[1], model.logits(long + [12])[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_other_steps_are_refused_in_one_line(artifact):
+    backend = gemma_runtime.load(artifact).backend
+    backend.reserve(2)
+    backend.step([[2, 5], [2, 6]], [0, 0], [2, 2])
+    for args, kwargs in [(([[3, 4], [5, 0]], [2, 2], [2, 1]), {}),  # ragged continuation
+                         (([[3], [4]], [2, 1], [1, 1]), {}),  # a row behind the others
+                         (([[3]], [2], [1]), {"first_row": 1}),  # one row alone
+                         (([[3]], [0], [1]), {})]:  # a new sequence in some rows only
+        with pytest.raises(RuntimeInputError, match=REFUSED):
+            backend.step(*args, **kwargs)
