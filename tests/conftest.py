@@ -57,7 +57,7 @@ def precision_checkpoints(tmp_path_factory):
 def generic_artifacts(tiny_checkpoints, tmp_path_factory):
     """name -> generic-target artifact of each tiny checkpoint."""
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     root = tmp_path_factory.mktemp("artifacts")
     out = {}

@@ -10,7 +10,7 @@ import torch
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.describe import describe
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import GEMMA4_CONFIGS, hf_model, write_checkpoint
 

@@ -13,7 +13,7 @@ from cli_util import cli
 from gemma_export.checkpoints import open_source
 from gemma_export.errors import CheckpointError
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from parity import assert_fp32_parity, prompt, stepwise_logits
 from tiny import PLACEHOLDERS, hf_multimodal_model, write_multimodal_checkpoint
