@@ -182,3 +182,15 @@ def test_a_missing_requirement_and_a_graph_that_never_runs_again_are_errors(gemm
     twice = dataclasses.replace(onnx, passes=(*onnx.passes, "geglu"))
     with pytest.raises(PipelineOrderError, match="geglu is in the pipeline twice"):
         pipeline(twice, options("onnx"), gemma3)
+
+
+def test_the_manifest_and_dump_ir_list_the_passes_that_ran(tiny_checkpoints, tmp_path):
+    from gemma_export.export import export
+
+    manifest = export(tiny_checkpoints["gemma3"], tmp_path / "out", ExportOptions(max_seq_len=32),
+                      dump_ir=tmp_path / "ir")
+    ran = [p["name"] for p in manifest.passes]
+    assert ran == names(pipeline(TARGETS["ort-cpu"], options("ort-cpu"), open_source(tiny_checkpoints["gemma3"]).config))
+    assert not set(ran) & set(LOW_PRECISION) and all(p["rewrites"] > 0 for p in manifest.passes)
+    dumped = sorted(f.name for f in (tmp_path / "ir").iterdir())
+    assert dumped == ["00-traced.txt", *(f"{i:02d}-{name}.txt" for i, name in enumerate(ran, start=1))]

@@ -28,9 +28,9 @@ from gemma_export.tensors import mapped, numpy_dtype
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node
-from gemma_runtime.interface import LOGITS
 from gemma_export.targets import ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
+from gemma_runtime.interface import LOGITS
 
 NAME = "precision"
 LOW = {"fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}

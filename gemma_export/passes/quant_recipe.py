@@ -42,8 +42,7 @@ from gemma_export.tensors import StreamedTensor, flattened, untransposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import initializer_of
 from gemma_export.passes.tied_lm_head import EMBEDDING
-from gemma_export.targets import DEFAULT_BUDGET, SOURCE_HEADROOM
-from gemma_export.targets import ExportOptions, Target
+from gemma_export.targets import DEFAULT_BUDGET, SOURCE_HEADROOM, ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
 
 NAME = "quant_recipe"
