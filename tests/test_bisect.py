@@ -55,7 +55,8 @@ def test_a_clean_export_stays_within_tolerance_at_every_group(clean_walk, checkp
     assert [p.group for p in points] == [bisect.TRACED, *groups(checkpoint, OPTIONS)]
     assert clean_walk.finding is None
     ran = [p for p in points if p.status == "ok"]
-    assert {p.status for p in points} == {"ok", "unchanged"} and len(ran) >= 8
+    # every pass of the pipeline acts here, so no group leaves the graph unchanged
+    assert {p.status for p in points} == {"ok"} and len(ran) >= 8
     for point in ran:
         assert len(point.layers) == 3 and all(d is not None for d in point.layers)  # every layer output followed
         assert all(d.relative <= bisect.FP32_RELATIVE_TOLERANCE for d in [*point.layers, point.logits])
