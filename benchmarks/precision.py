@@ -40,7 +40,7 @@ from decode import WORK, bench_python, peer, source_folder  # noqa: E402
 import gemma_runtime  # noqa: E402
 from gemma_export.bench import OneSequence, format_table, measure  # noqa: E402
 from gemma_export.export import export  # noqa: E402
-from gemma_export.passes.context import ExportOptions  # noqa: E402
+from gemma_export.targets import ExportOptions  # noqa: E402
 from gemma_export.validate import compare, prompt_ids  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"

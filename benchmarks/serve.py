@@ -106,7 +106,7 @@ def load(url: str, model: str, clients: int, per_client: int, max_tokens: int) -
 
 def ours(precision: str, args) -> tuple[list[str], str]:
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     made = WORK / "precision" / "gemma3-270m" / precision  # benchmarks/precision.py's export, if there
     out = made if (made / "manifest.json").is_file() else WORK / "serve" / precision

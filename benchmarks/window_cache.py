@@ -25,7 +25,7 @@ import gemma_runtime
 from gemma_export.bench import format_table, measure
 from gemma_export.export import export
 from gemma_export import targets
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

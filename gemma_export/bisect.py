@@ -4,7 +4,7 @@ away from its reference, in which layer, at which node.
 The export of OUT is run again from SOURCE (a checkpoint) with the options OUT's manifest records
 (target, dtype, quantization, block size, calibration, cache length; a quantization recipe's
 choices are taken from the manifest, so the quantizers act as they did for OUT). After each
-runnable group of passes (Target.groups, gemma_export/targets.py: the graph runs after every pass
+runnable group of passes (passes/pipeline.py's runnable_groups: the graph runs after every pass
 but between inplace_cache_io and the attention lowering) the graph as it stands runs in onnxruntime
 on the CPU over one prompt (the first of validate's, through OUT's tokenizer; seeded random ids
 without one), and so does the traced graph before any pass. Each run's logits and the residual
@@ -62,10 +62,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NoKern
 
 from gemma_export import calibrate
 from gemma_export.errors import GemmaExportError
-from gemma_export.passes.context import ExportOptions
 from gemma_export.passes.ir_utils import MEANING_PREFIX
 from gemma_export.passes.tied_lm_head import EMBEDDING
-from gemma_export.targets import QUANTIZERS
+from gemma_export.targets import QUANTIZERS, ExportOptions
 from gemma_export.tensors import as_streamed
 from gemma_export.texts import PROMPTS
 from gemma_export.validate import FP32_RELATIVE_TOLERANCE, reference_prefill, token_ids
@@ -216,7 +215,7 @@ def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan:
     `plan`: the quantization recipe's choices to use instead of measuring them again."""
     from gemma_export import export as export_module
     from gemma_export.frontend.trace import bind_weights
-    from gemma_export.passes.pipeline import run_pipeline
+    from gemma_export.passes.pipeline import pipeline, run_pipeline, runnable_groups
 
     say = progress or (lambda what, done, total: None)
     cfg = source.config
@@ -226,8 +225,8 @@ def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan:
     model = export_module.trace(cfg)  # the export's own (tests cache it there)
     bind_weights(model, source.weights)
     ctx = export_module.pass_context(cfg, options, source.tokenizer(), source.weights)
-    walk = Walk(ids, logits, layers, options, _Runner(folder),
-                lambda done: say("checking groups", done, len(ctx.target.groups) + 1))
+    groups = runnable_groups(pipeline(ctx.target, ctx.options, ctx.config))
+    walk = Walk(ids, logits, layers, options, _Runner(folder), lambda done: say("checking groups", done, len(groups) + 1))
     walk.check_traced(model)
 
     def replay(name: str, rewrites: int) -> None:

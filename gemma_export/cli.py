@@ -10,8 +10,7 @@ from typing import Optional
 import typer
 
 from gemma_export.errors import GemmaExportError
-from gemma_export.passes.context import DEFAULT_BUDGET, DTYPES, SOURCE_HEADROOM
-from gemma_export.targets import DEFAULT_TARGET, TARGETS
+from gemma_export.targets import DEFAULT_BUDGET, DEFAULT_TARGET, DTYPES, SOURCE_HEADROOM, TARGETS
 
 BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
 DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
@@ -67,7 +66,7 @@ def export(
 ) -> None:
     """Export a checkpoint to an artifact folder."""
     from gemma_export.export import export as run_export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
                             keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size)

@@ -15,10 +15,10 @@ from gemma_export.checkpoints.base import Source, WeightSource
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
-from gemma_export.passes.context import DTYPES, QUANTS, ExportOptions, PassContext
+from gemma_export.passes.context import PassContext
 from gemma_export.passes.pipeline import run_pipeline
 from gemma_export.passes.tied_lm_head import EMBEDDING
-from gemma_export.targets import DEFAULT_TARGET, TARGETS
+from gemma_export.targets import DEFAULT_TARGET, DTYPES, QUANTS, TARGETS, ExportOptions
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import cache_tensors
 from gemma_export.chat_formats import CHAT_FORMATS, EXTRA_STOP_PIECES

@@ -1,40 +1,81 @@
 """The export targets, as data: each one's ordered pass list and the facts its passes and the
-runtime act on. Passes read these facts (ctx.target), never a target's name; the CLI's help, the
-manifest and the README's targets table derive from this table.
+runtime act on, beside the export options a target accepts. Passes read these facts
+(ctx.target), never a target's name; the CLI's help, the manifest and the README's targets table
+derive from this table.
 
-Low precision comes last in every pipeline, on whatever products, weights and kernels the
-fusions left (--calibrate, --quant, --dtype; each pass is a no-op at its default).
-
-Each target's passes also come in runnable groups (Target.groups): the graph runs in onnxruntime
-after every pass, except from a pass of UNRUNNABLE_UNTIL until one of the passes it names has run;
-`gemma-export validate --bisect` checks the graph after each group.
+A target's list names every pass it may run; gemma_export/passes/pipeline.py builds, for given
+options and config, the pipeline of the passes that will act (each pass module says when: `acts`)
+and checks the order against what each pass declares (AFTER, REQUIRES, UNRUNNABLE_UNTIL). Low
+precision comes last in every list, on whatever products, weights and kernels the fusions left
+(--calibrate, --quant, --dtype).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from types import ModuleType
 
-from gemma_export.passes.context import QUANTS, Target
+DTYPES = ("fp32", "fp16", "bf16")
+# int8 / int4: a recipe (passes/quant_recipe.py) that picks each weight's width by measured
+# sensitivity under a size budget, starting from that width; -uniform: every weight at that width;
+# source: a quantized GGUF's own blocks, float where their int8 activations hurt most within a budget;
+# source-uniform: every unit its own blocks.
+QUANTS = ("none", "int8", "int4", "int8-uniform", "int4-uniform", "source", "source-uniform")
+# The recipes' default budgets, as a fraction of the fp32 size of every weight (--max-size overrides
+# them); chosen on the real Gemma 3 270M, where they meet the README's fidelity goals.
+DEFAULT_BUDGET = {"int4": 0.30, "int8": 0.45}
+# --quant source's default budget: the all-source size plus this fraction, spent on float for the
+# units whose kernel input rounding (int8 activations) moves the output most.
+SOURCE_HEADROOM = 0.15
 
-# Passes by module name in gemma_export/passes/ (imported when a pipeline runs, so that reading
-# this table, as the CLI does for its help, costs nothing).
-# the passes that store weights quantized (--quant); precision lowers the float dtype (--dtype)
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One export target: the passes it may run, in order, and the facts they act on. Fields that
+    change a graph default to off."""
+
+    name: str
+    graph: str  # for people: what the graph is made of
+    kv_cache: str  # for people: the cache's form
+    runs_on: str  # for people
+    passes: tuple[str, ...]  # module names in gemma_export/passes/, in order
+    dtypes: tuple[str, ...] = DTYPES  # precisions it exports, the default first
+    quants: tuple[str, ...] = QUANTS
+    quantized_matmul: str | None = None  # a quantized product: "MatMulNBits" (com.microsoft) or "DequantizeLinear"
+    int4_zero_points: bool = True  # int4 blocks carry zero points
+    int8_activations: bool = False  # the CPU kernel rounds a quantized product's input to int8 (calibrate for it)
+    ring_caches: bool = False  # sliding-window layers keep a window-sized ring cache
+    bf16_compute: bool = False  # bf16 computed in bf16; else bf16 storage with fp32 compute (CPU kernels)
+    backends: tuple[str, ...] = ("ort",)  # runtime backends that run it, the default first
+    devices: tuple[str, ...] = ("cpu",)  # onnxruntime devices, the default first
+
+    def pass_modules(self) -> list[ModuleType]:
+        """Every pass of the list, whether or not it acts at given options (passes/pipeline.py picks those)."""
+        return [importlib.import_module(f"gemma_export.passes.{name}") for name in self.passes]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    target: str | None = None  # None: the default target (the first of TARGETS)
+    dtype: str | None = None  # None: the target's default
+    quant: str = "none"
+    block_size: int = 32
+    calibrate: bool = False
+    keep_embeddings_fp: bool = False
+    max_seq_len: int = 4096
+    max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
+
+    @property
+    def quant_bits(self) -> int | None:
+        """The width --quant starts every weight at (None: no quantization, or the source's own)."""
+        return {"int8": 8, "int8-uniform": 8, "int4": 4, "int4-uniform": 4}.get(self.quant)
+
+
+# The passes that store weights quantized (--quant), and with them those that lower the precision
+# (--calibrate, --dtype); each acts only when the options ask for it.
 QUANTIZERS = ("quantize_matmuls", "quantize_embedding", "quantize_lookups")
 LOW_PRECISION = ("activation_scaling", "quant_recipe", *QUANTIZERS, "precision")
-
-ORT_FUSED = (
-    "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
-    "attention_gqa", "constant_view_shapes", "rms_norm", "skip_rms_norm", "geglu", "pack_matmuls",
-    "drop_project_domain",
-    *LOW_PRECISION,
-)
-
-STANDARD_OPS = (
-    "set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
-    "rms_normalization", "rotary_embedding", "geglu", "attention_onnx",
-    "drop_project_domain",
-    *LOW_PRECISION,
-)
 
 # A GGUF's own blocks (--quant source) carry integer zero points and float offsets in MatMulNBits'
 # form; the DequantizeLinear targets quantize anew (TensorRT imports int4 only without zero points).
@@ -48,7 +89,12 @@ _TARGETS = (
               "SkipSimplifiedLayerNormalization, packed QKV and gate/up MatMuls",
         kv_cache="in place: one max-length buffer per layer bound as past and present",
         runs_on="onnxruntime (CPU)",
-        passes=(*ORT_FUSED, "split_lm_head"),
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+                "attention_gqa", "constant_view_shapes", "rms_norm", "skip_rms_norm", "geglu", "pack_matmuls",
+                "drop_project_domain",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
+                "precision",
+                "split_lm_head"),
         # MatMulNBits at accuracy_level 4 on the CPU quantizes its input to int8 per block.
         quantized_matmul="MatMulNBits", int8_activations=True),
     Target(
@@ -57,15 +103,25 @@ _TARGETS = (
               "the table twice in GPU memory); fp16 or bf16 only",
         kv_cache="in place, as ort-cpu",
         runs_on="onnxruntime-gpu (CUDA; `device=\"cpu\"` runs it on the CPU provider)",
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+                "attention_gqa", "constant_view_shapes", "rms_norm", "skip_rms_norm", "geglu", "pack_matmuls",
+                "drop_project_domain",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
+                "precision"),
         # onnxruntime registers its CUDA GroupQueryAttention for fp16 and bf16 only.
-        passes=ORT_FUSED, dtypes=("fp16", "bf16"),
+        dtypes=("fp16", "bf16"),
         quantized_matmul="MatMulNBits", bf16_compute=True, devices=("cuda", "cpu")),
     Target(
         "onnx",
         graph="standard ops only, opset 24: RMSNormalization, RotaryEmbedding, Attention, TensorScatter",
         kv_cache="in place, static maximum length; sliding-window layers keep a window-sized ring",
         runs_on="onnxruntime, other ONNX runtimes",
-        passes=(*STANDARD_OPS, "split_lm_head"),
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+                "rms_normalization", "rotary_embedding", "geglu", "attention_onnx",
+                "drop_project_domain",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
+                "precision",
+                "split_lm_head"),
         # onnxruntime's CPU provider fuses DequantizeLinear + MatMul into MatMulNBits, which
         # quantizes activations (session.qdq_matmulnbits_accuracy_level, 4 by default).
         quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True, quants=DEQUANTIZED_QUANTS),
@@ -74,8 +130,12 @@ _TARGETS = (
         graph="the `onnx` graph cut to what TensorRT parses (Gemma 2's soft-capped attention spelled out)",
         kv_cache="in place, static maximum length",
         runs_on="TensorRT, TensorRT-RTX (and onnxruntime)",
-        # attention_tensorrt after precision, which may set what TensorRT's Attention refuses.
-        passes=(*STANDARD_OPS, "attention_tensorrt", "constant_axes"),
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
+                "rms_normalization", "rotary_embedding", "geglu", "attention_onnx",
+                "drop_project_domain",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
+                "precision",
+                "attention_tensorrt", "constant_axes"),
         # TensorRT imports int4 only as symmetric blocks, without zero points. No ring caches:
         # whether TensorRT builds the ring's circular TensorScatter is untested without a GPU.
         quantized_matmul="DequantizeLinear", int4_zero_points=False, bf16_compute=True, quants=DEQUANTIZED_QUANTS,
@@ -89,27 +149,6 @@ _TARGETS = (
         passes=("tied_lm_head", "fold_weight_transposes"), dtypes=("fp32",), quants=("none",)),
 )
 
-# inplace_cache_io takes the attention mask away and makes the caches static in-place buffers; the
-# graph means something again once the attention lowering has given them their in-place meaning.
-UNRUNNABLE_UNTIL = {"inplace_cache_io": ("attention_gqa", "attention_onnx")}
-
-
-def runnable_groups(passes: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """The passes cut after each pass the graph runs after."""
-    groups, current, waiting_for = [], [], ()
-    for name in passes:
-        current.append(name)
-        if name in UNRUNNABLE_UNTIL:
-            waiting_for = UNRUNNABLE_UNTIL[name]
-        elif not waiting_for or name in waiting_for:
-            groups.append(tuple(current))
-            current, waiting_for = [], ()
-    if current:
-        raise ValueError(f"the graph never runs again after {current[0]} (it waits for {' or '.join(waiting_for)})")
-    return tuple(groups)
-
-
-_TARGETS = tuple(dataclasses.replace(t, groups=runnable_groups(t.passes)) for t in _TARGETS)
 TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}
 DEFAULT_TARGET = _TARGETS[0].name
 

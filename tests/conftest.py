@@ -53,7 +53,7 @@ def target_artifacts(tiny_checkpoints, gemma4_checkpoints, tmp_path_factory):
     target's defaults at max_seq_len 64, once per session, when a test first asks for the target.
     The conformance suite and the per-target tests share them."""
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     exported: dict[str, dict[str, Path]] = {}
 
@@ -91,7 +91,7 @@ def precision_checkpoints(tmp_path_factory):
 def generic_artifacts(tiny_checkpoints, tmp_path_factory):
     """name -> generic-target artifact of each tiny checkpoint."""
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     root = tmp_path_factory.mktemp("artifacts")
     out = {}

@@ -32,7 +32,7 @@ import onnx
 import onnx_ir as ir
 
 from gemma_export import export as export_module
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 
 
 def die() -> None:

@@ -88,7 +88,7 @@ def _tensor_hash(t: onnx.TensorProto, data: bytes) -> str:
 
 def export_case(checkpoint: Path, out: Path, target: str, dtype: str, quant: str, calibrate: bool) -> None:
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
 
     export(checkpoint, out, ExportOptions(target=target, dtype=dtype, quant=quant, calibrate=calibrate,
                                           max_seq_len=MAX_SEQ_LEN))

@@ -13,8 +13,9 @@ from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import WeightSource
 from gemma_export.export import pass_context, resolve_options
 from gemma_export.frontend.trace import bind_weights, trace
-from gemma_export.passes.context import ExportOptions, PassContext
+from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import remove_dead
+from gemma_export.targets import ExportOptions
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import cache_tensors
 from gemma_runtime import interface

@@ -29,7 +29,7 @@ from gemma_export.checkpoints import open_source
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
 from gemma_export.describe import verify
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.manifest import DATA_FILE, MANIFEST_FILE, MODEL_FILE, read_manifest
 from test_chat_tokens import gemma1_like_tokenizer
 

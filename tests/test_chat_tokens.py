@@ -5,7 +5,7 @@ import shutil
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.chat import render
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 

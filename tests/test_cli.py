@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ def chat_artifact(tmp_path_factory):
     folder = write_checkpoint("gemma-mqa", root / "ckpt")
     (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
     from gemma_export.export import export
-    from gemma_export.passes.context import ExportOptions
+    from gemma_export.targets import ExportOptions
     export(folder, root / "out", ExportOptions(target="generic", max_seq_len=64))
     return folder, root / "out"
 

@@ -19,7 +19,7 @@ import pytest
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.frontend.onnx_ops import DOMAIN
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import hf_model
 

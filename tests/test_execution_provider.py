@@ -10,7 +10,7 @@ import pytest
 import gemma_runtime
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.backends import ort_session
 from gemma_runtime.errors import RuntimeInputError
 from conftest import REPO

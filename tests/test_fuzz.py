@@ -27,7 +27,7 @@ from fuzz_cases import (CASE_ADDRESS_SPACE, CASE_SECONDS, HF_SEEDS, HONEST_ARRAY
 from fuzz_strategies import ARRAY, STRING, UINT8, UINT32, UINT64
 from gemma_export.errors import CheckpointError, ConfigError
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 
 # Cases per target in CI (about 40 s in all on 2 cores); benchmarks/fuzz.py runs thousands.
 EXAMPLES = {"config": 200, "safetensors": 200, "sharded": 40, "gguf": 120, "mutation": 120}

@@ -10,7 +10,7 @@ import pytest
 import gemma_runtime
 from gemma_export.chat_formats import CHAT_FORMATS
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.chat import chat_format, render
 from tiny import write_checkpoint
 

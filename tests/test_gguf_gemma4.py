@@ -14,7 +14,7 @@ import gemma_runtime
 from gemma_export.checkpoints import open_source
 from gemma_export.errors import ConfigError
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from parity import assert_fp32_parity, hf_logits, prompt
 from test_gguf import _add_value as add_value
 from tiny import hf_model, write_checkpoint

@@ -7,7 +7,7 @@ import pytest
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.backends.protocol import Capabilities
 from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError

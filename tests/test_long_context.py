@@ -8,7 +8,7 @@ import pytest
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import hf_model, write_checkpoint

@@ -13,7 +13,7 @@ import gemma_runtime
 from cli_util import cli
 from gemma_export.chat_formats import CHAT_FORMATS
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import DECODER, INPUT_IDS, LOGITS
 from gemma_runtime.manifest import DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE

@@ -3,7 +3,6 @@ Gemma4ForConditionalGeneration as transformers saves them): exported from the de
 matching transformers' multimodal model on text-only input; the towers are skipped and said so;
 their placeholder ids are refused in prompts."""
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -13,7 +12,7 @@ from cli_util import cli
 from gemma_export.checkpoints import open_source
 from gemma_export.errors import CheckpointError
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from parity import assert_fp32_parity, prompt, stepwise_logits
 from tiny import PLACEHOLDERS, hf_multimodal_model, write_multimodal_checkpoint

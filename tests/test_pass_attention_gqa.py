@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from gemma_export.frontend.onnx_ops import ATTENTION, ROPE
-from gemma_export.passes import attention_gqa, inplace_cache_io
-from gemma_export.passes.context import ExportOptions
+from gemma_export.passes import attention_gqa, inplace_cache_io, set_opset
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 from tiny import write_checkpoint
 
@@ -37,7 +37,7 @@ def test_a_head_dim_the_kernel_cannot_rotate_keeps_the_standard_form(tmp_path):
     """head_dim 40: GroupQueryAttention's rotary needs a multiple of 16, so every layer keeps
     TensorScatter + Attention over the same in-place cache, with the reason in the report."""
     model, ctx = traced(write_checkpoint("gemma-mqa", tmp_path / "hd40", head_dim=40), ExportOptions(max_seq_len=MAX))
-    after, (_, count) = apply(model, ctx, inplace_cache_io, attention_gqa)
+    after, (_, _, count) = apply(model, ctx, set_opset, inplace_cache_io, attention_gqa)  # as the pipeline runs them
     assert count == 0 and "GroupQueryAttention" not in op_types(after)
     assert op_types(after).count("Attention") == ctx.config.num_layers and ROPE not in op_types(after)
     reasons = ctx.report["attention"]["unfused"]
@@ -45,3 +45,14 @@ def test_a_head_dim_the_kernel_cannot_rotate_keeps_the_standard_form(tmp_path):
     concat = feeds(ctx.config, batch=2, past=5, seq=9)
     before, now = run(model, concat), run(after, inplace_feeds(concat, MAX))
     np.testing.assert_allclose(now["logits"], before["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_layers_left_in_the_standard_form_are_known_from_the_config(tmp_path):
+    """standard_layers() (which decides whether set_opset runs first) names the layers run() leaves."""
+    model, ctx = traced(write_checkpoint("gemma-mqa", tmp_path / "hd24", head_dim=24, num_hidden_layers=2),
+                        ExportOptions(max_seq_len=MAX))
+    assert attention_gqa.standard_layers(ctx.config) == [0, 1]
+    apply(model, ctx, set_opset, inplace_cache_io, attention_gqa)
+    assert sorted(map(int, ctx.report["attention"]["unfused"])) == [0, 1]
+    _, plain = traced(write_checkpoint("gemma-mqa", tmp_path / "hd32", num_hidden_layers=2))
+    assert attention_gqa.standard_layers(plain.config) == []

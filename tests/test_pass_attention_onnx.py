@@ -3,7 +3,8 @@ import pytest
 
 from gemma_export.frontend.onnx_ops import ATTENTION
 from gemma_export.passes import attention_onnx, inplace_cache_io, set_opset
-from gemma_export.passes.context import ExportOptions
+from gemma_export.passes.context import LEFT_ALONE
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, cache_slots, feeds, inplace_feeds, op_types, ring_windows, run, traced
 
 MAX = 32
@@ -86,3 +87,14 @@ def test_right_padded_rows_with_different_pasts_match_each_row_alone(graphs, pas
         for i in (2, 3):  # a ring and a full-length cache
             _assert_cache(now[f"present_key.{i}"][r:r + 1], alone[f"present_key.{i}"], p + n, rings.get(i))
         assert np.isfinite(now["logits"][r]).all()
+
+
+def test_an_attention_still_taking_a_mask_is_left_alone_with_the_reason(tiny_checkpoints):
+    """Before inplace_cache_io each GemmaAttention reads attention_mask and concatenates its cache:
+    not the in-place form this lowering gives meaning to."""
+    model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(target="onnx", max_seq_len=MAX))
+    after, (_, count) = apply(model, ctx, set_opset, attention_onnx)
+    assert count == 0 and op_types(after).count(ATTENTION) == ctx.config.num_layers
+    reason = "it still takes an attention mask: not on the in-place cache interface"
+    assert ctx.report[attention_onnx.NAME][LEFT_ALONE] == {
+        reason: {"count": ctx.config.num_layers, "examples": [n.name for n in model.graph if n.op_type == ATTENTION][:3]}}

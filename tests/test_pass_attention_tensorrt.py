@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from gemma_export.passes import attention_tensorrt
-from gemma_export.passes.context import ExportOptions
-from gemma_export.targets import TARGETS
+from gemma_export.targets import TARGETS, ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, op_types, run, traced
 
 MAX = 32

@@ -3,8 +3,7 @@ import pytest
 
 from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes import drop_project_domain
-from gemma_export.passes.context import ExportOptions
-from gemma_export.targets import TARGETS
+from gemma_export.targets import TARGETS, ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, run, traced
 
 MAX = 16

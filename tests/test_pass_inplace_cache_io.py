@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gemma_export.passes import attention_onnx, inplace_cache_io, set_opset
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, run, traced
 
 MAX = 24

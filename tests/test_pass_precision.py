@@ -3,8 +3,7 @@ import onnx_ir as ir
 import pytest
 
 from gemma_export.passes import precision
-from gemma_export.passes.context import ExportOptions
-from gemma_export.targets import LOW_PRECISION, TARGETS
+from gemma_export.targets import LOW_PRECISION, TARGETS, ExportOptions
 from pass_harness import apply, feeds, inplace_feeds, ring_windows, run, traced
 
 MAX_SEQ_LEN = 32

@@ -4,8 +4,8 @@ import pytest
 
 from gemma_export import quant
 from gemma_export.passes import quant_recipe, fold_weight_transposes, quantize_embedding, quantize_matmuls, set_opset, tied_lm_head
-from gemma_export.passes.context import ExportOptions
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 
 

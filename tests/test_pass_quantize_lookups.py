@@ -8,7 +8,7 @@ import pytest
 
 from gemma_export import quant
 from gemma_export.passes import quant_recipe, quantize_lookups, set_opset
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 from tiny import write_checkpoint
 

@@ -4,7 +4,8 @@ import pytest
 
 from gemma_export import quant
 from gemma_export.passes import quant_recipe, fold_weight_transposes, quantize_matmuls, set_opset
-from gemma_export.passes.context import ExportOptions, PassContext
+from gemma_export.passes.context import PassContext
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 
 # MatMulNBits 4-bit; DequantizeLinear int8 and uint4 with zero points; signed int4 (TensorRT). MatMulNBits

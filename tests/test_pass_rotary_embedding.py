@@ -1,9 +1,11 @@
 import numpy as np
+import onnx_ir as ir
 import torch
 
 from gemma_export.frontend.onnx_ops import ROPE
 from gemma_export.passes import rotary_embedding, set_opset
-from gemma_export.passes.context import ExportOptions
+from gemma_export.passes.context import LEFT_ALONE
+from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 from tiny import hf_model
 
@@ -31,3 +33,13 @@ def test_rope_becomes_rotary_embedding_with_transformers_caches(tiny_checkpoints
                                        ref[0, :, : cfg.head_dim // 2].numpy(), rtol=0, atol=2.0 ** -23)
     f = feeds(cfg, past=3, seq=9)
     np.testing.assert_allclose(run(after, f)["logits"], run(model, f)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_rope_over_symbolic_heads_is_left_alone_with_the_reason(tiny_checkpoints):
+    model, ctx = traced(tiny_checkpoints["gemma-mqa"], ExportOptions(target="onnx", max_seq_len=MAX))
+    rope = next(n for n in model.graph if n.op_type == ROPE)
+    rope.inputs[0].shape = ir.Shape(["batch", "seq", "heads", rope.inputs[0].shape[3]])
+    after, (_, count) = apply(model, ctx, set_opset, rotary_embedding)
+    assert count == op_types(model).count(ROPE) - 1 and op_types(after).count(ROPE) == 1
+    assert ctx.report[rotary_embedding.NAME][LEFT_ALONE] == {
+        "its heads and head_dim are not static": {"count": 1, "examples": [rope.name]}}

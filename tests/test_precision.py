@@ -8,7 +8,7 @@ import pytest
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.describe import describe
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_export.texts import PROMPTS
 from gemma_export.validate import validate
 

@@ -15,7 +15,7 @@ import gemma_runtime
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
 from gemma_export.passes import quantize_matmuls
-from gemma_export.passes.context import SOURCE_HEADROOM, ExportOptions
+from gemma_export.targets import SOURCE_HEADROOM, ExportOptions
 from test_gguf import Q, write_gguf
 
 TYPES = {  # GGUF tensor name part -> type by layer parity

@@ -8,7 +8,7 @@ import torch
 import gemma_runtime
 from gemma_export.checkpoints.default_model import default_gguf_path
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_export.texts import PROMPTS
 from gemma_runtime.manifest import Tokens
 

@@ -12,7 +12,7 @@ import pytest
 import gemma_runtime
 from cli_util import cli
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.model import DEFAULT_MAX_NEW_TOKENS
 from gemma_runtime.server import COMPLETIONS_DEFAULT_MAX_TOKENS, ApiError, Service, completion_request

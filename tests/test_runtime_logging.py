@@ -12,7 +12,7 @@ import uvicorn
 import gemma_runtime
 from cli_util import cli
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime import server
 from gemma_runtime.engine import Engine
 from gemma_runtime.logs import ROOT

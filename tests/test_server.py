@@ -17,7 +17,7 @@ import uvicorn
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.server import Service, create_app
 from test_chat_tokens import gemma1_like_tokenizer
 from tiny import write_checkpoint

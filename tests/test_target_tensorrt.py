@@ -18,7 +18,7 @@ from cli_util import cli
 from gemma_export.bench import OneSequence
 from gemma_export.emit import tensorrt_engine
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.backends import cuda_driver, trt
 from gemma_runtime.errors import RuntimeInputError
 from parity import assert_fp32_parity, prompt, stepwise_logits

@@ -1,12 +1,13 @@
 """The targets table (gemma_export/targets.py) is the one description of each target: passes read
-its facts, never target names, and the README's table is made from it."""
+its facts, never target names, and the README's table is made from it (tests/test_pipeline.py
+checks the pipelines built from its lists)."""
 
 import re
 
 import pytest
 
 from conftest import REPO
-from gemma_export.targets import DEFAULT_TARGET, TARGETS, UNRUNNABLE_UNTIL, readme_table, runnable_groups
+from gemma_export.targets import DEFAULT_TARGET, TARGETS, readme_table
 
 PASSES = REPO / "gemma_export" / "passes"
 
@@ -32,20 +33,3 @@ def test_default_target_comes_first_and_defaults_are_allowed():
     assert DEFAULT_TARGET == next(iter(TARGETS)) == "ort-cpu"
     for target in TARGETS.values():
         assert target.dtypes and target.quants and target.backends and target.devices
-
-
-@pytest.mark.parametrize("name", TARGETS)
-def test_groups_partition_the_passes_in_order(name):
-    target = TARGETS[name]
-    assert [p for group in target.groups for p in group] == list(target.passes)
-    for group in target.groups:
-        assert group[-1] not in UNRUNNABLE_UNTIL  # the graph runs after each group's last pass
-        if group[0] in UNRUNNABLE_UNTIL:
-            assert group[-1] in UNRUNNABLE_UNTIL[group[0]] and len(group) >= 2
-
-
-def test_runnable_groups_join_passes_until_the_graph_runs_again():
-    assert runnable_groups(("a", "inplace_cache_io", "b", "attention_onnx", "c")) == \
-        (("a",), ("inplace_cache_io", "b", "attention_onnx"), ("c",))
-    with pytest.raises(ValueError, match="never runs again after inplace_cache_io"):
-        runnable_groups(("a", "inplace_cache_io", "b"))

@@ -11,7 +11,7 @@ import pytest
 
 import gemma_runtime
 from gemma_export.export import export
-from gemma_export.passes.context import ExportOptions
+from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from parity import prompt
 from test_chat_tokens import gemma1_like_tokenizer

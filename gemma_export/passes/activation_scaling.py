@@ -46,6 +46,8 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of
 from gemma_export.passes.quant_recipe import scheme_for, units
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "activation_scaling"
 ALPHAS = np.linspace(0.0, 1.0, 11)
@@ -54,6 +56,10 @@ STEPS_PER_OCTAVE = 8
 MANTISSAS = np.array([2 ** (j / STEPS_PER_OCTAVE) for j in range(STEPS_PER_OCTAVE)], np.float32)
 SEARCH_ROWS = 2048  # output channels sampled for the search (its error estimate and max|w|)
 NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization")
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return options.calibrate
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

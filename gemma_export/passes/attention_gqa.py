@@ -15,7 +15,8 @@ a query see `window` keys, itself included (checked against transformers with pr
 the window: window - 1 and window + 1 both break parity).
 
 A layer the kernel cannot take keeps the standard form of the `onnx` target (TensorScatter into
-the same in-place cache + Attention, opset 24, its RoPE as RotaryEmbedding): a head_dim that is not
+the same in-place cache + Attention, opset 24: set_opset runs first wherever standard_layers() has
+one, its RoPE as RotaryEmbedding): a head_dim that is not
 a multiple of 16 (the kernel's rotary), or a KV-shared layer (Gemma 4), which reads a cache
 another layer writes (the kernel attends only to the cache it writes itself). The report's
 `attention` entry lists the layers left unfused and why; no precondition of the fusion ever fails
@@ -27,13 +28,16 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN, ROPE
-from gemma_export.passes import inplace_cache_io, set_opset
+from gemma_export.passes import inplace_cache_io
 from gemma_export.passes.attention_onnx import StandardAttention
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_node, constant_int64, project_nodes, replace_value
 from gemma_export.passes.rotary_embedding import cos_sin_caches, lower_rope
+from gemma_graphs.config import GemmaConfig
 
 NAME = "attention_gqa"
+REQUIRES = ("inplace_cache_io",)
+AFTER = ("set_opset",)  # the layers kept in the standard form need opset 24
 MS_DOMAIN = "com.microsoft"
 
 
@@ -42,8 +46,6 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     nodes = project_nodes(graph, ATTENTION)
     unfused = {layer: reason for layer, node in enumerate(nodes) if (reason := _unfusable(node))}
     standard = StandardAttention(graph, nodes[0], ctx) if unfused else None
-    if unfused:
-        set_opset.run(model, ctx)  # Attention and TensorScatter
     lengths = None
     for layer, node in enumerate(nodes):
         if layer in unfused:
@@ -67,6 +69,13 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     ctx.report["attention"] = {"GroupQueryAttention": fused,
                                "unfused": {str(layer): reason for layer, reason in unfused.items()}}
     return fused
+
+
+def standard_layers(config: GemmaConfig) -> list[int]:
+    """The layers the kernel cannot take, read from the config (run() finds the same in the graph and
+    names the reason): the KV-shared ones and those whose head_dim is not a multiple of 16."""
+    return [layer for layer in range(config.num_layers)
+            if layer >= config.first_kv_shared_layer or config.layer_head_dim(layer) % 16]
 
 
 def _unfusable(node: ir.Node) -> str | None:

@@ -36,18 +36,24 @@ import numpy as np
 import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.inplace_cache_io import attention_nodes, lengths
+from gemma_export.passes.inplace_cache_io import MASK_INPUT, attention_nodes, lengths
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
 from gemma_runtime.interface import INPUT_IDS
 
 NAME = "attention_onnx"
+REQUIRES = ("set_opset", "inplace_cache_io")  # TensorScatter and Attention are opset 24
 HEADS_FIRST = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 CACHE_AXIS = 2
 NEVER = 2 ** 62  # the position of an empty ring slot: after every query
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    nodes = attention_nodes(model.graph)
+    nodes = []
+    for node in attention_nodes(model.graph):
+        if len(node.inputs) > MASK_INPUT and node.inputs[MASK_INPUT] is not None:
+            ctx.left_alone(NAME, node.name, "it still takes an attention mask: not on the in-place cache interface")
+        else:
+            nodes.append(node)
     if nodes:
         lowering = StandardAttention(model.graph, nodes[0], ctx)
         for node in nodes:

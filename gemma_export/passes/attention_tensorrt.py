@@ -19,9 +19,17 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "attention_tensorrt"
+REQUIRES = ("attention_onnx",)
+AFTER = ("precision",)  # which sets the softmax_precision this pass drops
 SWAP_LAST = [0, 1, 2, 4, 3]
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return bool(config.attn_softcap) or options.dtype != "fp32"  # softcap, or precision's softmax_precision
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -33,6 +41,8 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             count += 1
         elif node.attributes.pop("softmax_precision", None) is not None:
             count += 1
+        else:
+            ctx.left_alone(NAME, node.name, "neither softcap nor softmax_precision: TensorRT takes it as it is")
     return count
 
 

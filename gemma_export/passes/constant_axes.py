@@ -10,9 +10,15 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import constant_int64
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "constant_axes"
 _FOLDABLE = ("Constant", "Reshape")
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return config.features.v_norm or bool(config.num_experts)  # Gemma 4's weightless norms
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

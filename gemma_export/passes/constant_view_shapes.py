@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from gemma_export.passes import attention_gqa
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import constant_int64, initializer_of
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "constant_view_shapes"
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    # A fused attention takes the q/k/v views itself, but for QK-norm's and the standard-form layers'.
+    return attention_gqa.NAME not in target.passes or config.qk_norm or bool(attention_gqa.standard_layers(config))
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

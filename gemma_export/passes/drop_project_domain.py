@@ -10,6 +10,7 @@ from gemma_export.frontend.onnx_ops import DOMAIN
 from gemma_export.passes.context import PassContext
 
 NAME = "drop_project_domain"
+AFTER = ("attention_gqa", "attention_onnx", "rms_norm", "rms_normalization", "rotary_embedding", "geglu")
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

@@ -20,6 +20,7 @@ from gemma_export.passes.ir_utils import project_nodes
 from gemma_runtime.interface import ATTENTION_MASK, BATCH, INPUT_IDS, PAST_LENGTHS, SEQ_LENGTHS
 
 NAME = "inplace_cache_io"
+UNRUNNABLE_UNTIL = ("attention_gqa", "attention_onnx")  # they give the static caches their in-place meaning
 MASK_INPUT = 5  # GemmaAttention's attention_mask
 
 

@@ -18,23 +18,33 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, initializer_of, replace_value
 
 NAME = "pack_matmuls"
+REQUIRES = ("fold_weight_transposes",)  # which stores the [in, n] weights it packs
+AFTER = ("attention_gqa",)  # whose GroupQueryAttention it feeds the packed QKV
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
     siblings: dict[ir.Value, list[ir.Node]] = {}
     for node in graph:
-        weight = initializer_of(node.inputs[1]) if node.op_type == "MatMul" and node.domain == "" else None
+        if node.op_type != "MatMul" or node.domain != "":
+            continue
+        weight = initializer_of(node.inputs[1])
         if weight is not None and weight.shape is not None and weight.shape.rank() == 2:
             siblings.setdefault(node.inputs[0], []).append(node)
+        else:
+            ctx.left_alone(NAME, node.name, "its second input is not a 2-D weight")
     count = 0
     for x, nodes in siblings.items():
         if len(nodes) > 1:
             _pack(graph, x, nodes)
             count += 1
+        else:
+            ctx.left_alone(NAME, nodes[0].name, "no other MatMul with a 2-D weight reads its input")
     for node in list(graph):
         if node.op_type == "GroupQueryAttention":
-            _feed_packed_qkv(node)
+            reason = _feed_packed_qkv(node)
+            if reason is not None:
+                ctx.left_alone(NAME, node.name, reason)
     return count
 
 
@@ -59,13 +69,15 @@ def _packed_name(names: list[str]) -> str:
     return prefix + "+".join(n[len(prefix):].split(".")[0] for n in names)
 
 
-def _feed_packed_qkv(gqa: ir.Node) -> None:
+def _feed_packed_qkv(gqa: ir.Node) -> str | None:
+    """Gives the attention the packed QKV; else says why it keeps its three inputs."""
     q, k, v = gqa.inputs[:3]
     split = q.producer() if q is not None else None
     if split is None or split.op_type != "Split" or list(split.outputs) != [q, k, v]:
-        return
+        return "its query, key and value are not the three pieces of one Split"
     if any(len(piece.uses()) != 1 for piece in split.outputs):
-        return
+        return "a piece of its Split has another reader"
     gqa.replace_input_with(0, split.inputs[0])
     gqa.replace_input_with(1, None)
     gqa.replace_input_with(2, None)
+    return None

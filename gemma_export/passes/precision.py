@@ -28,6 +28,8 @@ from gemma_export.tensors import mapped, numpy_dtype
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 from gemma_runtime.interface import LOGITS
 
 NAME = "precision"
@@ -40,6 +42,10 @@ WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gather", 0)}
 ANY_INPUT = ("Cast", "Shape", "Size")  # read any dtype: never cast in front of them
 PRODUCTS = ("MatMul", "Gemm", "MatMulNBits")
 ATTENTION = ("GroupQueryAttention", "Attention", "TensorScatter")  # share the cache dtype
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return options.dtype != "fp32"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

@@ -39,11 +39,14 @@ import onnx_ir as ir
 from gemma_export import quant, sensitivity
 from gemma_export.errors import GemmaExportError
 from gemma_export.tensors import StreamedTensor, flattened, untransposed
-from gemma_export.passes.context import DEFAULT_BUDGET, SOURCE_HEADROOM, PassContext
+from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import initializer_of
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import DEFAULT_BUDGET, SOURCE_HEADROOM, ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "quant_recipe"
+AFTER = ("activation_scaling",)  # the recipe measures the scaled graph
 WIDTHS = ("int4", "int8", "float")  # narrowest first
 SOURCE = "source"  # a quantized GGUF's own blocks (--quant source); its wider width is "float"
 MIN_BLOCK = 16  # the kernels' smallest block (quant.block_for)
@@ -88,6 +91,10 @@ class Unit:
 # and each layer's expert tables [experts, out, in], whose chosen rows each token gathers.
 PER_LAYER_TABLE = "model.embed_tokens_per_layer.weight"
 EXPERT_TABLES = (".experts.gate_up_proj", ".experts.down_proj")
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return options.quant != "none"
 
 
 def _lookup_table(weight: ir.Value, ctx: PassContext) -> bool:

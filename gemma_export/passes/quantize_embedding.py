@@ -21,8 +21,15 @@ from gemma_export.passes.quant_recipe import Unit, planned
 from gemma_export.passes.quantize_lookups import dequantized, gather_block_quantized, quantized_rows
 from gemma_export.passes.quantize_matmuls import MS_DOMAIN, matmul_nbits, nbits_initializers
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "quantize_embedding"
+REQUIRES = ("quant_recipe",)
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return options.quant != "none" and not options.keep_embeddings_fp
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

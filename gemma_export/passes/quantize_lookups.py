@@ -20,9 +20,17 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
 from gemma_export.passes.quant_recipe import Unit, quantized_units
 from gemma_export.passes.quantize_matmuls import MS_DOMAIN, nbits_initializers
+from gemma_export.targets import ExportOptions, Target
 from gemma_export.tensors import StreamedTensor
+from gemma_graphs.config import GemmaConfig
 
 NAME = "quantize_lookups"
+REQUIRES = ("quant_recipe",)
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    tables = config.num_experts or (config.hidden_size_per_layer_input and not options.keep_embeddings_fp)
+    return options.quant != "none" and bool(tables)
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

@@ -20,10 +20,17 @@ from gemma_export.tensors import transposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
 from gemma_export.passes.quant_recipe import quantized_units
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "quantize_matmuls"
+REQUIRES = ("quant_recipe",)
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return options.quant != "none"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

@@ -13,20 +13,23 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, project_nodes, replace_value
 
 NAME = "rms_norm"
+AFTER = ("logits_index",)  # which finds the final norm by the weight name the lowering replaces
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    return lower_norms(model.graph, "SimplifiedLayerNormalization")
+    return lower_norms(model.graph, "SimplifiedLayerNormalization", ctx, NAME)
 
 
-def lower_norms(graph: ir.Graph, op_type: str) -> int:
+def lower_norms(graph: ir.Graph, op_type: str, ctx: PassContext, pass_name: str) -> int:
     """Every GemmaRMSNorm becomes `op_type`(X, offset + W) over the last axis with fp32 statistics
-    (SimplifiedLayerNormalization and opset-23 RMSNormalization share these inputs and attributes)."""
+    (SimplifiedLayerNormalization and opset-23 RMSNormalization share these inputs and attributes).
+    A norm whose weight is not stored is left alone: offset + W is folded into a stored weight."""
     count = 0
     for node in project_nodes(graph, RMS_NORM):
         weight = initializer_of(node.inputs[1])
         if weight is None:
-            raise AssertionError(f"{node.name}: the norm weight is not an initializer")
+            ctx.left_alone(pass_name, node.name, "its weight is not an initializer")
+            continue
         gamma = offset_weight(graph, weight, node.attributes.get_float("offset"))
         norm = add_node(graph, node, op_type, [node.inputs[0], gamma],
                         {"axis": -1, "epsilon": node.attributes.get_float("epsilon"), "stash_type": 1})

@@ -10,7 +10,9 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.rms_norm import lower_norms
 
 NAME = "rms_normalization"
+REQUIRES = ("set_opset",)  # RMSNormalization is opset 23
+AFTER = ("logits_index",)  # which finds the final norm by the weight name the lowering replaces
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    return lower_norms(model.graph, "RMSNormalization")
+    return lower_norms(model.graph, "RMSNormalization", ctx, NAME)

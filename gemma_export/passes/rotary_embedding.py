@@ -13,20 +13,34 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, project_nodes, replace_value
 
 NAME = "rotary_embedding"
+REQUIRES = ("set_opset",)  # RotaryEmbedding is opset 23
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
-    nodes = project_nodes(model.graph, ROPE)
-    for node in nodes:
+    count = 0
+    for node in project_nodes(model.graph, ROPE):
+        reason = _unlowerable(node)
+        if reason is not None:
+            ctx.left_alone(NAME, node.name, reason)
+            continue
         lower_rope(model.graph, node, ctx.options.max_seq_len)
-    return len(nodes)
+        count += 1
+    return count
+
+
+def _unlowerable(node: ir.Node) -> str | None:
+    """Why the node cannot become RotaryEmbedding (whose num_heads and caches need static heads and head_dim)."""
+    shape = node.inputs[0].shape
+    if shape is None or shape.rank() != 4 or not all(isinstance(d, int) for d in list(shape)[2:]):
+        return "its heads and head_dim are not static"
+    return None
 
 
 def lower_rope(graph: ir.Graph, node: ir.Node, max_seq_len: int) -> None:
+    if (reason := _unlowerable(node)) is not None:
+        raise AssertionError(f"{node.name}: {reason}")
     x, position_ids = node.inputs
     heads, head_dim = x.shape[2], x.shape[3]
-    if not isinstance(heads, int) or not isinstance(head_dim, int):
-        raise AssertionError(f"{node.name}: heads and head_dim must be static, got {x.shape}")
     attrs = node.attributes
     cos, sin = cos_sin_caches(graph, attrs.get_float("theta"), attrs.get_float("scale"), head_dim, max_seq_len,
                               attrs.get_int("pairs"))

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from gemma_export.passes import attention_gqa
 from gemma_export.passes.context import PassContext
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "set_opset"
 OPSET = 24
 IR_VERSION = 12  # the IR version that introduced opset 24
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    # a fused attention needs it only for the layers it keeps in the standard form
+    return attention_gqa.NAME not in target.passes or bool(attention_gqa.standard_layers(config))
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:

@@ -18,9 +18,18 @@ from gemma_export.tensors import row_view
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
 from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.targets import ExportOptions, Target
+from gemma_graphs.config import GemmaConfig
 
 NAME = "split_lm_head"
+REQUIRES = ("tied_lm_head",)  # whose Gemm it splits
+AFTER = ("quantize_embedding", "precision")  # it splits the lm_head they leave in float
 SLICE_BYTES = 128 * 2**20
+FP32_BYTES = 4
+
+
+def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
+    return config.vocab_size * config.hidden_size * FP32_BYTES > SLICE_BYTES  # the table at its largest
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -32,6 +41,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         vocab = table.shape[0]
         rows = max(1, SLICE_BYTES // (table.const_value.nbytes // vocab))
         if rows >= vocab:
+            ctx.left_alone(NAME, node.name, f"the table ({table.const_value.nbytes} bytes) fits one slice")
             return 0
         logits = []
         for i, start in enumerate(range(0, vocab, rows)):
@@ -44,4 +54,5 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         replace_value(node.outputs[0], joined.outputs[0])
         graph.remove(node, safe=True)
         return len(logits)
+    ctx.left_alone(NAME, EMBEDDING, "no float Gemm reads the table (the lm_head is quantized)")
     return 0
