@@ -17,10 +17,11 @@ from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import DTYPES, QUANTS, ExportOptions, PassContext
 from gemma_export.passes.pipeline import run_pipeline
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.quantization.method import QuantMethod
 from gemma_export.targets import DEFAULT_TARGET, TARGETS
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import cache_tensors
+from gemma_graphs.roles import roles
 from gemma_runtime.chat import EXTRA_STOP_PIECES, TURN_MARKERS
 from gemma_runtime.interface import BATCH, CacheTensor
 from gemma_runtime.manifest import FORMAT_VERSION, Execution, KVCache, Manifest, TensorSpec, Tokens, write_manifest
@@ -49,9 +50,10 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
-    if options.calibrate and options.quant_bits is None:
+    method = QuantMethod.parse(options.quant)
+    if options.calibrate and method.bits is None:
         raise GemmaExportError("--calibrate applies to --quant int8 or int4 (and their -uniform forms)")
-    if options.max_size_mib is not None and options.quant not in ("int8", "int4", "source"):
+    if options.max_size_mib is not None and not method.measured:
         raise GemmaExportError(f"--max-size is the budget of the int8 / int4 / source recipes, not of --quant "
                                f"{options.quant}")
     if options.max_size_mib is not None and not options.max_size_mib > 0:
@@ -152,7 +154,7 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         target=target.name,
         dtype=options.dtype,
         quant={"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
-               "embeddings_quantized": ctx.quant_plan.get(EMBEDDING, "float") != "float"},
+               "embeddings_quantized": ctx.quant_plan.get(roles(cfg).embedding, "float") != "float"},
         inputs=_specs(model.graph.inputs),
         outputs=_specs(model.graph.outputs),
         kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),

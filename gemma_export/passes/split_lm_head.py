@@ -17,7 +17,7 @@ import onnx_ir as ir
 from gemma_export.tensors import row_view
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_graphs.roles import roles
 
 NAME = "split_lm_head"
 SLICE_BYTES = 128 * 2**20
@@ -25,9 +25,10 @@ SLICE_BYTES = 128 * 2**20
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
+    embedding = roles(ctx.config).embedding
     for node in list(graph):
         table = initializer_of(node.inputs[1]) if node.op_type == "Gemm" and len(node.inputs) == 2 else None
-        if table is None or table.name != EMBEDDING or node.attributes.get_int("transB", 0) != 1:
+        if table is None or table.name != embedding or node.attributes.get_int("transB", 0) != 1:
             continue
         vocab = table.shape[0]
         rows = max(1, SLICE_BYTES // (table.const_value.nbytes // vocab))
