@@ -1,4 +1,4 @@
-"""The quantization math (gemma_export/blocks.py) and the 4-bit StreamedTensor writer."""
+"""The quantization math (gemma_export/quantization/blocks.py) and the 4-bit StreamedTensor writer."""
 
 import io
 
