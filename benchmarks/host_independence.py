@@ -1,6 +1,6 @@
 """Host independence (issue 20): the same export made twice in fresh processes, once with this
 host's kernels (AVX2 or AVX-512) and once with every library the export measures with held to its
-SSE4.2 kernels (gemma_export.float64_reference.SSE42_KERNELS), must give the same recipe choices,
+SSE4.2 kernels (gemma_export.quantization.float64_reference.SSE42_KERNELS), must give the same recipe choices,
 sensitivities, calibration scales and file bytes. Also each run's wall time and peak RSS (the
 float64 measurement holds the model at 8 bytes a parameter).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_memory import RESULTS, WORK, gemma_export_command, timed  # noqa: E402
 
-from gemma_export.float64_reference import SSE42_KERNELS  # noqa: E402
+from gemma_export.quantization.float64_reference import SSE42_KERNELS  # noqa: E402
 
 PROBE = "import torch; print(torch.backends.cpu.get_cpu_capability())"
 

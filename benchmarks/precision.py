@@ -41,7 +41,9 @@ import gemma_runtime  # noqa: E402
 from gemma_export.bench import OneSequence, format_table, measure  # noqa: E402
 from gemma_export.export import export  # noqa: E402
 from gemma_export.targets import ExportOptions  # noqa: E402
-from gemma_export.validate import compare, prompt_ids  # noqa: E402
+from gemma_export.quantization.method import QuantMethod  # noqa: E402
+from gemma_export.verify.compare import compare  # noqa: E402
+from gemma_export.verify.validate import prompt_ids  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 MODELS = ("gemma3-270m", "2b-4l", "gemma4-e2b-5l")
@@ -247,7 +249,8 @@ def one_model(model: str, args, python: Path | None, report: dict) -> None:
     first.update({"top1_agreement": 1.0, "kl_divergence": 0.0, "positions": sum(map(len, sequences)),
                   "perplexity": agreement(lambda i, ids: reference[i], reference, sequences)["perplexity"]})
     rows.append(first)
-    names = [n for n in OURS if n != "fp32" and n in args.precisions and (not n.startswith("source") or source is None)]
+    names = [n for n in OURS if n != "fp32" and n in args.precisions
+             and (not QuantMethod.parse(OURS[n].get("quant", "none")).keeps_source_blocks or source is None)]
     for name in names:
         rows.append(_guarded(lambda: our_row(name, model, root / name.replace(" ", "-").replace("%", ""), source,
                                              reference, sequences, args, first["size_mib"]), f"ours {name}"))

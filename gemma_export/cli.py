@@ -182,11 +182,11 @@ def validate(
                                 "layer: a table and the first group, layer and node that leave tolerance"),
 ) -> None:
     """Compare an artifact's logits with a reference; exit 1 when a threshold fails."""
-    from gemma_export.validate import Thresholds, default_thresholds, validate as run_validate
+    from gemma_export.verify.validate import Thresholds, default_thresholds, validate as run_validate
     from gemma_runtime.manifest import read_manifest
 
     if bisect:
-        from gemma_export.bisect import require_checkpoint
+        from gemma_export.verify.pass_bisect import require_checkpoint
         require_checkpoint(artifact, reference)  # before the slow part
     thresholds = default_thresholds(read_manifest(artifact))
     thresholds = Thresholds(max_rel_diff if max_rel_diff is not None else thresholds.max_rel_diff,
@@ -211,7 +211,8 @@ def validate(
         typer.echo(f"{k:<22} {v}")
     typer.echo("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
     if bisect:
-        from gemma_export.bisect import bisect as run_bisect, format_report
+        from gemma_export.verify.bisect_report import format_report
+        from gemma_export.verify.pass_bisect import bisect as run_bisect
 
         progress = _Progress()
         try:

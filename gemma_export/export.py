@@ -17,10 +17,11 @@ from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.pipeline import run_pipeline
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.quantization.method import QuantMethod
 from gemma_export.targets import DEFAULT_TARGET, DTYPES, QUANTS, TARGETS, ExportOptions
 from gemma_graphs.config import GemmaConfig
 from gemma_graphs.gemma import cache_tensors
+from gemma_graphs.roles import roles
 from gemma_export.chat_formats import CHAT_FORMATS, EXTRA_STOP_PIECES
 from gemma_runtime.interface import BATCH, DECODER, CacheTensor
 from gemma_runtime.manifest import (DATA_FILE, FORMAT_VERSION, MODEL_FILE, Execution, Graph, KVCache, Manifest,
@@ -50,9 +51,10 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
-    if options.calibrate and options.quant_bits is None:
+    method = QuantMethod.parse(options.quant)
+    if options.calibrate and method.bits is None:
         raise GemmaExportError("--calibrate applies to --quant int8 or int4 (and their -uniform forms)")
-    if options.max_size_mib is not None and options.quant not in ("int8", "int4", "source"):
+    if options.max_size_mib is not None and not method.measured:
         raise GemmaExportError(f"--max-size is the budget of the int8 / int4 / source recipes, not of --quant "
                                f"{options.quant}")
     if options.max_size_mib is not None and not options.max_size_mib > 0:
@@ -153,7 +155,7 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         target=target.name,
         dtype=options.dtype,
         quant={"method": options.quant, "block_size": options.block_size, "calibrated": options.calibrate,
-               "embeddings_quantized": ctx.quant_plan.get(EMBEDDING, "float") != "float"},
+               "embeddings_quantized": ctx.quant_plan.get(roles(cfg).embedding, "float") != "float"},
         graphs={DECODER: Graph(DECODER, MODEL_FILE, DATA_FILE, _specs(model.graph.inputs), _specs(model.graph.outputs))},
         kv_cache=cache_buffers(model.graph, ctx.caches, options.max_seq_len),
         execution=Execution(target.backends, target.devices),

@@ -16,6 +16,8 @@ import dataclasses
 import importlib
 from types import ModuleType
 
+from gemma_export.quantization.method import QuantMethod
+
 DTYPES = ("fp32", "fp16", "bf16")
 # int8 / int4: a recipe (passes/quant_recipe.py) that picks each weight's width by measured
 # sensitivity under a size budget, starting from that width; -uniform: every weight at that width;
@@ -66,11 +68,6 @@ class ExportOptions:
     max_seq_len: int = 4096
     max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
 
-    @property
-    def quant_bits(self) -> int | None:
-        """The width --quant starts every weight at (None: no quantization, or the source's own)."""
-        return {"int8": 8, "int8-uniform": 8, "int4": 4, "int4-uniform": 4}.get(self.quant)
-
 
 # The passes that store weights quantized (--quant), and with them those that lower the precision
 # (--calibrate, --dtype); each acts only when the options ask for it.
@@ -79,7 +76,7 @@ LOW_PRECISION = ("activation_scaling", "quant_recipe", *QUANTIZERS, "precision")
 
 # A GGUF's own blocks (--quant source) carry integer zero points and float offsets in MatMulNBits'
 # form; the DequantizeLinear targets quantize anew (TensorRT imports int4 only without zero points).
-DEQUANTIZED_QUANTS = tuple(q for q in QUANTS if not q.startswith("source"))
+DEQUANTIZED_QUANTS = tuple(q for q in QUANTS if not QuantMethod.parse(q).keeps_source_blocks)
 
 _TARGETS = (
     # The default target comes first.

@@ -43,7 +43,7 @@ class StreamedTensor(ir.LazyTensor):
     # one above the other (stacked()): the parts, for readers of their sources' blocks
     stacked_from: list[StreamedTensor] | None = None
     # a checkpoint tensor as its file stores it, for `--quant source`: its type's name ("Q8_0", "F16",
-    # ...) and, where it is kept as blocks, (rows -> quant.Quantized, quant.Scheme)
+    # ...) and, where it is kept as blocks, (rows -> blocks.Quantized, blocks.Scheme; gemma_export.quantization.blocks)
     source_type: str | None = None
     source_blocks: tuple[Callable, object] | None = None
 

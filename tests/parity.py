@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-RELATIVE_TOLERANCE = 1e-4
+from gemma_export.verify.compare import fp32_failures
 
 
 def hf_logits(hf_model, ids: list[int]) -> np.ndarray:
@@ -14,16 +14,10 @@ def hf_logits(hf_model, ids: list[int]) -> np.ndarray:
 
 
 def assert_fp32_parity(ours: np.ndarray, ref: np.ndarray) -> None:
-    """max |diff| <= 1e-4 x max |logit|, argmax equal wherever the reference's top-2 margin
-    exceeds that tolerance."""
-    assert ours.shape == ref.shape
-    tol = RELATIVE_TOLERANCE * np.abs(ref).max()
-    diff = np.abs(ours - ref).max()
-    assert diff <= tol, f"max |diff| {diff:.3g} > {tol:.3g}"
-    top2 = np.sort(ref, axis=-1)[..., -2:]
-    decided = (top2[..., 1] - top2[..., 0]) > tol
-    agree = ours.argmax(-1) == ref.argmax(-1)
-    assert agree[decided].all(), f"argmax differs at positions {np.flatnonzero(decided & ~agree)}"
+    """The fp32 rule (gemma_export/verify/compare.py): max |diff| <= 1e-4 x max |logit|, argmax
+    equal wherever the reference's top-2 margin exceeds that tolerance."""
+    failures = fp32_failures(ours, ref)
+    assert not failures, "; ".join(failures)
 
 
 def prompt(seed: int, length: int, vocab: int = 384) -> list[int]:

@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
+from gemma_export import ort_run
 from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import WeightSource
 from gemma_export.export import pass_context, resolve_options
@@ -49,11 +49,7 @@ def apply(model: ir.Model, ctx: PassContext, *passes) -> tuple[ir.Model, list[in
 def run(model: ir.Model, feeds: dict, optimize: bool = True) -> dict[str, np.ndarray]:
     """optimize=False: onnxruntime runs the graph as written (no fusion, e.g. of DequantizeLinear +
     MatMul into a MatMulNBits that quantizes activations)."""
-    proto = ir.serde.serialize_model(model)
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_run.session(ort_run.model_proto(model), optimize=optimize)
     names = [i.name for i in session.get_inputs()]
     outputs = session.run(None, {k: v for k, v in feeds.items() if k in names})
     return dict(zip([o.name for o in session.get_outputs()], outputs))

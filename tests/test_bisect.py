@@ -1,5 +1,5 @@
-"""validate --bisect (gemma_export/bisect.py): the export's passes run again from the checkpoint, the
-graph checked against the torch reference layer by layer after each runnable group; a wrong
+"""validate --bisect (gemma_export/verify/pass_bisect.py): the export's passes run again from the
+checkpoint, the graph checked against the torch reference layer by layer after each runnable group; a wrong
 rewrite injected into one pass is named by group, layer and node."""
 
 import json
@@ -7,14 +7,15 @@ import json
 import pytest
 
 from cli_util import cli
-from gemma_export import bisect
 from gemma_export.checkpoints import open_source
 from gemma_export.export import export, pass_context, resolve_options
 from gemma_export.passes import fold_weight_transposes, geglu
 from gemma_export.passes.pipeline import pipeline, run_pipeline, runnable_groups
 from gemma_export.targets import TARGETS, ExportOptions
 from gemma_export.tensors import mapped
-from gemma_export.validate import token_ids
+from gemma_export.verify import pass_bisect, snapshot, walk
+from gemma_export.verify.compare import FP32_RELATIVE_TOLERANCE
+from gemma_export.verify.validate import token_ids
 
 CONFIG = "gemma-mqa"  # three layers: a fault in layer 1 has a layer before and after it
 OPTIONS = ExportOptions(max_seq_len=32)
@@ -37,7 +38,7 @@ def artifact(checkpoint, tmp_path_factory):
 def clean_walk(checkpoint, tmp_path_factory):
     source = open_source(checkpoint)
     ids = token_ids(None, source.config.bos_token_id, 32, None, source.config.vocab_size)[0]
-    return bisect.reexport(source, resolve_options(OPTIONS), ids, tmp_path_factory.mktemp("walk"))
+    return pass_bisect.reexport(source, resolve_options(OPTIONS), ids, tmp_path_factory.mktemp("walk"))
 
 
 def groups(checkpoint, options: ExportOptions) -> tuple[tuple[str, ...], ...]:
@@ -47,19 +48,19 @@ def groups(checkpoint, options: ExportOptions) -> tuple[tuple[str, ...], ...]:
 
 
 def in_layer_1(node) -> bool:
-    return LAYER_1 in node.metadata_props.get(bisect.SCOPES, "")
+    return LAYER_1 in node.metadata_props.get(snapshot.SCOPES, "")
 
 
 def test_a_clean_export_stays_within_tolerance_at_every_group(clean_walk, checkpoint):
     points = clean_walk.points
-    assert [p.group for p in points] == [bisect.TRACED, *groups(checkpoint, OPTIONS)]
+    assert [p.group for p in points] == [walk.TRACED, *groups(checkpoint, OPTIONS)]
     assert clean_walk.finding is None
     ran = [p for p in points if p.status == "ok"]
     # every pass of the pipeline acts here, so no group leaves the graph unchanged
     assert {p.status for p in points} == {"ok"} and len(ran) >= 8
     for point in ran:
         assert len(point.layers) == 3 and all(d is not None for d in point.layers)  # every layer output followed
-        assert all(d.relative <= bisect.FP32_RELATIVE_TOLERANCE for d in [*point.layers, point.logits])
+        assert all(d.relative <= FP32_RELATIVE_TOLERANCE for d in [*point.layers, point.logits])
     # groups that rewrite nothing at fp32 are not run again
     assert all(p.status == "unchanged" for p in points if p.group in [("activation_scaling",), ("precision",)])
 
@@ -108,14 +109,14 @@ def _down_proj_scaled(monkeypatch) -> dict:
 @pytest.mark.parametrize("fault, group", [(_gelu_reads_up, "geglu"), (_down_proj_scaled, "fold_weight_transposes")])
 def test_b_an_injected_fault_is_named_by_group_layer_and_node(fault, group, artifact, checkpoint, monkeypatch):
     wrong = fault(monkeypatch)
-    report = bisect.bisect(artifact, checkpoint)
+    report = pass_bisect.bisect(artifact, checkpoint)
     finding = report["first_divergence"]
     assert finding["group"] == [group] and finding["layer"] == 1
     assert finding["node_search"]["found"] and finding["node_search"]["node"]["name"] == wrong["node"]
     assert report["verdict"].startswith(f"first divergence: group {group}, layer 1, node {wrong['node']} (")
     by_group = {tuple(g["group"]): g for g in report["groups"]}
     layers = by_group[(group,)]["layers"]
-    assert layers[0]["relative"] <= bisect.FP32_RELATIVE_TOLERANCE < layers[1]["relative"]
+    assert layers[0]["relative"] <= FP32_RELATIVE_TOLERANCE < layers[1]["relative"]
     assert report["artifact_logits"]["status"] == "ok"  # OUT itself was exported without the fault
 
 
@@ -146,13 +147,13 @@ def test_every_targets_passes_keep_each_layer_output_marked(target, checkpoint):
 
     source = open_source(checkpoint)
     model = export_module.trace(source.config)
-    bisect.mark_layer_outputs(model.graph, source.config.hidden_size)
+    snapshot.mark_layer_outputs(model.graph, source.config)
     options = resolve_options(ExportOptions(target=target, max_seq_len=32))
     marked = []
 
     def count(group, entries, model):
-        marked.append(sorted(int(v.metadata_props[bisect.LAYER_OUTPUT]) for n in model.graph for v in n.outputs
-                             if bisect.LAYER_OUTPUT in v.metadata_props))
+        marked.append(sorted(int(v.metadata_props[snapshot.LAYER_OUTPUT]) for n in model.graph for v in n.outputs
+                             if snapshot.LAYER_OUTPUT in v.metadata_props))
 
     run_pipeline(model, pass_context(source.config, options, weights=source.weights), after_group=count)
     assert marked == [[0, 1, 2]] * len(groups(checkpoint, options))

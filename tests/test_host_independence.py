@@ -8,7 +8,7 @@ its SSE4.2 kernels through the switches they read at load (torch's ATen dispatch
 under it, numpy's dispatched loops). OpenBLAS (numpy's float64 products here) keeps the host's
 OPENBLAS_CORETYPE, which some hosts set to avoid broken kernels. onnxruntime has no such switch (its
 MLAS kernels choose by cpuid alone): no measuring decision runs in it any more
-(gemma_export/float64_reference.py).
+(gemma_export/quantization/float64_reference.py).
 On an AVX-512 host this compares AVX-512 kernels with SSE4.2 ones, on an AVX2 host AVX2 with SSE4.2.
 """
 
@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from gemma_export.float64_reference import SSE42_KERNELS
+from gemma_export.quantization.float64_reference import SSE42_KERNELS
 from golden_exports import fingerprint
 
 SSE42_ONLY = SSE42_KERNELS

@@ -1,5 +1,5 @@
-"""The quantization recipe (passes/quant_recipe.py) and the sensitivities it chooses by
-(gemma_export/sensitivity.py)."""
+"""The quantization recipe (gemma_export/quantization/recipe.py, the pass passes/quant_recipe.py) and
+the sensitivities it chooses by (gemma_export/quantization/sensitivity.py)."""
 
 import dataclasses
 
@@ -7,11 +7,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from gemma_export import calibrate, quant, sensitivity
+from gemma_export import ort_run
 from gemma_export.errors import GemmaExportError
-from gemma_export.float64_reference import DTYPE
+from gemma_export.quantization.float64_reference import DTYPE
 from gemma_export.passes import quant_recipe, quantize_embedding, quantize_matmuls
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.quantization import blocks, sensitivity
+from gemma_export.quantization import units
+from gemma_graphs.roles import roles
+from gemma_runtime import interface
 from pass_harness import apply, run
 from test_pass_precision import fused
 
@@ -48,14 +51,14 @@ def test_budget_buys_the_most_kl_per_byte_and_stays_within_it(precision_checkpoi
     for name, by_width in kl.items():
         assert by_width["int4"] >= by_width["int8"] >= by_width["float"] == 0.0
     # every unit left at int4 would have saved less KL per byte than the cheapest upgrade taken
-    units = {u.name: u for u in quant_recipe.units(model.graph, ctx)}
-    rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / (quant_recipe.unit_bytes(ctx, units[n], w)  # noqa: E731
-                                                      - quant_recipe.unit_bytes(ctx, units[n], "int4"))
+    by_name = {u.name: u for u in units.units(model.graph, ctx)}
+    rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / (units.unit_bytes(ctx, by_name[n], w)  # noqa: E731
+                                                      - units.unit_bytes(ctx, by_name[n], "int4"))
     taken = min(rate(n, w) for n, w in ctx.quant_plan.items() if w != "int4")
     left = [n for n, w in ctx.quant_plan.items() if w == "int4"]
     room = budget * 2**20 - q["estimated_mib"] * 2**20
-    fits = [n for n in left if quant_recipe.unit_bytes(ctx, units[n], "int8")
-            - quant_recipe.unit_bytes(ctx, units[n], "int4") <= room]
+    fits = [n for n in left if units.unit_bytes(ctx, by_name[n], "int8")
+            - units.unit_bytes(ctx, by_name[n], "int4") <= room]
     assert all(rate(n, "int8") <= taken for n in fits)
 
 
@@ -85,11 +88,11 @@ def test_measured_kl_is_the_kl_of_the_real_quantized_graph(precision_checkpoints
     activations, on tensorrt) moves the logits by the KL the recipe measured."""
     model, ctx, _ = recipe(precision_checkpoints["peaked"], target, quant="int4")
     kl = ctx.report["quantization"]["sensitivity"]["kl"]
-    units = [u.name for u in quant_recipe.units(model.graph, ctx)]
+    names = [u.name for u in units.units(model.graph, ctx)]
     sequences = sensitivity._sequences(ctx)
     fp32 = [run(model, _feeds(model, ids))["logits"][0] for ids in sequences]
-    for name in (EMBEDDING, units[1]):
-        ctx.quant_plan = {n: "int4" if n == name else "float" for n in units}
+    for name in (roles(ctx.config).embedding, names[1]):
+        ctx.quant_plan = {n: "int4" if n == name else "float" for n in names}
         quantized, _ = apply(model, ctx, quantize_matmuls, quantize_embedding)
         ours = [run(quantized, _feeds(model, ids), optimize=target != "tensorrt")["logits"][0] for ids in sequences]
         positions = sum(len(r) for r in fp32)
@@ -99,8 +102,8 @@ def test_measured_kl_is_the_kl_of_the_real_quantized_graph(precision_checkpoints
 
 
 def _feeds(model, ids):
-    f = calibrate.prefill_feeds(model.graph, ids)
-    f["logits_index"] = np.arange(0, len(ids), sensitivity.POSITION_STRIDE, dtype=np.int64)[None]
+    f = ort_run.prefill_feeds(model.graph, ids)
+    f[interface.LOGITS_INDEX] = np.arange(0, len(ids), sensitivity.POSITION_STRIDE, dtype=np.int64)[None]
     return f
 
 
@@ -113,10 +116,10 @@ def _kl(ref: np.ndarray, ours: np.ndarray) -> float:
 
 
 def test_stored_bytes_match_the_written_tensors():
-    s = quant.for_matrix(quant.scheme(4, 32), 128)
+    s = blocks.for_matrix(blocks.scheme(4, 32), 128)
     rows = ir.tensor(np.random.default_rng(0).standard_normal((8, 128)).astype(np.float32))
-    tensors = quant.nbits_tensors(rows, s, "w")
-    assert quant.stored_bytes(8, 128, s, 4) == sum(t.nbytes for t in tensors if t is not None)
+    tensors = blocks.nbits_tensors(rows, s, "w")
+    assert blocks.stored_bytes(8, 128, s, 4) == sum(t.nbytes for t in tensors if t is not None)
 
 
 def test_the_expert_router_stays_float_and_is_measured_nowhere(tmp_path):
@@ -151,3 +154,23 @@ def test_mixture_of_experts_calibration_runs_in_pieces_within_the_gather_budget(
     split = sensitivity._split(ids, 20, 2)
     assert [len(p) for p in split] == [20, 20, 7] and split[0] == ids[:20]
     assert split[0] + sum((p[1:] for p in split[1:] if p[0] == 2), []) == ids
+
+
+def test_a_given_plan_is_replayed_without_measuring(precision_checkpoints, monkeypatch):
+    """A plan given in (ctx.quant_plan set, as validate --bisect does from a manifest) is the plan:
+    nothing is measured; one that names other weights than the graph's is refused."""
+    model, ctx, count = recipe(precision_checkpoints["peaked"], quant="int4", max_size_mib=0.5)
+    measured = dict(ctx.quant_plan)
+    assert set(measured.values()) != {"int4"}  # the recipe chose: a plan worth replaying
+
+    def no_measuring(*args):
+        raise AssertionError("a given plan was measured again")
+
+    monkeypatch.setattr(sensitivity, "measure", no_measuring)
+    ctx.report = {}
+    _, (replayed,) = apply(model, ctx, quant_recipe)
+    assert replayed == count and ctx.quant_plan == measured
+    assert ctx.report["quantization"] == {"recipe": "int4", "replayed": True, "choices": measured}
+    ctx.quant_plan = {**measured, "not.a.weight": "int4"}
+    with pytest.raises(GemmaExportError, match="does not match this graph's weights"):
+        apply(model, ctx, quant_recipe)

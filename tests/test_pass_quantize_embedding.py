@@ -2,10 +2,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from gemma_export import quant
-from gemma_export.passes import quant_recipe, fold_weight_transposes, quantize_embedding, quantize_matmuls, set_opset, tied_lm_head
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_export.passes import fold_weight_transposes, quantize_embedding, quantize_matmuls, set_opset, tied_lm_head
+from gemma_export.quantization import blocks, units
 from gemma_export.targets import ExportOptions
+from gemma_graphs.roles import roles
 from pass_harness import apply, feeds, op_types, run, traced
 
 
@@ -21,7 +21,8 @@ def test_lookup_and_lm_head_read_one_quantized_table(target, method, tiny_checkp
     options = ExportOptions(target=target, quant=method)
     tied, ctx = prepared(tiny_checkpoints["gemma2"], options)
     quantized, (count,) = apply(tied, ctx, quantize_embedding)
-    assert count == 2 and EMBEDDING not in quantized.graph.initializers
+    embedding = roles(ctx.config).embedding
+    assert count == 2 and embedding not in quantized.graph.initializers
     if target == "ort-cpu":
         assert "Gemm" not in op_types(quantized) and "Gather" not in op_types(quantized)
         gather = next(n for n in quantized.graph if n.op_type == "GatherBlockQuantized")
@@ -31,9 +32,9 @@ def test_lookup_and_lm_head_read_one_quantized_table(target, method, tiny_checkp
         (dq,) = [n for n in quantized.graph if n.op_type == "DequantizeLinear"]
         assert sorted(user.op_type for user, _ in dq.outputs[0].uses()) == ["Gather", "Gemm"]
     reference, _ = apply(tied, None)
-    table = reference.graph.initializers[EMBEDDING]
-    s = quant_recipe.scheme_for(ctx, f"int{ctx.options.quant_bits}", table.shape[1])
-    table.const_value = ir.tensor(quant.dequantize(quant.quantize(table.const_value.numpy(), s), s))
+    table = reference.graph.initializers[embedding]
+    s = units.scheme_for(ctx, units.method_of(ctx).width, table.shape[1])
+    table.const_value = ir.tensor(blocks.dequantize(blocks.quantize(table.const_value.numpy(), s), s))
     f = feeds(ctx.config, past=2)
     ours, ref, fp32 = (run(m, f, optimize=False)["logits"] for m in (quantized, reference, tied))
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -44,4 +45,4 @@ def test_keep_embeddings_fp_leaves_the_table(tiny_checkpoints):
     tied, ctx = prepared(tiny_checkpoints["gemma2"], ExportOptions(target="ort-cpu", quant="int4",
                                                                     keep_embeddings_fp=True))
     kept, (count,) = apply(tied, ctx, quantize_embedding)
-    assert count == 0 and EMBEDDING in kept.graph.initializers
+    assert count == 0 and roles(ctx.config).embedding in kept.graph.initializers

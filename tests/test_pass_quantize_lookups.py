@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from gemma_export import quant
 from gemma_export.passes import quant_recipe, quantize_lookups, set_opset
+from gemma_export.quantization import blocks, units
 from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 from tiny import write_checkpoint
@@ -43,7 +43,7 @@ def graph_feeds(model: ir.Model, cfg) -> dict[str, np.ndarray]:
 
 
 def tables(model: ir.Model, ctx) -> list[str]:
-    return [u.name for u in quant_recipe.units(model.graph, ctx) if not u.products]
+    return [u.name for u in units.units(model.graph, ctx) if not u.products]
 
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
@@ -63,9 +63,9 @@ def test_lookups_read_the_quantized_tables(kind, target, method, gemma4):
     for name in names:
         table = reference.graph.initializers[name]
         values = table.const_value.numpy()
-        s = quant_recipe.scheme_for(ctx, method, values.shape[-1])
+        s = units.scheme_for(ctx, method, values.shape[-1])
         rows = values.reshape(-1, values.shape[-1])
-        table.const_value = ir.tensor(quant.dequantize(quant.quantize(rows, s), s).reshape(values.shape))
+        table.const_value = ir.tensor(blocks.dequantize(blocks.quantize(rows, s), s).reshape(values.shape))
     f = graph_feeds(prepared_model, ctx.config)
     ours, ref, fp32 = (run(m, f, optimize=False)["logits"] for m in (quantized, reference, prepared_model))
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

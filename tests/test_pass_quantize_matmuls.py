@@ -2,9 +2,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from gemma_export import quant
-from gemma_export.passes import quant_recipe, fold_weight_transposes, quantize_matmuls, set_opset
+from gemma_export.passes import fold_weight_transposes, quantize_matmuls, set_opset
 from gemma_export.passes.context import PassContext
+from gemma_export.quantization import blocks, units
 from gemma_export.targets import ExportOptions
 from pass_harness import apply, feeds, op_types, run, traced
 
@@ -19,8 +19,8 @@ def dequantized(model: ir.Model, ctx: PassContext) -> ir.Model:
     for node in out.graph:
         if node.op_type == "MatMul" and node.inputs[1].is_initializer():
             w = node.inputs[1].const_value.numpy()
-            s = quant_recipe.scheme_for(ctx, f"int{ctx.options.quant_bits}", w.shape[0])
-            node.inputs[1].const_value = ir.tensor(quant.dequantize(quant.quantize(w.T, s), s).T.copy())
+            s = units.scheme_for(ctx, units.method_of(ctx).width, w.shape[0])
+            node.inputs[1].const_value = ir.tensor(blocks.dequantize(blocks.quantize(w.T, s), s).T.copy())
     return out
 
 

@@ -4,14 +4,15 @@ import onnxruntime as ort
 
 from gemma_export.emit.artifact import save_model
 from gemma_export.passes import split_lm_head, tied_lm_head
-from gemma_export.passes.tied_lm_head import EMBEDDING
+from gemma_graphs.roles import roles
 from pass_harness import apply, feeds, op_types, run, traced
 
 
 def test_lm_head_slices_read_the_tables_bytes_in_place(tiny_checkpoints, tmp_path, monkeypatch):
     model, ctx = traced(tiny_checkpoints["gemma-mqa"])
     tied, _ = apply(model, ctx, tied_lm_head)
-    table = tied.graph.initializers[EMBEDDING].const_value
+    embedding = roles(ctx.config).embedding
+    table = tied.graph.initializers[embedding].const_value
     vocab = table.shape[0]
     monkeypatch.setattr(split_lm_head, "SLICE_BYTES", table.nbytes // 3 - 1)  # 4 slices, the last shorter
     after, (count,) = apply(tied, ctx, split_lm_head)
@@ -27,7 +28,7 @@ def test_lm_head_slices_read_the_tables_bytes_in_place(tiny_checkpoints, tmp_pat
     assert data_size["sliced"] == data_size["whole"]
     proto = onnx.load(str(tmp_path / "sliced" / "model.onnx"), load_external_data=False)
     places = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer}
-    start = int(places[EMBEDDING]["offset"])
+    start = int(places[embedding]["offset"])
     slices = sorted((int(p["offset"]), int(p["length"])) for n, p in places.items() if n.startswith("lm_head.rows_"))
     assert [o for o, _ in slices][0] == start and sum(n for _, n in slices) == table.nbytes
     assert all(a + n == b for (a, n), (b, _) in zip(slices, slices[1:]))  # contiguous, in vocabulary order

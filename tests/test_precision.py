@@ -10,7 +10,7 @@ from gemma_export.export import export
 from gemma_export.describe import describe
 from gemma_export.targets import ExportOptions
 from gemma_export.texts import PROMPTS
-from gemma_export.validate import validate
+from gemma_export.verify.validate import validate
 
 MAX_SEQ_LEN = 64
 TEXTS = PROMPTS[:5]  # no tokenizer: 5 random sequences of 24 to 52 ids

@@ -23,7 +23,7 @@ from gemma_export.checkpoints.gguf_header import check_header
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
 from gemma_export.checkpoints.hf_config import layer_count
 from gemma_export.errors import CheckpointError, ConfigError, names
-from gemma_export.quant import Quantized, Scheme
+from gemma_export.quantization.blocks import Quantized, Scheme
 from gemma_graphs.config import FAMILIES, Family, GemmaConfig, InvalidConfig, family_switches, sliding_layer_types
 
 ARCHITECTURES = tuple(FAMILIES)  # GGUF architecture names are the family names

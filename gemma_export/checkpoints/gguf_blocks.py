@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from gemma_export.quant import Quantized, Scheme
+from gemma_export.quantization.blocks import Quantized, Scheme
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ class PassContext:
     tokenizer: Tokenizer | None = None  # the source's: calibration text -> ids
     # weight (initializer) name -> "int4" | "int8" | "float" | "source": the quantization recipe's choices
     quant_plan: dict[str, str] = dataclasses.field(default_factory=dict)
-    # the checkpoint's tensors by HF name: what the float64 reference measures with (gemma_export/float64_reference.py)
+    # the checkpoint's tensors by HF name: what the float64 reference measures with (gemma_export/quantization/float64_reference.py)
     weights: WeightSource | None = None
     # weight (initializer) name -> its activation-aware scale s (--calibrate): the graph holds W s, its products read x / s
     input_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 # Value metadata under this prefix says what a value means, not which object holds it: replace_value
-# moves it to the replacement. gemma_export/bisect.py follows values through the passes by it.
+# moves it to the replacement. gemma_export/verify/snapshot.py follows values through the passes by it.
 MEANING_PREFIX = "gemma_export."
 
 

@@ -9,17 +9,18 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_node, constant_int64
+from gemma_graphs.roles import roles
 from gemma_runtime.interface import BATCH, LOGITS_INDEX
 
 NAME = "logits_index"
-FINAL_NORM = "model.norm.weight"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
-    norms = [n for n in graph if len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].name == FINAL_NORM]
+    final_norm = roles(ctx.config).final_norm
+    norms = [n for n in graph if len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].name == final_norm]
     if len(norms) != 1:
-        raise AssertionError(f"expected one final norm reading {FINAL_NORM}, found {len(norms)}")
+        raise AssertionError(f"expected one final norm reading {final_norm}, found {len(norms)}")
     norm = norms[0]
     index = ir.Value(name=LOGITS_INDEX, shape=ir.Shape([BATCH, "keep"]), type=ir.TensorType(ir.DataType.INT64))
     graph.inputs.append(index)

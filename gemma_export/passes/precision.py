@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from gemma_export import calibrate
+from gemma_export import calibrate, ort_run
 from gemma_export.tensors import mapped, numpy_dtype
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
@@ -54,7 +54,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         return 0
     graph = model.graph
     low = LOW[options.dtype]
-    inferred = calibrate.value_dtypes(model)
+    inferred = ort_run.value_dtypes(model)
 
     def is_float(v: ir.Value | None) -> bool:
         if v is None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export import quant
+from gemma_export.quantization import blocks
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import initializer_of, replace_value
-from gemma_export.passes.quant_recipe import Unit, planned
+from gemma_export.quantization.units import Unit, method_of, planned
 from gemma_export.passes.quantize_lookups import dequantized, gather_block_quantized, quantized_rows
 from gemma_export.passes.quantize_matmuls import MS_DOMAIN, matmul_nbits, nbits_initializers
-from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
+from gemma_graphs.roles import roles
 
 NAME = "quantize_embedding"
 REQUIRES = ("quant_recipe",)
@@ -35,10 +35,11 @@ def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
 def run(model: ir.Model, ctx: PassContext) -> int:
     options = ctx.options
     graph = model.graph
-    table = initializer_of(graph.initializers.get(EMBEDDING))
-    if options.quant == "none" or options.keep_embeddings_fp or table is None:
+    embedding = roles(ctx.config).embedding
+    table = initializer_of(graph.initializers.get(embedding))
+    if not method_of(ctx).quantizes or options.keep_embeddings_fp or table is None:
         return 0
-    unit = Unit(table, [])
+    unit = Unit(table, [], stored_as_rows=True)
     plan = planned(ctx, unit)
     if plan is None:
         return 0
@@ -46,25 +47,25 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     uses = list(table.uses())
     if ctx.target.quantized_matmul == "MatMulNBits":
         blocks_of = blocks_of or quantized_rows(unit.rows(), scheme)
-        packed = nbits_initializers(graph, table.const_value, scheme, EMBEDDING, blocks_of)
+        packed = nbits_initializers(graph, table.const_value, scheme, embedding, blocks_of)
         for node, _ in uses:
             _ort_use(graph, node, unit, packed, scheme, blocks_of)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
     else:
         dequantized(graph, unit, scheme)
-    graph.initializers.pop(EMBEDDING)
+    graph.initializers.pop(embedding)
     return len(uses)
 
 
-def _ort_use(graph: ir.Graph, node: ir.Node, unit: Unit, packed, scheme: quant.Scheme,
-             blocks_of: quant.BlockReader) -> None:
+def _ort_use(graph: ir.Graph, node: ir.Node, unit: Unit, packed, scheme: blocks.Scheme,
+             blocks_of: blocks.BlockReader) -> None:
     table = unit.weight
     if node.op_type == "Gather" and node.inputs[0] is table and node.attributes.get_int("axis", 0) == 0:
         out = gather_block_quantized(graph, node, unit, packed, scheme, blocks_of)
     elif node.op_type == "Gemm" and node.inputs[1] is table and node.attributes.get_int("transB", 0) == 1 \
             and len(node.inputs) == 2:
-        out = matmul_nbits(graph, node, node.inputs[0], table.const_value, scheme, EMBEDDING, packed)
+        out = matmul_nbits(graph, node, node.inputs[0], table.const_value, scheme, table.name, packed)
     else:
-        raise AssertionError(f"{EMBEDDING} is read by an unexpected {node.op_type} ({node.name})")
+        raise AssertionError(f"{table.name} is read by an unexpected {node.op_type} ({node.name})")
     replace_value(node.outputs[0], out)
     graph.remove(node, safe=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export import quant
+from gemma_export.quantization import blocks
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
-from gemma_export.passes.quant_recipe import Unit, quantized_units
+from gemma_export.quantization.units import Unit, quantized_units
 from gemma_export.passes.quantize_matmuls import MS_DOMAIN, nbits_initializers
 from gemma_export.targets import ExportOptions, Target
 from gemma_export.tensors import StreamedTensor
@@ -54,12 +54,12 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     return count
 
 
-def quantized_rows(rows: ir.TensorProtocol, scheme: quant.Scheme) -> quant.BlockReader:
-    return lambda a, b: quant.quantize(rows.rows(a, b), scheme)
+def quantized_rows(rows: ir.TensorProtocol, scheme: blocks.Scheme) -> blocks.BlockReader:
+    return lambda a, b: blocks.quantize(rows.rows(a, b), scheme)
 
 
-def gather_block_quantized(graph: ir.Graph, node: ir.Node, unit: Unit, packed, scheme: quant.Scheme,
-                           blocks_of: quant.BlockReader) -> ir.Value:
+def gather_block_quantized(graph: ir.Graph, node: ir.Node, unit: Unit, packed, scheme: blocks.Scheme,
+                           blocks_of: blocks.BlockReader) -> ir.Value:
     """Gather(table, indices) on axis 0 read from the table's MatMulNBits bytes `packed` (B
     [rows, blocks, block * bits / 8], scales, zero points, offsets of unit.rows()). The op wants the
     gathered axis first and one block per row of its last axis: for a table of more than two dims
@@ -103,11 +103,11 @@ def gather_block_quantized(graph: ir.Graph, node: ir.Node, unit: Unit, packed, s
     return add_node(graph, node, "Reshape", [gathered, shape]).outputs[0]
 
 
-def dequantized(graph: ir.Graph, unit: Unit, scheme: quant.Scheme) -> None:
+def dequantized(graph: ir.Graph, unit: Unit, scheme: blocks.Scheme) -> None:
     """Every reader of the table reads one DequantizeLinear of its rows (reshaped to the table's
     dims where it has more than two)."""
     table = unit.weight
-    data, scale, zero = quant.dequantize_linear_tensors(unit.rows(), scheme, unit.name)
+    data, scale, zero = blocks.dequantize_linear_tensors(unit.rows(), scheme, unit.name)
     inputs = [add_initializer(graph, t.name, t) for t in (data, scale, zero) if t is not None]
     before = min((n for n, _ in table.uses()), key=lambda n: list(graph).index(n))
     weight = add_node(graph, before, "DequantizeLinear", inputs, {"axis": 1, "block_size": scheme.block}).outputs[0]

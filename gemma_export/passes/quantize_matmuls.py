@@ -1,6 +1,6 @@
 """`--quant`: every MatMul with a 2-D weight [K, N] reads it quantized along K in blocks of
-`--block-size`, at the width the recipe chose for it (passes/quant_recipe.py; "float" leaves it to
-the precision pass) (gemma_export/quant.py: int8 symmetric, int4 with zero points where the target
+`--block-size`, at the width the recipe chose for it (gemma_export/quantization/recipe.py; "float" leaves it to
+the precision pass) (gemma_export/quantization/blocks.py: int8 symmetric, int4 with zero points where the target
 reads them).
 
 Targets whose quantized_matmul is "MatMulNBits" (ort-cpu, ort-cuda): com.microsoft MatMulNBits. accuracy_level 4 lets the CPU kernel quantize the
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export import quant
+from gemma_export.quantization import blocks
 from gemma_export.tensors import transposed
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
-from gemma_export.passes.quant_recipe import quantized_units
+from gemma_export.quantization.units import quantized_units
 from gemma_export.targets import ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
 
@@ -52,9 +52,9 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     return count
 
 
-def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: quant.Scheme,
+def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorProtocol, scheme: blocks.Scheme,
                  name: str, packed: tuple[ir.Value, ...] | None = None,
-                 blocks_of: quant.BlockReader | None = None) -> ir.Value:
+                 blocks_of: blocks.BlockReader | None = None) -> ir.Value:
     """x @ rows.T through MatMulNBits; `packed` reuses already-added (B, scales, zero points,
     offsets); blocks_of reads a source's own blocks instead of quantizing the rows."""
     n, k = rows.shape.numpy()
@@ -67,7 +67,7 @@ def matmul_nbits(graph: ir.Graph, before: ir.Node, x: ir.Value, rows: ir.TensorP
     return add_node(graph, before, "Add", [node.outputs[0], offset_term(graph, before, x, offsets, scheme)]).outputs[0]
 
 
-def offset_term(graph: ir.Graph, before: ir.Node, x: ir.Value, offsets: ir.Value, scheme: quant.Scheme) -> ir.Value:
+def offset_term(graph: ir.Graph, before: ir.Node, x: ir.Value, offsets: ir.Value, scheme: blocks.Scheme) -> ir.Value:
     """sum over blocks b of offset[n, b] * sum of x over block b: what a float offset per block adds
     to x @ W.T. offsets: [N, blocks] (a Gemm reads it as stored)."""
     n, blocks = offsets.shape.numpy()
@@ -82,16 +82,16 @@ def offset_term(graph: ir.Graph, before: ir.Node, x: ir.Value, offsets: ir.Value
     return add_node(graph, before, "MatMul", [sums, by_column]).outputs[0]
 
 
-def nbits_initializers(graph: ir.Graph, rows: ir.TensorProtocol, scheme: quant.Scheme, name: str,
-                       blocks_of: quant.BlockReader | None = None) -> tuple[ir.Value | None, ...]:
-    tensors = quant.nbits_tensors(rows, scheme, name, blocks_of)
+def nbits_initializers(graph: ir.Graph, rows: ir.TensorProtocol, scheme: blocks.Scheme, name: str,
+                       blocks_of: blocks.BlockReader | None = None) -> tuple[ir.Value | None, ...]:
+    tensors = blocks.nbits_tensors(rows, scheme, name, blocks_of)
     return tuple(add_initializer(graph, t.name, t) if t is not None else None for t in tensors)
 
 
-def _dequantized_matmul(graph: ir.Graph, node: ir.Node, rows: ir.TensorProtocol, scheme: quant.Scheme,
+def _dequantized_matmul(graph: ir.Graph, node: ir.Node, rows: ir.TensorProtocol, scheme: blocks.Scheme,
                         name: str) -> ir.Value:
     """MatMul(x, DequantizeLinear(q [K, N])): the quantized rows transposed back."""
-    tensors = [t for t in quant.dequantize_linear_tensors(rows, scheme, name) if t is not None]
+    tensors = [t for t in blocks.dequantize_linear_tensors(rows, scheme, name) if t is not None]
     inputs = [add_initializer(graph, t.name, transposed(t, t.name)) for t in tensors]
     weight = add_node(graph, node, "DequantizeLinear", inputs, {"axis": 0, "block_size": scheme.block}).outputs[0]
     return add_node(graph, node, "MatMul", [node.inputs[0], weight]).outputs[0]

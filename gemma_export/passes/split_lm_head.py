@@ -17,9 +17,9 @@ import onnx_ir as ir
 from gemma_export.tensors import row_view
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node, initializer_of, replace_value
-from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
+from gemma_graphs.roles import roles
 
 NAME = "split_lm_head"
 REQUIRES = ("tied_lm_head",)  # whose Gemm it splits
@@ -34,9 +34,10 @@ def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
+    embedding = roles(ctx.config).embedding
     for node in list(graph):
         table = initializer_of(node.inputs[1]) if node.op_type == "Gemm" and len(node.inputs) == 2 else None
-        if table is None or table.name != EMBEDDING or node.attributes.get_int("transB", 0) != 1:
+        if table is None or table.name != embedding or node.attributes.get_int("transB", 0) != 1:
             continue
         vocab = table.shape[0]
         rows = max(1, SLICE_BYTES // (table.const_value.nbytes // vocab))
@@ -54,5 +55,5 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         replace_value(node.outputs[0], joined.outputs[0])
         graph.remove(node, safe=True)
         return len(logits)
-    ctx.left_alone(NAME, EMBEDDING, "no float Gemm reads the table (the lm_head is quantized)")
+    ctx.left_alone(NAME, embedding, "no float Gemm reads the table (the lm_head is quantized)")
     return 0

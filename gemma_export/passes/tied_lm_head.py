@@ -8,13 +8,14 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_node, constant_int64, initializer_of, replace_value
+from gemma_graphs.roles import roles
 
 NAME = "tied_lm_head"
-EMBEDDING = "model.embed_tokens.weight"
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
+    embedding = roles(ctx.config).embedding
     count = 0
     for node in list(graph):
         if node.op_type != "MatMul" or node.domain != "":
@@ -23,7 +24,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         if producer is None or producer.op_type != "Transpose":
             continue
         weight = initializer_of(producer.inputs[0])
-        if weight is None or weight.name != EMBEDDING:
+        if weight is None or weight.name != embedding:
             continue
         hidden = ctx.config.hidden_size
         h = node.inputs[0]

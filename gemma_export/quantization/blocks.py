@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from gemma_export.tensors import StreamedTensor, as_streamed, numpy_dtype
 from gemma_export.errors import GemmaExportError
+from gemma_export.tensors import StreamedTensor, as_streamed, numpy_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +123,14 @@ def int8_blocks(x: np.ndarray, block: int) -> np.ndarray:
 
 def quantize_dequantize(w: np.ndarray, s: Scheme) -> np.ndarray:
     return dequantize(quantize(w, s), s)
+
+
+def product_error(x: np.ndarray, stored: np.ndarray, reference: np.ndarray, input_block: int | None) -> float:
+    """||Qa(x) stored^T - reference||^2 in float64: how far a quantized product's output is from
+    `reference` (x W^T exactly) when it reads `stored` weights [out, in] and its input x [tokens, in]
+    rounded as its kernel does (int8_blocks of input_block; None: not rounded)."""
+    xq = int8_blocks(x, input_block) if input_block else x
+    return float(np.square(xq.astype(np.float64) @ stored.astype(np.float64).T - reference).sum())
 
 
 def stored_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int) -> int:

@@ -1,7 +1,7 @@
 """How much the model's output moves when one weight alone is quantized: the measurement the
-quantization recipe (passes/quant_recipe.py) chooses widths by.
+quantization recipe (recipe.py) chooses widths by.
 
-The model runs in float64 (gemma_export/float64_reference.py: its torch definition, so that the
+The model runs in float64 (float64_reference.py: its torch definition, so that the
 choice does not depend on the instruction set of the host that exports) over calibration text,
 once as it is and once per weight with that weight as the export will store it, the kernel's own
 rounding of its input emulated too where the target has one (MatMulNBits at accuracy level 4
@@ -19,18 +19,18 @@ it) scales by the ratio of its weights' own squared errors instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from gemma_export import calibrate, quant
-from gemma_export.float64_reference import DTYPE, Float64Reference
+from gemma_export import calibrate
 from gemma_export.passes.context import PassContext
+from gemma_export.quantization import blocks
+from gemma_export.quantization.float64_reference import DTYPE, Float64Reference
+from gemma_export.quantization.method import SOURCE
+from gemma_export.quantization.units import Unit
 from gemma_export.tensors import sampled_rows
-
-if TYPE_CHECKING:
-    from gemma_export.passes.quant_recipe import Unit
 
 TOKENS = 320  # calibration tokens per measurement
 GATHER_BUDGET = 2 * 2 ** 30  # bytes of gathered expert weights (float64) one run may hold
@@ -38,8 +38,8 @@ MIN_PIECE = 8
 POSITION_STRIDE = 2  # KL at every other position (the lm_head is most of the 270M's work)
 ERROR_ROWS = 2048  # output channels sampled for the output-error ratio
 
-SchemeOf = Callable[["Unit", str], "quant.Scheme | None"]
-KEEPS_WEIGHTS = "source"  # the width whose stored values are the graph's own
+SchemeOf = Callable[[Unit, str], "blocks.Scheme | None"]
+KEEPS_WEIGHTS = SOURCE  # the width whose stored values are the graph's own
 
 
 def measure(ctx: PassContext, units: list[Unit], widths: tuple[str, ...],
@@ -59,8 +59,8 @@ def measure(ctx: PassContext, units: list[Unit], widths: tuple[str, ...],
         scheme = scheme_of(unit, narrowest)
         rows = unit.rows()
         stored = None if narrowest == KEEPS_WEIGHTS else \
-            (lambda a, b, rows=rows, scheme=scheme: quant.quantize_dequantize(rows.rows(a, b), scheme))
-        rounding = (lambda x, block=scheme.block: quant.int8_blocks(x, block)) \
+            (lambda a, b, rows=rows, scheme=scheme: blocks.quantize_dequantize(rows.rows(a, b), scheme))
+        rounding = (lambda x, block=scheme.block: blocks.int8_blocks(x, block)) \
             if ctx.target.int8_activations and unit.products else None
         start = reference.first_layer(unit)
         total = 0.0
@@ -112,14 +112,13 @@ def _piece_length(ctx: PassContext) -> int:
     return max(MIN_PIECE, min(TOKENS, GATHER_BUDGET // per_token))
 
 
-def _output_error(w: np.ndarray, x: np.ndarray | None, scheme: quant.Scheme | None, int8_inputs: bool,
+def _output_error(w: np.ndarray, x: np.ndarray | None, scheme: blocks.Scheme | None, int8_inputs: bool,
                   keeps_weights: bool) -> float:
     """||Qa(x) Q(W)^T - x W^T||^2 over the sampled output channels w, in float64 (0 for float;
     Q(W) = W when the weights are kept); ||Q(W) - W||^2 for a lookup table (x None)."""
     if scheme is None:
         return 0.0
-    wq = w if keeps_weights else quant.quantize_dequantize(w, scheme)
+    wq = w if keeps_weights else blocks.quantize_dequantize(w, scheme)
     if x is None:
         return float(np.square(wq.astype(np.float64) - w).sum())
-    xq = quant.int8_blocks(x, scheme.block) if int8_inputs else x
-    return float(np.square(xq.astype(np.float64) @ wq.T.astype(np.float64) - x @ w.T.astype(np.float64)).sum())
+    return blocks.product_error(x, wq, x @ w.T.astype(np.float64), scheme.block if int8_inputs else None)

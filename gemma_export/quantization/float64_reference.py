@@ -1,6 +1,6 @@
 """The model in float64, run by its torch definition (gemma_graphs.gemma), for the export's
 decisions that rest on a measurement: the activation-aware scales of `--calibrate`
-(passes/activation_scaling.py) and the recipes' sensitivities (sensitivity.py).
+(activation_scales.py) and the recipes' sensitivities (sensitivity.py).
 
 Why not the graph in onnxruntime, as these measured before: onnxruntime's fp32 kernels take other
 paths on other instruction sets (AVX2, AVX-512 and NEON sum in other orders and approximate
@@ -12,7 +12,7 @@ In float64 the kernels' differences are near 1e-16 relative, far below the round
 decided from them (scales to powers of two, sensitivities to 3 significant digits); the module
 computes its norms, RoPE, attention and router in float64 too (gemma_graphs.ops.compute_dtype).
 
-The graph's units (passes/quant_recipe.Unit) map back to the module's parameters by name: a
+The graph's units (units.Unit) map back to the module's parameters by name: a
 product's weight `<module>.weight.T`, packed products `<prefix>.<a>+<b>` (their rows stacked in
 that order), a table by its own name. Each unit's rows in the graph must equal those parameters
 times its scale, to fp32's rounding of W s (checked on its first rows: a pass that folded anything
@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from gemma_export.errors import GemmaExportError
 from gemma_export.passes.context import PassContext
-from gemma_export.passes.tied_lm_head import EMBEDDING
-
-if TYPE_CHECKING:
-    from gemma_export.passes.quant_recipe import Unit
+from gemma_export.quantization.units import Unit
+from gemma_graphs.roles import roles
 
 DTYPE = torch.float64
 LM_HEAD_INPUT = "lm_head_input"  # the module's hook point in front of the tied lm_head
@@ -78,6 +76,7 @@ class Float64Reference:
         self.ctx = ctx
         self.module = load_reference(ctx.config, ctx.weights, DTYPE)
         self.parameters = dict(self.module.named_parameters())
+        self.roles = roles(ctx.config)
         self.parts = {u.name: self._parts(u) for u in units}
 
     def _parts(self, unit: Unit) -> list[str]:
@@ -148,10 +147,8 @@ class Float64Reference:
 
     def first_layer(self, unit: Unit) -> int:
         """The first layer whose output the unit changes (0 for what is read before the layers)."""
-        parts = self.parts[unit.name][0].split(".")
-        if parts[:2] == ["model", "layers"]:
-            return int(parts[2])
-        return 0
+        layer = self.roles.layer_of(self.parts[unit.name][0])
+        return 0 if layer is None else layer
 
     @contextlib.contextmanager
     def quantized(self, unit: Unit, stored: Callable[[int, int], np.ndarray] | None,
@@ -195,7 +192,7 @@ class Float64Reference:
 
     def _product_module(self, unit: Unit) -> torch.nn.Module:
         """The module whose input every product of the unit reads."""
-        if unit.name == EMBEDDING:
+        if unit.name == self.roles.embedding:
             return getattr(self.module, LM_HEAD_INPUT)
         return self.module.get_submodule(self.parts[unit.name][0].removesuffix(".weight"))
 
