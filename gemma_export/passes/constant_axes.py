@@ -18,7 +18,7 @@ _FOLDABLE = ("Constant", "Reshape")
 
 
 def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
-    return config.features.v_norm or bool(config.num_experts)  # Gemma 4's weightless norms
+    return config.v_norm or bool(config.num_experts)  # Gemma 4's weightless norms
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
