@@ -13,8 +13,8 @@ from gemma_export.checkpoints import open_source
 from gemma_export.export import resolve_options
 from gemma_export.passes.context import LEFT_ALONE
 from gemma_export.passes.pipeline import PipelineOrderError, pipeline, run_pipeline, runnable_groups
-from gemma_export.passes.tied_lm_head import EMBEDDING
 from gemma_export.targets import LOW_PRECISION, TARGETS, ExportOptions
+from gemma_graphs.roles import roles
 from pass_harness import apply, traced
 
 DECLARATIONS = ("AFTER", "REQUIRES", "UNRUNNABLE_UNTIL")
@@ -24,7 +24,7 @@ PASS_NAMES = sorted(p.stem for p in (REPO / "gemma_export" / "passes").glob("*.p
 MIXES = [("fp32", "none", False), ("fp16", "none", False), ("fp32", "int4-uniform", False), ("fp32", "int8", True)]
 # Where a pass of the quantization package may rewrite nothing at run time, and why (their bodies
 # record nothing in the report): the int8 recipe may keep the tied table float.
-EXPLAINED_ZEROS = {"quantize_embedding": lambda ctx: ctx.quant_plan.get(EMBEDDING, "float") == "float"}
+EXPLAINED_ZEROS = {"quantize_embedding": lambda ctx: ctx.quant_plan.get(roles(ctx.config).embedding, "float") == "float"}
 
 
 def options(target: str, dtype: str | None = None, quant: str = "none", calibrate: bool = False) -> ExportOptions:
