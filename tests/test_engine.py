@@ -11,12 +11,12 @@ import pytest
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
+from gemma_export.verify.compare import FP32_RELATIVE_TOLERANCE
 from gemma_runtime.backends import ort_inplace
 from gemma_runtime.engine import Engine, QueueFull
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 
 MAX_SEQ_LEN = 48
-FP32_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def decided_prefix(model, prompt: list[int], tokens: list[int]) -> list[int]:
     logits = model.logits(prompt + tokens)[len(prompt) - 1:]
     for i, row in enumerate(logits[: len(tokens)]):
         top2 = np.sort(row)[-2:]
-        if top2[1] - top2[0] <= FP32_TOLERANCE * np.abs(row).max():
+        if top2[1] - top2[0] <= FP32_RELATIVE_TOLERANCE * np.abs(row).max():
             return tokens[:i]
     return tokens
 

@@ -98,3 +98,16 @@ def test_an_attention_still_taking_a_mask_is_left_alone_with_the_reason(tiny_che
     reason = "it still takes an attention mask: not on the in-place cache interface"
     assert ctx.report[attention_onnx.NAME][LEFT_ALONE] == {
         reason: {"count": ctx.config.num_layers, "examples": [n.name for n in model.graph if n.op_type == ATTENTION][:3]}}
+
+
+@pytest.mark.parametrize("past,seq", [(5, 9), (0, 4)])
+def test_gemma4_shared_caches_and_head_dims_through_the_harness(gemma4_checkpoints, past, seq):
+    """The harness feeds Gemma 4's graphs from the model's own cache tensors: per-layer head dims
+    (sliding 32, global 64) and caches shared by later layers, before and after the lowering."""
+    model, ctx = traced(gemma4_checkpoints["gemma4-shared"], ExportOptions(target="onnx", max_seq_len=MAX))
+    after, counts = apply(model, ctx, set_opset, inplace_cache_io, attention_onnx)
+    assert counts[-1] == ctx.config.num_layers
+    concat = feeds(ctx.config, past=past, seq=seq)
+    assert {v.shape[3] for k, v in concat.items() if k.startswith("past_key.")} == {32, 64}
+    static = inplace_feeds(concat, MAX, windows=ring_windows(after, MAX))
+    np.testing.assert_allclose(run(after, static)["logits"], run(model, concat)["logits"], rtol=1e-5, atol=1e-5)
