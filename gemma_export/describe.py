@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from gemma_export.errors import GemmaExportError
-from gemma_runtime.manifest import MODEL_FILE, FileDigest, Manifest, read_manifest
+from gemma_runtime.manifest import FileDigest, Manifest, read_manifest
 
 HASH_CHUNK_BYTES = 16 * 2**20
 
@@ -22,7 +22,7 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 def describe(folder: Path | str) -> str:
     folder = Path(folder)
     manifest = read_manifest(folder)
-    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    model = onnx.load(str(folder / manifest.decoder.file), load_external_data=False)
     cfg, kv = manifest.config, manifest.kv_cache
     caches = {name for b in kv.buffers for name in (b.input_name, b.output_name)}
     lines = [
@@ -30,9 +30,11 @@ def describe(folder: Path | str) -> str:
         f"{cfg['num_heads']} heads / {cfg['num_kv_heads']} KV heads, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']})",
         f"target {manifest.target} (backends {', '.join(manifest.execution.backends)}; devices "
         f"{', '.join(manifest.execution.devices)}), dtype {manifest.dtype}, quant {manifest.quant['method']}",
-        "", "inputs:"]
+        "", "graphs:", *(f"  {name:<16} {g.role:<16} {g.file}" + (f" + {g.data_file}" if g.data_file else "")
+                         for name, g in manifest.graphs.items()),
+        "", "decoder inputs:"]
     lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.inputs.items() if k not in caches]
-    lines += ["outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.outputs.items()
+    lines += ["decoder outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.outputs.items()
                              if k not in caches]
     cache = f"KV cache ({kv.update}, max {kv.max_seq_len} positions): {len(kv.buffers)} buffers"
     if kv.update == "inplace":

@@ -211,7 +211,7 @@ class GemmaForCausalLM(nn.Module):
     -> (logits fp32 [B, S, vocab], *present caches in the same order).
 
     hidden_states(same inputs) -> (logits, [the residual stream after each decoder layer]): the
-    per-layer reference gemma_export/bisect.py compares exported graphs with; forward, which is
+    per-layer reference gemma_export/verify/pass_bisect.py compares exported graphs with; forward, which is
     what the front end traces, keeps none of them."""
 
     def __init__(self, cfg: GemmaConfig):

@@ -1,6 +1,8 @@
 """The `onnx` target's graph (standard ops only, opset 24) and its in-place static KV cache (its
 parity with transformers is in the conformance suite, tests/test_conformance.py)."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -54,6 +56,7 @@ def test_sliding_layers_keep_a_window_sized_ring(artifacts, models):
     shapes = {name: v.shape[2] for name, v in manifest.decoder.inputs.items() if name.startswith("past_key.")}
     assert shapes == {f"past_key.{i}": 6 if i in sliding else manifest.kv_cache.max_seq_len for i in range(6)}
     assert "8 x ring of 6 slots fp32 ['batch', 1, 6, 32]: key.0, value.0, key.1, value.1 ..." in describe(artifacts["gemma3"])
+    assert re.search(r"graphs:\n  decoder +decoder +model\.onnx \+ model\.onnx\.data\n", describe(artifacts["gemma3"]))
     backend = models["gemma3"].backend
     backend.reserve(1)
     assert [v.shape[2] for v in backend.cache] == [shapes[f"past_key.{i}"] for i in range(6) for _ in "kv"]
