@@ -3,11 +3,13 @@ checkpoint, the graph checked against the torch reference layer by layer after e
 rewrite injected into one pass is named by group, layer and node."""
 
 import json
+import shutil
 
 import pytest
 
 from cli_util import cli
 from gemma_export.checkpoints import open_source
+from gemma_export.errors import GemmaExportError
 from gemma_export.export import export, pass_context, resolve_options
 from gemma_export.passes import fold_weight_transposes, geglu
 from gemma_export.passes.pipeline import pipeline, run_pipeline, runnable_groups
@@ -139,6 +141,17 @@ def test_c_the_cli_prints_the_table_and_writes_json(artifact, checkpoint, tmp_pa
 def test_bisect_refuses_an_artifact_as_reference(artifact, capsys):
     code, _, err = cli(capsys, "validate", artifact, "--reference", artifact, "--bisect")
     assert code == 2 and "is an artifact: pass that checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bisect_asks_for_a_new_export_of_an_artifact_from_another_version(artifact, checkpoint, tmp_path):
+    """An artifact whose config lacks a field this version has (the family's switches became
+    fields) cannot be re-exported the same way: export it again, not 'another checkpoint'."""
+    old = shutil.copytree(artifact, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["config"]["qk_norm"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GemmaExportError, match="another version of gemma-export.*export it again"):
+        pass_bisect.bisect(old, checkpoint)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -83,7 +83,11 @@ def bisect(artifact: Path | str, reference: Path | str | None, texts: Sequence[s
     require_checkpoint(artifact, reference)
     source = open_source(reference)
     cfg = source.config
-    if json.loads(json.dumps(cfg.to_dict())) != manifest.config:
+    expected = json.loads(json.dumps(cfg.to_dict()))
+    if set(expected) != set(manifest.config):  # fields added or removed since: the graph may differ too
+        raise GemmaExportError(f"{artifact} was exported by another version of gemma-export (its config has "
+                               f"other fields); export it again to bisect it")
+    if expected != manifest.config:
         raise GemmaExportError(f"{source.description} is not the checkpoint {artifact} was exported from "
                                "(its model config differs from the manifest's)")
     options = recorded_options(manifest, cfg)
