@@ -31,6 +31,13 @@ def gemma1_like_tokenizer() -> bytes:
     return proto.SerializeToString()
 
 
+def with_tokenizer(checkpoint, folder):
+    """A copy of a tiny checkpoint at folder, with gemma1_like_tokenizer() as its tokenizer.model."""
+    folder = shutil.copytree(checkpoint, folder)
+    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
+    return folder
+
+
 def test_gemma1_chat_and_stop_tokens(tiny_checkpoints, tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoints["gemma-mqa"], folder)

@@ -3,7 +3,6 @@ prefill call and then one decoder call per further token (width 1), and pass the
 bounded number of tokens per generated token, whatever the length (the text is assembled
 incrementally, with stop strings checked; it used to be decoded again from the first token)."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from gemma_export.targets import ExportOptions
 from gemma_runtime.detokenizer import Detokenizer
 from gemma_runtime.engine import Engine
 from gemma_runtime.tokenizer import Tokenizer
-from test_chat_tokens import gemma1_like_tokenizer
+from test_chat_tokens import gemma1_like_tokenizer, with_tokenizer
 
 PROMPT = [2, 200, 210, 220, 230, 240]
 TOKENIZER_WORK_PER_TOKEN = 6  # tokens passed to tokenizer.decode, per generated token, at most
@@ -23,8 +22,7 @@ TOKENIZER_WORK_PER_TOKEN = 6  # tokens passed to tokenizer.decode, per generated
 @pytest.fixture(scope="module")
 def artifact(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("decode-work")
-    folder = shutil.copytree(tiny_checkpoints["gemma-mqa"], root / "ckpt")
-    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
+    folder = with_tokenizer(tiny_checkpoints["gemma-mqa"], root / "ckpt")
     export(folder, root / "out", ExportOptions(target="ort-cpu", max_seq_len=80))
     return root / "out"
 

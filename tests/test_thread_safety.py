@@ -3,7 +3,6 @@ what it would get alone; a thread that calls the model while its own stream is o
 would wait for itself); a stream that is finished, closed or dropped lets the others in."""
 
 import gc
-import shutil
 import threading
 
 import numpy as np
@@ -14,7 +13,7 @@ from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from parity import prompt
-from test_chat_tokens import gemma1_like_tokenizer
+from test_chat_tokens import with_tokenizer
 
 THREADS = 8
 GUARD_S = 60  # against a deadlock only
@@ -25,8 +24,7 @@ BUSY = "model is busy with an unfinished stream in this thread"
 def model(tiny_checkpoints, tmp_path_factory):
     """gemma3 (rings of sliding layers) on the onnx target: the in-place cache every call shares."""
     root = tmp_path_factory.mktemp("threads")
-    folder = shutil.copytree(tiny_checkpoints["gemma3"], root / "ckpt")
-    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
+    folder = with_tokenizer(tiny_checkpoints["gemma3"], root / "ckpt")
     export(folder, root / "out", ExportOptions(target="onnx", max_seq_len=64))
     return gemma_runtime.load(root / "out", threads=1)
 
