@@ -68,7 +68,7 @@ def parse_checkpoint_config(raw: dict, where: str = "config.json") -> tuple[Gemm
     model_type = raw.get("model_type")
     if not isinstance(model_type, str) or model_type not in MULTIMODAL_MODEL_TYPES:
         return parse_hf_config(raw, where), None
-    f = _Fields(raw, where)
+    f = Fields(raw, where)
     f.raw.pop("model_type")
     text = dict(f.take("text_config", dict, required=True))
     family = FAMILIES[MULTIMODAL_MODEL_TYPES[model_type]]
@@ -93,7 +93,7 @@ def _read_object(path: Path) -> dict:
     return data
 
 
-class _Fields:
+class Fields:
     """Pops fields off a raw config, so that whatever is left at the end is unknown."""
 
     def __init__(self, raw: dict, where: str):
@@ -151,7 +151,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         supported = [*MODEL_TYPES, *MULTIMODAL_MODEL_TYPES]
         raise ConfigError(f"{where}: unknown model_type {model_type!r} (supported: {', '.join(supported)})")
     family = FAMILIES[MODEL_TYPES[model_type]]
-    f = _Fields(raw, where)
+    f = Fields(raw, where)
     f.raw.pop("model_type")
 
     hidden = f.take("hidden_size", int, required=True)
@@ -242,7 +242,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
     return cfg
 
 
-def _gemma4_fields(f: _Fields, family: Family, layer_types: tuple[str, ...], head_dim: int, where: str) -> dict:
+def _gemma4_fields(f: Fields, family: Family, layer_types: tuple[str, ...], head_dim: int, where: str) -> dict:
     """Gemma 4's GemmaConfig fields, from the published form (global_head_dim,
     num_global_key_value_heads) or the one transformers 5.24 saves (per_layer_config)."""
     if not family.per_layer_fields:
@@ -336,7 +336,7 @@ def _rope_entry(entry: Any, where: str, what: str, family: Family) -> tuple[floa
     return (None if theta is None else float(theta)), float(factor), float(rotated)
 
 
-def _rope(f: _Fields, family: Family, where: str) -> tuple[float, float, float, float]:
+def _rope(f: Fields, family: Family, where: str) -> tuple[float, float, float, float]:
     """(global theta, local theta, global factor, global rotated fraction) from either config form."""
     params = f.take("rope_parameters", dict, None)
     theta = f.take("rope_theta", (int, float), None)
