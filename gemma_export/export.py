@@ -79,6 +79,8 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     started = time.time()
     say("reading checkpoint", 0, 1)
     source = open_source(source_path)
+    if source.multimodal is not None and not options.text_only:  # the decoder takes the encoders' rows
+        source = dataclasses.replace(source, config=dataclasses.replace(source.config, media_inputs=True))
     cfg = source.config
     options = dataclasses.replace(options, max_seq_len=min(options.max_seq_len, cfg.max_position_embeddings))
     say("tracing", 0, 1)

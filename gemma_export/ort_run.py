@@ -106,7 +106,8 @@ def prefill_feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:
     row = np.asarray([ids], np.int64)
     known = {**interface.concat_feeds(row, np.arange(n, dtype=np.int64)[None], np.ones((1, n), np.int64)),
              # the lm_head sees every position too
-             **interface.inplace_feeds(row, np.zeros(1), np.full(1, n), np.arange(n)[None])}
+             **interface.inplace_feeds(row, np.zeros(1), np.full(1, n), np.arange(n)[None]),
+             interface.LOOKAHEAD: np.zeros((1, n), np.int64)}  # a media decoder's: text only, spliced = 0
     feeds = {}
     for value in graph.inputs:
         if value.name in known:

@@ -67,6 +67,7 @@ class ExportOptions:
     keep_embeddings_fp: bool = False
     max_seq_len: int = 4096
     max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
+    text_only: bool = False  # a multimodal checkpoint: the decoder alone, taking token ids only (no encoders)
 
 
 # The passes that store weights quantized (--quant), and with them those that lower the precision

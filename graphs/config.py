@@ -47,7 +47,8 @@ class Family:
     layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
     last_layer_global: bool = False  # the last layer is full attention whatever layer_types says
     proportional_rope: bool = False  # full layers may use proportional RoPE (partial_rotary_factor)
-    image_bidirectional: bool = False  # use_bidirectional_attention "vision" (image tokens only) is valid
+    image_bidirectional: bool = False  # use_bidirectional_attention "vision": media_blocks "sliding"
+    media_blocks: str = "none"  # the layers on which an image's tokens see each other both ways (MEDIA_BLOCKS)
     per_layer_fields: bool = False  # per-layer head dims, KV sharing, per-layer inputs, experts
 
 
@@ -60,12 +61,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gemma2", ("gemma2",), rope_theta=10_000.0, rope_local_theta=None, rope_scaling=False,
            softcaps=True, attn_softcap=50.0, final_softcap=30.0, sliding_pattern=2,
            gguf_sliding_window=4096, query_pre_attn_scalar=True, qk_norm=False, sandwich_norms=True),
-    # 5 local : 1 global; no soft-capping; the window (512 or 1024) depends on the size, so it is required.
+    # 5 local : 1 global; no soft-capping; the window (512 or 1024) depends on the size, so it is
+    # required. An image's tokens see each other on every layer (transformers' Gemma 3 masks).
     Family("gemma3", ("gemma3_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=True,
            softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
-           gguf_sliding_window=None, query_pre_attn_scalar=True, qk_norm=True, sandwich_norms=True),
+           gguf_sliding_window=None, query_pre_attn_scalar=True, qk_norm=True, sandwich_norms=True,
+           media_blocks="all"),
     # transformers 5.x modeling_gemma4.py: norms multiply by w, no query scaling, v norm, layer
-    # scalars; the last layer is always global; final softcap 30 in every released config.
+    # scalars; the last layer is always global; final softcap 30 in every released config; with
+    # use_bidirectional_attention "vision", an image's tokens see each other on sliding layers only.
     Family("gemma4", ("gemma4_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=True,
            softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
            gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
@@ -75,6 +79,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
 MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4"}
 MODEL_TYPES = {model_type: f.name for f in FAMILIES.values() for model_type in f.model_types}
+MEDIA_BLOCKS = ("none", "sliding", "all")
 
 
 def _finite(value: float) -> bool:
@@ -84,7 +89,8 @@ def _finite(value: float) -> bool:
 def family_switches(family: Family) -> dict[str, Any]:
     """The GemmaConfig fields a checkpoint reader takes from the family (no checkpoint states them)."""
     return {"norm_offset": family.norm_offset, "qk_norm": family.qk_norm, "sandwich_norms": family.sandwich_norms,
-            "unscaled_queries": family.unscaled_queries, "v_norm": family.v_norm, "layer_scalar": family.layer_scalar}
+            "unscaled_queries": family.unscaled_queries, "v_norm": family.v_norm, "layer_scalar": family.layer_scalar,
+            "media_blocks": family.media_blocks}
 
 
 def sliding_layer_types(family: Family, layers: int) -> tuple[str, ...]:
@@ -129,6 +135,10 @@ class GemmaConfig:
     unscaled_queries: bool = False  # attention scaling 1.0 (the q/k norms set the scale)
     v_norm: bool = False  # values get a weightless RMSNorm
     layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
+    media_blocks: str = "none"  # the layers on which an image's tokens see each other both ways (MEDIA_BLOCKS)
+    # Set by an export that writes the media encoders (not --text-only): the decoder takes the
+    # encoders' rows at placeholder columns and each column's lookahead (runtime/interface.py).
+    media_inputs: bool = False
     # Gemma 4 features, each off at its default (Gemma 1-3 keep the defaults).
     global_head_dim: int | None = None  # head_dim of full-attention layers (None: head_dim)
     num_global_kv_heads: int | None = None  # KV heads of full layers (None: num_kv_heads)
@@ -148,6 +158,12 @@ class GemmaConfig:
 
     def layer_window(self, layer: int) -> int | None:
         return self.sliding_window if self.layer_types[layer] == "sliding" else None
+
+    def layer_lookahead(self, layer: int) -> bool:
+        """Whether the layer's attention takes the media decoder's lookahead (an image's tokens see
+        the whole image there)."""
+        return self.media_inputs and (self.media_blocks == "all"
+                                      or self.media_blocks == "sliding" and self.layer_types[layer] == "sliding")
 
     def _full(self, layer: int) -> bool:
         return self.layer_types[layer] == "full"
@@ -240,6 +256,8 @@ class GemmaConfig:
         if len(self.layer_types) != self.num_layers:
             raise InvalidConfig(
                 f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        if self.media_blocks not in MEDIA_BLOCKS:
+            raise InvalidConfig(f"media_blocks {self.media_blocks!r} (supported: {', '.join(MEDIA_BLOCKS)})")
         bad = set(self.layer_types) - {"sliding", "full"}
         if bad:
             raise InvalidConfig(f"unsupported layer types {sorted(bad)}")

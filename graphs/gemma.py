@@ -50,7 +50,7 @@ class Attention(nn.Module):
             if cfg.qk_norm:
                 self.k_norm = Norm(d, cfg)
 
-    def forward(self, x, position_ids, attention_mask, past_k, past_v):
+    def forward(self, x, position_ids, attention_mask, past_k, past_v, lookahead=None):
         cfg = self.cfg
         b, s, _ = x.shape
         theta, scale, pairs = cfg.layer_rope(self.layer)
@@ -70,7 +70,8 @@ class Attention(nn.Module):
             k = ops.rope(k, position_ids, theta, scale, pairs)
         out, present_k, present_v = ops.attention(
             q, k, v, past_k, past_v, attention_mask,
-            cfg.query_scale, cfg.attn_softcap or 0.0, cfg.layer_window(self.layer) or 0)
+            cfg.query_scale, cfg.attn_softcap or 0.0, cfg.layer_window(self.layer) or 0,
+            lookahead if cfg.layer_lookahead(self.layer) else None)
         return self.o_proj(out), present_k, present_v
 
 
@@ -153,9 +154,9 @@ class DecoderLayer(nn.Module):
         if cfg.layer_scalar:
             self.layer_scalar = nn.Parameter(torch.ones(1))
 
-    def forward(self, x, position_ids, attention_mask, past_k, past_v, per_layer_input=None):
+    def forward(self, x, position_ids, attention_mask, past_k, past_v, per_layer_input=None, lookahead=None):
         a, present_k, present_v = self.self_attn(
-            self.input_layernorm(x), position_ids, attention_mask, past_k, past_v)
+            self.input_layernorm(x), position_ids, attention_mask, past_k, past_v, lookahead)
         if not self.cfg.sandwich_norms:
             x = x + a
             return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
@@ -208,7 +209,9 @@ def layer_caches(cfg: GemmaConfig) -> list[tuple[int, int]]:
 
 class GemmaForCausalLM(nn.Module):
     """forward(input_ids, position_ids, attention_mask, *past caches in cache_tensors() order)
-    -> (logits fp32 [B, S, vocab], *present caches in the same order).
+    -> (logits fp32 [B, S, vocab], *present caches in the same order). A media decoder
+    (cfg.media_inputs) takes spliced_embeds, spliced_columns and lookahead after attention_mask
+    (runtime/interface.py says what they mean).
 
     hidden_states(same inputs) -> (logits, [the residual stream after each decoder layer]): the
     per-layer reference gemma_export/verify/pass_bisect.py compares exported graphs with; forward, which is
@@ -220,30 +223,47 @@ class GemmaForCausalLM(nn.Module):
         self.model = _Model(cfg)
         self.lm_head_input = nn.Identity()
 
-    def forward(self, input_ids, position_ids, attention_mask, *past):
-        return self._decode(input_ids, position_ids, attention_mask, past, None)
+    def forward(self, input_ids, position_ids, attention_mask, *rest):
+        media, past = self._split(rest)
+        return self._decode(input_ids, position_ids, attention_mask, media, past, None)
 
-    def hidden_states(self, input_ids, position_ids, attention_mask, *past) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def hidden_states(self, input_ids, position_ids, attention_mask, *rest) -> tuple[torch.Tensor, list[torch.Tensor]]:
         layers: list[torch.Tensor] = []
-        logits = self._decode(input_ids, position_ids, attention_mask, past, layers)[0]
+        media, past = self._split(rest)
+        logits = self._decode(input_ids, position_ids, attention_mask, media, past, layers)[0]
         return logits, layers
 
-    def _decode(self, input_ids, position_ids, attention_mask, past, layer_outputs: list | None):
-        x, per_layer = self.embed(input_ids)
+    def _split(self, rest: tuple) -> tuple[tuple | None, tuple]:
+        """(spliced_embeds, spliced_columns, lookahead) or None, and the past caches."""
+        return (tuple(rest[:3]), rest[3:]) if self.cfg.media_inputs else (None, rest)
+
+    def _decode(self, input_ids, position_ids, attention_mask, media, past, layer_outputs: list | None):
+        x, per_layer = self.embed(input_ids, None if media is None else media[:2])
+        lookahead = None if media is None else media[2]
         presents = list(past)
-        x = self.layers_from(0, x, position_ids, attention_mask, past, presents, per_layer, layer_outputs)
+        x = self.layers_from(0, x, position_ids, attention_mask, past, presents, per_layer, layer_outputs, lookahead)
         return (self.head(x), *presents)
 
-    def embed(self, input_ids):
-        """The scaled token embeddings and (Gemma 4) the per-layer inputs, else None."""
+    def embed(self, input_ids, spliced=None):
+        """The scaled token embeddings and (Gemma 4) the per-layer inputs, else None. spliced
+        (spliced_embeds [B, N, H], spliced_columns [B, N]): those rows replace their columns'
+        embeddings, and the columns are looked up as the pad token in the per-layer table (as
+        transformers does at placeholder positions)."""
         cfg = self.cfg
+        if spliced is not None:
+            embeds, columns = spliced
+            hit = columns[:, :, None] == torch.arange(input_ids.shape[1], device=input_ids.device)  # [B, N, S]
+            replaced = hit.any(dim=1)
+            input_ids = torch.where(replaced, cfg.pad_token_id, input_ids)
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
+        if spliced is not None:  # one-hot rows: a MatMul places each given row at its column exactly
+            x = torch.where(replaced[..., None], hit.transpose(1, 2).to(x.dtype) @ embeds.to(x.dtype), x)
         per_layer = self._per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
         return x, per_layer
 
     def layers_from(self, start: int, x, position_ids, attention_mask, past, presents: list, per_layer,
-                    layer_outputs: list | None = None):
+                    layer_outputs: list | None = None, lookahead=None):
         """The residual stream after decoder layers start, start + 1, ... (x enters layer start).
         presents (cache_tensors() order) is filled in place; a KV-shared layer reads its source
         layer's entry, written in this call or, for a source before start, already there."""
@@ -252,7 +272,7 @@ class GemmaForCausalLM(nn.Module):
             if i < start:
                 continue
             layer = self.model.layers[i]
-            extra = () if per_layer is None else (per_layer[:, :, i],)
+            extra = (None if per_layer is None else per_layer[:, :, i], lookahead)
             if cfg.kv_source(i) == i:
                 x, presents[k], presents[v] = layer(x, position_ids, attention_mask, past[k], past[v], *extra)
             else:  # this step's cache of the source layer, its new keys included
@@ -287,7 +307,7 @@ class GemmaForCausalLM(nn.Module):
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:
     """Graph input and output names, in forward's order."""
     caches = cache_tensors(cfg)
-    return decoder_input_names(caches), decoder_output_names(caches)
+    return decoder_input_names(caches, cfg.media_inputs), decoder_output_names(caches)
 
 
 def parameter_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:

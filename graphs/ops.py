@@ -98,12 +98,15 @@ def attention(
     scale: float,
     softcap: float,
     window: int,
+    lookahead: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal attention with a concatenating KV cache.
 
     q [B, S, Hq, D]; k, v [B, S, Hkv, D]; past_k/v [B, Hkv, P, D]; attention_mask [B, P + S]
     (1 = real token, 0 = padding; padding only on the left). softcap 0 = none; window 0 = full,
-    else a query sees the `window` most recent keys, itself included.
+    else a query sees the `window` most recent keys, itself included. lookahead [B, S] int64
+    (media decoders): column i of row b also sees the lookahead[b, i] columns after it (an image's
+    tokens see the whole image; the window still bounds how far back a query sees).
     Returns out [B, S, Hq * D] and present_k/v [B, Hkv, P + S, D].
     """
     b, s, hq, d = q.shape
@@ -118,10 +121,11 @@ def attention(
         scores = torch.tanh(scores / softcap) * softcap
     qi = torch.arange(total - s, total, device=q.device)[:, None]
     kj = torch.arange(total, device=q.device)[None, :]
-    visible = kj <= qi
+    until = qi[None] if lookahead is None else qi[None] + lookahead[:, :, None]  # [1 or B, S, 1]
+    visible = kj[None] <= until
     if window:
         visible = visible & (qi - kj < window)
-    visible = visible[None, None, None] & attention_mask.bool()[:, None, None, None, :]
+    visible = visible[:, None, None] & attention_mask.bool()[:, None, None, None, :]
     scores = scores.masked_fill(~visible, MASKED)
     probs = torch.softmax(scores, dim=-1)
     out = probs @ present_v.to(wide)[:, :, None]
@@ -130,7 +134,7 @@ def attention(
 
 
 @attention.register_fake
-def _(q, k, v, past_k, past_v, attention_mask, scale, softcap, window):
+def _(q, k, v, past_k, past_v, attention_mask, scale, softcap, window, lookahead=None):
     b, s, hq, d = q.shape
     total = past_k.shape[2] + s
     present = past_k.new_empty((b, k.shape[2], total, d))

@@ -34,14 +34,17 @@ columns may write after them (never read; the row's next tokens overwrite them),
 past_lengths[b] + seq <= max_seq_len. Cache entries beyond the valid lengths are still read by some
 kernels (masked by addition) and so must be finite: a buffer is zeroed once, when allocated.
 
-A decoder that takes media (images, audio) has two more inputs: an encoder's output rows
-(`spliced_embeds`, [batch, spliced, hidden], the decoder's float dtype) and the column of
-input_ids each replaces (`spliced_columns`, [batch, spliced] int64, -1 for an unused row). The
-decoder embeds input_ids as usual and then overwrites column spliced_columns[b, i] of row b with
-spliced_embeds[b, i]; the token id in such a column is the model's placeholder and is not looked
-up. A call that splices nothing feeds spliced = 0 ([batch, 0, hidden] and [batch, 0]). A decoder
-without these inputs takes token ids alone. The runtime passes a step one Splice (or None) per row
-and builds these two inputs with spliced_feeds.
+A decoder that takes media (images, audio) has three more inputs, after attention_mask (traced)
+or logits_index (in-place): an encoder's output rows (`spliced_embeds`, [batch, spliced, hidden],
+the decoder's float dtype), the column of input_ids each replaces (`spliced_columns`, [batch,
+spliced] int64, -1 for an unused row), and `lookahead` ([batch, seq] int64): how many columns
+after it a column's query also sees (0 for a text token; for the k-th of an image's n tokens,
+n - 1 - k, so that an image's tokens see each other both ways, as transformers' Gemma 3 and 4
+masks let them; an image is never split across calls). The decoder embeds input_ids as usual and
+then overwrites column spliced_columns[b, i] of row b with spliced_embeds[b, i]; the token id in
+such a column is the model's placeholder and is looked up as the pad token. A call that splices
+nothing feeds spliced = 0 ([batch, 0, hidden] and [batch, 0]) and zero lookahead. The runtime
+passes a step one Splice (or None) per row and builds these inputs with spliced_feeds.
 """
 
 from __future__ import annotations
@@ -68,11 +71,12 @@ SEQ_LENGTHS = "seq_lengths"
 LOGITS_INDEX = "logits_index"
 SPLICED_EMBEDS = "spliced_embeds"
 SPLICED_COLUMNS = "spliced_columns"
+LOOKAHEAD = "lookahead"
 LOGITS = "logits"
 
 TRACED_INPUTS = (INPUT_IDS, POSITION_IDS, ATTENTION_MASK)  # before the caches, in this order
 INPLACE_INPUTS = (INPUT_IDS, POSITION_IDS, PAST_LENGTHS, SEQ_LENGTHS, LOGITS_INDEX)
-MEDIA_INPUTS = (SPLICED_EMBEDS, SPLICED_COLUMNS)
+MEDIA_INPUTS = (SPLICED_EMBEDS, SPLICED_COLUMNS, LOOKAHEAD)  # after the inputs above, in this order
 
 PAST_PREFIX = "past_"
 PRESENT_PREFIX = "present_"
@@ -139,9 +143,9 @@ class CacheTensor:
         return batch * self.kv_heads * self.length * self.head_dim * CACHE_DTYPES[self.dtype]
 
 
-def decoder_input_names(caches: tuple[CacheTensor, ...] | list[CacheTensor]) -> list[str]:
+def decoder_input_names(caches: tuple[CacheTensor, ...] | list[CacheTensor], media: bool = False) -> list[str]:
     """The traced decoder's inputs, in its forward's order."""
-    return [*TRACED_INPUTS, *(c.input_name for c in caches)]
+    return [*TRACED_INPUTS, *(MEDIA_INPUTS if media else ()), *(c.input_name for c in caches)]
 
 
 def decoder_output_names(caches: tuple[CacheTensor, ...] | list[CacheTensor]) -> list[str]:
@@ -164,20 +168,25 @@ def concat_feeds(ids: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> di
 
 @dataclasses.dataclass(frozen=True)
 class Splice:
-    """Embeddings that replace some columns of one row of a step's input_ids."""
+    """Embeddings that replace some columns of one row of a step's input_ids, and the lookahead
+    of those columns (None: 0, as for audio; an image's tokens see the rest of the image)."""
 
     columns: np.ndarray  # [n] int64: columns of the row's ids in this call
     embeds: np.ndarray  # [n, hidden]
+    lookahead: np.ndarray | None = None  # [n] int64
 
 
-def spliced_feeds(splices: Sequence[Splice | None], hidden: int, dtype: np.dtype) -> dict[str, np.ndarray]:
-    """A media decoder's SPLICED_EMBEDS and SPLICED_COLUMNS for one Splice (or None) per row,
-    padded to the most columns any row splices with unused entries (column -1, zero embeds)."""
+def spliced_feeds(splices: Sequence[Splice | None], hidden: int, dtype: np.dtype, width: int) -> dict[str, np.ndarray]:
+    """A media decoder's MEDIA_INPUTS for one Splice (or None) per row of a call `width` columns
+    wide, padded to the most columns any row splices with unused entries (column -1, zero embeds)."""
     n = max((len(s.columns) for s in splices if s is not None), default=0)
     embeds = np.zeros((len(splices), n, hidden), dtype)
     columns = np.full((len(splices), n), -1, np.int64)
+    lookahead = np.zeros((len(splices), width), np.int64)
     for row, splice in enumerate(splices):
         if splice is not None:
             embeds[row, :len(splice.columns)] = splice.embeds
             columns[row, :len(splice.columns)] = splice.columns
-    return {SPLICED_EMBEDS: embeds, SPLICED_COLUMNS: columns}
+            if splice.lookahead is not None:
+                lookahead[row, splice.columns] = splice.lookahead
+    return {SPLICED_EMBEDS: embeds, SPLICED_COLUMNS: columns, LOOKAHEAD: lookahead}

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import gemma_runtime
 from gemma_runtime.errors import RuntimeInputError
-from gemma_runtime.interface import (DECODER, INPUT_IDS, LOGITS, LOGITS_INDEX, PAST_LENGTHS, POSITION_IDS,
+from gemma_runtime.interface import (DECODER, INPUT_IDS, LOGITS, LOOKAHEAD, LOGITS_INDEX, PAST_LENGTHS, POSITION_IDS,
                                      SEQ_LENGTHS, SPLICED_COLUMNS, SPLICED_EMBEDS, CacheTensor, Splice)
 from gemma_runtime.manifest import (FORMAT_VERSION, MODEL_FILE, ChatFormat, Execution, Graph, KVCache, Manifest,
                                     TensorSpec, Tokens, write_manifest)
@@ -29,6 +29,7 @@ def decoder(media: bool) -> tuple[onnx.ModelProto, dict[str, TensorSpec]]:
             SEQ_LENGTHS: ["batch"], LOGITS_INDEX: ["batch", "keep"]}
     if media:
         ints[SPLICED_COLUMNS] = ["batch", "spliced"]
+        ints[LOOKAHEAD] = ["batch", "seq"]  # read by attention in a real decoder; this one has none
     nodes = [helper.make_node("Gather", ["embedding", INPUT_IDS], ["embedded"])]
     hidden = "embedded"
     if media:

@@ -166,8 +166,13 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         raise ConfigError(f"{where}: unsupported activation {acts} (Gemma uses gelu_pytorch_tanh)")
 
     f.expect("attention_bias", (False,))
-    # "vision": bidirectional attention among image tokens only, which a text export never sees.
-    f.expect("use_bidirectional_attention", (None, False, "vision") if family.image_bidirectional else (None, False))
+    # "vision" (Gemma 4): an image's tokens see each other on sliding layers; absent, they do not.
+    bidirectional = f.take("use_bidirectional_attention", (bool, str), None)
+    if bidirectional not in ((None, False, "vision") if family.image_bidirectional else (None, False)):
+        raise ConfigError(f"{where}: use_bidirectional_attention = {bidirectional!r} is not supported")
+    switches = family_switches(family)
+    if family.image_bidirectional:
+        switches["media_blocks"] = "sliding" if bidirectional == "vision" else "none"
     f.expect("mlp_bias", (False,))
     f.expect("pretraining_tp", (1,))
     if f.take("tie_word_embeddings", bool, True) is not True:
@@ -231,7 +236,7 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         eos_token_id=eos,
         pad_token_id=pad,
         rope_rotated_fraction=rotated,
-        **family_switches(family),
+        **switches,
         **gemma4,
     )
     f.finish()

@@ -19,6 +19,11 @@ OPSET = 20  # the default-domain opset of the traced model and of every function
 GEMMA = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
 RMS_NORM, ROPE, GEGLU, ATTENTION = "GemmaRMSNorm", "GemmaRoPE", "GemmaGeGLU", "GemmaAttention"
+# GemmaAttention with a seventh input, lookahead (a media decoder's layers where an image's tokens see
+# each other both ways): a function body cannot test whether an optional input was given.
+BLOCK_ATTENTION = "GemmaBlockAttention"
+ATTENTIONS = (ATTENTION, BLOCK_ATTENTION)
+LOOKAHEAD_INPUT = 6
 
 # name -> (inputs, outputs, {attribute: type})
 SIGNATURES = {
@@ -27,6 +32,11 @@ SIGNATURES = {
     GEGLU: (["gate", "up"], ["Y"], {}),
     ATTENTION: (
         ["Q", "K", "V", "past_key", "past_value", "attention_mask"],
+        ["Y", "present_key", "present_value"],
+        {"scale": "float", "softcap": "float", "window": "int"},
+    ),
+    BLOCK_ATTENTION: (
+        ["Q", "K", "V", "past_key", "past_value", "attention_mask", "lookahead"],
         ["Y", "present_key", "present_value"],
         {"scale": "float", "softcap": "float", "window": "int"},
     ),
@@ -64,9 +74,12 @@ def geglu_onnx(gate: FLOAT, up: FLOAT) -> FLOAT:
 
 
 def attention_onnx(q: FLOAT, k: FLOAT, v: FLOAT, past_k: FLOAT, past_v: FLOAT, mask,
-                   scale: float, softcap: float, window: int) -> tuple[FLOAT, FLOAT, FLOAT]:
-    return GEMMA.GemmaAttention(q, k, v, past_k, past_v, mask, scale=scale, softcap=softcap,
-                                window=window, _num_outputs=3)
+                   scale: float, softcap: float, window: int, lookahead=None) -> tuple[FLOAT, FLOAT, FLOAT]:
+    if lookahead is None:
+        return GEMMA.GemmaAttention(q, k, v, past_k, past_v, mask, scale=scale, softcap=softcap,
+                                    window=window, _num_outputs=3)
+    return GEMMA.GemmaBlockAttention(q, k, v, past_k, past_v, mask, lookahead, scale=scale, softcap=softcap,
+                                     window=window, _num_outputs=3)
 
 
 def translation_table() -> dict:
@@ -160,7 +173,7 @@ def _geglu_body() -> onnx.FunctionProto:
     return b.finish(GEGLU, [b.n("Mul", b.n("Gelu", "gate", approximate="tanh"), "up")])
 
 
-def _attention_body() -> onnx.FunctionProto:
+def _attention_body(name: str) -> onnx.FunctionProto:
     b = _Body()
     f32 = TensorProto.FLOAT
     present_k = b.n("Concat", "past_key", b.n("Transpose", "K", perm=[0, 2, 1, 3]), axis=2)
@@ -187,7 +200,8 @@ def _attention_body() -> onnx.FunctionProto:
     q_pos = b.n("Unsqueeze", b.n("Range", b.n("Squeeze", b.n("Sub", total, seq), b.const([0])),
                                   total_s, b.const(1)), b.const([-1]))
     k_pos = b.n("Range", b.const(0), total_s, b.const(1))
-    causal = b.n("LessOrEqual", k_pos, q_pos)
+    until = q_pos if name == ATTENTION else b.n("Add", q_pos, b.n("Unsqueeze", "lookahead", b.const([1, 2, -1])))
+    causal = b.n("LessOrEqual", k_pos, until)
     window = b.attr_const("window", "int")
     in_window = b.n("Or", b.n("Equal", window, b.const(0)),
                     b.n("Less", b.n("Sub", q_pos, k_pos), window))
@@ -200,8 +214,8 @@ def _attention_body() -> onnx.FunctionProto:
     out = b.n("Reshape", out, b.n("Concat", batch, heads, seq, dim, axis=0))
     out = b.n("Reshape", b.n("Transpose", out, perm=[0, 2, 1, 3]),
               b.n("Concat", batch, seq, b.const([-1]), axis=0))
-    return b.finish(ATTENTION, [b.n("CastLike", out, "Q"), present_k, present_v])
+    return b.finish(name, [b.n("CastLike", out, "Q"), present_k, present_v])
 
 
 def function_bodies() -> list[onnx.FunctionProto]:
-    return [_rms_norm_body(), _rope_body(), _geglu_body(), _attention_body()]
+    return [_rms_norm_body(), _rope_body(), _geglu_body(), *map(_attention_body, ATTENTIONS)]

@@ -27,11 +27,16 @@ def trace(cfg: GemmaConfig) -> ir.Model:
     with torch.device("meta"):
         module = GemmaForCausalLM(cfg).eval()
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
-    b, s, p = 2, 3, 4
+    b, s, p, n = 2, 3, 4, 5
     meta = dict(device="meta")
     args = [torch.zeros(b, s, dtype=torch.int64, **meta), torch.zeros(b, s, dtype=torch.int64, **meta),
             torch.zeros(b, p + s, dtype=torch.int64, **meta)]
     shapes = [{0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.AUTO}]
+    if cfg.media_inputs:  # spliced_embeds, spliced_columns, lookahead
+        spliced = torch.export.Dim("spliced", min=0)
+        args += [torch.zeros(b, n, cfg.hidden_size, **meta), torch.zeros(b, n, dtype=torch.int64, **meta),
+                 torch.zeros(b, s, dtype=torch.int64, **meta)]
+        shapes += [{0: batch, 1: spliced}, {0: batch, 1: spliced}, {0: batch, 1: seq}]
     for slot in cache_tensors(cfg):
         args.append(torch.zeros(b, slot.kv_heads, p, slot.head_dim, **meta))
         shapes.append({0: batch, 2: past})
@@ -40,14 +45,16 @@ def trace(cfg: GemmaConfig) -> ir.Model:
     with _quiet():
         program = torch.onnx.export(
             module, tuple(args), dynamo=True, optimize=False, opset_version=onnx_ops.OPSET,
-            dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),
+            dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),  # forward(ids, pos, mask, *rest)
             input_names=input_names, output_names=output_names,
             custom_translation_table=onnx_ops.translation_table(), verbose=False,
         )
     model = program.model
+    used = {node.op_type for node in model.graph if node.domain == onnx_ops.DOMAIN}
     for fn in onnx_ops.function_bodies():
-        function = ir.serde.deserialize_function(fn)
-        model.functions[function.identifier()] = function
+        if fn.name in used:
+            function = ir.serde.deserialize_function(fn)
+            model.functions[function.identifier()] = function
     model.opset_imports[onnx_ops.DOMAIN] = onnx_ops.DOMAIN_VERSION
     _name_dims(model)
     return model

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.frontend.onnx_ops import ATTENTION, DOMAIN, ROPE
+from gemma_export.frontend.onnx_ops import ATTENTIONS, BLOCK_ATTENTION, DOMAIN, ROPE
 from gemma_export.passes import inplace_cache_io
 from gemma_export.passes.attention_onnx import StandardAttention
 from gemma_export.passes.context import PassContext
@@ -43,7 +43,7 @@ MS_DOMAIN = "com.microsoft"
 
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
-    nodes = project_nodes(graph, ATTENTION)
+    nodes = project_nodes(graph, ATTENTIONS)
     unfused = {layer: reason for layer, node in enumerate(nodes) if (reason := _unfusable(node))}
     standard = StandardAttention(graph, nodes[0], ctx) if unfused else None
     lengths = None
@@ -73,14 +73,18 @@ def run(model: ir.Model, ctx: PassContext) -> int:
 
 def standard_layers(config: GemmaConfig) -> list[int]:
     """The layers the kernel cannot take, read from the config (run() finds the same in the graph and
-    names the reason): the KV-shared ones and those whose head_dim is not a multiple of 16."""
+    names the reason): the KV-shared ones, those whose head_dim is not a multiple of 16, and a media
+    decoder's layers where an image's tokens see each other."""
     return [layer for layer in range(config.num_layers)
-            if layer >= config.first_kv_shared_layer or config.layer_head_dim(layer) % 16]
+            if layer >= config.first_kv_shared_layer or config.layer_head_dim(layer) % 16
+            or config.layer_lookahead(layer)]
 
 
 def _unfusable(node: ir.Node) -> str | None:
     """Why GroupQueryAttention cannot take this layer, or None."""
     q, k, past_key = node.inputs[0], node.inputs[1], node.inputs[3]
+    if node.op_type == BLOCK_ATTENTION:
+        return "an image's tokens see each other both ways here (lookahead); GroupQueryAttention is causal only"
     if past_key.producer() is not None:
         return "KV-shared: it reads another layer's cache, and GroupQueryAttention attends only to its own"
     q_rope, k_rope = q.producer(), k.producer()

@@ -21,7 +21,9 @@ values and mask that layer attended to, and writes no cache.
 
 Visibility is a boolean mask [batch, 1, seq, keys], one per window size, shared by the layers:
 key at position j is visible to the query in column i of row b iff j <= q and (no window, or
-q - j < window), q = past_lengths[b] + i; an empty ring slot has a position no query reaches.
+q - j < window), q = past_lengths[b] + i; an empty ring slot has a position no query reaches. A
+media decoder's block layers (GemmaBlockAttention) see j <= q + lookahead[b, i] instead of j <= q,
+so an image's tokens see the whole image (one mask more per window size).
 Attention's is_causal is not used: it puts query i at nonpad_kv_seqlen - seq + i, which in a
 right-padded row (seq_lengths[b] < seq) hides keys from the real queries. A padded column
 (i >= seq_lengths[b]) takes the row's last real position as its q, so that no query row is ever
@@ -38,7 +40,8 @@ import onnx_ir as ir
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.inplace_cache_io import MASK_INPUT, attention_nodes, lengths
 from gemma_export.passes.ir_utils import add_initializer, add_node, constant_int64, replace_value
-from gemma_runtime.interface import INPUT_IDS
+from gemma_export.frontend.onnx_ops import BLOCK_ATTENTION
+from gemma_runtime.interface import INPUT_IDS, LOOKAHEAD
 
 NAME = "attention_onnx"
 REQUIRES = ("set_opset", "inplace_cache_io")  # TensorScatter and Attention are opset 24
@@ -84,6 +87,8 @@ class StandardAttention:
     def lower(self, node: ir.Node, rings: bool) -> None:
         graph, shared = self.graph, self.shared
         q, k, v, past_key, past_value = node.inputs[:5]
+        block = node.op_type == BLOCK_ATTENTION
+        shared.first = node  # what it builds from here on goes before this layer
         scale, softcap, window = (node.attributes.get_float("scale"), node.attributes.get_float("softcap"),
                                   node.attributes.get_int("window"))
         attrs = {"scale": scale, "is_causal": 0, **({"softcap": softcap} if softcap else {})}
@@ -97,7 +102,7 @@ class StandardAttention:
             keys, values = (add_node(graph, node, "Concat", [shared.leading(node, cache, ring.filled), new],
                                      {"axis": CACHE_AXIS})
                             .outputs[0] for cache, new in ((past_key, k), (past_value, v)))
-            seen = Attended(keys, values, [ring.visible])
+            seen = Attended(keys, values, [ring.visible(block)])
             present = [ring.write(node, cache, both) for cache, both in ((past_key, keys), (past_value, values))]
             for value in (past_key, past_value, *node.outputs[1:3]):
                 value.shape = ir.Shape([value.shape[0], value.shape[1], window, value.shape[3]])
@@ -105,7 +110,7 @@ class StandardAttention:
             k, v = (_heads_first(graph, node, x) for x in (k, v))
             present = [add_node(graph, node, "TensorScatter", [cache, new, shared.past_lengths],
                                 {"axis": CACHE_AXIS}).outputs[0] for cache, new in ((past_key, k), (past_value, v))]
-            seen = self.full_length(node, *present, window)
+            seen = self.full_length(node, *present, window, block)
         y = add_node(graph, node, "Attention", [q, seen.keys, seen.values, *seen.rest], attrs).outputs[0]
         y = add_node(graph, node, "Reshape", [_heads_first(graph, node, y),
                                               constant_int64(graph, "const.merge_heads", [0, 0, -1])])
@@ -115,12 +120,14 @@ class StandardAttention:
             self.attended[present[0]] = seen
         graph.remove(node, safe=True)
 
-    def full_length(self, before: ir.Node, key_cache: ir.Value, value_cache: ir.Value, window: int) -> Attended:
+    def full_length(self, before: ir.Node, key_cache: ir.Value, value_cache: ir.Value, window: int,
+                    block: bool = False) -> Attended:
         """A full-length cache after this call's write: its first `longest` positions, visible by
-        position and window, nonpad_kv_seqlen for the rest."""
+        position, window and (block) lookahead, nonpad_kv_seqlen for the rest."""
         shared = self.shared
+        shared.first = before
         keys, values = (shared.leading(before, cache, shared.longest) for cache in (key_cache, value_cache))
-        return Attended(keys, values, [shared.visible(window), None, None, shared.nonpad])
+        return Attended(keys, values, [shared.visible(window, block), None, None, shared.nonpad])
 
     def remember(self, key_cache: ir.Value, attended: Attended) -> None:
         """Another lowering (GroupQueryAttention) wrote key_cache: what its readers attend to."""
@@ -132,7 +139,8 @@ def _heads_first(graph: ir.Graph, before: ir.Node, x: ir.Value) -> ir.Value:
 
 
 class _Shared:
-    """What every Attention reads besides its own tensors, built once before the first one."""
+    """What every Attention reads besides its own tensors, built once before the first one; a mask
+    first needed by a later layer is built before that layer (`first` follows the lowering)."""
 
     def __init__(self, graph: ir.Graph, first: ir.Node):
         self.graph, self.first = graph, first
@@ -149,8 +157,11 @@ class _Shared:
         q = self.node("Add", self.rows(self.past_lengths), self.columns)
         last = self.rows(self.node("Sub", self.nonpad, self.one))
         self.q = self.node("Unsqueeze", self.node("Min", q, last), constant_int64(graph, "const.axes_1_3", [1, 3]))
-        self.causal = self.node("LessOrEqual", self.k, self.q)
-        self._by_window: dict[int, ir.Value] = {0: self.causal}
+        # a media decoder's block layers: the last position each column sees (an image's tokens see the image)
+        lookahead = next((v for v in graph.inputs if v.name == LOOKAHEAD), None)
+        self.until = None if lookahead is None else self.node(
+            "Add", self.q, self.node("Unsqueeze", lookahead, constant_int64(graph, "const.axes_1_3", [1, 3])))
+        self._by_window: dict[tuple[int, bool], ir.Value] = {(0, False): self.node("LessOrEqual", self.k, self.q)}
         self._rings: dict[tuple[int, int, int], _Ring] = {}
 
     def leading(self, before: ir.Node, cache: ir.Value, end: ir.Value) -> ir.Value:
@@ -159,15 +170,18 @@ class _Shared:
                                                       constant_int64(self.graph, "const.cache_axis", [CACHE_AXIS])]
                         ).outputs[0]
 
-    def visible(self, window: int) -> ir.Value:
-        if window not in self._by_window:
-            self._by_window[window] = self.window_mask(self.k, window)
-        return self._by_window[window]
+    def visible(self, window: int, block: bool = False) -> ir.Value:
+        if (window, block) not in self._by_window:
+            self._by_window[window, block] = self.window_mask(self.k, window, block)
+        return self._by_window[window, block]
 
-    def window_mask(self, keys: ir.Value, window: int) -> ir.Value:
-        """keys: the keys' positions, broadcastable to [batch, 1, 1, keys]."""
+    def window_mask(self, keys: ir.Value, window: int, block: bool) -> ir.Value:
+        """keys: the keys' positions, broadcastable to [batch, 1, 1, keys]; window 0: none; block:
+        a column sees up to its lookahead."""
+        if not window:
+            return self.node("LessOrEqual", keys, self.until if block else self.q)
         inside = self.node("Less", self.node("Sub", self.q, keys), self.scalar(window))
-        return self.node("And", self.node("LessOrEqual", keys, self.q), inside)
+        return self.node("And", self.node("LessOrEqual", keys, self.until if block else self.q), inside)
 
     def ring(self, window: int, heads: int, dims: int) -> _Ring:
         if (window, heads, dims) not in self._rings:
@@ -205,8 +219,9 @@ class _Ring:
         held = node("Sub", before, node("Mod", node("Sub", before, slots), size))
         held = node("Where", node("Less", slots, past), held, shared.scalar(NEVER))
         positions = node("Concat", held, node("Add", past, shared.columns), axis=1)  # [B, keys]
-        self.visible = shared.window_mask(node("Unsqueeze", positions, constant_int64(
-            shared.graph, "const.axes_1_2", [1, 2])), window)
+        self.positions = node("Unsqueeze", positions, constant_int64(shared.graph, "const.axes_1_2", [1, 2]))
+        self.window = window
+        self._visible: dict[bool, ir.Value] = {}
         # written: each row's last min(seq, window) positions, from where they lie in the keys
         count = node("Min", shared.width, constant_int64(shared.graph, f"const.window_{window}", [window]))
         end = shared.rows(shared.nonpad)
@@ -219,6 +234,11 @@ class _Ring:
         self.source = node("Expand", node("Unsqueeze", source, constant_int64(shared.graph, "const.axes_1_3", [1, 3])),
                            constant_int64(shared.graph, f"const.ring_index_{heads}_{dims}", [1, heads, 1, dims]))
         self.start = node("Mod", node("Sub", shared.nonpad, node("Squeeze", count)), size)
+
+    def visible(self, block: bool) -> ir.Value:
+        if block not in self._visible:
+            self._visible[block] = self.shared.window_mask(self.positions, self.window, block)
+        return self._visible[block]
 
     def write(self, before: ir.Node, cache: ir.Value, keys: ir.Value) -> ir.Value:
         graph = self.shared.graph

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gemma_export.frontend.onnx_ops import ATTENTION
+from gemma_export.frontend.onnx_ops import ATTENTIONS
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import project_nodes
 from gemma_runtime.interface import ATTENTION_MASK, BATCH, INPUT_IDS, PAST_LENGTHS, SEQ_LENGTHS
 
 NAME = "inplace_cache_io"
 UNRUNNABLE_UNTIL = ("attention_gqa", "attention_onnx")  # they give the static caches their in-place meaning
-MASK_INPUT = 5  # GemmaAttention's attention_mask
+MASK_INPUT = 5  # GemmaAttention's attention_mask (GemmaBlockAttention's lookahead follows it)
 
 
 def run(model: ir.Model, ctx: PassContext) -> int:
@@ -50,7 +50,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
 
 
 def attention_nodes(graph: ir.Graph) -> list[ir.Node]:
-    return project_nodes(graph, ATTENTION)
+    return project_nodes(graph, ATTENTIONS)
 
 
 def lengths(graph: ir.Graph) -> tuple[ir.Value, ir.Value]:

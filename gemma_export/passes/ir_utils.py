@@ -62,7 +62,9 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
         new.name = output_name
 
 
-def project_nodes(graph: ir.Graph, op_type: str) -> list[ir.Node]:
-    """The graph's nodes of one of the project's custom ops (a list: safe to rewrite while iterating)."""
+def project_nodes(graph: ir.Graph, op_type: str | tuple[str, ...]) -> list[ir.Node]:
+    """The graph's nodes of the project's custom ops of that type (or types), in graph order (a
+    list: safe to rewrite while iterating)."""
     from gemma_export.frontend.onnx_ops import DOMAIN
-    return [n for n in graph if n.domain == DOMAIN and n.op_type == op_type]
+    types = (op_type,) if isinstance(op_type, str) else op_type
+    return [n for n in graph if n.domain == DOMAIN and n.op_type in types]

@@ -13,7 +13,7 @@ import numpy as np
 from gemma_runtime.backends.ort_session import create_session
 from gemma_runtime.backends.protocol import Capabilities, MediaInputs, check_length, check_reserve, step_arrays
 from gemma_runtime.errors import RuntimeInputError
-from gemma_runtime.interface import LOGITS, SPLICED_COLUMNS, Splice, concat_feeds
+from gemma_runtime.interface import LOGITS, LOOKAHEAD, SPLICED_COLUMNS, Splice, concat_feeds
 from gemma_runtime.manifest import Manifest
 
 _NP = {"fp32": np.float32, "fp16": np.float16}
@@ -64,8 +64,11 @@ class OrtConcatBackend:
             self.mask = np.concatenate([self.mask, np.ones_like(ids)], axis=1)
             positions = past[:, None] + np.arange(width, dtype=np.int64)
         if SPLICED_COLUMNS in media:
-            columns = media[SPLICED_COLUMNS]
+            columns, ahead = media[SPLICED_COLUMNS], media[LOOKAHEAD]
             media[SPLICED_COLUMNS] = np.where(columns >= 0, columns + offset[:, None], -1)
+            media[LOOKAHEAD] = np.zeros_like(ahead)
+            for r in range(rows):
+                media[LOOKAHEAD][r, offset[r]:] = ahead[r, :width - offset[r]]
         feeds = {**concat_feeds(ids, positions, self.mask), **media,
                  **{b.input_name: cache for b, cache in zip(self.buffers, self.cache)}}
         logits, *self.cache = self.session.run(self.output_names, feeds)

@@ -99,7 +99,7 @@ class MediaInputs:
             self.hidden, self.dtype = spec.shape[-1], np.dtype(_FLOAT_TYPES[spec.dtype])
 
     def feeds(self, spliced: Sequence[Splice | None] | None, rows: int, width: int) -> dict[str, np.ndarray]:
-        """{} for a decoder without media inputs (refusing splices), else its two spliced inputs."""
+        """{} for a decoder without media inputs (refusing splices), else its MEDIA_INPUTS."""
         given = spliced is not None and any(s is not None for s in spliced)
         if not self.declared:
             if given:
@@ -119,4 +119,9 @@ class MediaInputs:
             if len(columns) and not (0 <= columns.min() and columns.max() < width):
                 raise RuntimeInputError(f"row {row}: spliced columns {columns.tolist()} outside the call's "
                                         f"{width} columns")
-        return spliced_feeds(spliced, self.hidden, self.dtype)
+            if s.lookahead is not None:
+                ahead = np.asarray(s.lookahead)
+                if ahead.shape != columns.shape or (len(ahead) and ((ahead < 0).any() or (columns + ahead).max() >= width)):
+                    raise RuntimeInputError(f"row {row}: a splice's lookahead must be [n] non-negative and stay "
+                                            f"within the call's {width} columns (an image is never split across calls)")
+        return spliced_feeds(spliced, self.hidden, self.dtype, width)
