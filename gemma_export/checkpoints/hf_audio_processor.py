@@ -40,6 +40,9 @@ def _per_bin(f: Fields, name: str) -> tuple[float, ...] | None:
     value = f.take(name, list, None)
     if value is None:
         return None
+    # transformers writes the statistics as it holds them, shaped [1, 1, feature_size]
+    while len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ConfigError(f"{f.where}: field {name!r} must be a list of numbers")
     return tuple(float(v) for v in value)
