@@ -98,7 +98,8 @@ def parse_audio_processing(extractor: dict, processor: dict, where: str) -> Gemm
 
 
 def read_audio_processing(folder: Path) -> Gemma4AudioProcessing | None:
-    """The folder's audio front end, or None when it has no feature extractor."""
+    """The folder's audio front end, or None when it has no feature extractor. Gemma4Processor
+    saves one whether or not the model has an audio tower: config.json's audio_config says that."""
     folder = Path(folder)
     processor: dict = {}
     if (folder / PROCESSOR_FILE).is_file():

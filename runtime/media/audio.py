@@ -85,7 +85,7 @@ def load_audio(item: AudioItem, sampling_rate: int, *, max_samples: int | None =
     naming both lengths; a WAV's length is checked from its header before its samples are read.
     Only WAV is decoded (PCM 8/16/24/32-bit, float 32/64-bit); anything else is refused by name.
     """
-    if isinstance(item, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
         raise RuntimeInputError(f"sampling rate {sampling_rate!r} is not a positive integer")
     if isinstance(item, (str, os.PathLike)):
         where = str(os.fspath(item))

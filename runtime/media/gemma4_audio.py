@@ -225,6 +225,8 @@ def expand_audio_placeholders(ids: Sequence[int], token_counts: Sequence[int], *
     """A prompt's token ids with its i-th audio placeholder (audio_token_id) replaced by boa, the
     audio token x token_counts[i], eoa; and the mm_token_type_ids of the result (3 at the audio
     tokens, 0 elsewhere, boa and eoa included)."""
+    if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in token_counts):
+        raise RuntimeInputError(f"audio soft-token counts must be non-negative integers, got {list(token_counts)}")
     placeholders = sum(1 for t in ids if t == audio_token_id)
     if placeholders != len(token_counts):
         raise RuntimeInputError(f"the prompt has {placeholders} audio placeholder(s) but {len(token_counts)} audio "
@@ -234,10 +236,10 @@ def expand_audio_placeholders(ids: Sequence[int], token_counts: Sequence[int], *
     clips = iter(token_counts)
     for token in ids:
         if token != audio_token_id:
-            out.append(token)
+            out.append(int(token))
             types.append(0)
             continue
-        count = next(clips)
+        count = int(next(clips))
         out += [boa_token_id] + [audio_token_id] * count + [eoa_token_id]
         types += [0] + [AUDIO_TOKEN_TYPE] * count + [0]
     return out, types
