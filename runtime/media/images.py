@@ -135,9 +135,11 @@ def _from_array(array: np.ndarray, where: str) -> Image.Image:
     if array.dtype == np.uint8:
         pixels = array
     elif array.dtype in (np.float32, np.float64):
-        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        if not np.isfinite(array).all():
+            raise RuntimeInputError(f"{where}: a float image array with non-finite values (NaN or infinity)")
+        if array.min() < 0.0 or array.max() > 1.0:
             raise RuntimeInputError(f"{where}: a float image array must hold values in [0, 1] "
-                                    f"(got [{np.nanmin(array):g}, {np.nanmax(array):g}] or non-finite values)")
+                                    f"(got [{array.min():g}, {array.max():g}])")
         pixels = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
     else:
         raise RuntimeInputError(f"{where}: an image array of dtype {array.dtype}; expected uint8 (0-255) "
