@@ -9,9 +9,10 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from gemma_export import __version__
+from gemma_export import __version__, export_media
 from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import Source, WeightSource
+from gemma_export.checkpoints.safetensors_dir import TEXT_PREFIXES
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
@@ -89,9 +90,15 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     tokenizer = source.tokenizer()
     ctx = pass_context(cfg, options, tokenizer, source.weights)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
-    manifest = _manifest(model, source, ctx, passes)
+    chosen = export_media.encoders(source, options)
+    manifest = _manifest(model, source, ctx, passes, export_media.multimodal_section(source, chosen, cfg.media_blocks))
     with artifact.staging(claim) as tmp:
         files = artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
+        if chosen:
+            graphs, encoder_files = export_media.write_encoders(source, chosen, TEXT_PREFIXES[source.multimodal.model_type],
+                                                                tmp, say)
+            manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, **graphs})
+            files.update(encoder_files)
         if source.tokenizer_file() is not None:
             name, data = source.tokenizer_file()
             files[name] = artifact.write_file(tmp / name, data)
@@ -146,7 +153,8 @@ def cache_buffers(graph: ir.Graph, caches: tuple[CacheTensor, ...], max_seq_len:
     return KVCache(update, max_seq_len, tuple(buffers))
 
 
-def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[dict]) -> Manifest:
+def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[dict],
+              multimodal: dict | None) -> Manifest:
     tokenizer = ctx.tokenizer
     cfg, options, target = ctx.config, ctx.options, ctx.target
     return Manifest(
@@ -167,8 +175,6 @@ def _manifest(model: ir.Model, source: Source, ctx: PassContext, passes: list[di
         report=ctx.report,
         sources=source.fingerprints,
         source=source.description,
-        multimodal=None if source.multimodal is None else {
-            "model_type": source.multimodal.model_type, "skipped": list(source.multimodal.towers),
-            "placeholder_ids": source.multimodal.placeholder_ids},
+        multimodal=multimodal,
         chat=CHAT_FORMATS[cfg.family],
     )

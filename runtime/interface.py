@@ -74,6 +74,10 @@ SPLICED_COLUMNS = "spliced_columns"
 LOOKAHEAD = "lookahead"
 LOGITS = "logits"
 
+# -- an encoder's outputs (its inputs are named as transformers' processor names its arrays) --------
+SOFT_TOKENS = "soft_tokens"  # [items, tokens, text hidden]: the rows for the decoder's spliced_embeds
+SOFT_TOKEN_MASK = "soft_token_mask"  # [items, tokens] bool, where an item has fewer real tokens than others
+
 TRACED_INPUTS = (INPUT_IDS, POSITION_IDS, ATTENTION_MASK)  # before the caches, in this order
 INPLACE_INPUTS = (INPUT_IDS, POSITION_IDS, PAST_LENGTHS, SEQ_LENGTHS, LOGITS_INDEX)
 MEDIA_INPUTS = (SPLICED_EMBEDS, SPLICED_COLUMNS, LOOKAHEAD)  # after the inputs above, in this order

@@ -114,8 +114,10 @@ class Manifest:
     source: str
     engines: tuple[dict[str, Any], ...] = ()
     export_seconds: float | None = None
-    # a multimodal checkpoint's text decoder: {"model_type", "skipped": towers, "placeholder_ids":
-    # {config field: id}}; those ids are refused in prompts (nothing computes their embeddings)
+    # a multimodal checkpoint: {"model_type", "towers", "skipped": towers not exported (--text-only),
+    # "placeholder_ids": {config field: id}, and per exported modality ("image", "audio") {"kind",
+    # "processing": the processor's settings, "token_id", "begin_id", "end_id", ...}}; placeholder
+    # ids of a modality not exported are refused in prompts
     multimodal: dict[str, Any] | None = None
     # file name -> what the export wrote (model, weights, tokenizer; not manifest.json itself)
     files: dict[str, FileDigest] = dataclasses.field(default_factory=dict)

@@ -16,7 +16,10 @@ from gemma_runtime.backends.protocol import Backend
 from gemma_runtime.chat import chat_format
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.generation import Generation
+from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
 from gemma_runtime.manifest import ChatFormat, Manifest, read_manifest
+from gemma_runtime.media.encoders import Encoders
+from gemma_runtime.media.prompt import MediaPrompt, find_spans
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
 
@@ -56,7 +59,8 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
-    model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer)
+    model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer,
+                  Encoders(folder, manifest, threads, device))
     logger.info("loaded %s (target %s, format %d) on the %s backend: %s", folder, manifest.target,
                 manifest.format_version, backend, model.backend.capabilities)
     return model
@@ -86,8 +90,10 @@ class Model:
     A Model handed to an Engine belongs to it (the engine drives the same cache rows): its own
     calls then raise RuntimeInputError."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, tokenizer: Tokenizer | None):
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, tokenizer: Tokenizer | None,
+                 encoders: Encoders | None = None):
         self.folder = folder
+        self.encoders = encoders
         self.manifest = manifest
         self.backend = backend
         self.tokenizer = tokenizer
@@ -106,45 +112,104 @@ class Model:
         return chat_format(self.manifest, self.tokenizer)
 
     # -- logits ---------------------------------------------------------------------------
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """[len(ids), vocab] float32 logits at every position, ids used as given."""
-        ids = self._check_ids(ids)
+    def logits(self, ids: Sequence[int], **arrays: np.ndarray) -> np.ndarray:
+        """[len(ids), vocab] float32 logits at every position, ids used as given. With media, ids are
+        the expanded prompt and arrays the processor's named arrays as transformers' processor
+        returns them (pixel_values, image_position_ids, input_features, input_features_mask;
+        token_type_ids or mm_token_type_ids, if given, must mark exactly the image tokens)."""
+        media = self.media_prompt(ids, arrays) if arrays else None
+        ids = self._check_ids(ids, media=media is not None)
         n = len(ids)
+        spliced = None if media is None else [media.splice(0, n)]
         with self._exclusive():
             self.backend.reserve(1)
-            return self.backend.step(np.asarray([ids]), np.zeros(1), np.asarray([n]), np.arange(n)[None])[0]
+            return self.backend.step(np.asarray([ids]), np.zeros(1), np.asarray([n]), np.arange(n)[None],
+                                     spliced=spliced)[0]
+
+    def media_prompt(self, ids: Sequence[int], arrays: dict[str, np.ndarray]) -> MediaPrompt:
+        """The soft tokens of a prompt's media (its processor arrays run by the encoders) at their
+        placeholder runs in ids."""
+        section = self.manifest.multimodal or {}
+        arrays = dict(arrays)
+        types = [arrays.pop(k) for k in ("token_type_ids", "mm_token_type_ids") if k in arrays]
+        for count in ("num_crops", "num_soft_tokens_per_image"):  # the processor's counts: the ids say the same
+            arrays.pop(count, None)
+        spans = []
+        for role, modality in ((IMAGE_ENCODER, "image"), (AUDIO_ENCODER, "audio")):
+            if not self.encoders.has(role):
+                continue
+            inputs = self.manifest.graphs[role].inputs
+            given = {k: np.asarray(arrays.pop(k)) for k in list(arrays) if k in inputs}
+            if not given:
+                continue
+            entry = section[modality]
+            items = self.encoders.encode(role, given)
+            spans += find_spans(ids, entry["token_id"], items, entry.get("bidirectional", False), modality)
+        if arrays:
+            raise RuntimeInputError(f"this artifact's encoders take no {', '.join(sorted(arrays))}")
+        if types:
+            marked = np.flatnonzero(np.asarray(types[0]).reshape(-1) == 1)
+            images = [np.arange(s.start, s.end) for s in spans if s.bidirectional]
+            if not np.array_equal(marked, np.concatenate(images) if images else marked[:0]):
+                raise RuntimeInputError("the token type ids do not mark exactly the image tokens of the prompt")
+        return MediaPrompt(spans)
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, stop: Sequence[str] | None = None
-                 ) -> GenerationResult | list[GenerationResult]:
+                 seed: int | None = None, stop: Sequence[str] | None = None, images: Sequence | None = None,
+                 audio: Sequence | None = None) -> GenerationResult | list[GenerationResult]:
+        """images / audio: paths, bytes, PIL images or arrays (audio: WAV files or bytes, (samples, rate)
+        pairs, or float arrays at the extractor's rate), one placeholder per item in a text prompt
+        (media/processors.py says where they go when it has none)."""
         sampler = Sampler(temperature, top_k, top_p, seed)
-        prompts, batched = self._prompts(prompt)
+        prompts, batched, media = self._media_prompts(prompt, images, audio)
         rows = self._generations(prompts, max_new_tokens, sampler, stop or ())
         with self._exclusive():
-            for _ in self._run(prompts, rows):
+            for _ in self._run(prompts, rows, media):
                 pass
         results = [GenerationResult(g.tokens, g.text, g.finish_reason, len(p)) for g, p in zip(rows, prompts)]
         return results if batched else results[0]
 
     def stream(self, prompt: Prompt, max_new_tokens: int | None = None, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str] | None = None) -> Iterator[str]:
+               stop: Sequence[str] | None = None, images: Sequence | None = None,
+               audio: Sequence | None = None) -> Iterator[str]:
         """Text pieces as they are generated; incomplete UTF-8 is held back until whole. The
         arguments are checked here; the model is held from the first piece until the stream ends."""
         sampler = Sampler(temperature, top_k, top_p, seed)
-        prompts, batched = self._prompts(prompt)
+        prompts, batched, media = self._media_prompts(prompt, images, audio)
         if batched:
             raise RuntimeInputError("stream takes one prompt")
         self._require_tokenizer()
-        return self._stream(prompts, self._generations(prompts, max_new_tokens, sampler, stop or ()))
+        return self._stream(prompts, self._generations(prompts, max_new_tokens, sampler, stop or ()), media)
 
-    def _stream(self, prompts: list[list[int]], rows: list[Generation]) -> Iterator[str]:
+    def _stream(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None) -> Iterator[str]:
         with self._exclusive():
-            for _, piece in self._run(prompts, rows):
+            for _, piece in self._run(prompts, rows, media):
                 if piece:
                     yield piece
+
+    def _media_prompts(self, prompt, images, audio) -> tuple[list[list[int]], bool, MediaPrompt | None]:
+        """The prompt(s) as token ids and, with images or audio, the one prompt's media."""
+        if not images and not audio:
+            return (*self._prompts(prompt), None)
+        if not isinstance(prompt, str):
+            raise RuntimeInputError("images and audio go with one text prompt (for token ids and processor arrays, "
+                                    "use logits(ids, **arrays))")
+        ids, media = self.prepare(prompt, images or (), audio or ())
+        return [ids], False, media
+
+    def prepare(self, prompt: str, images: Sequence = (), audio: Sequence = ()) -> tuple[list[int], MediaPrompt]:
+        """A text prompt with its media: the expanded token ids and the media's soft tokens."""
+        from gemma_runtime.media.processors import prepare
+
+        self._require_tokenizer()
+        if not self.manifest.multimodal:
+            raise RuntimeInputError("this artifact's model takes text only")
+        prepared = prepare(self.manifest.multimodal, self.tokenizer, prompt, images, audio)
+        media = self.media_prompt(prepared.ids, {k: v for arrays in prepared.arrays.values() for k, v in arrays.items()})
+        return self._check_ids(prepared.ids, media=True), media
 
     def _generations(self, prompts: list[list[int]], max_new_tokens: int | None, sampler: Sampler,
                      stops: Sequence[str]) -> list[Generation]:
@@ -154,7 +219,8 @@ class Model:
                                   "longest prompt" if len(prompts) > 1 else "prompt")
         return [Generation(sampler, self.stop_ids, budget, self.tokenizer, stops) for _ in prompts]
 
-    def _run(self, prompts: list[list[int]], rows: list[Generation]) -> Iterator[tuple[int, str]]:
+    def _run(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None = None
+             ) -> Iterator[tuple[int, str]]:
         """Steps every row until all have finished; yields (row, text piece) as each advances. A
         finished row is fed pad tokens until the others finish."""
         if rows[0].max_new_tokens == 0:
@@ -167,7 +233,8 @@ class Model:
         for r, p in enumerate(prompts):
             ids[r, :len(p)] = p
         self.backend.reserve(n)
-        logits = self.backend.step(ids, np.zeros(n, np.int64), past)[:, 0]
+        spliced = None if media is None else [media.splice(0, len(prompts[0]))]
+        logits = self.backend.step(ids, np.zeros(n, np.int64), past, spliced=spliced)[:, 0]
         while True:
             next_ids = np.full((n, 1), self.pad_id, np.int64)
             for r, g in enumerate(rows):
@@ -221,7 +288,7 @@ class Model:
             raise RuntimeInputError(f"a prompt is text or a list of token ids, not {type(prompt).__name__}")
         return self._check_ids(prompt)
 
-    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+    def _check_ids(self, ids: Sequence[int], media: bool = False) -> list[int]:
         if not isinstance(ids, (list, tuple, np.ndarray)):
             raise RuntimeInputError(f"token ids must be a list or a 1-D array of integers, not {type(ids).__name__}")
         if isinstance(ids, np.ndarray) and ids.ndim != 1:
@@ -238,11 +305,11 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise RuntimeInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
-        media = [i for i in ids if i in self.placeholder_ids]
-        if media:
-            raise RuntimeInputError(f"token id {media[0]} is the {self.placeholder_ids[media[0]]} placeholder of the "
-                                    "multimodal checkpoint this text decoder comes from; this artifact has no "
-                                    f"{'/'.join(self.manifest.multimodal['skipped']) or 'media'} encoder")
+        typed = [] if media else [i for i in ids if i in self.placeholder_ids]
+        if typed:
+            raise RuntimeInputError(f"token id {typed[0]} is the {self.placeholder_ids[typed[0]]} placeholder of this "
+                                    "multimodal model: pass the media it stands for (images=, audio=, or the "
+                                    "processor's arrays to logits), not the id alone")
         if len(ids) > self.max_seq_len:
             raise ContextLengthExceeded(
                 f"prompt has {len(ids)} tokens; this artifact's maximum sequence length is {self.max_seq_len}")

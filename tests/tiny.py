@@ -108,7 +108,8 @@ def hf_multimodal_model(family: str, seed: int = 0):
                                         **PLACEHOLDERS[family])
         model_class = transformers.Gemma3ForConditionalGeneration
     else:
-        text = transformers.Gemma4TextConfig(**{**GEMMA4_BASE, **extra})
+        # An image's tokens see each other on sliding layers (use_bidirectional_attention "vision").
+        text = transformers.Gemma4TextConfig(**{**GEMMA4_BASE, **extra}, use_bidirectional_attention="vision")
         vision = transformers.Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                  num_attention_heads=2, num_key_value_heads=2, head_dim=16,
                                                  patch_size=4, pooling_kernel_size=2, position_embedding_size=64)
@@ -123,6 +124,16 @@ def hf_multimodal_model(family: str, seed: int = 0):
     return model
 
 
+def hf_image_processor(family: str):
+    """The image processor of the tiny multimodal checkpoints (their saved preprocessor_config.json)."""
+    import transformers
+
+    if family == "gemma3":
+        return transformers.Gemma3ImageProcessorPil(size={"height": 28, "width": 28})
+    return transformers.Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+
+
 def write_multimodal_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
     hf_multimodal_model(family, seed).save_pretrained(folder, safe_serialization=True)
+    hf_image_processor(family).save_pretrained(folder)
     return folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -45,6 +46,8 @@ class Source:
     description: str  # for messages: the path and kind of the source
     tokenizer_json: bytes | None = None  # an HF tokenizer.json, where there is no SentencePiece model
     multimodal: Multimodal | None = None  # what a multimodal checkpoint has beside the exported decoder
+    folder: Path | None = None  # an HF folder (its processor settings are read from it)
+    checkpoint_weights: WeightSource | None = None  # every tensor under its stored name (the encoders' too)
 
     def tokenizer(self) -> Tokenizer | None:
         """The source's tokenizer as the runtime reads it (BOS from the config)."""

@@ -34,8 +34,8 @@ IGNORED_FIELDS = frozenset(
 )
 
 
-# The fields of a multimodal wrapper config besides text_config: the towers (not exported) and
-# the ids of the placeholder tokens their outputs replace (recorded, refused in prompts).
+# The fields of a multimodal wrapper config besides text_config: the towers and the ids of the
+# placeholder tokens their outputs replace.
 _TOWERS = {"vision_config": "vision", "audio_config": "audio"}
 _PLACEHOLDER_IDS = ("image_token_index", "image_token_id", "boi_token_index", "boi_token_id", "eoi_token_index",
                     "eoi_token_id", "video_token_id", "audio_token_id", "boa_token_id", "eoa_token_index",
@@ -48,8 +48,9 @@ class Multimodal:
     """What a multimodal checkpoint has beside its text decoder."""
 
     model_type: str
-    towers: tuple[str, ...]  # "vision", "audio": skipped by the export
+    towers: tuple[str, ...]  # "vision", "audio"
     placeholder_ids: dict[str, int]  # config field -> token id (image, video, audio and their delimiters)
+    encoders: tuple[tuple[str, Any], ...] = ()  # (kind in gemma_export/towers.py, its config), per tower
 
 
 def load_hf_config(folder: Path) -> tuple[GemmaConfig, Multimodal | None, dict | None]:
@@ -76,14 +77,37 @@ def parse_checkpoint_config(raw: dict, where: str = "config.json") -> tuple[Gemm
     if not isinstance(text["model_type"], str) or MODEL_TYPES.get(text["model_type"]) != family.name:
         raise ConfigError(f"{where}: text_config.model_type {text['model_type']!r} does not belong to a "
                           f"{model_type!r} checkpoint")
-    towers = tuple(name for key, name in _TOWERS.items() if f.take(key, dict, None) is not None)
+    tower_configs = {name: f.take(key, dict, None) for key, name in _TOWERS.items()}
+    towers = tuple(name for name, tower in tower_configs.items() if tower is not None)
     ids = {key: f.take(key, int) for key in _PLACEHOLDER_IDS if key in f.raw}
     if f.take("tie_word_embeddings", bool, True) is not True:
         raise ConfigError(f"{where}: tie_word_embeddings = false is not supported (Gemma ties lm_head)")
-    for key in _WRAPPER_IGNORED:
-        f.raw.pop(key, None)
+    wrapper = {key: f.raw.pop(key) for key in _WRAPPER_IGNORED if key in f.raw}
     f.finish()
-    return parse_hf_config(text, f"{where} text_config"), Multimodal(model_type, towers, ids)
+    cfg = parse_hf_config(text, f"{where} text_config")
+    encoders = tuple((kind, parse(tower_configs[name], wrapper, cfg, f"{where} {name}_config"))
+                     for name, (kind, parse) in _ENCODERS[model_type].items() if tower_configs[name] is not None)
+    return cfg, Multimodal(model_type, towers, ids, encoders)
+
+
+def _gemma3_vision(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
+    from gemma_export.checkpoints.hf_gemma3_vision import parse_gemma3_vision
+    return parse_gemma3_vision(tower, wrapper, text.hidden_size, where)
+
+
+def _gemma4_vision(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
+    from gemma_export.checkpoints.hf_gemma4_vision import parse_gemma4_vision
+    return parse_gemma4_vision(tower, text.hidden_size, where)
+
+
+def _gemma4_audio(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
+    from gemma_export.checkpoints.hf_gemma4_audio import parse_gemma4_audio
+    return parse_gemma4_audio(tower, text.hidden_size, where)
+
+
+# model_type -> tower ("vision", "audio") -> (encoder kind in gemma_export/towers.py, its config reader)
+_ENCODERS = {"gemma3": {"vision": ("gemma3_vision", _gemma3_vision)},
+             "gemma4": {"vision": ("gemma4_vision", _gemma4_vision), "audio": ("gemma4_audio", _gemma4_audio)}}
 
 
 def _read_object(path: Path) -> dict:

@@ -150,7 +150,7 @@ def open_hf_folder(folder: Path) -> Source:
             entries[name] = entry
         st = path.stat()
         fingerprints[path.name] = f"size:{st.st_size}"
-    weights = SafetensorsWeights(entries)
+    weights = stored = SafetensorsWeights(entries)
     if multimodal is not None:
         weights = text_decoder(weights, TEXT_PREFIXES[multimodal.model_type], str(folder))
     check_weights(cfg, weights, str(folder))
@@ -165,4 +165,6 @@ def open_hf_folder(folder: Path) -> Source:
         description=f"HF folder {folder}" + (f" (the text decoder of a {multimodal.model_type} checkpoint)"
                                               if multimodal else ""),
         multimodal=multimodal,
+        folder=folder,
+        checkpoint_weights=stored,
     )

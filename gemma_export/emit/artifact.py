@@ -88,9 +88,9 @@ def staging(claim: Claim) -> Iterator[Path]:
         raise
 
 
-def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int], None] | None = None
-               ) -> dict[str, FileDigest]:
-    """model.onnx + model.onnx.data, each hashed as it is written; on_tensor(name, index, total)
+def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int], None] | None = None,
+               model_file: str = MODEL_FILE, data_file: str = DATA_FILE) -> dict[str, FileDigest]:
+    """model.onnx + model.onnx.data (or the names given), each hashed as it is written; on_tensor(name, index, total)
     after each tensor. An initializer that is a row view of another (tensors.row_view) is not
     written: its TensorProto points into the other's bytes in model.onnx.data.
 
@@ -102,7 +102,7 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
     kept = {v: v.const_value for v in values}
     offsets: dict[str, int] = {}
     try:
-        with _writing(folder / DATA_FILE) as data:
+        with _writing(folder / data_file) as data:
             for index, value in enumerate(stored):
                 tensor = value.const_value
                 offsets[value.name] = data.size
@@ -110,7 +110,7 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
                 if data.size != offsets[value.name] + tensor.nbytes:
                     raise AssertionError(f"{value.name}: wrote {data.size - offsets[value.name]} bytes, "
                                          f"declared {tensor.nbytes}")
-                value.const_value = _external(tensor, folder, offsets[value.name])
+                value.const_value = _external(tensor, folder, offsets[value.name], data_file)
                 if on_tensor:
                     on_tensor(value.name, index, len(stored))
         for value in views:
@@ -121,7 +121,7 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
             if value.dtype != tensor.dtype or list(value.shape.numpy()[1:]) != list(tensor.shape.numpy()[1:]):
                 raise AssertionError(f"{value.name}: its rows do not match {base}")
             row_bytes = value.const_value.nbytes // value.shape[0]
-            value.const_value = _external(value.const_value, folder, offsets[base] + first_row * row_bytes)
+            value.const_value = _external(value.const_value, folder, offsets[base] + first_row * row_bytes, data_file)
         proto = ir.serde.serialize_model(model)
     finally:
         for value, tensor in kept.items():
@@ -129,9 +129,9 @@ def save_model(model: ir.Model, folder: Path, on_tensor: Callable[[str, int, int
     _drop_trace_metadata(proto.graph)
     for function in proto.functions:
         _drop_trace_metadata(function)
-    with _writing(folder / MODEL_FILE) as model_file:
-        model_file.write(proto.SerializeToString())
-    return {MODEL_FILE: model_file.digest(), DATA_FILE: data.digest()}
+    with _writing(folder / model_file) as written:
+        written.write(proto.SerializeToString())
+    return {model_file: written.digest(), data_file: data.digest()}
 
 
 def write_file(path: Path, data: bytes) -> FileDigest:
@@ -140,8 +140,8 @@ def write_file(path: Path, data: bytes) -> FileDigest:
     return f.digest()
 
 
-def _external(tensor: ir.TensorProtocol, folder: Path, offset: int) -> ir.ExternalTensor:
-    return ir.ExternalTensor(DATA_FILE, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name,
+def _external(tensor: ir.TensorProtocol, folder: Path, offset: int, data_file: str) -> ir.ExternalTensor:
+    return ir.ExternalTensor(data_file, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name,
                              base_dir=folder)
 
 

@@ -1,0 +1,129 @@
+"""The media encoders an export writes beside the decoder (graphs/encoders): each one's config as
+the checkpoint states it, its module traced on the meta device, and its weights bound by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from gemma_export.checkpoints.base import WeightSource
+from gemma_export.errors import CheckpointError
+from gemma_export.frontend import onnx_ops
+from gemma_export.frontend.trace import _quiet
+from gemma_export.tensors import StreamedTensor
+from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER, SOFT_TOKEN_MASK, SOFT_TOKENS
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One encoder kind: its graph role, the module (graphs/encoders/<module>.py, class), and how
+    its example inputs are made for tracing."""
+
+    role: str
+    module: str
+    cls: str
+    example: str  # the name of the function below that makes (args, dynamic shapes)
+    modality: str  # "image" or "audio": the key of its entry in the manifest's multimodal section
+
+
+KINDS = {
+    "gemma3_vision": Kind(IMAGE_ENCODER, "gemma3_vision", "Gemma3ImageEncoder", "_pixels", "image"),
+    "gemma4_vision": Kind(IMAGE_ENCODER, "gemma4_vision", "Gemma4ImageEncoder", "_patches", "image"),
+    "gemma4_audio": Kind(AUDIO_ENCODER, "gemma4_audio", "Gemma4AudioEncoder", "_frames", "audio"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    kind: str  # a key of KINDS
+    config: Any  # the module's config dataclass
+
+    @property
+    def role(self) -> str:
+        return KINDS[self.kind].role
+
+    @property
+    def file(self) -> str:
+        return f"{self.role}.onnx"
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.role}.onnx.data"
+
+    def module_class(self):
+        kind = KINDS[self.kind]
+        return getattr(importlib.import_module(f"gemma_graphs.encoders.{kind.module}"), kind.cls)
+
+
+def trace_encoder(encoder: Encoder) -> tuple[ir.Model, set[str]]:
+    """The encoder's graph, its initializers named as the module's parameters (data-less until
+    bind_encoder_weights) and its constant buffers (given their values; their names returned)."""
+    import torch
+
+    cls = encoder.module_class()
+    with torch.device("meta"):
+        module = cls(encoder.config).eval()
+    args, shapes = globals()[KINDS[encoder.kind].example](encoder.config)
+    outputs = list(getattr(cls, "OUTPUTS", (SOFT_TOKENS,)))
+    if outputs[0] != SOFT_TOKENS or outputs[1:] not in ([], [SOFT_TOKEN_MASK]):
+        raise AssertionError(f"{cls.__name__} outputs {outputs}")
+    with _quiet():
+        program = torch.onnx.export(module, args, dynamo=True, optimize=False, opset_version=onnx_ops.OPSET,
+                                    dynamic_shapes=shapes, input_names=list(cls.INPUTS), output_names=outputs,
+                                    verbose=False)
+    model = program.model
+    constants = module.constant_buffers()
+    for name, value in constants.items():
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        model.graph.initializers[name].const_value = ir.Tensor(array, name=name)
+    return model, set(constants)
+
+
+def bind_encoder_weights(model: ir.Model, weights: WeightSource, where: str, constants: set[str]) -> set[str]:
+    """Every initializer but the constants read from the checkpoint tensor of its name
+    (transformers 5.x's layout, with or without a leading `model.`, or the older
+    `vision_tower.vision_model.`); returns the checkpoint names read."""
+    have = set(weights.names())
+    read = set()
+    for name, value in model.graph.initializers.items():
+        if name in constants:
+            continue
+        candidates = [name, "model." + name]
+        if name.startswith("vision_tower."):
+            older = "vision_tower.vision_model." + name[len("vision_tower."):]
+            candidates += [older, "model." + older]
+        found = [c for c in candidates if c in have]
+        if not found:
+            raise CheckpointError(f"{where}: tensor {name!r} of the encoder is missing")
+        if len(found) > 1:
+            raise CheckpointError(f"{where}: tensor {name!r} is stored twice ({', '.join(found)})")
+        stored = found[0]
+        if tuple(weights.shape(stored)) != tuple(value.shape):
+            raise CheckpointError(f"{where}: tensor {stored!r} has shape {list(weights.shape(stored))}, the config "
+                                  f"implies {list(value.shape)}")
+        value.const_value = StreamedTensor(lambda a, b, n=stored: weights.read_rows(n, a, b), tuple(value.shape),
+                                           ir.DataType.FLOAT, name)
+        read.add(stored)
+    return read
+
+
+# -- example inputs, per kind: (args on the meta device, dynamic shapes) -------------------------
+
+def _pixels(cfg):
+    import torch
+    images = torch.export.Dim("images")
+    args = (torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size, device="meta"),)
+    return args, ({0: images},)
+
+
+def _patches(cfg):
+    import torch
+    cell = cfg.patches_per_token
+    images, patches = torch.export.Dim("images"), torch.export.Dim("patches", min=2 * cell)
+    args = (torch.zeros(2, 3 * cell, cfg.patch_pixels, device="meta"),
+            torch.zeros(2, 3 * cell, 2, dtype=torch.int64, device="meta"))
+    return args, ({0: images, 1: patches}, {0: images, 1: patches})

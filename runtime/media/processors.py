@@ -1,0 +1,80 @@
+"""An artifact's media, prepared as its checkpoint's processor would: images and audio clips turned
+into the encoders' arrays and a prompt whose placeholders are expanded into the tokens the soft
+tokens replace, by the kinds and settings the manifest records (its multimodal section).
+
+A prompt marks each item with its placeholder (Gemma 3 `<start_of_image>`, Gemma 4 `<|image|>`
+and `<|audio|>`), in order. A text prompt with no placeholder gets one per item in front of it,
+images before audio, where Gemma's chat templates put media in a user turn."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
+from gemma_runtime.media import gemma3_images, gemma4_audio, gemma4_images
+from gemma_runtime.media.audio import load_audio
+from gemma_runtime.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A prompt's expanded ids, and per modality the encoder's arrays (None: no such items)."""
+
+    ids: list[int]
+    arrays: dict[str, dict[str, np.ndarray]]  # encoder role -> its named inputs
+
+
+def prepare(section: dict[str, Any], tokenizer: Tokenizer, prompt: str, images: Sequence = (),
+            audio: Sequence = ()) -> Prepared:
+    image, sound = section.get("image"), section.get("audio")
+    if images and image is None:
+        raise RuntimeInputError("this artifact takes no images (exported with --text-only, or its checkpoint has no "
+                                "vision encoder)")
+    if audio and sound is None:
+        raise RuntimeInputError("this artifact takes no audio (exported with --text-only, or its checkpoint has no "
+                                "audio encoder)")
+    marks = []
+    if images:
+        marks.append((_image_placeholder(image, tokenizer), len(images)))
+    if audio:
+        marks.append((tokenizer.piece(sound["token_id"]), len(audio)))
+    if not any(mark in prompt for mark, _ in marks):
+        prompt = "".join(mark * n for mark, n in marks) + prompt
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    if image is not None and image["kind"] == "gemma3":
+        settings = gemma3_images.Gemma3ImageProcessing.from_dict(image["processing"])
+        crops: list[int] = []
+        if images:
+            pixels, crops = gemma3_images.preprocess(images, settings)
+            arrays[IMAGE_ENCODER] = {"pixel_values": pixels}
+        tokens = gemma3_images.Gemma3ImageTokens(image["token_id"], image["tokens_per_image"])
+        ids, _ = gemma3_images.expand_prompt(prompt, crops, tokenizer, tokens)
+    else:
+        ids = tokenizer.encode(prompt)
+        if image is not None:
+            counts = []
+            if images:
+                settings = gemma4_images.Gemma4ImageProcessing.from_dict(image["processing"])
+                pixels, positions, counts = gemma4_images.preprocess(images, settings)
+                arrays[IMAGE_ENCODER] = {"pixel_values": pixels, "image_position_ids": positions}
+            ids, _ = gemma4_images.expand_ids(ids, counts, gemma4_images.Gemma4ImageTokens(
+                image["token_id"], image["begin_id"], image["end_id"]))
+    if sound is not None:
+        counts = []
+        if audio:
+            settings = gemma4_audio.Gemma4AudioProcessing.from_dict(sound["processing"])
+            clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
+            features, mask = gemma4_audio.features(clips, settings)
+            arrays[AUDIO_ENCODER] = {"input_features": features, "input_features_mask": mask}
+            counts = [gemma4_audio.soft_tokens(row) for row in mask]
+        ids, _ = gemma4_audio.expand_audio_placeholders(ids, counts, audio_token_id=sound["token_id"],
+                                                        boa_token_id=sound["begin_id"], eoa_token_id=sound["end_id"])
+    return Prepared(ids, arrays)
+
+
+def _image_placeholder(image: dict[str, Any], tokenizer: Tokenizer) -> str:
+    return gemma3_images.BOI if image["kind"] == "gemma3" else tokenizer.piece(image["token_id"])
