@@ -22,6 +22,7 @@ from PIL import Image
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.images import ImageInput, load_image
+from gemma_runtime.media.settings import check_types
 from gemma_runtime.tokenizer import Tokenizer
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -48,6 +49,7 @@ class Gemma3ImageProcessing:
     pan_and_scan_min_ratio_to_activate: float = 1.2
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.image_size <= 0:
             raise ValueError(f"image_size = {self.image_size} must be positive")
         if self.resample not in RESAMPLE_NAMES:
