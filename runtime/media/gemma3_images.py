@@ -9,6 +9,10 @@ such block per crop, joined by spaces), and the whole text is tokenized. The "\\
 newlines around it ("a\\n" before an image gives the single token "\\n\\n\\n"), so expanding at the
 id level would differ; here the text is expanded and each run of text between the special tokens
 is tokenized, which is what the tokenizer does (special tokens split the text).
+
+The reference is Gemma3ImageProcessorPil, which AutoImageProcessor picks where torchvision is not
+installed; with torchvision it picks Gemma3ImageProcessor, whose antialiased torchvision resize is
+close to PIL's but not bit-equal (not measured here: no torchvision).
 """
 
 from __future__ import annotations
