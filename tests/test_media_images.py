@@ -182,6 +182,12 @@ def test_settings_round_trip_and_refusals():
             type(settings).from_dict({**data, "colour": 1})
     with pytest.raises(ValueError, match="max_soft_tokens = 100"):
         g4.Gemma4ImageProcessing(max_soft_tokens=100)
+    with pytest.raises(ValueError, match="image_size = '896'"):
+        g3.Gemma3ImageProcessing.from_dict({"image_size": "896"})
+    with pytest.raises(ValueError, match="do_pan_and_scan = 1"):
+        g3.Gemma3ImageProcessing.from_dict({"do_pan_and_scan": 1})
+    with pytest.raises(ValueError, match="image_std"):
+        g4.Gemma4ImageProcessing.from_dict({"image_std": [1.0, float("nan"), 1.0]})
 
 
 def test_reader_takes_what_transformers_saves(tmp_path):
@@ -225,6 +231,7 @@ def test_reader_takes_what_transformers_saves(tmp_path):
     ({"do_convert_rgb": False}, "do_convert_rgb"),
     ({"resample": None}, "resample"),
     ({"image_mean": [0.5, 0.5]}, "image_mean"),
+    ({"rescale_factor": float("nan")}, "rescale_factor"),
     ({"do_resize": False}, "do_resize"),
     ({"image_processor_type": "SiglipImageProcessor"}, "image_processor_type"),
 ])
@@ -302,6 +309,12 @@ def test_unreadable_images_are_one_clear_error(data):
 def test_bad_image_inputs(item, message):
     with pytest.raises(RuntimeInputError, match=message):
         load_image(item)
+
+
+def test_truncated_image_opened_by_the_caller():
+    """Image.open decodes lazily: a truncated file fails at load, inside load_image."""
+    with pytest.raises(RuntimeInputError, match="corrupt or truncated PNG"):
+        load_image(Image.open(io.BytesIO(png_bytes(random_image(64, 64))[:300])))
 
 
 def test_missing_file_and_no_rgb_conversion(tmp_path):

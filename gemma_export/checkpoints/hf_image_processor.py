@@ -53,9 +53,10 @@ def load_image_processor(folder: Path, family: str) -> ImageProcessorConfig:
     raw, where = processor.get("image_processor"), f"{processor_path} image_processor"
     if raw is None:
         if not image_path.is_file():
-            raise ConfigError(f"{folder}: neither {PROCESSOR_FILE} (with an image_processor) nor {IMAGE_PROCESSOR_FILE}:"
-                              " exporting the vision encoder needs the checkpoint's image processor settings (copy "
-                              "them from the original checkpoint, or export the text decoder alone with --text-only)")
+            raise ConfigError(f"{folder}: neither {PROCESSOR_FILE} (with an image_processor) nor "
+                              f"{IMAGE_PROCESSOR_FILE}: exporting the vision encoder needs the checkpoint's image "
+                              "processor settings (copy them from the original checkpoint, or export the text "
+                              "decoder alone with --text-only)")
         raw, where = _object(image_path), str(image_path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a JSON object")

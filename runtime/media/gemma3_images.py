@@ -9,6 +9,10 @@ such block per crop, joined by spaces), and the whole text is tokenized. The "\\
 newlines around it ("a\\n" before an image gives the single token "\\n\\n\\n"), so expanding at the
 id level would differ; here the text is expanded and each run of text between the special tokens
 is tokenized, which is what the tokenizer does (special tokens split the text).
+
+The reference is Gemma3ImageProcessorPil, which AutoImageProcessor picks where torchvision is not
+installed; with torchvision it picks Gemma3ImageProcessor, whose antialiased torchvision resize is
+close to PIL's but not bit-equal (not measured here: no torchvision).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from PIL import Image
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.images import ImageInput, load_image
+from gemma_runtime.media.settings import check_types
 from gemma_runtime.tokenizer import Tokenizer
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -48,6 +53,7 @@ class Gemma3ImageProcessing:
     pan_and_scan_min_ratio_to_activate: float = 1.2
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.image_size <= 0:
             raise ValueError(f"image_size = {self.image_size} must be positive")
         if self.resample not in RESAMPLE_NAMES:

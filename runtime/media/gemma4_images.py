@@ -18,6 +18,7 @@ from PIL import Image
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.images import ImageInput, load_image
+from gemma_runtime.media.settings import check_types
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 IMAGE_TYPE = 1  # mm_token_type_ids: 0 text, 1 image, 2 video, 3 audio
@@ -39,6 +40,7 @@ class Gemma4ImageProcessing:
     do_convert_rgb: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.max_soft_tokens not in SOFT_TOKEN_BUDGETS:
             raise ValueError(f"max_soft_tokens = {self.max_soft_tokens} is not one of {SOFT_TOKEN_BUDGETS}")
         if self.patch_size <= 0 or self.pooling_kernel_size <= 0:

@@ -43,7 +43,8 @@ def load_image(item: ImageInput, where: str = "image", *, convert_rgb: bool = Tr
     convert_rgb=False (a processor config's do_convert_rgb false) refuses anything not already
     RGB instead of converting it."""
     if isinstance(item, Image.Image):
-        image = item
+        _check_size(item.size, where)
+        image = _loaded(item, where)  # an image the caller opened may not be decoded yet
     elif isinstance(item, np.ndarray):
         image = _from_array(item, where)
     elif isinstance(item, (str, os.PathLike)):
@@ -85,11 +86,19 @@ def _decode(data: bytes, where: str) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise OSError, SyntaxError, struct.error, ...
         raise RuntimeInputError(f"{where}: not a readable image ({_reason(e)})") from None
     _check_size(image.size, where)
+    image = _loaded(image, where)
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as e:  # noqa: BLE001 - a malformed EXIF block
+        raise RuntimeInputError(f"{where}: not a readable image: corrupt EXIF data ({_reason(e)})") from None
+
+
+def _loaded(image: Image.Image, where: str) -> Image.Image:
     try:
         image.load()  # the first frame only; a truncated file fails here
-        return ImageOps.exif_transpose(image)
+        return image
     except Exception as e:  # noqa: BLE001 - zlib.error, OSError('image file is truncated'), EOFError, ...
-        raise RuntimeInputError(f"{where}: not a readable image: corrupt or truncated {image.format} data "
+        raise RuntimeInputError(f"{where}: not a readable image: corrupt or truncated {image.format or ''} data "
                                 f"({_reason(e)})") from None
 
 
@@ -153,3 +162,4 @@ def _from_array(array: np.ndarray, where: str) -> Image.Image:
         alpha = pixels[:, :, 3:4] / 255.0
         pixels = np.round(alpha * pixels[:, :, :3] + (1.0 - alpha) * 255.0).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
