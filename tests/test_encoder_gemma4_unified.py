@@ -150,6 +150,7 @@ def test_image_embedder_traces_and_runs_in_onnxruntime(checkpoint):
         pixels, positions = _images(cfg, slots, seed=slots)
         with torch.no_grad():
             tokens, mask = embedder(pixels, positions)
-        got_tokens, got_mask = session.run(None, {"pixel_values": pixels.numpy(), "image_position_ids": positions.numpy()})
+        feeds = {"pixel_values": pixels.numpy(), "image_position_ids": positions.numpy()}
+        got_tokens, got_mask = session.run(None, feeds)
         assert np.array_equal(got_mask, mask.numpy())
         assert Diff.of(got_tokens, tokens.numpy()).relative < TOLERANCE

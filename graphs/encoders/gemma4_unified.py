@@ -114,7 +114,7 @@ class _PatchEmbedder(nn.Module):
         at = positions.clamp(min=0)
         # Each axis of the table looked up by its own coordinate; a coordinate of -1 adds nothing.
         table = self.pos_embedding
-        x = nn.functional.embedding(at[..., 0], table[:, 1]) * (positions[..., 0:1] != -1).to(h.dtype)
+        x = nn.functional.embedding(at[..., 0], table[:, 0]) * (positions[..., 0:1] != -1).to(h.dtype)
         y = nn.functional.embedding(at[..., 1], table[:, 1]) * (positions[..., 1:2] != -1).to(h.dtype)
         return self.pos_norm(h + x + y)
 
@@ -135,7 +135,8 @@ class Gemma4UnifiedImageEmbedder(nn.Module):
         self.vision_embedder = _PatchEmbedder(cfg)
         self.embed_vision = _Projection(cfg.mm_embed_dim, cfg.text_hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor,
+                image_position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.embed_vision(self.vision_embedder(pixel_values, image_position_ids))
         return tokens, (image_position_ids != -1).all(dim=-1)
 

@@ -297,7 +297,8 @@ class Gemma4ImageEncoder(nn.Module):
         self.vision_tower = _VisionTower(cfg)
         self.embed_vision = _Embedder(cfg)
 
-    def forward(self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor,
+                image_position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, mask = self.vision_tower(pixel_values, image_position_ids)
         return self.embed_vision(pooled), mask
 
