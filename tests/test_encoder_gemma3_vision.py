@@ -165,6 +165,9 @@ def test_refusals_name_the_field(vision, mm_tokens, message):
 
 def test_config_round_trips_and_from_dict_is_strict():
     cfg = parse_gemma3_vision(TINY_VISION, {"mm_tokens_per_image": 1}, 48)
+    # Fields without effect on the soft tokens are accepted whatever their value.
+    assert parse_gemma3_vision(dict(TINY_VISION, projection_dim=2048, vision_use_head=False, attention_dropout=0.1),
+                               {"mm_tokens_per_image": 1}, 48) == cfg
     assert cfg.pool_kernel == 2 and Gemma3VisionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(InvalidConfig, match="unknown fields: \\['extra'\\]"):
         Gemma3VisionConfig.from_dict({**cfg.to_dict(), "extra": 1})

@@ -16,7 +16,6 @@ SIGLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layer
 MM_TOKENS_DEFAULT = 256
 
 
-
 def parse_gemma3_vision(vision_config: dict, wrapper: dict, text_hidden_size: int,
                         where: str = "config.json") -> Gemma3VisionConfig:
     """The image encoder's config from a gemma3 config.json: `vision_config` read strictly, and
