@@ -16,6 +16,11 @@ from gemma_graphs.config import MAX_LAYERS, InvalidConfig
 
 SUPPORTED_ACTS = ("silu",)
 _SUBSAMPLING = 4  # two stride-2 convolutions over frames (and over mel bins)
+# torch.export proves the shapes of a single token (after the convs, frames <= 4) apart from the
+# rest and would specialise on one case: trace with frames >= this. The graph itself has no such
+# limit (the tests run it on fewer).
+TRACE_MIN_FRAMES = 5
+_UNDERFLOW = 104.0  # exp(x) is exactly 0 in fp32 below about -103.97
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +62,18 @@ class Gemma4AudioConfig:
 
     @property
     def context_size(self) -> int:
-        """Keys each chunk of queries looks at: its own chunk, the past horizon and the future one."""
+        """Keys each chunk of queries looks at in transformers: its chunk, the past and future horizons."""
         return self.attention_chunk_size + self.attention_context_left - 1 + self.attention_context_right
+
+    @property
+    def band_before(self) -> int:
+        """Keys before a query that it attends to (transformers' window: distance < context_left - 1)."""
+        return self.attention_context_left - 2
+
+    @property
+    def band_after(self) -> int:
+        """Keys after a query that it attends to (transformers' window: distance < context_right)."""
+        return max(self.attention_context_right - 1, 0)
 
     def validate(self) -> None:
         positive = ("hidden_size", "num_attention_heads", "conv_kernel_size", "attention_chunk_size",
@@ -70,6 +85,9 @@ class Gemma4AudioConfig:
         if not 0 < self.num_hidden_layers <= MAX_LAYERS:
             raise InvalidConfig(f"num_hidden_layers = {self.num_hidden_layers} is not a supported layer count "
                                 f"(1 to {MAX_LAYERS})")
+        if self.attention_context_left < 2:
+            raise InvalidConfig(f"attention_context_left = {self.attention_context_left} is not supported: below 2 a "
+                                "token does not attend to itself")
         if self.attention_context_right < 0:
             raise InvalidConfig(f"attention_context_right = {self.attention_context_right} must be >= 0")
         if self.hidden_size % self.num_attention_heads:
@@ -93,6 +111,10 @@ class Gemma4AudioConfig:
             value = getattr(self, name)
             if not isinstance(value, float) or not math.isfinite(value):
                 raise InvalidConfig(f"{name} = {value!r} must be a finite float")
+        if not self.attention_invalid_logits_value + self.attention_logit_cap < -_UNDERFLOW:
+            raise InvalidConfig(f"attention_invalid_logits_value = {self.attention_invalid_logits_value} is not "
+                                f"supported: it must be below -(attention_logit_cap + {_UNDERFLOW}), so that a "
+                                "masked key's softmax weight is exactly 0")
         if not isinstance(self.use_clipped_linears, bool):
             raise InvalidConfig(f"use_clipped_linears = {self.use_clipped_linears!r} must be a bool")
 
@@ -163,7 +185,10 @@ class _SubsampleLayer(nn.Module):
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(x * frame_mask[:, None, :, None])
         x = torch.relu(self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
-        return x, frame_mask[:, ::2]  # an output frame is real when the frame at its centre is
+        # an output frame is real when the frame at its centre is; indexed by the conv's output
+        # length (rather than [:, ::2]) so that the tracer sees one length, not two equal formulas
+        centres = torch.arange(x.shape[2], device=x.device) * 2
+        return x, frame_mask.index_select(1, centres)
 
 
 class _SubsampleProjection(nn.Module):
@@ -211,27 +236,35 @@ class _LightConv(nn.Module):
         self.conv_norm = _RMSNorm(h, cfg.rms_norm_eps)
         self.clip, self.kernel = cfg.gradient_clipping, cfg.conv_kernel_size
 
+    def _causal_depthwise(self, h: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv over tokens, each output reading itself and the kernel - 1 tokens
+        before: written as shifted products in [n, tokens, hidden], because a conv between two
+        transposes leaves strides that make the tracer specialise on a single token."""
+        tokens, weight = h.shape[1], self.depthwise_conv1d.weight[:, 0]  # [hidden, kernel]
+        h = F.pad(h, (0, 0, self.kernel - 1, 0))
+        out = h[:, :tokens] * weight[:, 0]
+        for k in range(1, self.kernel):
+            out = out + h[:, k : k + tokens] * weight[:, k]
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.glu(self.linear_start(self.pre_layer_norm(x)), dim=-1)
-        h = self.depthwise_conv1d(F.pad(h.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
+        h = self._causal_depthwise(h)
         h = F.silu(self.conv_norm(_clamp(h, self.clip)))
         return self.linear_end(h) + x
 
 
-def _relative_embeddings(cfg: Gemma4AudioConfig) -> torch.Tensor:
-    """Sinusoids [sin | cos] of the distances context_size // 2 down to 0, one row per distance."""
-    half = cfg.hidden_size // 2
-    step = math.log(10000.0) / max(half - 1, 1)
-    inv_timescales = torch.exp(torch.arange(half) * -step)
-    distances = torch.arange(cfg.context_size // 2, -1, -1)
-    angles = distances[:, None] * inv_timescales[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+class _LocalAttention(nn.Module):
+    """transformers' chunked local attention, computed as the band it amounts to.
 
-
-class _ChunkedAttention(nn.Module):
-    """Local attention: the queries of each chunk of attention_chunk_size tokens see a context of
-    context_size keys around it (attention_context_left - 1 before the chunk, attention_context_right
-    after); logits are content + relative-position terms, soft-capped, masked to the window."""
+    transformers splits the tokens into chunks of attention_chunk_size; a chunk's queries score a
+    context of keys around the chunk (content + relative-position terms, soft-capped) and every
+    key outside the window -(context_left - 2) <= key - query <= context_right - 1, or padding, is
+    set to attention_invalid_logits_value, whose softmax weight is exactly 0 in fp32 (validate
+    requires it). So a query's result depends only on the keys of its own band: they are gathered
+    here per query ([tokens, band]), which needs no chunk padding and traces with any token count.
+    The relative term of the key at offset o reads the sinusoid of distance context_size // 2 - o
+    - (context_left - 1), and nothing where that row is past the table (distance < 0)."""
 
     def __init__(self, cfg: Gemma4AudioConfig):
         super().__init__()
@@ -243,55 +276,49 @@ class _ChunkedAttention(nn.Module):
         self.post = _ClippedLinear(cfg, h, h)
         self.relative_k_proj = nn.Linear(h, h, bias=False)
         self.per_dim_scale = nn.Parameter(torch.zeros(cfg.head_dim))
-        self.chunk, self.context = cfg.attention_chunk_size, cfg.context_size
-        self.past, self.future = cfg.attention_context_left - 1, cfg.attention_context_right
+        self.before, self.after = cfg.band_before, cfg.band_after
         self.cap, self.invalid = cfg.attention_logit_cap, cfg.attention_invalid_logits_value
         self.q_scale = self.head_dim ** -0.5 / math.log(2)
         self.k_scale = math.log(1 + math.e) / math.log(2)
-        self.distances = cfg.context_size // 2 + 1
 
-    def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[chunk, context] tables of constants: which context key a chunk's query may see, and which
-        row of the relative terms it reads (the zero row `distances` where none applies)."""
-        i = torch.arange(self.chunk)[:, None]
-        j = torch.arange(self.context)[None, :]
-        distance = i + self.past - j  # query position minus key position
-        window = ((distance >= 0) & (distance < self.past)) | ((distance < 0) & (-distance < self.future))
-        offset = j - i
-        row = torch.where((offset >= 0) & (offset < self.distances), offset, torch.full_like(offset, self.distances))
-        return window, row
-
-    def _contexts(self, x: torch.Tensor, blocks: torch.SymInt | int) -> torch.Tensor:
-        """x [n, tokens, ...] -> [n, blocks, context, ...]: block b's keys are tokens b * chunk - past ..."""
-        pad = [0, 0] * (x.dim() - 2) + [self.past, self.future + self.chunk - 1]
-        x = F.pad(x, pad)
-        index = (torch.arange(blocks) * self.chunk)[:, None] + torch.arange(self.context)[None, :]
-        return x.index_select(1, index.reshape(-1)).reshape(x.shape[0], blocks, self.context, *x.shape[2:])
+    def _band(self, x: torch.Tensor) -> torch.Tensor:
+        """x [n, tokens, ...] -> [n, tokens, band, ...]: token t's keys t - before ... t + after, zeros outside."""
+        tokens, width = x.shape[1], self.before + self.after + 1
+        x = F.pad(x, [0, 0] * (x.dim() - 2) + [self.before, self.after])
+        index = torch.arange(tokens, device=x.device)[:, None] + torch.arange(width, device=x.device)
+        return x[:, index]
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
         n, tokens, hidden = x.shape
-        heads, dim, chunk = self.heads, self.head_dim, self.chunk
-        blocks = (tokens + chunk - 1) // chunk
+        heads, dim = self.heads, self.head_dim
         q = self.q_proj(x).view(n, tokens, heads, dim) * self.q_scale * F.softplus(self.per_dim_scale)
         k = self.k_proj(x).view(n, tokens, heads, dim) * self.k_scale
         v = self.v_proj(x).view(n, tokens, heads, dim)
 
-        q = F.pad(q, (0, 0, 0, 0, 0, chunk - 1))[:, : blocks * chunk].reshape(n, blocks, chunk, heads, dim)
-        q = q.permute(0, 3, 1, 2, 4)  # [n, heads, blocks, chunk, dim]
-        k = self._contexts(k, blocks).permute(0, 3, 1, 4, 2)  # [n, heads, blocks, dim, context]
-        v = self._contexts(v, blocks).permute(0, 3, 1, 2, 4)  # [n, heads, blocks, context, dim]
-        key_real = self._contexts(token_mask.to(x.dtype), blocks) > 0  # [n, blocks, context]
+        q = q.permute(0, 2, 1, 3).unsqueeze(3)  # [n, heads, tokens, 1, dim]
+        k = self._band(k).permute(0, 3, 1, 4, 2)  # [n, heads, tokens, dim, band]
+        v = self._band(v).permute(0, 3, 1, 2, 4)  # [n, heads, tokens, band, dim]
+        key_real = self._band(token_mask.to(x.dtype)) > 0  # [n, tokens, band]: in the clip, not padding
 
-        window, row = self._tables()
-        rel_k = self.relative_k_proj(relative).view(-1, heads, dim).permute(1, 2, 0)  # [heads, dim, distances]
-        by_distance = F.pad(q @ rel_k[:, None], (0, 1))  # [n, heads, blocks, chunk, distances + 1]
-        position = torch.gather(by_distance, -1, row.expand(n, heads, blocks, chunk, self.context))
-        logits = torch.tanh((q @ k + position) / self.cap) * self.cap
-        allowed = window[None, None] & key_real[:, None, :, None, :]
-        logits = torch.where(allowed, logits, torch.full_like(logits, self.invalid))
-        out = torch.softmax(logits, dim=-1) @ v  # [n, heads, blocks, chunk, dim]
-        out = out.permute(0, 2, 3, 1, 4).reshape(n, blocks * chunk, hidden)[:, :tokens]
-        return self.post(out)
+        rel_k = self.relative_k_proj(relative).view(-1, heads, dim).permute(1, 2, 0)  # [heads, dim, band]
+        logits = (q @ k).squeeze(3) + (q.squeeze(3) @ rel_k)  # [n, heads, tokens, band]
+        logits = torch.tanh(logits / self.cap) * self.cap
+        logits = torch.where(key_real[:, None], logits, torch.full_like(logits, self.invalid))
+        out = (torch.softmax(logits, dim=-1).unsqueeze(3) @ v).squeeze(3)  # [n, heads, tokens, dim]
+        return self.post(out.permute(0, 2, 1, 3).reshape(n, tokens, hidden))
+
+
+def _relative_embeddings(cfg: Gemma4AudioConfig, device: torch.device) -> torch.Tensor:
+    """[band, hidden]: for each key offset of the band, the sinusoids [sin | cos] of its distance
+    (see _LocalAttention), zero where there is none."""
+    half = cfg.hidden_size // 2
+    step = math.log(10000.0) / max(half - 1, 1)
+    inv_timescales = torch.exp(torch.arange(half, device=device) * -step)
+    width = cfg.band_before + cfg.band_after + 1
+    distances = cfg.context_size // 2 - 1 - torch.arange(width, device=device)
+    angles = distances[:, None] * inv_timescales[None, :]
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    return table * (distances >= 0)[:, None]
 
 
 class _ConformerLayer(nn.Module):
@@ -299,7 +326,7 @@ class _ConformerLayer(nn.Module):
         super().__init__()
         self.feed_forward1 = _FeedForward(cfg)
         self.feed_forward2 = _FeedForward(cfg)
-        self.self_attn = _ChunkedAttention(cfg)
+        self.self_attn = _LocalAttention(cfg)
         self.lconv1d = _LightConv(cfg)
         self.norm_pre_attn = _RMSNorm(cfg.hidden_size, 1e-6)
         self.norm_post_attn = _RMSNorm(cfg.hidden_size, 1e-6)
@@ -324,7 +351,7 @@ class _AudioTower(nn.Module):
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, token_mask = self.subsample_conv_projection(features, frame_mask.to(features.dtype))
-        relative = _relative_embeddings(self.config).to(device=x.device, dtype=x.dtype)
+        relative = _relative_embeddings(self.config, x.device).to(x.dtype)
         for layer in self.layers:
             x = layer(x, token_mask, relative)
         return self.output_proj(x), token_mask > 0
