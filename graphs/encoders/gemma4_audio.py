@@ -16,9 +16,9 @@ from gemma_graphs.config import MAX_LAYERS, InvalidConfig
 
 SUPPORTED_ACTS = ("silu",)
 _SUBSAMPLING = 4  # two stride-2 convolutions over frames (and over mel bins)
-# torch.export proves the shapes of a single token (after the convs, frames <= 4) apart from the
-# rest and would specialise on one case: trace with frames >= this. The graph itself has no such
-# limit (the tests run it on fewer).
+# torch.export's contiguity checks of the conv outputs single out one token (frames <= 4) and
+# would specialise the trace on one case or the other: trace with frames >= this (two tokens and
+# up). The graph itself holds no such limit; the tests run it on fewer frames too.
 TRACE_MIN_FRAMES = 5
 _UNDERFLOW = 104.0  # exp(x) is exactly 0 in fp32 below about -103.97
 
