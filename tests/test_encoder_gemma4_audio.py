@@ -1,0 +1,200 @@
+"""Gemma 4's audio encoder (graphs/encoders/gemma4_audio.py) against transformers' Gemma4Model on
+tiny random checkpoints; its config parser; its trace on the meta device, run by onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gemma_export.checkpoints.hf_gemma4_audio import parse_gemma4_audio
+from gemma_export.errors import ConfigError
+from gemma_export.ort_run import cpu_session
+from gemma_graphs.config import InvalidConfig
+from gemma_graphs.encoders.gemma4_audio import TRACE_MIN_FRAMES, Gemma4AudioConfig, Gemma4AudioEncoder
+from tiny import PLACEHOLDERS
+from tiny_audio import AUDIO_CONFIGS, hf_audio_model, random_features
+
+TOLERANCE = 1e-5  # max |diff| / max |reference| over the real tokens; measured below 1e-6
+
+# (each clip's real frames, the batch's frame count): tokens are ceil(frames / 4), so 37 frames
+# give 10 tokens (not a multiple of either chunk size), 32 give 8 and 36 give 9; the last batch
+# has no padding; a 1-frame clip has one token.
+BATCHES = [([37, 20, 9, 1], 37), ([32, 17], 32), ([36, 36], 36)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=list(AUDIO_CONFIGS))
+def checkpoint(request, tmp_path_factory):
+    """(transformers' model, its save_pretrained folder) for each tiny audio config."""
+    model = hf_audio_model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model, folder, request.param
+
+
+def _config(folder) -> Gemma4AudioConfig:
+    raw = json.loads((folder / "config.json").read_text())
+    return parse_gemma4_audio(raw["audio_config"], raw["text_config"]["hidden_size"],
+                              where=f"{folder}/config.json audio_config")
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    """The checkpoint's audio tensors, named as the encoder names them (no leading `model.`)."""
+    tensors = load_file(folder / "model.safetensors")
+    return {name.removeprefix("model."): t for name, t in tensors.items()
+            if name.startswith(("model.audio_tower.", "model.embed_audio."))}
+
+
+def _encoder(folder) -> Gemma4AudioEncoder:
+    encoder = Gemma4AudioEncoder(_config(folder)).eval()
+    encoder.load_state_dict(_weights(folder), strict=True)  # every audio tensor read, none missing
+    return encoder
+
+
+def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("lengths, frames", BATCHES)
+def test_matches_get_audio_features(checkpoint, lengths, frames):
+    model, folder, _ = checkpoint
+    encoder = _encoder(folder)
+    features, mask = random_features(lengths, frames, seed=frames)
+    with torch.no_grad():
+        ref = model.model.get_audio_features(features, mask, return_dict=True)
+        tokens, token_mask = encoder(features, mask)
+    assert tokens.dtype == torch.float32 and tokens.shape == (len(lengths), math.ceil(frames / 4), 48)
+    assert torch.equal(token_mask, ref.attention_mask)
+    assert token_mask.sum(1).tolist() == [math.ceil(n / 4) for n in lengths]
+    assert _relative(tokens[token_mask], ref.pooler_output[ref.attention_mask]) < TOLERANCE
+
+
+def test_padding_content_is_ignored(checkpoint):
+    """What lies in a clip's padding frames changes none of its real tokens."""
+    _, folder, _ = checkpoint
+    encoder = _encoder(folder)
+    features, mask = random_features([37, 20, 9, 1], 37)
+    noisy = torch.where(mask[..., None], features, torch.randn_like(features) * 10)
+    with torch.no_grad():
+        clean, token_mask = encoder(features, mask)
+        dirty, _ = encoder(noisy, mask)
+    assert _relative(dirty[token_mask], clean[token_mask]) < TOLERANCE
+
+
+def test_rows_scattered_at_audio_placeholders(checkpoint):
+    """The real tokens, clip after clip, are the rows Gemma4Model.forward writes at the audio
+    placeholders of a prompt (the embeddings its language model receives)."""
+    model, folder, _ = checkpoint
+    lengths, frames = [37, 9, 20], 37
+    features, mask = random_features(lengths, frames, seed=1)
+    ids = PLACEHOLDERS["gemma4"]
+    prompt = [2, 10]
+    for n in lengths:
+        prompt += [ids["boa_token_id"]] + [ids["audio_token_id"]] * math.ceil(n / 4) + [ids["eoa_token_index"], 11]
+    seen = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.model(input_ids=torch.tensor([prompt]), input_features=features, input_features_mask=mask)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        tokens, token_mask = _encoder(folder)(features, mask)
+    placed = seen["embeds"][0, torch.tensor(prompt) == ids["audio_token_id"]]
+    assert _relative(tokens[token_mask], placed) < TOLERANCE
+
+
+def test_parses_saved_config(checkpoint):
+    _, folder, name = checkpoint
+    cfg = _config(folder)
+    written = AUDIO_CONFIGS[name]
+    expected = {**written, "subsampling_conv_channels": tuple(written["subsampling_conv_channels"])}
+    for field, value in expected.items():
+        assert getattr(cfg, field) == value, field
+    assert cfg.text_hidden_size == 48 and cfg.hidden_act == "silu"
+    assert Gemma4AudioConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+AUDIO_FIELDS = dict(AUDIO_CONFIGS["audio"], hidden_act="silu", attention_invalid_logits_value=-1e9,
+                    model_type="gemma4_audio", initializer_range=0.02, dtype="float32")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(surprise=1), "unknown or unsupported config field(s): surprise"),
+    (dict(attention_chunk_size=None), "required field 'attention_chunk_size' is missing"),
+    (dict(hidden_act="gelu"), "hidden_act = 'gelu' is not supported"),
+    (dict(model_type="gemma3n_audio"), "model_type = 'gemma3n_audio' is not supported"),
+    (dict(subsampling_conv_channels=[16, 8, 4]), "subsampling_conv_channels"),
+    (dict(num_attention_heads=3), "hidden_size = 16 is not a multiple of num_attention_heads = 3"),
+    (dict(attention_context_left=1), "attention_context_left = 1 is not supported"),
+    (dict(attention_invalid_logits_value=-10.0), "attention_invalid_logits_value = -10.0 is not supported"),
+    (dict(use_clipped_linears=1), "use_clipped_linears"),
+    (dict(num_hidden_layers=True), "num_hidden_layers"),
+    (dict(rms_norm_eps="1e-6"), "rms_norm_eps"),
+    (dict(attention_logit_cap=0.0), "attention_logit_cap = 0.0 must be a positive finite float"),
+])
+def test_refuses(change, message):
+    raw = {**AUDIO_FIELDS, **change}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError, match="audio_config") as e:
+        parse_gemma4_audio(raw, 48, where="config.json audio_config")
+    assert message in str(e.value)
+
+
+def test_from_dict_is_strict():
+    cfg = parse_gemma4_audio(AUDIO_FIELDS, 48)
+    with pytest.raises(InvalidConfig, match="unknown field"):
+        Gemma4AudioConfig.from_dict({**cfg.to_dict(), "extra": 1})
+    with pytest.raises(InvalidConfig, match="missing field"):
+        Gemma4AudioConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "rms_norm_eps"})
+
+
+def test_meta_trace_runs_in_onnxruntime(tmp_path_factory):
+    """Traced on the meta device with clips and frames dynamic: the initializers are exactly the
+    parameters (named as the checkpoint names them); bound to the checkpoint's tensors by name,
+    the graph matches eager for several clip and frame counts (one token, a single clip, padding)."""
+    model = hf_audio_model("audio")
+    folder = tmp_path_factory.mktemp("trace")
+    model.save_pretrained(folder, safe_serialization=True)
+    cfg = _config(folder)
+    with torch.device("meta"):
+        meta = Gemma4AudioEncoder(cfg).eval()
+    args = (torch.zeros(2, 37, 16, device="meta"), torch.ones(2, 37, dtype=torch.bool, device="meta"))
+    clips, frames = torch.export.Dim("clips"), torch.export.Dim("frames", min=TRACE_MIN_FRAMES)
+    program = torch.onnx.export(meta, args, dynamo=True, optimize=False, opset_version=24,
+                                dynamic_shapes=({0: clips, 1: frames}, {0: clips, 1: frames}),
+                                input_names=list(Gemma4AudioEncoder.INPUTS),
+                                output_names=list(Gemma4AudioEncoder.OUTPUTS), verbose=False)
+    graph = program.model.graph
+    parameters = {name for name, _ in meta.named_parameters()}
+    assert set(graph.initializers) == parameters | set(meta.constant_buffers())
+    weights = _weights(folder)
+    assert set(weights) == parameters
+    for name, value in graph.initializers.items():
+        value.const_value = ir.tensor(weights[name].numpy(), name=name)
+    assert [v.name for v in graph.inputs] == list(Gemma4AudioEncoder.INPUTS)
+    session = cpu_session(ir.serde.serialize_model(program.model).SerializeToString(), threads=1)
+
+    eager = _encoder(folder)
+    for lengths, n_frames in [([37, 20, 9, 1], 37), ([12], 12), ([3, 1], 3)]:
+        features, mask = random_features(lengths, n_frames, seed=n_frames)
+        out, out_mask = session.run(None, {"input_features": features.numpy(), "input_features_mask": mask.numpy()})
+        with torch.no_grad():
+            ref, ref_mask = eager(features, mask)
+        assert out.dtype == np.float32 and out_mask.dtype == np.bool_
+        np.testing.assert_array_equal(out_mask, ref_mask.numpy())
+        assert _relative(torch.from_numpy(out)[ref_mask], ref[ref_mask]) < TOLERANCE
