@@ -132,6 +132,7 @@ class Model:
         section = self.manifest.multimodal or {}
         arrays = dict(arrays)
         types = [arrays.pop(k) for k in ("token_type_ids", "mm_token_type_ids") if k in arrays]
+        image_columns: list[np.ndarray] = []
         for count in ("num_crops", "num_soft_tokens_per_image"):  # the processor's counts: the ids say the same
             arrays.pop(count, None)
         spans = []
@@ -143,14 +144,16 @@ class Model:
             if not given:
                 continue
             entry = section[modality]
-            items = self.encoders.encode(role, given)
-            spans += find_spans(ids, entry["token_id"], items, entry.get("bidirectional", False), modality)
+            found = find_spans(ids, entry["token_id"], self.encoders.encode(role, given),
+                               entry.get("bidirectional", False), modality)
+            spans += found
+            if modality == "image":
+                image_columns = [np.arange(s.start, s.end) for s in found]
         if arrays:
             raise RuntimeInputError(f"this artifact's encoders take no {', '.join(sorted(arrays))}")
         if types:
             marked = np.flatnonzero(np.asarray(types[0]).reshape(-1) == 1)
-            images = [np.arange(s.start, s.end) for s in spans if s.bidirectional]
-            if not np.array_equal(marked, np.concatenate(images) if images else marked[:0]):
+            if not np.array_equal(marked, np.concatenate(image_columns) if image_columns else marked[:0]):
                 raise RuntimeInputError("the token type ids do not mark exactly the image tokens of the prompt")
         return MediaPrompt(spans)
 

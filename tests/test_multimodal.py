@@ -1,23 +1,37 @@
-"""The text decoder of multimodal checkpoints (Gemma3ForConditionalGeneration,
-Gemma4ForConditionalGeneration as transformers saves them): exported from the detected prefix,
-matching transformers' multimodal model on text-only input; the towers are skipped and said so;
-their placeholder ids are refused in prompts."""
+"""Multimodal checkpoints (Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration as
+transformers saves them): by default the decoder takes the image encoder's rows at its placeholders
+and the encoder is a graph of the artifact; on every target the logits of a prompt with two images
+match transformers' multimodal model, whole and token by token after the images, and greedy tokens
+equal its generate. --text-only keeps the token-id decoder; bad media and checkpoints are refused."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import gemma_runtime
 from cli_util import cli
 from gemma_export.checkpoints import open_source
-from gemma_export.errors import CheckpointError
+from gemma_export.errors import CheckpointError, ConfigError
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
-from parity import assert_fp32_parity, prompt, stepwise_logits
-from tiny import PLACEHOLDERS, hf_multimodal_model, write_multimodal_checkpoint
+from gemma_runtime.media.prompt import MediaPrompt, MediaSpan
+from parity import assert_fp32_parity, prompt
+from tiny import PLACEHOLDERS, hf_image_processor, hf_multimodal_model, write_multimodal_checkpoint
 
 FAMILIES = ["gemma3", "gemma4"]
+MAX_SEQ_LEN = 256
+# (family, target, dtype): the fp32 path of every target that takes media, and fp16 on ort-cuda's
+# graph (run on the CPU provider).
+CASES = [(f, t, "fp32") for f in FAMILIES for t in ("ort-cpu", "onnx", "tensorrt", "generic")] + \
+        [(f, "ort-cuda", "fp16") for f in FAMILIES]
+
+
+def _ids(family: str) -> tuple[int, int, int]:
+    ph = PLACEHOLDERS[family]
+    return tuple(ph.get(f"{k}_token_index", ph.get(f"{k}_token_id")) for k in ("image", "boi", "eoi"))
 
 
 @pytest.fixture(scope="module")
@@ -28,50 +42,139 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def artifacts(checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("multimodal_artifacts")
+    root, made = tmp_path_factory.mktemp("multimodal_artifacts"), {}
+
+    def artifact(family: str, target: str, dtype: str = "fp32"):
+        key = (family, target, dtype)
+        if key not in made:
+            made[key] = root / "-".join(key)
+            export(checkpoints[family], made[key], ExportOptions(target=target, dtype=dtype, max_seq_len=MAX_SEQ_LEN))
+        return made[key]
+    return artifact
+
+
+@pytest.fixture(scope="module")
+def two_images():
+    """Per family: the prompt's ids, the processor's arrays (as transformers' processor returns them)
+    and the reference's logits of the prompt and its greedy continuation."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8))]
+    cases = {}
     for family in FAMILIES:
-        export(checkpoints[family], root / family, ExportOptions(max_seq_len=64))  # the default target
-    return {family: root / family for family in FAMILIES}
+        image, boi, eoi = _ids(family)
+        out = hf_image_processor(family)(images, return_tensors="np")
+        arrays = {k: v for k, v in out.items() if k in ("pixel_values", "image_position_ids")}
+        counts = [int(c) for c in out.get("num_soft_tokens_per_image", [4, 4])]
+        ids = [2, 5, 6, boi] + [image] * counts[0] + [eoi, 7, 8, boi] + [image] * counts[1] + [eoi, 9, 10, 11]
+        types = np.array([[int(i == image) for i in ids]])
+        arrays["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = types
+        reference = hf_multimodal_model(family)
+        inputs = {k: torch.tensor(v) for k, v in arrays.items()}
+        with torch.no_grad():
+            logits = reference(input_ids=torch.tensor([ids]), **inputs).logits[0].float().numpy()
+            greedy = reference.generate(input_ids=torch.tensor([ids]), **inputs, max_new_tokens=6, do_sample=False)
+        cases[family] = ids, arrays, logits, greedy[0, len(ids):].tolist()
+    return cases
 
 
-def _hf_logits(model, ids):
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+def _greedy(model, ids: list[int], media: MediaPrompt, n: int) -> list[int]:
+    backend = model.backend
+    backend.reserve(1)
+    tokens = [int(backend.step([ids], [0], [len(ids)], spliced=[media.splice(0, len(ids))])[0, 0].argmax())]
+    for t in range(n - 1):
+        tokens.append(int(backend.step([[tokens[-1]]], [len(ids) + t], [1])[0, 0].argmax()))
+    return tokens
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_text_decoder_matches_the_multimodal_model_on_text(family, artifacts):
-    reference = hf_multimodal_model(family)
-    model = gemma_runtime.load(artifacts[family], threads=1)
-    ids = prompt(1, 40, vocab=370)  # no placeholder ids
-    expected = _hf_logits(reference, ids)
-    assert_fp32_parity(model.logits(ids), expected)
-    assert_fp32_parity(stepwise_logits(model, ids[:30], prefill=5), expected[4:30])
+@pytest.mark.parametrize("family,target,dtype", CASES)
+def test_two_images_match_transformers(family, target, dtype, artifacts, two_images):
+    ids, arrays, expected, greedy = two_images[family]
+    model = gemma_runtime.load(artifacts(family, target, dtype), threads=1,
+                               **({"device": "cpu"} if target == "ort-cuda" else {}))
+    got = model.logits(ids, **arrays)
+    if dtype == "fp16":  # fp16 towers and decoder: top-1 agreement, no overflow
+        assert np.isfinite(got).all() and (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99
+        return
+    assert_fp32_parity(got, expected)
+    media = model.media_prompt(ids, arrays)
+    assert _greedy(model, ids, media, len(greedy)) == greedy
+    if target in ("ort-cpu", "onnx"):  # the prompt up to the last image, then token by token
+        last = media.spans[-1].end
+        backend = model.backend
+        backend.reserve(1)
+        rows = [backend.step([ids[:last]], [0], [last], spliced=[media.splice(0, last)])[:, 0]]
+        rows += [backend.step([[ids[t]]], [t], [1])[:, 0] for t in range(last, len(ids))]
+        assert_fp32_parity(np.concatenate(rows), expected[last - 1:])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_towers_are_recorded_and_placeholders_refused(family, artifacts):
-    model = gemma_runtime.load(artifacts[family], threads=1)
-    multimodal = model.manifest.multimodal
-    assert multimodal["model_type"] == family and multimodal["skipped"] == ["vision"]
-    assert multimodal["placeholder_ids"] == PLACEHOLDERS[family]
-    with pytest.raises(RuntimeInputError, match="380 is the image_token_(id|index) placeholder.*no vision encoder"):
+def test_the_manifest_describes_the_image_encoder(artifacts):
+    manifest = gemma_runtime.load(artifacts("gemma4", "ort-cpu"), threads=1).manifest
+    encoder = manifest.graphs["image_encoder"]
+    assert encoder.file == "image_encoder.onnx" and list(encoder.inputs) == ["pixel_values", "image_position_ids"]
+    assert list(encoder.outputs) == ["soft_tokens", "soft_token_mask"]
+    image = manifest.multimodal["image"]
+    assert (image["kind"], image["token_id"], image["bidirectional"]) == ("gemma4", 380, True)
+    assert image["processing"]["max_soft_tokens"] == 70 and manifest.multimodal["skipped"] == []
+    assert manifest.config["media_inputs"] and "lookahead" in manifest.decoder.inputs
+
+
+def test_an_image_is_never_split_across_calls():
+    media = MediaPrompt([MediaSpan(3, np.zeros((4, 2)), True), MediaSpan(9, np.zeros((2, 2)), False)])
+    assert media.cut(0, 5) == 3  # back to the image's start
+    assert media.cut(3, 5) == 7  # an image that starts the call goes whole
+    assert media.cut(0, 10) == 10  # audio may be split
+    splice = media.splice(2, 10)
+    assert splice.columns.tolist() == [1, 2, 3, 4, 7] and splice.lookahead.tolist() == [3, 2, 1, 0, 0]
+
+
+def test_text_only_keeps_the_token_id_decoder(checkpoints, tmp_path):
+    manifest = export(checkpoints["gemma3"], tmp_path / "text", ExportOptions(max_seq_len=64, text_only=True))
+    assert list(manifest.graphs) == ["decoder"] and "spliced_embeds" not in manifest.decoder.inputs
+    assert manifest.multimodal["skipped"] == ["vision"] and "image" not in manifest.multimodal
+    model = gemma_runtime.load(tmp_path / "text", threads=1)
+    with pytest.raises(RuntimeInputError, match="380 is the image_token_index placeholder"):
         model.generate([2, 5, 380, 6], max_new_tokens=2)
+    with pytest.raises(RuntimeInputError, match="no pixel_values"):
+        model.logits([2, 5, 6], pixel_values=np.zeros((1, 3, 28, 28), np.float32))
 
 
-def test_export_says_once_that_the_vision_tower_is_skipped(checkpoints, tmp_path, capsys):
-    code, out, err = cli(capsys, "export", checkpoints["gemma4"], "-o", tmp_path / "out", "--max-seq-len", "32")
-    assert code == 0 and err.count("vision") == 1 and "skipped" in err
+def test_text_only_decoder_matches_the_multimodal_model_on_text(checkpoints, tmp_path):
+    export(checkpoints["gemma4"], tmp_path / "text", ExportOptions(max_seq_len=64, text_only=True))
+    ids = prompt(1, 40, vocab=370)
+    with torch.no_grad():
+        expected = hf_multimodal_model("gemma4")(torch.tensor([ids])).logits[0].float().numpy()
+    assert_fp32_parity(gemma_runtime.load(tmp_path / "text", threads=1).logits(ids), expected)
 
 
-def _edited_copy(folder, dest, edit):
-    """A copy of a checkpoint folder whose tensors `edit` changes in place (a dict)."""
+def test_bad_media_is_refused(artifacts, two_images):
+    model = gemma_runtime.load(artifacts("gemma3", "ort-cpu"), threads=1)
+    ids, arrays, _, _ = two_images["gemma3"]
+    with pytest.raises(RuntimeInputError, match="placeholder"):  # ids typed without the media
+        model.logits(ids)
+    with pytest.raises(RuntimeInputError, match="1 image placeholder run"):  # two images, one placeholder run
+        model.logits(ids[:10] + [9, 10], pixel_values=arrays["pixel_values"])
+    with pytest.raises(RuntimeInputError, match="do not mark exactly the image tokens"):
+        model.logits(ids, pixel_values=arrays["pixel_values"], token_type_ids=np.zeros((1, len(ids)), np.int64))
+    with pytest.raises(RuntimeInputError, match="take no input_features"):
+        model.logits([2, 5], input_features=np.zeros((1, 8, 128), np.float32))
+
+
+def _edited_copy(folder, dest, edit=None, config=None):
+    """A copy of a checkpoint folder whose tensors `edit` changes in place (a dict), or whose
+    config.json `config` rewrites."""
+    import json
     dest.mkdir()
     for f in folder.iterdir():
         (dest / f.name).write_bytes(f.read_bytes())
-    tensors = load_file(str(dest / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(dest / "model.safetensors"))
+    if edit is not None:
+        tensors = load_file(str(dest / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(dest / "model.safetensors"))
+    if config is not None:
+        raw = json.loads((dest / "config.json").read_text())
+        config(raw)
+        (dest / "config.json").write_text(json.dumps(raw))
     return dest
 
 
@@ -89,3 +192,58 @@ def test_missing_text_weights_are_named(checkpoints, tmp_path):
 
     with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing"):
         open_source(_edited_copy(checkpoints["gemma4"], tmp_path / "missing", drop_one))
+
+
+def test_bad_towers_are_refused_by_name(checkpoints, tmp_path):
+    def unknown_tower(raw):
+        raw["vision_config"]["model_type"] = "clip_vision_model"
+
+    with pytest.raises(ConfigError, match="clip_vision_model"):
+        open_source(_edited_copy(checkpoints["gemma3"], tmp_path / "clip", config=unknown_tower))
+
+    def drop_encoder_weight(tensors):
+        del tensors["model.embed_vision.embedding_projection.weight"]
+
+    with pytest.raises(CheckpointError, match="embed_vision.embedding_projection.weight.*missing"):
+        export(_edited_copy(checkpoints["gemma4"], tmp_path / "no-embedder", drop_encoder_weight), tmp_path / "a",
+               ExportOptions(max_seq_len=64))
+
+    def stray(tensors):
+        tensors["model.vision_tower.extra.weight"] = torch.zeros(2)
+
+    with pytest.raises(CheckpointError, match="no exported graph reads.*vision_tower.extra.weight"):
+        export(_edited_copy(checkpoints["gemma4"], tmp_path / "stray", stray), tmp_path / "b",
+               ExportOptions(max_seq_len=64))
+    folder = _edited_copy(checkpoints["gemma3"], tmp_path / "no-processor")
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError, match="--text-only"):
+        export(folder, tmp_path / "c", ExportOptions(max_seq_len=64))
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_audio_clip_and_an_image_match_transformers(tmp_path):
+    """Gemma 4 E-style checkpoint (an audio tower beside the vision one): a prompt with two clips of
+    different lengths (padding) and an image, on the default target."""
+    from gemma_runtime.media.gemma4_audio import soft_tokens
+    from tiny_audio import hf_audio_model, hf_feature_extractor, write_audio_checkpoint
+
+    export(write_audio_checkpoint(tmp_path / "ck"), tmp_path / "a", ExportOptions(max_seq_len=MAX_SEQ_LEN))
+    model = gemma_runtime.load(tmp_path / "a", threads=1)
+    assert model.manifest.multimodal["audio"]["token_id"] == PLACEHOLDERS["gemma4"]["audio_token_id"]
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 2500)]
+    arrays = dict(hf_feature_extractor()(clips, sampling_rate=16000, return_tensors="np"))
+    pixels = hf_image_processor("gemma4")([Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))],
+                                           return_tensors="np")
+    arrays.update(pixel_values=pixels["pixel_values"], image_position_ids=pixels["image_position_ids"])
+    ph = PLACEHOLDERS["gemma4"]
+    image, boi, eoi = _ids("gemma4")
+    audio = [[ph["audio_token_id"]] * soft_tokens(mask) for mask in arrays["input_features_mask"]]
+    ids = [2, 5, ph["boa_token_id"], *audio[0], ph["eoa_token_index"], 6, boi,
+           *[image] * int(pixels["num_soft_tokens_per_image"][0]), eoi, 7, ph["boa_token_id"], *audio[1],
+           ph["eoa_token_index"], 8, 9]
+    types = np.array([[1 if i == image else 3 if i == ph["audio_token_id"] else 0 for i in ids]])
+    with torch.no_grad():
+        expected = hf_audio_model()(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor(types),
+                                    **{k: torch.tensor(v) for k, v in arrays.items()}).logits[0].float().numpy()
+    assert_fp32_parity(model.logits(ids, **arrays, mm_token_type_ids=types), expected)

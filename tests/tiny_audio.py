@@ -4,6 +4,7 @@ clipped linear's bounds randomised."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -60,8 +61,20 @@ def _randomise_clip_bounds(model) -> None:
                 b.fill_(abs(float(torch.normal(2.0, 0.5, ()))))
 
 
+def hf_feature_extractor():
+    import transformers
+    return transformers.Gemma4AudioFeatureExtractor(feature_size=MEL_BINS)
+
+
 def write_audio_checkpoint(folder: Path, name: str = "audio", seed: int = 0) -> Path:
+    """The checkpoint with its processor settings as transformers 5 saves a processor: one
+    processor_config.json holding the image processor and the feature extractor."""
+    from tiny import hf_image_processor
+
     hf_audio_model(name, seed).save_pretrained(folder, safe_serialization=True)
+    processor = {"image_processor": json.loads(hf_image_processor("gemma4").to_json_string()),
+                 "feature_extractor": json.loads(hf_feature_extractor().to_json_string())}
+    (folder / "processor_config.json").write_text(json.dumps(processor, indent=2))
     return folder
 
 

@@ -102,7 +102,7 @@ def _gemma4_vision(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
 
 def _gemma4_audio(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
     from gemma_export.checkpoints.hf_gemma4_audio import parse_gemma4_audio
-    return parse_gemma4_audio(tower, text.hidden_size, where)
+    return parse_gemma4_audio(tower, text.hidden_size, where=where)
 
 
 # model_type -> tower ("vision", "audio") -> (encoder kind in gemma_export/towers.py, its config reader)
