@@ -10,6 +10,7 @@ from typing import Any, Callable
 from gemma_export.checkpoints.base import Source
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError
+from gemma_export.passes import constant_axes
 from gemma_export.targets import ExportOptions
 from gemma_export.towers import KINDS, Encoder, bind_encoder_weights, trace_encoder
 from gemma_runtime.manifest import FileDigest, Graph, TensorSpec
@@ -38,6 +39,9 @@ def write_encoders(source: Source, chosen: list[Encoder], text_prefixes: tuple[s
         say(f"tracing the {what}", 0, 1)
         model, constants = trace_encoder(encoder)
         read |= bind_encoder_weights(model, weights, source.description, constants)
+        # Reductions' axes as initializers: TensorRT's parser needs them constant, other runtimes do
+        # not mind, so every target's encoder graph is the same.
+        constant_axes.run(model, None)
         files.update(artifact.save_model(model, folder, lambda name, i, total: say(f"writing the {what}", i + 1, total),
                                          model_file=encoder.file, data_file=encoder.data_file))
         graphs[encoder.role] = Graph(encoder.role, encoder.file, encoder.data_file, _specs(model.graph.inputs),

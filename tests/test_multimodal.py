@@ -247,3 +247,16 @@ def test_an_audio_clip_and_an_image_match_transformers(tmp_path):
         expected = hf_audio_model()(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor(types),
                                     **{k: torch.tensor(v) for k, v in arrays.items()}).logits[0].float().numpy()
     assert_fp32_parity(model.logits(ids, **arrays, mm_token_type_ids=types), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tensorrt_rtx_parses_every_node_of_the_image_encoder(family, artifacts):
+    from test_target_tensorrt import Parse
+
+    from gemma_export.emit import tensorrt_engine
+
+    path = artifacts(family, "tensorrt") / "image_encoder.onnx"
+    check = Parse()
+    assert check.parser.supports_model_v2(path.read_bytes(), str(path)), tensorrt_engine.parser_errors(check.parser)
+    parse = Parse()
+    assert parse.parser.parse_from_file(str(path)) and parse.parser.num_errors == 0 and not parse.log.errors
