@@ -79,9 +79,7 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
             say: Progress) -> Manifest:
     started = time.time()
     say("reading checkpoint", 0, 1)
-    source = open_source(source_path)
-    if source.multimodal is not None and not options.text_only:  # the decoder takes the encoders' rows
-        source = dataclasses.replace(source, config=dataclasses.replace(source.config, media_inputs=True))
+    source = with_media(open_source(source_path), options)
     cfg = source.config
     options = dataclasses.replace(options, max_seq_len=min(options.max_seq_len, cfg.max_position_embeddings))
     say("tracing", 0, 1)
@@ -105,6 +103,13 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
         manifest = dataclasses.replace(manifest, files=files, export_seconds=round(time.time() - started, 2))
         write_manifest(tmp, manifest)
     return manifest
+
+
+def with_media(source: Source, options: ExportOptions) -> Source:
+    """The source whose decoder takes the encoders' rows (a multimodal checkpoint, not --text-only)."""
+    if source.multimodal is None or options.text_only:
+        return source
+    return dataclasses.replace(source, config=dataclasses.replace(source.config, media_inputs=True))
 
 
 def pass_context(cfg: GemmaConfig, options: ExportOptions, tokenizer: Tokenizer | None = None,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemma_export.checkpoints.hf_config import Multimodal, parse_checkpoint_config, parse_hf_config
+from gemma_export.checkpoints.hf_config import parse_checkpoint_config, parse_hf_config
 from gemma_export.errors import ConfigError
 
 GEMMA3_V4 = {  # transformers 4.x form of a Gemma 3 270M config
@@ -76,12 +76,17 @@ def test_unknown_or_unsupported_fields_are_errors(change, message):
         parse_hf_config({**GEMMA3_V4, **change})
 
 
-def test_multimodal_gemma3_gives_its_text_decoder_and_what_is_skipped():
+def test_multimodal_gemma3_gives_its_text_decoder_and_its_image_encoder():
     text = {k: v for k, v in GEMMA3_V4.items() if k != "model_type"}  # text_config may omit it
-    cfg, multimodal = parse_checkpoint_config({"model_type": "gemma3", "text_config": text, "vision_config": {},
+    vision = {"image_size": 896, "patch_size": 14}  # the published config states these; the rest are defaults
+    cfg, multimodal = parse_checkpoint_config({"model_type": "gemma3", "text_config": text, "vision_config": vision,
                                                "image_token_index": 262144, "mm_tokens_per_image": 256})
     assert cfg == parse_hf_config(GEMMA3_V4)
-    assert multimodal == Multimodal("gemma3", ("vision",), {"image_token_index": 262144})
+    assert (multimodal.model_type, multimodal.towers, multimodal.placeholder_ids) == \
+        ("gemma3", ("vision",), {"image_token_index": 262144})
+    [(kind, vision)] = multimodal.encoders
+    assert kind == "gemma3_vision" and (vision.image_size, vision.hidden_size, vision.mm_tokens_per_image) == (896, 768, 256)
+    assert vision.text_hidden_size == cfg.hidden_size
 
 
 def test_multimodal_wrapper_fields_are_checked_too():
@@ -126,8 +131,13 @@ def test_gemma4_fields_we_do_not_support_are_named(change, message):
         parse_hf_config({**GEMMA4, **change})
 
 
-def test_gemma4_image_only_bidirectional_attention_is_accepted_for_text():
-    assert parse_hf_config({**GEMMA4, "use_bidirectional_attention": "vision"}) == parse_hf_config(GEMMA4)
+def test_gemma4_image_only_bidirectional_attention_sets_the_media_blocks():
+    """"vision": an image's tokens see each other on sliding layers (the only difference)."""
+    import dataclasses
+
+    vision = parse_hf_config({**GEMMA4, "use_bidirectional_attention": "vision"})
+    assert vision.media_blocks == "sliding" and parse_hf_config(GEMMA4).media_blocks == "none"
+    assert dataclasses.replace(vision, media_blocks="none") == parse_hf_config(GEMMA4)
 
 
 def test_the_family_is_resolved_into_config_fields():

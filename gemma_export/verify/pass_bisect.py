@@ -81,7 +81,11 @@ def bisect(artifact: Path | str, reference: Path | str | None, texts: Sequence[s
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     require_checkpoint(artifact, reference)
+    from gemma_export.export import with_media
+
     source = open_source(reference)
+    options = recorded_options(manifest, source.config)
+    source = with_media(source, options)
     cfg = source.config
     expected = json.loads(json.dumps(cfg.to_dict()))
     if set(expected) != set(manifest.config):  # fields added or removed since: the graph may differ too
@@ -90,7 +94,6 @@ def bisect(artifact: Path | str, reference: Path | str | None, texts: Sequence[s
     if expected != manifest.config:
         raise GemmaExportError(f"{source.description} is not the checkpoint {artifact} was exported from "
                                "(its model config differs from the manifest's)")
-    options = recorded_options(manifest, cfg)
     ids = token_ids(Tokenizer.in_folder(artifact, manifest.tokens.bos), manifest.tokens.bos,
                     options.max_seq_len, list(texts or PROMPTS)[:1], cfg.vocab_size)[0]
     notes = []
@@ -142,7 +145,8 @@ def recorded_options(manifest, cfg: GemmaConfig) -> ExportOptions:
     embedding_float = QuantMethod.parse(quant["method"]).quantizes and roles(cfg).embedding not in choices
     return resolve_options(ExportOptions(
         target=manifest.target, dtype=manifest.dtype, quant=quant["method"], block_size=quant["block_size"],
-        calibrate=quant["calibrated"], keep_embeddings_fp=embedding_float, max_seq_len=manifest.kv_cache.max_seq_len))
+        calibrate=quant["calibrated"], keep_embeddings_fp=embedding_float, max_seq_len=manifest.kv_cache.max_seq_len,
+        text_only=not manifest.config.get("media_inputs", False)))
 
 
 def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan: dict[str, str] | None = None,

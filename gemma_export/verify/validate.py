@@ -68,9 +68,11 @@ def reference_prefill(module, cfg, ids: list[int]):
 
     n = len(ids)
     caches = [torch.zeros(1, s.kv_heads, 0, s.head_dim) for s in cache_tensors(cfg)]
+    media = (torch.zeros(1, 0, cfg.hidden_size), torch.zeros(1, 0, dtype=torch.int64),  # text only: nothing spliced
+             torch.zeros(1, n, dtype=torch.int64)) if cfg.media_inputs else ()
     with torch.no_grad():
         return module.hidden_states(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64),
-                                    *caches)
+                                    *media, *caches)
 
 
 def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]]:
