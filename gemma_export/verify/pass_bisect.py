@@ -95,7 +95,8 @@ def bisect(artifact: Path | str, reference: Path | str | None, texts: Sequence[s
         raise GemmaExportError(f"{source.description} is not the checkpoint {artifact} was exported from "
                                "(its model config differs from the manifest's)")
     ids = token_ids(Tokenizer.in_folder(artifact, manifest.tokens.bos), manifest.tokens.bos,
-                    options.max_seq_len, list(texts or PROMPTS)[:1], cfg.vocab_size)[0]
+                    options.max_seq_len, list(texts or PROMPTS)[:1], cfg.vocab_size,
+                    set((manifest.multimodal or {}).get("placeholder_ids", {}).values()))[0]
     notes = []
     if manifest.sources != source.fingerprints:
         notes.append(f"{source.description}'s files differ from those {artifact} records having been exported from")

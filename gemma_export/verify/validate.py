@@ -78,17 +78,20 @@ def reference_prefill(module, cfg, ids: list[int]):
 def prompt_ids(model, texts: Sequence[str] | None, vocab: int) -> list[list[int]]:
     """Token ids to evaluate: the texts through the artifact's tokenizer, or (no tokenizer)
     seeded random ids, BOS first."""
-    return token_ids(model.tokenizer, model.manifest.tokens.bos, model.max_seq_len, texts, vocab)
+    return token_ids(model.tokenizer, model.manifest.tokens.bos, model.max_seq_len, texts, vocab,
+                     set(model.placeholder_ids))
 
 
 def token_ids(tokenizer: Tokenizer | None, bos: int, limit: int, texts: Sequence[str] | None,
-              vocab: int) -> list[list[int]]:
-    """prompt_ids() from the tokenizer (or None), BOS id and length limit alone."""
+              vocab: int, placeholders: set[int] = frozenset()) -> list[list[int]]:
+    """prompt_ids() from the tokenizer (or None), BOS id and length limit alone; random ids are
+    never a multimodal model's placeholders (text prompts have none)."""
     texts = list(texts or PROMPTS)
     if tokenizer is not None:
         return [tokenizer.encode(t)[:limit] for t in texts]
     rng = np.random.default_rng(0)
-    return [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, limit - 1)).tolist()] for i in range(len(texts))]
+    prompts = [[bos, *rng.integers(3, vocab, size=min(24 + 7 * i, limit - 1)).tolist()] for i in range(len(texts))]
+    return [[bos if t in placeholders else t for t in ids] for ids in prompts]
 
 
 def greedy(logits_fn: LogitsFn, ids: list[int], n: int, stop: set[int]) -> list[int]:
