@@ -253,7 +253,9 @@ class GemmaForCausalLM(nn.Module):
         if spliced is not None:
             embeds, columns = spliced
             hit = columns[:, :, None] == torch.arange(input_ids.shape[1], device=input_ids.device)  # [B, N, S]
-            replaced = hit.any(dim=1)
+            # a sum, not any(): onnxruntime's ReduceMax over an empty axis (a call splicing nothing,
+            # N = 0) gives True, which would replace every column
+            replaced = hit.to(torch.int64).sum(dim=1) > 0
             input_ids = torch.where(replaced, cfg.pad_token_id, input_ids)
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
