@@ -110,3 +110,16 @@ def test_media_requests_are_checked_in_the_callers_thread(artifact):
     with pytest.raises(RuntimeInputError, match="2 .*placeholder.* for 1 image"):
         engine.request(PROMPT, 4, images=IMAGES[:1])
     assert not engine.waiting and engine.metrics.requests == 0
+
+
+def test_text_calls_of_the_media_decoder_keep_their_embeddings(artifact):
+    """A call splicing nothing (every decode step) embeds its tokens: transformers' logits on text."""
+    import torch
+
+    from parity import assert_fp32_parity
+    from tiny import hf_multimodal_model
+
+    ids = [2, *np.random.default_rng(2).integers(4, 364, 15).tolist()]
+    with torch.no_grad():
+        expected = hf_multimodal_model("gemma3")(torch.tensor([ids])).logits[0].float().numpy()
+    assert_fp32_parity(gemma_runtime.load(artifact, threads=1).logits(ids), expected)
