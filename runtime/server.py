@@ -45,7 +45,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from gemma_runtime.chat import render
+from gemma_runtime.chat import media_placeholder, render
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
@@ -399,13 +399,10 @@ def _modality(service: Service, i: int, role: str, kind: str) -> str:
 
 
 def _placeholder(service: Service, modality: str) -> str:
-    from gemma_runtime.media.processors import _image_placeholder
-
-    model = service.model
-    entry = model.manifest.multimodal[modality]
-    if model.tokenizer is None:
-        raise ApiError(400, "this artifact has no tokenizer: media need one", "messages")
-    return _image_placeholder(entry, model.tokenizer) if modality == "image" else model.tokenizer.piece(entry["token_id"])
+    try:
+        return media_placeholder(service.model.manifest, service.model.tokenizer, modality)
+    except RuntimeInputError as e:
+        raise ApiError(400, str(e), "messages") from None
 
 
 def _image_bytes(i: int, image_url: Any) -> bytes:

@@ -41,6 +41,11 @@ def shared_artifact(family: str, tmp_path_factory) -> Path:
     return _shared[family]
 
 
+def shared_checkpoint(family: str, tmp_path_factory) -> Path:
+    """The checkpoint folder (with its tokenizer) of shared_artifact(family)."""
+    return shared_artifact(family, tmp_path_factory).parent / f"{family}-checkpoint"
+
+
 def png(width: int, height: int, seed: int = 0) -> bytes:
     """A random RGB image as PNG bytes."""
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
