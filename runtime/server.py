@@ -369,8 +369,8 @@ def _content(service: Service, i: int, role: str, parts: list, prompt: ChatPromp
         elif kind == "text" and isinstance(part.get("text"), str):
             pieces.append((True, part["text"]))
         else:
-            raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}"
-                           + (", image_url or input_audio parts" if len(input_modalities(service)) > 1 else ""),
+            taken = "".join(f" or {k} parts" for k, m in TAKEN_PARTS.items() if m in input_modalities(service))
+            raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}{taken}",
                            "messages")
     text = ""
     for k, (is_text, piece) in enumerate(pieces):

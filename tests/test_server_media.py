@@ -178,3 +178,8 @@ def test_gemma4_placeholders_are_the_tokenizer_pieces_of_its_media_tokens():
     with pytest.raises(server_module.ApiError, match="unsupported audio format 'mp3'") as refused:
         server_module._content(service, 0, "user", [mp3], prompt)
     assert refused.value.status == 400 and refused.value.code == "invalid_audio_format"
+
+
+def test_a_bad_part_names_the_parts_taken(server):
+    status, reply = server.post("/v1/chat/completions", chat([{"type": "text", "text": 5}]))
+    assert status == 400 and reply["error"]["message"].endswith("{'type': 'text', 'text': ...} or image_url parts")
