@@ -14,6 +14,9 @@ from gemma_export.targets import DEFAULT_BUDGET, DEFAULT_TARGET, DTYPES, SOURCE_
 
 BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
 DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
+IMAGE_HELP = ("an image file (repeatable): one per image placeholder of the prompt, in order (<start_of_image> for "
+              "Gemma 3, <|image|> for Gemma 4), else put before the text")
+AUDIO_HELP = "a WAV file (repeatable): one per <|audio|> placeholder of the prompt, else put before the text"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile Gemma checkpoints to ONNX / TensorRT and run them.")
 
@@ -63,24 +66,37 @@ def export(
     max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),
     dump_ir: Optional[Path] = typer.Option(None, help="write the graph after each pass to this folder"),
     force: bool = typer.Option(False, help="replace an existing OUT"),
+    text_only: bool = typer.Option(False, "--text-only", help="a multimodal checkpoint: the text decoder alone "
+                                   "(no image or audio encoders; prompts are text)"),
 ) -> None:
     """Export a checkpoint to an artifact folder."""
     from gemma_export.export import export as run_export
     from gemma_export.targets import ExportOptions
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
-                            keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size)
+                            keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size,
+                            text_only=text_only)
     progress = _Progress()
     try:
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)
     finally:
         progress.close()
     if manifest.multimodal:
-        typer.echo(f"note: exported the text decoder of a {manifest.multimodal['model_type']} checkpoint; its "
-                   f"{' and '.join(manifest.multimodal['skipped']) or 'media'} tower(s) skipped", err=True)
+        typer.echo(_multimodal_note(manifest.multimodal, text_only), err=True)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     typer.echo(f"wrote {out} ({manifest.family}, target {manifest.target}, {manifest.dtype}, "
                f"quant {manifest.quant['method']}, {size:.1f} MiB, {manifest.export_seconds} s)")
+
+
+def _multimodal_note(section: dict, text_only: bool) -> str:
+    """What an export of a multimodal checkpoint wrote, and which towers it skipped."""
+    encoders = [f"the {m} encoder" for m in ("image", "audio") if m in section]
+    note = f"note: a {section['model_type']} checkpoint: exported the text decoder" + "".join(
+        f", {e}" for e in encoders)
+    if section["skipped"]:
+        note += (f"; its {' and '.join(section['skipped'])} tower(s) skipped"
+                 + (" (--text-only)" if text_only else " (no exporter for them)"))
+    return note
 
 
 def _sampling(model, temperature, top_k, top_p) -> dict:
@@ -108,17 +124,36 @@ def generate(
     backend: Optional[str] = BACKEND,
     device: Optional[str] = DEVICE,
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+    image: Optional[list[Path]] = typer.Option(None, "--image", help=IMAGE_HELP),
+    audio: Optional[list[Path]] = typer.Option(None, "--audio", help=AUDIO_HELP),
 ) -> None:
     """Generate a continuation, streamed to stdout."""
     import gemma_runtime
     from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
-    text = render([{"role": "user", "content": prompt}], model.chat_format()) if chat else prompt
+    media = {"images": image or [], "audio": audio or []}
+    text = render([_user_message(model, prompt, media)], model.chat_format()) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
-                              **_sampling(model, temperature, top_k, top_p)):
+                              **_sampling(model, temperature, top_k, top_p), **media):
         typer.echo(piece, nl=False)
     typer.echo()
+
+
+def _user_message(model, text: str, media: dict) -> dict:
+    """A user turn whose media placeholders lie inside it (with none in the text: in front, as Gemma's
+    chat templates put them)."""
+    from gemma_runtime.chat import with_media_marks
+
+    return {"role": "user", "content": with_media_marks(text, model.manifest, model.tokenizer, len(media["images"]),
+                                                        len(media["audio"]))}
+
+
+def _prompt_length(model, text: str, media: dict) -> int:
+    """Tokens of a prompt with its media expanded (the media are decoded and encoded to know)."""
+    if media["images"] or media["audio"]:
+        return len(model.prepare(text, media["images"], media["audio"])[0])
+    return len(model.tokenizer.encode(text))
 
 
 @app.command()
@@ -133,6 +168,9 @@ def chat(
     backend: Optional[str] = BACKEND,
     device: Optional[str] = DEVICE,
     threads: Optional[int] = typer.Option(None),
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="an image file for the first message "
+                                               "(repeatable); dropped with that turn when the context is full"),
+    audio: Optional[list[Path]] = typer.Option(None, "--audio", help="a WAV file for the first message (repeatable)"),
 ) -> None:
     """Multi-turn chat on stdin/stdout; /exit or end of input quits."""
     import gemma_runtime
@@ -143,6 +181,7 @@ def chat(
         raise GemmaExportError(f"{artifact}: chat needs a tokenizer.model in the artifact")
     sampling = _sampling(model, temperature, top_k, top_p)
     history: list[dict] = []
+    media = {"images": image or [], "audio": audio or []}  # the first user message's, while it is in history
     budget = model.max_seq_len - max_new_tokens
     if budget < 2:
         raise GemmaExportError(f"--max-new-tokens {max_new_tokens} leaves no room for a message in this artifact's "
@@ -152,16 +191,19 @@ def chat(
         line = sys.stdin.readline()
         if not line or line.strip() == "/exit":
             return
-        history.append({"role": "user", "content": line.rstrip("\n")})
+        history.append(_user_message(model, line.rstrip("\n"), media) if not history else
+                       {"role": "user", "content": line.rstrip("\n")})
         prefix = [{"role": "system", "content": system}] if system else []
-        while len(model.tokenizer.encode(render(prefix + history, model.chat_format()))) > budget:
+        while _prompt_length(model, render(prefix + history, model.chat_format()), media) > budget:
             if len(history) <= 1:
                 raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
             history = history[2:]  # drop the oldest user/model exchange, whole
-            typer.echo("[context full: the oldest turn was dropped]", err=True)
+            typer.echo("[context full: the oldest turn was dropped]"
+                       + (" (with the images and audio)" if media["images"] or media["audio"] else ""), err=True)
+            media = {"images": [], "audio": []}  # they were in the first turn
         answer = []
         for piece in model.stream(render(prefix + history, model.chat_format()), max_new_tokens=max_new_tokens,
-                                  seed=seed, **sampling):
+                                  seed=seed, **sampling, **media):
             answer.append(piece)
             typer.echo(piece, nl=False)
         typer.echo()

@@ -4,7 +4,10 @@ the text ends with an open model turn. Gemma has no system role: a system prompt
 user turn. BOS is the tokenizer's job (added once when the text is encoded).
 
 Manifests before format version 4 record no chat format: it is recovered from the tokenizer's
-pieces of the manifest's turn tokens (tokens.start_of_turn, tokens.end_of_turn)."""
+pieces of the manifest's turn tokens (tokens.start_of_turn, tokens.end_of_turn).
+
+A user message's images and audio are written as the model's placeholders (media_placeholder)
+inside its turn, where Gemma's chat templates put them."""
 
 from __future__ import annotations
 
@@ -25,6 +28,30 @@ def chat_format(manifest: Manifest, tokenizer: Tokenizer | None) -> ChatFormat:
                                 "none and the artifact's tokenizer has no turn pieces; export it again with this "
                                 "gemma-export to chat")
     return ChatFormat(tokenizer.piece(start), tokenizer.piece(end), model_role="model", system="first_user_turn")
+
+
+def media_placeholder(manifest: Manifest, tokenizer: Tokenizer | None, modality: str) -> str:
+    """The text that marks one image or audio clip ("image" | "audio") in a prompt for this artifact
+    (Gemma 3 `<start_of_image>`, Gemma 4 the piece of its image or audio token id); RuntimeInputError
+    where the artifact has no encoder for it."""
+    from gemma_runtime.media.processors import _image_placeholder
+
+    entry = (manifest.multimodal or {}).get(modality)
+    if entry is None:
+        raise RuntimeInputError(f"this artifact takes no {'images' if modality == 'image' else 'audio'} (exported "
+                                "with --text-only, or its model has no such encoder)")
+    if tokenizer is None:
+        raise RuntimeInputError("media need the artifact's tokenizer")
+    return _image_placeholder(entry, tokenizer) if modality == "image" else tokenizer.piece(entry["token_id"])
+
+
+def with_media_marks(text: str, manifest: Manifest, tokenizer: Tokenizer | None, images: int, audio: int) -> str:
+    """A user message with one placeholder per image, then per audio clip, in front, unless it marks
+    its media itself (media/processors.py checks that the counts agree)."""
+    marks = [(media_placeholder(manifest, tokenizer, m), n) for m, n in (("image", images), ("audio", audio)) if n]
+    if any(mark in text for mark, _ in marks):
+        return text
+    return "".join(mark * n for mark, n in marks) + text
 
 
 def render(messages: list[dict], chat: ChatFormat, add_generation_prompt: bool = True) -> str:

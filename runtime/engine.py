@@ -12,6 +12,14 @@ row across calls (capabilities.keeps_rows: the in-place artifacts, targets ort-c
 tensorrt); with row views a call costs only its rows, so prompt chunks run alone on their rows.
 Each request's sequence is a Generation, as in Model. A failed step ends every request in flight
 with an error event and is logged with its traceback. Torch-free, like the rest of the runtime.
+
+Media: a request with images or audio is prepared by Model.prepare in the caller's thread (the
+encoders run there, not in the engine's loop, so one request's images never stall the others'
+decoding); the loop splices its soft tokens in as it feeds the prompt. An image's tokens see each
+other both ways, so an image is never split across calls: a prompt chunk ends before an image that
+would not fit it, and an image that starts a chunk goes whole in that call even when longer than
+the chunk (or the step's prefill budget). In the step's one-token call (row views) a row whose next
+prompt token starts an image waits instead (see _call).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import numpy as np
 
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.generation import Generation
+from gemma_runtime.interface import Splice
+from gemma_runtime.media.prompt import MediaPrompt
 from gemma_runtime.model import Model, new_token_budget
 from gemma_runtime.sampling import Sampler
 
@@ -53,6 +63,7 @@ class Request:
     sampler: Sampler
     stop: tuple[str, ...] = ()
     on_event: Callable[[Event], None] | None = None  # called from the engine's thread
+    media: MediaPrompt | None = None  # the prompt's images and audio, encoded
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
     # filled in by the engine
     generation: Generation | None = None  # made when admitted (max_new_tokens may change until then)
@@ -131,10 +142,12 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------
     def request(self, prompt: str | Sequence[int], max_new_tokens: int | None = None, temperature: float = 0.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None) -> Request:
+                stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
+                images: Sequence | None = None, audio: Sequence | None = None) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
-        once); max_new_tokens None fills the rest of the context."""
-        ids = self.model.encode(prompt)
+        once); max_new_tokens None fills the rest of the context. images / audio go with a text
+        prompt as in Model.generate; they are decoded and encoded here, in the caller's thread."""
+        ids, media = self._prompt(prompt, images, audio)
         room = self.max_seq_len - len(ids)
         if room < 1:
             raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
@@ -145,7 +158,15 @@ class Engine:
         if stop and self.model.tokenizer is None:
             raise RuntimeInputError("stop strings need the artifact's tokenizer")
         return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed), tuple(s for s in stop if s),
-                       on_event)
+                       on_event, media)
+
+    def _prompt(self, prompt: str | Sequence[int], images: Sequence | None, audio: Sequence | None
+                ) -> tuple[list[int], MediaPrompt | None]:
+        if not images and not audio:
+            return self.model.encode(prompt), None
+        if not isinstance(prompt, str):
+            raise RuntimeInputError("images and audio go with a text prompt, not token ids")
+        return self.model.prepare(prompt, images or (), audio or ())
 
     def submit(self, request: Request) -> Request:
         with self._lock:
@@ -205,7 +226,7 @@ class Engine:
         if not busy:
             return False
         if not self.model.backend.capabilities.row_views:
-            self._call(0, 1 + max(busy), self.prefill_chunk)
+            self._call(0, 1 + max(busy), self.prefill_chunk, whole_images=True)
             return True
         prefilling = sorted((r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)),
                             key=lambda r: self.slots[r].id)
@@ -213,47 +234,79 @@ class Engine:
         for r in prefilling:
             if budget < 1:
                 break
-            budget -= self._call(r, r + 1, min(self.prefill_chunk, budget))
+            budget -= self._call(r, r + 1, min(self.prefill_chunk, budget), whole_images=True)
         busy = [r for r, q in enumerate(self.slots) if q is not None]
         if busy:
-            self._call(0, 1 + max(busy), 1)
+            self._call(0, 1 + max(busy), 1, whole_images=False)
         return True
 
-    def _call(self, start: int, stop: int, chunk: int) -> int:
+    def _call(self, start: int, stop: int, chunk: int, whole_images: bool) -> int:
         """One call over slots [start, stop): a busy row feeds up to `chunk` tokens of its prompt, or
-        its last token; an idle row a pad at position 0. Returns the tokens fed."""
+        its last token; an idle row a pad at position 0. Returns the prompt and generated tokens fed.
+
+        A prompt's piece never splits an image: it ends before one that does not fit, and one that
+        starts the piece goes whole when whole_images (then the call is as wide as the image). A
+        row whose image does not fit (whole_images False, or the call's width clamped below the
+        image's length by another row near the end of the context) waits: it feeds a pad at its
+        next position, which its next call overwrites, and advances nothing. A width-clamped image
+        waits until the row that clamps the width has finished, at most that row's room in the
+        context later."""
         slots = self.slots[start:stop]
-        pieces = []
-        for request in slots:
-            if request is None:
-                pieces.append([self.model.pad_id])
-            elif request._fed < len(request.prompt):
-                pieces.append(request.prompt[request._fed: request._fed + chunk])
-            else:
-                pieces.append([request.tokens[-1]])
+        ends = [self._end(q, chunk, whole_images) for q in slots]
         # every row's padded columns must stay inside the cache
-        width = min(max(map(len, pieces)),
-                    *(self.max_seq_len - int(self.past[start + i]) for i, q in enumerate(slots) if q is not None))
-        pieces = [p[:width] for p in pieces]
+        rooms = [self.max_seq_len - int(self.past[start + i]) for i, q in enumerate(slots) if q is not None]
+        width = min(max([1, *(end - q._fed for q, end in zip(slots, ends) if end is not None)]), *rooms)
+        ends = [end if end is None or end - q._fed <= width else self._end(q, width, False)
+                for q, end in zip(slots, ends)]
+        rows = [self._row(q, end) for q, end in zip(slots, ends)]
         ids = np.full((len(slots), width), self.model.pad_id, np.int64)
-        for i, p in enumerate(pieces):
-            ids[i, :len(p)] = p
-        seq = np.asarray([len(p) for p in pieces], np.int64)
+        for i, (piece, _, _) in enumerate(rows):
+            ids[i, :len(piece)] = piece
+        seq = np.asarray([len(piece) for piece, _, _ in rows], np.int64)
         past = np.where([q is not None for q in slots], self.past[start:stop], 0)
-        logits = self.model.backend.step(ids, past, seq, first_row=start)[:, 0]
+        spliced = [splice for _, splice, _ in rows]
+        logits = self.model.backend.step(ids, past, seq, first_row=start,
+                                         spliced=spliced if any(s is not None for s in spliced) else None)[:, 0]
         self.metrics.steps += 1
-        for i, request in enumerate(slots):
-            if request is None:
+        fed = 0
+        for i, (request, (_, _, advance)) in enumerate(zip(slots, rows)):
+            if request is None or not advance:
                 continue
             r = start + i
             self.past[r] += seq[i]
+            fed += int(seq[i])
             if request._fed < len(request.prompt):
                 request._fed += int(seq[i])
                 self.metrics.prompt_tokens += int(seq[i])
                 if request._fed < len(request.prompt):
                     continue  # more of the prompt later
             self._advance(r, request, logits[i])
-        return int(seq.sum())
+        return fed
+
+    @staticmethod
+    def _end(request: Request | None, chunk: int, whole_images: bool) -> int | None:
+        """Where a prefilling row's piece of at most `chunk` tokens ends in its prompt (its fed count
+        when it must wait; None for an idle or decoding row)."""
+        if request is None or request._fed >= len(request.prompt):
+            return None
+        fed = request._fed
+        end = min(fed + chunk, len(request.prompt))
+        if request.media is not None:
+            end = request.media.cut(fed, end)
+            if end - fed > chunk and not whole_images:
+                return fed
+        return end
+
+    def _row(self, request: Request | None, end: int | None) -> tuple[list[int], Splice | None, bool]:
+        """A row's ids in a call, its splice, and whether it advances (False: a pad that changes nothing)."""
+        if request is None:
+            return [self.model.pad_id], None, False
+        if end is None:
+            return [request.tokens[-1]], None, True
+        if end == request._fed:
+            return [self.model.pad_id], None, False
+        splice = None if request.media is None else request.media.splice(request._fed, end)
+        return request.prompt[request._fed: end], splice, True
 
     def _admit(self) -> None:
         with self._lock:

@@ -8,6 +8,15 @@ error shape with a 4xx and a message naming the field: {"error": {"message", "ty
 A client that disconnects mid-stream cancels its request; the engine frees the slot at its next
 step. Every response names the process that served it in `x-gemma-replica`.
 
+Media (chat only): a user message's `image_url` parts whose url is a `data:image/...;base64,...`
+URL and its `input_audio` parts (base64 WAV) go to the model in the order they appear, each
+replaced by the model's placeholder in the rendered prompt. The server fetches and reads nothing:
+http(s) URLs, file: URLs and paths are refused. A request is parsed, its media decoded and encoded,
+in a worker thread (asyncio.to_thread), never on the event loop, so neither this request's images
+nor its tokenization hold up other requests' streams; the engine's loop only splices the result in.
+/v1/models lists the artifact's `input_modalities` ("text", and "image" / "audio" when it has
+those encoders).
+
 Errors are logged (logger gemma_runtime.server): a 4xx at info (429 at warning), a 5xx at error; a
 failed generation's traceback is logged by the engine. `serve(log_level=...)` sets the level of the
 gemma_runtime loggers and of uvicorn's.
@@ -20,7 +29,10 @@ share them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +45,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from gemma_runtime.chat import render
+from gemma_runtime.chat import media_placeholder, render
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
@@ -45,6 +57,9 @@ UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
     "response_format": None, "audio": None, "modalities": None, "prediction": None,
 }
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
+TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
+IMAGE_TYPES = ("png", "jpeg", "jpg", "gif", "bmp", "webp", "tiff")  # data:image/<type> (media/images.py reads them)
+AUDIO_FORMATS = ("wav",)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +95,13 @@ class Service:
 
 def models(service: Service) -> dict:
     return {"object": "list", "data": [{"id": service.name, "object": "model", "created": service.created,
-                                        "owned_by": "gemma-export"}]}
+                                        "owned_by": "gemma-export", "input_modalities": input_modalities(service)}]}
+
+
+def input_modalities(service: Service) -> list[str]:
+    """"text", then each modality the artifact has an encoder for."""
+    section = service.model.manifest.multimodal or {}
+    return ["text", *(m for m in ("image", "audio") if m in section)]
 
 
 def health(service: Service) -> dict:
@@ -125,8 +146,10 @@ def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request
         value = body.get(field)
         if value is not None and value != allowed and not (field == "logprobs" and value is False):
             raise ApiError(400, f"'{field}' is not supported by this server", field, "unsupported_parameter")
+    media = ChatPrompt("")
     if chat:
-        prompt = _chat_prompt(service, body.get("messages"))
+        media = _chat_prompt(service, body.get("messages"))
+        prompt = media.text
         max_tokens = _integer(body, "max_completion_tokens", None)
         max_tokens = _integer(body, "max_tokens", None) if max_tokens is None else max_tokens
     else:
@@ -152,7 +175,7 @@ def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request
         raise ApiError(400, "'stream_options' must be an object with a boolean include_usage", "stream_options")
     try:
         request = service.engine.request(prompt, max_tokens, temperature=temperature, top_p=top_p,
-                                         seed=seed, stop=stop or ())
+                                         seed=seed, stop=stop or (), images=media.images, audio=media.audio)
     except ContextLengthExceeded as e:
         raise ApiError(400, str(e), "messages" if chat else "prompt", "context_length_exceeded") from None
     except RuntimeInputError as e:
@@ -298,36 +321,134 @@ def _text_prompt(prompt: Any) -> str | list[int]:
                    "prompt")
 
 
-def _chat_prompt(service: Service, messages: Any) -> str:
+@dataclasses.dataclass
+class ChatPrompt:
+    """A conversation rendered as text, and the media its placeholders stand for, in order."""
+
+    text: str
+    images: list[bytes] = dataclasses.field(default_factory=list)
+    audio: list[bytes] = dataclasses.field(default_factory=list)
+
+
+def _chat_prompt(service: Service, messages: Any) -> ChatPrompt:
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    prompt = ChatPrompt("")
     flat = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(400, f"messages[{i}] must be an object with a string 'role'", "messages")
+        role = "user" if m["role"] == "developer" else m["role"]
         content = m.get("content")
         if isinstance(content, list):
-            parts = []
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind in MEDIA_PARTS:
-                    raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact is a text-only model",
-                                   "messages", "unsupported_content")
-                if kind != "text" or not isinstance(part.get("text"), str):
-                    raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}",
-                                   "messages")
-                parts.append(part["text"])
-            content = "\n".join(parts)
+            content = _content(service, i, role, content, prompt)
         if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
-        role = "user" if m["role"] == "developer" else m["role"]
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of content parts", "messages")
         flat.append({"role": role, "content": content})
     if service.model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        return render(flat, service.model.chat_format())
+        prompt.text = render(flat, service.model.chat_format())
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
+    return prompt
+
+
+def _content(service: Service, i: int, role: str, parts: list, prompt: ChatPrompt) -> str:
+    """A message's content parts as text: text parts joined by newlines, each media part the
+    model's placeholder (written against its neighbours, as Gemma's chat templates do), its bytes
+    appended to the prompt's images or audio."""
+    pieces: list[tuple[bool, str]] = []  # (is text, text)
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in MEDIA_PARTS:
+            modality = _modality(service, i, role, kind)
+            data = _image_bytes(i, part.get("image_url")) if modality == "image" else _audio_bytes(i, part.get(kind))
+            (prompt.images if modality == "image" else prompt.audio).append(data)
+            pieces.append((False, _placeholder(service, modality)))
+        elif kind == "text" and isinstance(part.get("text"), str):
+            pieces.append((True, part["text"]))
+        else:
+            taken = "".join(f" or {k} parts" for k, m in TAKEN_PARTS.items() if m in input_modalities(service))
+            raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}{taken}",
+                           "messages")
+    text = ""
+    for k, (is_text, piece) in enumerate(pieces):
+        text += ("\n" if k and is_text and pieces[k - 1][0] else "") + piece
+    return text
+
+
+def _modality(service: Service, i: int, role: str, kind: str) -> str:
+    """The modality of a media part this artifact takes (ApiError otherwise)."""
+    taken = input_modalities(service)
+    if len(taken) == 1:
+        raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact is a text-only model", "messages",
+                       "unsupported_content")
+    modality = TAKEN_PARTS.get(kind)
+    if modality is None:
+        raise ApiError(400, f"messages[{i}] has a {kind} part; this server takes "
+                       + " and ".join(k for k, m in TAKEN_PARTS.items() if m in taken) + " parts", "messages",
+                       "unsupported_content")
+    if modality not in taken:
+        raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact takes no {modality} (its model "
+                       f"takes {', '.join(taken)})", "messages", "unsupported_content")
+    if role != "user":
+        raise ApiError(400, f"messages[{i}] has a {kind} part; only user messages take images and audio",
+                       "messages", "unsupported_content")
+    return modality
+
+
+def _placeholder(service: Service, modality: str) -> str:
+    try:
+        return media_placeholder(service.model.manifest, service.model.tokenizer, modality)
+    except RuntimeInputError as e:
+        raise ApiError(400, str(e), "messages") from None
+
+
+def _image_bytes(i: int, image_url: Any) -> bytes:
+    """The image of an image_url part, which must be a base64 data: URL."""
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str):
+        raise ApiError(400, f"messages[{i}]: an image_url part is {{'type': 'image_url', 'image_url': "
+                       "{'url': 'data:image/png;base64,...'}}", "messages")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        raise ApiError(400, f"messages[{i}]: this server fetches no URLs; send the image inline as a data: URL "
+                       "(data:image/png;base64,...)", "messages", "invalid_image_url")
+    if scheme != "data":
+        raise ApiError(400, f"messages[{i}]: the image url must be a data: URL (data:image/png;base64,...); "
+                       "this server reads no files", "messages", "invalid_image_url")
+    header, _, data = url[len("data:"):].partition(",")
+    fields = header.lower().split(";")
+    if not fields[0].startswith("image/") or "base64" not in fields[1:]:
+        raise ApiError(400, f"messages[{i}]: the image url must be data:image/<type>;base64,<data>, not "
+                       f"data:{header[:40]}", "messages", "invalid_image_url")
+    if fields[0][len("image/"):] not in IMAGE_TYPES:
+        raise ApiError(400, f"messages[{i}]: unsupported image type {fields[0]} (this server takes "
+                       f"{', '.join(IMAGE_TYPES)})", "messages", "invalid_image_format")
+    return _base64(i, data, "image")
+
+
+def _audio_bytes(i: int, audio: Any) -> bytes:
+    """The clip of an input_audio part: {"data": base64, "format": "wav"}."""
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+        raise ApiError(400, f"messages[{i}]: an input_audio part is {{'type': 'input_audio', 'input_audio': "
+                       "{'data': <base64>, 'format': 'wav'}}", "messages")
+    if audio.get("format") not in AUDIO_FORMATS:
+        raise ApiError(400, f"messages[{i}]: unsupported audio format {audio.get('format')!r} (this server takes "
+                       f"{', '.join(AUDIO_FORMATS)})", "messages", "invalid_audio_format")
+    return _base64(i, audio["data"], "audio")
+
+
+def _base64(i: int, data: str, what: str) -> bytes:
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"messages[{i}]: the {what} data is not valid base64", "messages",
+                       "invalid_base64") from None
+    if not decoded:
+        raise ApiError(400, f"messages[{i}]: empty {what} data", "messages")
+    return decoded
 
 
 # -- HTTP: the routes as functions of a Service (the standalone app and the Ray Serve deployment
@@ -350,7 +471,8 @@ def error_response(service: Service, e: ApiError) -> JSONResponse:
 async def completion_response(service: Service, http: HttpRequest, chat: bool):
     try:
         body = await _json_body(http)
-        request, shape = completion_request(service, body, chat)
+        # parsing, tokenization and any media's decoding and encoding: off the event loop
+        request, shape = await asyncio.to_thread(completion_request, service, body, chat)
         queue = submit(service, request)
         if shape["stream"]:
             return StreamingResponse(stream(service, request, queue, shape), media_type="text/event-stream",

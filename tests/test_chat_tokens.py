@@ -10,9 +10,10 @@ from gemma_runtime.chat import render
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 
-def gemma1_like_tokenizer() -> bytes:
+def gemma1_like_tokenizer(special: dict[int, str] | None = None) -> bytes:
     """A small SentencePiece model laid out like Gemma 1's: pad 0, eos 1, bos 2, unk 3,
-    <start_of_turn> 106, <end_of_turn> 107."""
+    <start_of_turn> 106, <end_of_turn> 107. special: id -> piece, user-defined pieces put in place
+    of those ids' (a multimodal model's image tokens, another family's turn pieces)."""
     proto = sp_pb2.ModelProto()
     t = sp_pb2.ModelProto.SentencePiece.Type
     pieces = [("<pad>", t.CONTROL), ("<eos>", t.CONTROL), ("<bos>", t.CONTROL), ("<unk>", t.UNKNOWN)]
@@ -20,6 +21,8 @@ def gemma1_like_tokenizer() -> bytes:
     pieces += [("<start_of_turn>", t.USER_DEFINED), ("<end_of_turn>", t.USER_DEFINED)]
     pieces += [(f"<0x{b:02X}>", t.BYTE) for b in range(256)]
     pieces += [(c, t.NORMAL) for c in "\u2581abcdefghijklmnopqrs"]  # 384 pieces: the tiny vocab
+    for i, piece in (special or {}).items():
+        pieces[i] = (piece, t.USER_DEFINED)
     for i, (piece, kind) in enumerate(pieces):
         proto.pieces.add(piece=piece, score=-float(i), type=kind)
     proto.trainer_spec.model_type = sp_pb2.TrainerSpec.BPE

@@ -260,3 +260,9 @@ def test_tensorrt_rtx_parses_every_node_of_the_image_encoder(family, artifacts):
     assert check.parser.supports_model_v2(path.read_bytes(), str(path)), tensorrt_engine.parser_errors(check.parser)
     parse = Parse()
     assert parse.parser.parse_from_file(str(path)) and parse.parser.num_errors == 0 and not parse.log.errors
+
+
+def test_export_says_once_that_the_vision_tower_is_skipped(checkpoints, tmp_path, capsys):
+    code, out, err = cli(capsys, "export", checkpoints["gemma4"], "-o", tmp_path / "out", "--max-seq-len", "32",
+                         "--text-only")
+    assert code == 0 and err.count("vision") == 1 and "skipped (--text-only)" in err
