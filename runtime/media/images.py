@@ -30,7 +30,7 @@ from gemma_runtime.errors import RuntimeInputError
 # Our own bound, checked on the size a file declares before any pixel is decoded (Pillow's global
 # MAX_IMAGE_PIXELS, about 89 Mpixel, only warns below twice that).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-READABLE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP", "TIFF")  # MPO: many phone JPEGs
+READABLE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens phones' MPO files too
 _UNCONVERTIBLE_MODES = ("I", "F")  # with the I;16 family, matched by prefix
 _MAX_BYTES_SHOWN = 16
 
