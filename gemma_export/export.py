@@ -82,19 +82,20 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     source = with_media(open_source(source_path), options)
     cfg = source.config
     options = dataclasses.replace(options, max_seq_len=min(options.max_seq_len, cfg.max_position_embeddings))
+    chosen = export_media.encoders(source, options)  # their weights and settings checked before the slow part
+    stored = export_media.check_weights(source, chosen, TEXT_PREFIXES[source.multimodal.model_type]) if chosen else {}
+    multimodal = export_media.multimodal_section(source, chosen, cfg.media_blocks)
     say("tracing", 0, 1)
     model = trace(cfg)
     bind_weights(model, source.weights)
     tokenizer = source.tokenizer()
     ctx = pass_context(cfg, options, tokenizer, source.weights)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
-    chosen = export_media.encoders(source, options)
-    manifest = _manifest(model, source, ctx, passes, export_media.multimodal_section(source, chosen, cfg.media_blocks))
+    manifest = _manifest(model, source, ctx, passes, multimodal)
     with artifact.staging(claim) as tmp:
         files = artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
         if chosen:
-            graphs, encoder_files = export_media.write_encoders(source, chosen, TEXT_PREFIXES[source.multimodal.model_type],
-                                                                tmp, say)
+            graphs, encoder_files = export_media.write_encoders(source, chosen, stored, tmp, say)
             manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, **graphs})
             files.update(encoder_files)
         if source.tokenizer_file() is not None:

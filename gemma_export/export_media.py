@@ -12,7 +12,7 @@ from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError
 from gemma_export.passes import constant_axes
 from gemma_export.targets import ExportOptions
-from gemma_export.towers import KINDS, Encoder, bind_encoder_weights, trace_encoder
+from gemma_export.towers import KINDS, Encoder, bind_encoder_weights, stored_names, trace_encoder
 from gemma_runtime.manifest import FileDigest, Graph, TensorSpec
 
 Progress = Callable[[str, int, int], None]
@@ -27,18 +27,30 @@ def encoders(source: Source, options: ExportOptions) -> list[Encoder]:
     return [Encoder(kind, config) for kind, config in source.multimodal.encoders]
 
 
-def write_encoders(source: Source, chosen: list[Encoder], text_prefixes: tuple[str, ...], folder: Path,
-                   say: Progress) -> tuple[dict[str, Graph], dict[str, FileDigest]]:
-    """Each encoder's graph written into folder; every checkpoint tensor must be read by the decoder
-    or an encoder (or be one no encoder reads by design)."""
-    graphs, files = {}, {}
+def check_weights(source: Source, chosen: list[Encoder], text_prefixes: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Before anything slow: every encoder's tensor present with its shape, and every checkpoint
+    tensor read by the decoder or an encoder (or one no encoder reads by design). Returns, per
+    encoder role, its parameters' stored names."""
     weights = source.checkpoint_weights
-    read: set[str] = set()
+    stored = {e.role: stored_names(e, weights, source.description) for e in chosen}
+    read = {name for names in stored.values() for name in names.values()}
+    unread = tuple(p for e in chosen for p in _UNREAD_PREFIXES.get(e.kind, ()))
+    left = sorted(n for n in weights.names() if n not in read and n != "lm_head.weight"
+                  and not n.startswith(text_prefixes) and not n.startswith(unread))
+    if left:
+        raise CheckpointError(f"{source.description}: {len(left)} tensor(s) no exported graph reads, e.g. {left[0]!r}")
+    return stored
+
+
+def write_encoders(source: Source, chosen: list[Encoder], stored: dict[str, dict[str, str]], folder: Path,
+                   say: Progress) -> tuple[dict[str, Graph], dict[str, FileDigest]]:
+    """Each encoder's graph written into folder (stored: check_weights())."""
+    graphs, files = {}, {}
     for encoder in chosen:
         what = encoder.role.replace("_", " ")
         say(f"tracing the {what}", 0, 1)
-        model, constants = trace_encoder(encoder)
-        read |= bind_encoder_weights(model, weights, source.description, constants)
+        model = trace_encoder(encoder)
+        bind_encoder_weights(model, source.checkpoint_weights, stored[encoder.role])
         # Reductions' axes as initializers: TensorRT's parser needs them constant, other runtimes do
         # not mind, so every target's encoder graph is the same.
         constant_axes.run(model, None)
@@ -46,11 +58,6 @@ def write_encoders(source: Source, chosen: list[Encoder], text_prefixes: tuple[s
                                          model_file=encoder.file, data_file=encoder.data_file))
         graphs[encoder.role] = Graph(encoder.role, encoder.file, encoder.data_file, _specs(model.graph.inputs),
                                      _specs(model.graph.outputs))
-    unread = tuple(p for e in chosen for p in _UNREAD_PREFIXES.get(e.kind, ()))
-    left = sorted(n for n in weights.names() if n not in read and n != "lm_head.weight"
-                  and not n.startswith(text_prefixes) and not n.startswith(unread))
-    if left:
-        raise CheckpointError(f"{source.description}: {len(left)} tensor(s) no exported graph reads, e.g. {left[0]!r}")
     return graphs, files
 
 

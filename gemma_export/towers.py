@@ -59,9 +59,9 @@ class Encoder:
         return getattr(importlib.import_module(f"gemma_graphs.encoders.{kind.module}"), kind.cls)
 
 
-def trace_encoder(encoder: Encoder) -> tuple[ir.Model, set[str]]:
+def trace_encoder(encoder: Encoder) -> ir.Model:
     """The encoder's graph, its initializers named as the module's parameters (data-less until
-    bind_encoder_weights) and its constant buffers (given their values; their names returned)."""
+    bind_encoder_weights) and its constant buffers (given their values)."""
     import torch
 
     cls = encoder.module_class()
@@ -75,39 +75,50 @@ def trace_encoder(encoder: Encoder) -> tuple[ir.Model, set[str]]:
                                     dynamic_shapes=shapes, input_names=list(cls.INPUTS), output_names=outputs,
                                     verbose=False)
     model = program.model
-    constants = module.constant_buffers()
-    for name, value in constants.items():
+    for name, value in module.constant_buffers().items():
         array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         model.graph.initializers[name].const_value = ir.Tensor(array, name=name)
-    return model, set(constants)
+    return model
 
 
-def bind_encoder_weights(model: ir.Model, weights: WeightSource, where: str, constants: set[str]) -> set[str]:
-    """Every initializer but the constants read from the checkpoint tensor of its name
-    (transformers 5.x's layout, with or without a leading `model.`, or the older
-    `vision_tower.vision_model.`); returns the checkpoint names read."""
+def parameter_shapes(encoder: Encoder) -> dict[str, tuple[int, ...]]:
+    """Every weight the encoder's module reads, with its shape (built on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        module = encoder.module_class()(encoder.config)
+    return {name: tuple(p.shape) for name, p in module.named_parameters()}
+
+
+def stored_names(encoder: Encoder, weights: WeightSource, where: str) -> dict[str, str]:
+    """Each of the module's parameters -> the checkpoint tensor holding it (transformers 5.x's
+    name, with or without a leading `model.`, or the older `vision_tower.vision_model.`), its shape
+    checked."""
     have = set(weights.names())
-    read = set()
-    for name, value in model.graph.initializers.items():
-        if name in constants:
-            continue
+    stored = {}
+    for name, shape in parameter_shapes(encoder).items():
         candidates = [name, "model." + name]
         if name.startswith("vision_tower."):
             older = "vision_tower.vision_model." + name[len("vision_tower."):]
             candidates += [older, "model." + older]
         found = [c for c in candidates if c in have]
         if not found:
-            raise CheckpointError(f"{where}: tensor {name!r} of the encoder is missing")
+            raise CheckpointError(f"{where}: tensor {name!r} of the {encoder.role.replace('_', ' ')} is missing")
         if len(found) > 1:
             raise CheckpointError(f"{where}: tensor {name!r} is stored twice ({', '.join(found)})")
-        stored = found[0]
-        if tuple(weights.shape(stored)) != tuple(value.shape):
-            raise CheckpointError(f"{where}: tensor {stored!r} has shape {list(weights.shape(stored))}, the config "
-                                  f"implies {list(value.shape)}")
-        value.const_value = StreamedTensor(lambda a, b, n=stored: weights.read_rows(n, a, b), tuple(value.shape),
+        if tuple(weights.shape(found[0])) != shape:
+            raise CheckpointError(f"{where}: tensor {found[0]!r} has shape {list(weights.shape(found[0]))}, the "
+                                  f"config implies {list(shape)}")
+        stored[name] = found[0]
+    return stored
+
+
+def bind_encoder_weights(model: ir.Model, weights: WeightSource, stored: dict[str, str]) -> None:
+    """Every traced parameter reads its checkpoint tensor (stored_names()), row range by row range."""
+    for name, tensor in stored.items():
+        value = model.graph.initializers[name]
+        value.const_value = StreamedTensor(lambda a, b, n=tensor: weights.read_rows(n, a, b), tuple(value.shape),
                                            ir.DataType.FLOAT, name)
-        read.add(stored)
-    return read
 
 
 # -- example inputs, per kind: (args on the meta device, dynamic shapes) -------------------------

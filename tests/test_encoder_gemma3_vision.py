@@ -1,6 +1,7 @@
 """Gemma 3's image encoder (graphs/encoders/gemma3_vision.py) against transformers'
 Gemma3Model.get_image_features on tiny random checkpoints, its config parser's reading and
-refusals, and its ONNX export (traced on the meta device, and with weights, run by onnxruntime)."""
+refusals. Its ONNX export (traced on the meta device, bound by name, run by onnxruntime) is checked end to
+end by tests/test_multimodal.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from safetensors.numpy import load_file
 
 from gemma_export.checkpoints.hf_gemma3_vision import MM_TOKENS_DEFAULT, SIGLIP_DEFAULTS, parse_gemma3_vision
 from gemma_export.errors import ConfigError
-from gemma_export.ort_run import cpu_session
 from gemma_graphs.config import InvalidConfig
 from gemma_graphs.encoders.gemma3_vision import Gemma3ImageEncoder, Gemma3VisionConfig, unread_parameters
 from tiny import BASE, CONFIGS, PLACEHOLDERS, hf_multimodal_model, randomise
@@ -175,57 +175,3 @@ def test_config_round_trips_and_from_dict_is_strict():
         Gemma3VisionConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "text_hidden_size"})
     with pytest.raises(InvalidConfig, match="hidden_act"):
         Gemma3VisionConfig.from_dict({**cfg.to_dict(), "hidden_act": "relu"})
-
-
-def export(encoder: Gemma3ImageEncoder, example: torch.Tensor):
-    return torch.onnx.export(encoder, (example,), dynamo=True, optimize=False, opset_version=24,
-                             dynamic_shapes=({0: torch.export.Dim("images")},), input_names=["pixel_values"],
-                             output_names=["soft_tokens"], verbose=False)
-
-
-@pytest.fixture
-def tiny_folder(checkpoints):
-    return checkpoints["tiny"][1]
-
-
-def test_meta_trace_names_its_weights_as_the_checkpoint(tiny_folder):
-    """Traced on the meta device: one initializer per parameter, under its checkpoint name, the
-    image count dynamic, only standard ops; bound by name, onnxruntime matches eager."""
-    import onnx_ir as ir
-
-    cfg = read_config(tiny_folder)
-    with torch.device("meta"):
-        encoder = Gemma3ImageEncoder(cfg).eval()
-    model = export(encoder, torch.zeros(2, 3, cfg.image_size, cfg.image_size, device="meta")).model
-    params = {name for name, _ in encoder.named_parameters()}
-    assert set(model.graph.initializers) == params
-    (inp,), (out,) = model.graph.inputs, model.graph.outputs
-    assert (inp.name, out.name) == ("pixel_values", "soft_tokens")
-    assert not isinstance(inp.shape[0], int) and list(inp.shape)[1:] == [3, cfg.image_size, cfg.image_size]
-    assert str(out.shape[0]) == str(inp.shape[0]) and list(out.shape)[1:] == [cfg.mm_tokens_per_image,
-                                                                            cfg.text_hidden_size]
-    ops = {node.op_type for node in model.graph.all_nodes()}
-    assert {node.domain for node in model.graph.all_nodes()} <= {""}
-    assert not ops & {"Attention", "If", "Loop", "Scan"}
-
-    saved = tower_tensors(tiny_folder)
-    for name, value in model.graph.initializers.items():
-        value.const_value = ir.Tensor(saved[name], name=name)
-    x = pixels(cfg, 2, seed=3)
-    (ours,) = cpu_session(ir.serde.serialize_model(model).SerializeToString(), threads=1).run(
-        None, {"pixel_values": x.numpy()})
-    with torch.no_grad():
-        ref = load_encoder(tiny_folder)(x)
-    assert relative(ours, ref) <= TOLERANCE
-
-
-def test_export_with_weights_runs_in_onnxruntime(tiny_folder):
-    encoder = load_encoder(tiny_folder)
-    cfg = encoder.config
-    program = export(encoder, pixels(cfg, 1))
-    x = pixels(cfg, 2, seed=5)
-    (ours,) = cpu_session(program.model_proto.SerializeToString(), threads=1).run(None, {"pixel_values": x.numpy()})
-    with torch.no_grad():
-        ref = encoder(x)
-    assert ours.shape == (2, cfg.mm_tokens_per_image, cfg.text_hidden_size)
-    assert relative(ours, ref) <= TOLERANCE

@@ -43,7 +43,7 @@ def test_the_switches_change_the_kernels():
     assert child(HOST_KERNELS, "-c", PROBE).split()[0] != "DEFAULT"
 
 
-@pytest.mark.parametrize("quant", ["int4", "int8"])
+@pytest.mark.parametrize("quant", ["int4"])  # int8 takes the same path (one recipe, one calibration)
 def test_calibrated_recipes_are_the_same_bytes_on_other_kernels(tiny_checkpoints, tmp_path, quant):
     exports = []
     for name, env in (("host", HOST_KERNELS), ("sse42", SSE42_ONLY)):
