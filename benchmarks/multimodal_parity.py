@@ -19,55 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny import PLACEHOLDERS, hf_image_processor, hf_multimodal_model, write_multimodal_checkpoint  # noqa: E402
-from tiny_audio import hf_audio_model, hf_feature_extractor, write_audio_checkpoint  # noqa: E402
+from tiny import hf_multimodal_model, two_image_prompt, write_multimodal_checkpoint  # noqa: E402
+from tiny_audio import audio_prompt, hf_audio_model, write_audio_checkpoint  # noqa: E402
 
 import gemma_runtime  # noqa: E402
 from gemma_export.export import export  # noqa: E402
 from gemma_export.targets import ExportOptions  # noqa: E402
-from gemma_runtime.media.gemma4_audio import soft_tokens  # noqa: E402
 
 CASES = [(family, target, dtype) for family in ("gemma3", "gemma4")
          for target, dtype in (("ort-cpu", "fp32"), ("onnx", "fp32"), ("tensorrt", "fp32"), ("generic", "fp32"),
                                ("ort-cuda", "fp16"), ("ort-cpu", "fp16"))] + [("gemma4-audio", "ort-cpu", "fp32")]
 NEW_TOKENS = 6
-
-
-def _ids(family: str) -> tuple[int, int, int]:
-    ph = PLACEHOLDERS[family]
-    return tuple(ph.get(f"{k}_token_index", ph.get(f"{k}_token_id")) for k in ("image", "boi", "eoi"))
-
-
-def image_case(family: str, rng) -> tuple:
-    images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)),
-              Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8))]
-    image, boi, eoi = _ids(family)
-    out = hf_image_processor(family)(images, return_tensors="np")
-    arrays = {k: v for k, v in out.items() if k in ("pixel_values", "image_position_ids")}
-    counts = [int(c) for c in out.get("num_soft_tokens_per_image", [4, 4])]
-    ids = [2, 5, 6, boi] + [image] * counts[0] + [eoi, 7, 8, boi] + [image] * counts[1] + [eoi, 9, 10, 11]
-    arrays["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = np.array([[int(i == image) for i in ids]])
-    return hf_multimodal_model(family), ids, arrays
-
-
-def audio_case(rng) -> tuple:
-    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 2500)]
-    arrays = dict(hf_feature_extractor()(clips, sampling_rate=16000, return_tensors="np"))
-    pixels = hf_image_processor("gemma4")([Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))],
-                                           return_tensors="np")
-    arrays.update(pixel_values=pixels["pixel_values"], image_position_ids=pixels["image_position_ids"])
-    ph = PLACEHOLDERS["gemma4"]
-    image, boi, eoi = _ids("gemma4")
-    audio = [[ph["audio_token_id"]] * soft_tokens(mask) for mask in arrays["input_features_mask"]]
-    ids = [2, 5, ph["boa_token_id"], *audio[0], ph["eoa_token_index"], 6, boi,
-           *[image] * int(pixels["num_soft_tokens_per_image"][0]), eoi, 7, ph["boa_token_id"], *audio[1],
-           ph["eoa_token_index"], 8, 9]
-    arrays["mm_token_type_ids"] = np.array([[1 if i == image else 3 if i == ph["audio_token_id"] else 0 for i in ids]])
-    return hf_audio_model(), ids, arrays
 
 
 def measure(model, ids: list[int], arrays: dict, expected: np.ndarray, greedy: list[int], inplace: bool) -> dict:
@@ -102,9 +67,10 @@ def main() -> None:
         for family, target, dtype in CASES:
             if family not in references:
                 if family == "gemma4-audio":
-                    folder, (reference, ids, arrays) = write_audio_checkpoint(tmp / family), audio_case(rng)
+                    folder, reference, (ids, arrays) = write_audio_checkpoint(tmp / family), hf_audio_model(), audio_prompt(rng)
                 else:
-                    folder, (reference, ids, arrays) = write_multimodal_checkpoint(family, tmp / family), image_case(family, rng)
+                    folder, reference = write_multimodal_checkpoint(family, tmp / family), hf_multimodal_model(family)
+                    ids, arrays = two_image_prompt(family, rng)
                 inputs = {k: torch.tensor(v) for k, v in arrays.items()}
                 with torch.no_grad():
                     expected = reference(input_ids=torch.tensor([ids]), **inputs).logits[0].float().numpy()

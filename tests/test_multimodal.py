@@ -7,7 +7,6 @@ equal its generate. --text-only keeps the token-id decoder; bad media and checkp
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import gemma_runtime
@@ -19,7 +18,7 @@ from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.prompt import MediaPrompt, MediaSpan
 from parity import assert_fp32_parity, prompt
-from tiny import PLACEHOLDERS, hf_image_processor, hf_multimodal_model, write_multimodal_checkpoint
+from tiny import PLACEHOLDERS, hf_multimodal_model, two_image_prompt, write_multimodal_checkpoint
 
 FAMILIES = ["gemma3", "gemma4"]
 MAX_SEQ_LEN = 256
@@ -29,11 +28,6 @@ MAX_SEQ_LEN = 256
 # form; ring caches); tensorrt and generic share the onnx and traced attention Gemma 3 checks.
 CASES = [("gemma3", t, "fp32") for t in ("ort-cpu", "onnx", "tensorrt", "generic")] + \
         [("gemma4", t, "fp32") for t in ("ort-cpu", "onnx")] + [(f, "ort-cuda", "fp16") for f in FAMILIES]
-
-
-def _ids(family: str) -> tuple[int, int, int]:
-    ph = PLACEHOLDERS[family]
-    return tuple(ph.get(f"{k}_token_index", ph.get(f"{k}_token_id")) for k in ("image", "boi", "eoi"))
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +54,9 @@ def two_images():
     """Per family: the prompt's ids, the processor's arrays (as transformers' processor returns them)
     and the reference's logits of the prompt and its greedy continuation."""
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)),
-              Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8))]
     cases = {}
     for family in FAMILIES:
-        image, boi, eoi = _ids(family)
-        out = hf_image_processor(family)(images, return_tensors="np")
-        arrays = {k: v for k, v in out.items() if k in ("pixel_values", "image_position_ids")}
-        counts = [int(c) for c in out.get("num_soft_tokens_per_image", [4, 4])]
-        ids = [2, 5, 6, boi] + [image] * counts[0] + [eoi, 7, 8, boi] + [image] * counts[1] + [eoi, 9, 10, 11]
-        types = np.array([[int(i == image) for i in ids]])
-        arrays["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = types
+        ids, arrays = two_image_prompt(family, rng)
         reference = hf_multimodal_model(family)
         inputs = {k: torch.tensor(v) for k, v in arrays.items()}
         with torch.no_grad():
@@ -222,29 +208,16 @@ def test_bad_towers_are_refused_by_name(checkpoints, tmp_path):
 def test_an_audio_clip_and_an_image_match_transformers(tmp_path):
     """Gemma 4 E-style checkpoint (an audio tower beside the vision one): a prompt with two clips of
     different lengths (padding) and an image, on the default target."""
-    from gemma_runtime.media.gemma4_audio import soft_tokens
-    from tiny_audio import hf_audio_model, hf_feature_extractor, write_audio_checkpoint
+    from tiny_audio import audio_prompt, hf_audio_model, write_audio_checkpoint
 
     export(write_audio_checkpoint(tmp_path / "ck"), tmp_path / "a", ExportOptions(max_seq_len=MAX_SEQ_LEN))
     model = gemma_runtime.load(tmp_path / "a", threads=1)
     assert model.manifest.multimodal["audio"]["token_id"] == PLACEHOLDERS["gemma4"]["audio_token_id"]
-    rng = np.random.default_rng(1)
-    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 2500)]
-    arrays = dict(hf_feature_extractor()(clips, sampling_rate=16000, return_tensors="np"))
-    pixels = hf_image_processor("gemma4")([Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))],
-                                           return_tensors="np")
-    arrays.update(pixel_values=pixels["pixel_values"], image_position_ids=pixels["image_position_ids"])
-    ph = PLACEHOLDERS["gemma4"]
-    image, boi, eoi = _ids("gemma4")
-    audio = [[ph["audio_token_id"]] * soft_tokens(mask) for mask in arrays["input_features_mask"]]
-    ids = [2, 5, ph["boa_token_id"], *audio[0], ph["eoa_token_index"], 6, boi,
-           *[image] * int(pixels["num_soft_tokens_per_image"][0]), eoi, 7, ph["boa_token_id"], *audio[1],
-           ph["eoa_token_index"], 8, 9]
-    types = np.array([[1 if i == image else 3 if i == ph["audio_token_id"] else 0 for i in ids]])
+    ids, arrays = audio_prompt(np.random.default_rng(1))
     with torch.no_grad():
-        expected = hf_audio_model()(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor(types),
+        expected = hf_audio_model()(input_ids=torch.tensor([ids]),
                                     **{k: torch.tensor(v) for k, v in arrays.items()}).logits[0].float().numpy()
-    assert_fp32_parity(model.logits(ids, **arrays, mm_token_type_ids=types), expected)
+    assert_fp32_parity(model.logits(ids, **arrays), expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -137,3 +137,27 @@ def write_multimodal_checkpoint(family: str, folder: Path, seed: int = 0) -> Pat
     hf_multimodal_model(family, seed).save_pretrained(folder, safe_serialization=True)
     hf_image_processor(family).save_pretrained(folder)
     return folder
+
+
+def placeholder_ids(family: str) -> tuple[int, int, int]:
+    """(image token, begin-of-image, end-of-image) ids of the tiny multimodal checkpoints."""
+    ph = PLACEHOLDERS[family]
+    return tuple(ph.get(f"{k}_token_index", ph.get(f"{k}_token_id")) for k in ("image", "boi", "eoi"))
+
+
+def two_image_prompt(family: str, rng) -> tuple[list[int], dict]:
+    """A prompt with two random images of different sizes (Gemma 4: different token counts) as
+    transformers' processor makes it: the expanded ids and the processor's arrays, token types
+    included."""
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8))]
+    image, boi, eoi = placeholder_ids(family)
+    out = hf_image_processor(family)(images, return_tensors="np")
+    arrays = {k: v for k, v in out.items() if k in ("pixel_values", "image_position_ids")}
+    counts = [int(c) for c in out.get("num_soft_tokens_per_image", [4, 4])]
+    ids = [2, 5, 6, boi] + [image] * counts[0] + [eoi, 7, 8, boi] + [image] * counts[1] + [eoi, 9, 10, 11]
+    arrays["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = np.array([[int(i == image) for i in ids]])
+    return ids, arrays

@@ -85,3 +85,27 @@ def random_features(lengths: list[int], frames: int, seed: int = 0) -> tuple[tor
     mask = torch.arange(frames)[None, :] < torch.tensor(lengths)[:, None]
     features = torch.randn(len(lengths), frames, MEL_BINS, generator=g) * mask[..., None]
     return features, mask
+
+
+def audio_prompt(rng) -> tuple[list[int], dict]:
+    """A prompt with two random clips of different lengths (padding) and an image, as transformers'
+    processor makes it: the expanded ids and the arrays, mm_token_type_ids included."""
+    import numpy as np
+    from PIL import Image
+
+    from gemma_runtime.media.gemma4_audio import soft_tokens
+    from tiny import hf_image_processor, placeholder_ids
+
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 2500)]
+    arrays = dict(hf_feature_extractor()(clips, sampling_rate=16000, return_tensors="np"))
+    pixels = hf_image_processor("gemma4")([Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))],
+                                           return_tensors="np")
+    arrays.update(pixel_values=pixels["pixel_values"], image_position_ids=pixels["image_position_ids"])
+    ph = PLACEHOLDERS["gemma4"]
+    image, boi, eoi = placeholder_ids("gemma4")
+    audio = [[ph["audio_token_id"]] * soft_tokens(mask) for mask in arrays["input_features_mask"]]
+    ids = [2, 5, ph["boa_token_id"], *audio[0], ph["eoa_token_index"], 6, boi,
+           *[image] * int(pixels["num_soft_tokens_per_image"][0]), eoi, 7, ph["boa_token_id"], *audio[1],
+           ph["eoa_token_index"], 8, 9]
+    arrays["mm_token_type_ids"] = np.array([[1 if i == image else 3 if i == ph["audio_token_id"] else 0 for i in ids]])
+    return ids, arrays
