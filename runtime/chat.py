@@ -34,7 +34,7 @@ def media_placeholder(manifest: Manifest, tokenizer: Tokenizer | None, modality:
     """The text that marks one image or audio clip ("image" | "audio") in a prompt for this artifact
     (Gemma 3 `<start_of_image>`, Gemma 4 the piece of its image or audio token id); RuntimeInputError
     where the artifact has no encoder for it."""
-    from gemma_runtime.media.processors import _image_placeholder
+    from gemma_runtime.media.processors import placeholder
 
     entry = (manifest.multimodal or {}).get(modality)
     if entry is None:
@@ -42,7 +42,7 @@ def media_placeholder(manifest: Manifest, tokenizer: Tokenizer | None, modality:
                                 "with --text-only, or its model has no such encoder)")
     if tokenizer is None:
         raise RuntimeInputError("media need the artifact's tokenizer")
-    return _image_placeholder(entry, tokenizer) if modality == "image" else tokenizer.piece(entry["token_id"])
+    return placeholder(entry, tokenizer)
 
 
 def with_media_marks(text: str, manifest: Manifest, tokenizer: Tokenizer | None, images: int, audio: int) -> str:

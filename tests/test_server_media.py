@@ -160,7 +160,7 @@ def wav(samples: int = 1600, rate: int = 16000) -> bytes:
 def gemma4_service():
     """A stand-in Service whose manifest takes images and audio as Gemma 4's does."""
     tokenizer = Tokenizer("tokenizer.model", gemma1_like_tokenizer(MEDIA_PIECES["gemma4"]), bos_id=2)
-    section = {"image": {"kind": "gemma4", "token_id": 380}, "audio": {"token_id": 382}}
+    section = {"image": {"kind": "gemma4", "token_id": 380}, "audio": {"kind": "gemma4", "token_id": 382}}
     manifest = types.SimpleNamespace(multimodal=section)
     return types.SimpleNamespace(model=types.SimpleNamespace(manifest=manifest, tokenizer=tokenizer))
 

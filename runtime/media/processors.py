@@ -39,9 +39,9 @@ def prepare(section: dict[str, Any], tokenizer: Tokenizer, prompt: str, images: 
                                 "audio encoder)")
     marks = []
     if images:
-        marks.append((_image_placeholder(image, tokenizer), len(images)))
+        marks.append((placeholder(image, tokenizer), len(images)))
     if audio:
-        marks.append((tokenizer.piece(sound["token_id"]), len(audio)))
+        marks.append((placeholder(sound, tokenizer), len(audio)))
     if not any(mark in prompt for mark, _ in marks):
         prompt = "".join(mark * n for mark, n in marks) + prompt
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -76,5 +76,9 @@ def prepare(section: dict[str, Any], tokenizer: Tokenizer, prompt: str, images: 
     return Prepared(ids, arrays)
 
 
-def _image_placeholder(image: dict[str, Any], tokenizer: Tokenizer) -> str:
-    return gemma3_images.BOI if image["kind"] == "gemma3" else tokenizer.piece(image["token_id"])
+def placeholder(entry: dict[str, Any], tokenizer: Tokenizer) -> str:
+    """The text that marks one item of a manifest's image or audio entry in a prompt: Gemma 3's
+    `<start_of_image>` (its image token is never typed), else the piece of the entry's token id."""
+    if entry["kind"] == "gemma3":
+        return gemma3_images.BOI
+    return tokenizer.piece(entry["token_id"])
