@@ -26,7 +26,7 @@ from PIL import Image
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.images import ImageInput, load_image
-from gemma_runtime.media.settings import check_types
+from gemma_runtime.media.settings import as_dict, check_types, from_dict
 from gemma_runtime.tokenizer import Tokenizer
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -64,16 +64,12 @@ class Gemma3ImageProcessing:
             raise ValueError("pan_and_scan_min_crop_size must be positive and pan_and_scan_max_num_crops at least 2")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Gemma3ImageProcessing":
         """The inverse of to_dict (a manifest's copy); an unknown key is an error naming it."""
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown Gemma 3 image processing field(s): {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return from_dict(cls, data, "Gemma 3 image processing")
 
 
 def pan_and_scan_boxes(width: int, height: int, settings: Gemma3ImageProcessing) -> list[tuple[int, int, int, int]]:

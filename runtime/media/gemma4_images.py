@@ -18,7 +18,7 @@ from PIL import Image
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.images import ImageInput, load_image
-from gemma_runtime.media.settings import check_types
+from gemma_runtime.media.settings import as_dict, check_types, from_dict
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 IMAGE_TYPE = 1  # mm_token_type_ids: 0 text, 1 image, 2 video, 3 audio
@@ -55,15 +55,12 @@ class Gemma4ImageProcessing:
         return self.max_soft_tokens * self.pooling_kernel_size ** 2
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Gemma4ImageProcessing":
         """The inverse of to_dict (a manifest's copy); an unknown key is an error naming it."""
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown Gemma 4 image processing field(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return from_dict(cls, data, "Gemma 4 image processing")
 
 
 def target_size(width: int, height: int, settings: Gemma4ImageProcessing, where: str = "image") -> tuple[int, int]:

@@ -7,6 +7,19 @@ import math
 from typing import Any
 
 
+def as_dict(settings: Any) -> dict[str, Any]:
+    """A processing dataclass as the manifest stores it: every field, tuples as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """The inverse of as_dict (a manifest's copy); an unknown key is an error naming it."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 def check_types(settings: Any) -> None:
     """A processing dataclass's fields of their declared kinds (bool, int, finite float, three finite
     floats): ValueError naming the field (from_dict reads them from a manifest)."""
