@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -33,13 +33,17 @@ def sequences(ctx: PassContext) -> list[list[int]]:
             for _ in range(RANDOM_SEQUENCES)]
 
 
-def run(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> Iterator[list[np.ndarray]]:
-    """For each calibration sequence (one prefill from an empty cache), the given values as
-    onnxruntime computes them in the graph as it stands."""
-    names = [v.name for v in values]
+def prefills(model: ir.Model, ctx: PassContext) -> Iterator[dict[str, np.ndarray]]:
+    """The graph's feeds for each calibration sequence: one prefill from an empty cache."""
+    return (ort_run.prefill_feeds(model.graph, ids) for ids in sequences(ctx))
+
+
+def largest(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], values: list[ir.Value]) -> Iterator[np.ndarray]:
+    """For each feed, the largest |element| of each given value as onnxruntime computes it in the
+    graph as it stands."""
     with tempfile.TemporaryDirectory(prefix="gemma-calibration-") as tmp:
         folder = Path(tmp)
-        opened = ort_run.session(ort_run.model_proto(model, ort_run.TensorFile(folder)), names, folder,
-                                 threads=os.cpu_count() or 1)
-        for ids in sequences(ctx):
-            yield opened.run(names, ort_run.prefill_feeds(model.graph, ids))
+        measure = ort_run.magnitudes(ort_run.model_proto(model, ort_run.TensorFile(folder)), [v.name for v in values],
+                                     folder, threads=os.cpu_count() or 1)
+        for feed in feeds:
+            yield measure(feed)

@@ -95,8 +95,10 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     with artifact.staging(claim) as tmp:
         files = artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
         if chosen:
-            graphs, encoder_files = export_media.write_encoders(source, chosen, stored, tmp, say)
-            manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, **graphs})
+            graphs, encoder_files, reports = export_media.write_encoders(source, chosen, stored, multimodal, options,
+                                                                         tmp, say)
+            manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, **graphs},
+                                           report={**manifest.report, **({"encoders": reports} if reports else {})})
             files.update(encoder_files)
         if source.tokenizer_file() is not None:
             name, data = source.tokenizer_file()

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from gemma_export import calibrate, calibrate_media
 from gemma_export.checkpoints.base import Source
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError
-from gemma_export.passes import constant_axes
-from gemma_export.targets import ExportOptions
+from gemma_export.passes import constant_axes, precision
+from gemma_export.targets import TARGETS, ExportOptions
 from gemma_export.towers import KINDS, Encoder, bind_encoder_weights, stored_names, trace_encoder
 from gemma_runtime.manifest import FileDigest, Graph, TensorSpec
 
@@ -42,10 +43,12 @@ def check_weights(source: Source, chosen: list[Encoder], text_prefixes: tuple[st
     return stored
 
 
-def write_encoders(source: Source, chosen: list[Encoder], stored: dict[str, dict[str, str]], folder: Path,
-                   say: Progress) -> tuple[dict[str, Graph], dict[str, FileDigest]]:
-    """Each encoder's graph written into folder (stored: check_weights())."""
-    graphs, files = {}, {}
+def write_encoders(source: Source, chosen: list[Encoder], stored: dict[str, dict[str, str]], section: dict[str, Any],
+                   options: ExportOptions, folder: Path, say: Progress
+                   ) -> tuple[dict[str, Graph], dict[str, FileDigest], dict[str, dict]]:
+    """Each encoder's graph written into folder in the export's precision (stored: check_weights();
+    section: multimodal_section()); returns its graphs, files and, per role, its report."""
+    graphs, files, reports = {}, {}, {}
     for encoder in chosen:
         what = encoder.role.replace("_", " ")
         say(f"tracing the {what}", 0, 1)
@@ -54,11 +57,19 @@ def write_encoders(source: Source, chosen: list[Encoder], stored: dict[str, dict
         # Reductions' axes as initializers: TensorRT's parser needs them constant, other runtimes do
         # not mind, so every target's encoder graph is the same.
         constant_axes.run(model, None)
+        if options.dtype != "fp32":
+            say(f"lowering the {what} to {options.dtype}", 0, 1)
+            modality = KINDS[encoder.kind].modality
+            feeds = calibrate_media.encoder_inputs(modality, section[modality])
+            # fp32 in and out: the runtime feeds it numpy arrays, which have no bf16
+            report, _ = precision.lower(model, options.dtype, TARGETS[options.target].bf16_compute,
+                                        lambda values: calibrate.largest(model, feeds, values), fp32_boundary=True)
+            reports[encoder.role] = {"precision": report}
         files.update(artifact.save_model(model, folder, lambda name, i, total: say(f"writing the {what}", i + 1, total),
                                          model_file=encoder.file, data_file=encoder.data_file))
         graphs[encoder.role] = Graph(encoder.role, encoder.file, encoder.data_file, _specs(model.graph.inputs),
                                      _specs(model.graph.outputs))
-    return graphs, files
+    return graphs, files, reports
 
 
 def multimodal_section(source: Source, chosen: list[Encoder], media_blocks: str) -> dict[str, Any] | None:

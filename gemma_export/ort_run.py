@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -98,6 +98,23 @@ def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: Sequence[
     """The named values, graph outputs or not, for these feeds."""
     names = list(dict.fromkeys(outputs))
     return dict(zip(names, session(proto, names, folder).run(names, feeds)))
+
+
+def magnitudes(proto: onnx.ModelProto, names: Sequence[str], folder: Path | None = None,
+               threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A run of the graph that returns, for each named value, its largest |element| (-inf where it
+    is empty): one scalar per value, so no intermediate outlives its use (an image encoder's
+    attention maps, all kept, would not fit in memory)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    outputs = []
+    for i, name in enumerate(names):
+        magnitude, largest = f"gemma_export.probe.{i}.abs", f"gemma_export.probe.{i}.max"
+        model.graph.node.extend([onnx.helper.make_node("Abs", [name], [magnitude]),
+                                 onnx.helper.make_node("ReduceMax", [magnitude], [largest], keepdims=0)])
+        outputs.append(largest)
+    opened = session(model, outputs, folder, threads)
+    return lambda feeds: np.asarray(opened.run(outputs, feeds), np.float64).reshape(len(outputs))
 
 
 def prefill_feeds(graph: ir.Graph, ids: list[int]) -> dict[str, np.ndarray]:

@@ -11,8 +11,9 @@ os.environ.setdefault("GEMMA_EXPORT_CACHE", str(REPO / ".cache" / "gemma-export"
 @pytest.fixture(scope="session", autouse=True)
 def trace_each_config_once():
     """Tracing (torch.export) takes seconds and depends on the config alone, and the suite exports
-    the same tiny configs many times: each config is traced once per session and every export gets
-    a fresh copy of it (its initializers hold zeros until export binds the checkpoint's weights)."""
+    the same tiny configs many times: each config (decoder or encoder) is traced once per session
+    and every export gets a fresh copy of it (its weights hold zeros until export binds the
+    checkpoint's)."""
     import numpy as np
     import onnx_ir as ir
 
@@ -29,8 +30,24 @@ def trace_each_config_once():
             traced[cfg] = ir.serde.serialize_model(model)
         return ir.serde.deserialize_model(traced[cfg])
 
+    from gemma_export import export_media
+
+    trace_encoder = export_media.trace_encoder
+    encoders = {}
+
+    def cached_encoder(encoder):  # its constant buffers keep their values; its weights are bound later
+        key = repr(encoder)
+        if key not in encoders:
+            model = trace_encoder(encoder)
+            for value in model.graph.initializers.values():
+                if getattr(getattr(value.const_value, "raw", None), "is_meta", False):
+                    value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
+            encoders[key] = ir.serde.serialize_model(model)
+        return ir.serde.deserialize_model(encoders[key])
+
     patch = pytest.MonkeyPatch()
     patch.setattr(export_module, "trace", cached)
+    patch.setattr(export_media, "trace_encoder", cached_encoder)
     yield
     patch.undo()
 

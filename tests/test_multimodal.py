@@ -51,8 +51,9 @@ def artifacts(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_images():
-    """Per family: the prompt's ids, the processor's arrays (as transformers' processor returns them)
-    and the reference's logits of the prompt and its greedy continuation."""
+    """Per family: the prompt's ids, the processor's arrays (as transformers' processor returns them),
+    the reference's logits of the prompt and its greedy continuation, and the top-1 agreement of
+    transformers' own model in fp16 with them."""
     rng = np.random.default_rng(0)
     cases = {}
     for family in FAMILIES:
@@ -62,8 +63,13 @@ def two_images():
         with torch.no_grad():
             logits = reference(input_ids=torch.tensor([ids]), **inputs).logits[0].float().numpy()
             greedy = reference.generate(input_ids=torch.tensor([ids]), **inputs, max_new_tokens=6, do_sample=False)
-        cases[family] = ids, arrays, logits, greedy[0, len(ids):].tolist()
+            in_fp16 = reference.half()(input_ids=torch.tensor([ids]), **inputs).logits[0].float().numpy()
+        cases[family] = ids, arrays, logits, greedy[0, len(ids):].tolist(), top1(in_fp16, logits)
     return cases
+
+
+def top1(logits: np.ndarray, expected: np.ndarray) -> float:
+    return float((logits.argmax(-1) == expected.argmax(-1)).mean())
 
 
 def _greedy(model, ids: list[int], media: MediaPrompt, n: int) -> list[int]:
@@ -77,12 +83,16 @@ def _greedy(model, ids: list[int], media: MediaPrompt, n: int) -> list[int]:
 
 @pytest.mark.parametrize("family,target,dtype", CASES)
 def test_two_images_match_transformers(family, target, dtype, artifacts, two_images):
-    ids, arrays, expected, greedy = two_images[family]
+    ids, arrays, expected, greedy, fp16_top1 = two_images[family]
     model = gemma_runtime.load(artifacts(family, target, dtype), threads=1,
                                **({"device": "cpu"} if target == "ort-cuda" else {}))
     got = model.logits(ids, **arrays)
-    if dtype == "fp16":  # fp16 towers and decoder: top-1 agreement, no overflow
-        assert np.isfinite(got).all() and (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99
+    if dtype == "fp16":
+        # fp16 tower and decoder: no overflow, and top-1 agreement >= 99%, or where transformers' own
+        # fp16 model agrees less (the tiny Gemma 4 turns fp16 rounding of its image rows into
+        # flips: 90.9% there), no less than it does.
+        assert model.manifest.report["encoders"]["image_encoder"]["precision"]["compute"] == "fp16"
+        assert np.isfinite(got).all() and top1(got, expected) >= min(0.99, fp16_top1)
         return
     assert_fp32_parity(got, expected)
     media = model.media_prompt(ids, arrays)
@@ -133,7 +143,7 @@ def test_text_only_keeps_the_token_id_decoder(checkpoints, tmp_path):
 
 def test_bad_media_is_refused(artifacts, two_images):
     model = gemma_runtime.load(artifacts("gemma3", "ort-cpu"), threads=1)
-    ids, arrays, _, _ = two_images["gemma3"]
+    ids, arrays, _, _, _ = two_images["gemma3"]
     with pytest.raises(RuntimeInputError, match="placeholder"):  # ids typed without the media
         model.logits(ids)
     with pytest.raises(RuntimeInputError, match="1 image placeholder run"):  # two images, one placeholder run

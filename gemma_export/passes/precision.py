@@ -16,9 +16,16 @@ weight (folded by onnxruntime at load), and the KV cache stays fp32.
 
 Weights (MatMul/Gemm B, the embedding) are stored in the low dtype even where fp32 nodes read them
 (then through a Cast); small tensors an fp32 node reads (norm scales, rotary tables) stay fp32.
+
+The media encoders are lowered by the same rules (lower(), called by gemma_export/export_media.py),
+their overflow measured over built-in synthetic images and clips (gemma_export/calibrate_media.py);
+their inputs and outputs stay fp32, and their norms and softmax, traced as plain ops, compute in the
+low dtype. On the tiny test checkpoints that costs as much as transformers' own fp16 towers.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -42,6 +49,7 @@ WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gather", 0)}
 ANY_INPUT = ("Cast", "Shape", "Size")  # read any dtype: never cast in front of them
 PRODUCTS = ("MatMul", "Gemm", "MatMulNBits")
 ATTENTION = ("GroupQueryAttention", "Attention", "TensorScatter")  # share the cache dtype
+NORMS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization")
 
 
 def acts(target: Target, options: ExportOptions, config: GemmaConfig) -> bool:
@@ -52,8 +60,23 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     options = ctx.options
     if options.dtype == "fp32":
         return 0
+    report, rewrites = lower(model, options.dtype, ctx.target.bf16_compute,
+                             lambda values: calibrate.largest(model, calibrate.prefills(model, ctx), values))
+    ctx.report["precision"] = report
+    return rewrites
+
+
+# values -> per calibration input, each value's largest |element| in the fp32 graph
+Measure = Callable[[list[ir.Value]], Iterable[np.ndarray]]
+
+
+def lower(model: ir.Model, dtype: str, bf16_compute: bool, measure: Measure,
+          fp32_boundary: bool = False) -> tuple[dict, int]:
+    """The model in dtype by the rules above; measure() finds what overflows. fp32_boundary: the graph's float
+    inputs and outputs stay fp32 (Casts inside), for graphs fed and read where numpy has no bf16.
+    Returns (the report, nodes and initializers converted)."""
     graph = model.graph
-    low = LOW[options.dtype]
+    low = LOW[dtype]
     inferred = ort_run.value_dtypes(model)
 
     def is_float(v: ir.Value | None) -> bool:
@@ -64,12 +87,11 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         return inferred.get(v.name) == F32
 
     hot: dict[str, float] = {}
-    if options.dtype == "bf16" and not ctx.target.bf16_compute:
+    if dtype == "bf16" and not bf16_compute:
         fp32_nodes = set(graph)
     else:
-        if options.dtype == "fp16":
-            hot = _overflowing(model, ctx, [v for n in graph for v in n.outputs
-                                            if is_float(v) and not v.is_graph_output()])
+        if dtype == "fp16":
+            hot = _overflowing(measure, [v for n in graph for v in n.outputs if is_float(v) and not v.is_graph_output()])
         fp32_nodes = _fp32_nodes(graph, hot, is_float)
     low_nodes = [n for n in graph if n not in fp32_nodes]
     new_dtype: dict[ir.Value, ir.DataType] = {}
@@ -77,7 +99,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     for value in graph.inputs:
         if is_float(value):
             users = [n for n, _ in value.uses() if n.op_type not in ANY_INPUT]
-            new_dtype[value] = low if any(n not in fp32_nodes for n in users) else F32
+            new_dtype[value] = low if any(n not in fp32_nodes for n in users) and not fp32_boundary else F32
     for node in graph:
         mode = F32 if node in fp32_nodes else low
         for out in node.outputs:
@@ -88,23 +110,25 @@ def run(model: ir.Model, ctx: PassContext) -> int:
         if mode == low:
             _lower_attributes(node, low)
     casts = _insert_casts(graph, fp32_nodes, low, is_float, new_dtype)
-    for value, dtype in new_dtype.items():
-        value.type = ir.TensorType(dtype)
-    _report(ctx, low, hot, graph, new_dtype, casts)
-    return len(low_nodes) + converted
+    for value, dtype_ in new_dtype.items():
+        value.type = ir.TensorType(dtype_)
+    if fp32_boundary:
+        casts += _fp32_outputs(graph)
+    return _report(low, hot, graph, new_dtype, casts), len(low_nodes) + converted
 
 
-def _overflowing(model: ir.Model, ctx: PassContext, values: list[ir.Value]) -> dict[str, float]:
-    """name -> largest |value| over the calibration text, for the values above FP16_LIMIT."""
+def _overflowing(measure: Measure, values: list[ir.Value]) -> dict[str, float]:
+    """name -> largest |value| over the calibration inputs, for the values above FP16_LIMIT."""
     largest = np.zeros(len(values))
-    for outputs in calibrate.run(model, ctx, values):
-        largest = np.maximum(largest, [float(np.abs(x).max()) if x.size else 0.0 for x in outputs])
+    for magnitudes in measure(values):
+        largest = np.maximum(largest, magnitudes)
     return {v.name: float(m) for v, m in zip(values, largest) if not m <= FP16_LIMIT}  # NaN counts too
 
 
 def _fp32_nodes(graph: ir.Graph, hot: dict[str, float], is_float) -> set[ir.Node]:
     keep = {n for n in graph if any(v is not None and v.name in hot for v in [*n.inputs, *n.outputs])}
-    keep |= _logits_region(graph, is_float)
+    if any(v.name == LOGITS for v in graph.outputs):
+        keep |= _logits_region(graph, is_float)
     attention = [n for n in graph if n.op_type in ATTENTION]
     if any(n in keep for n in attention):
         keep |= set(attention)  # one KV-cache dtype for every layer
@@ -201,18 +225,44 @@ def _suffix(dtype: ir.DataType) -> str:
     return {ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}[dtype]
 
 
-def _report(ctx: PassContext, low: ir.DataType, hot: dict[str, float], graph: ir.Graph,
-            new_dtype: dict[ir.Value, ir.DataType], casts: int) -> None:
+def _fp32_outputs(graph: ir.Graph) -> int:
+    """A Cast to fp32 in front of each low-precision graph output, which keeps its name."""
+    casts = 0
+    for i, value in enumerate(list(graph.outputs)):
+        if value.dtype not in LOW.values():
+            continue
+        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", F32)])
+        graph.append(cast)
+        name, value.name = value.name, f"{value.name}.{_suffix(value.dtype)}"
+        out = cast.outputs[0]
+        out.name, out.shape, out.type = name, value.shape, ir.TensorType(F32)
+        graph.outputs[i] = out
+        casts += 1
+    return casts
+
+
+def _report(low: ir.DataType, hot: dict[str, float], graph: ir.Graph, new_dtype: dict[ir.Value, ir.DataType],
+            casts: int) -> dict:
     computed = [n for n in graph if any(new_dtype.get(v) == low for v in n.outputs)]
-    ctx.report["precision"] = {
+    return {
         "dtype": _suffix(low),
         "compute": _suffix(low) if computed else "fp32",
         "fp16_limit": FP16_LIMIT if low == ir.DataType.FLOAT16 else None,
         "kept_fp32": {_describe(graph, name): round(m, 1) for name, m in sorted(hot.items(), key=lambda kv: -kv[1])},
-        "fp32_by_rule": [LOGITS, "norm statistics (stash_type=1)", "attention softmax"],
+        "fp32_by_rule": _fp32_rules(graph),
         "low_precision_nodes": len(computed),
         "casts": casts,
     }
+
+
+def _fp32_rules(graph: ir.Graph) -> list[str]:
+    """What stays fp32 by rule in this graph: the logits, and the statistics of the fused kernels it
+    has (a norm or softmax spelled out in plain ops, as a traced encoder's are, computes in the low
+    dtype)."""
+    ops = {n.op_type for n in graph}
+    return [*([LOGITS] if any(v.name == LOGITS for v in graph.outputs) else []),
+            *(["norm statistics (stash_type=1)"] if ops & set(NORMS) else []),
+            *(["attention softmax"] if ops & set(ATTENTION[:2]) else [])]
 
 
 def _describe(graph: ir.Graph, name: str) -> str:

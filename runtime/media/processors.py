@@ -45,35 +45,46 @@ def prepare(section: dict[str, Any], tokenizer: Tokenizer, prompt: str, images: 
     if not any(mark in prompt for mark, _ in marks):
         prompt = "".join(mark * n for mark, n in marks) + prompt
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    if image is not None and image["kind"] == "gemma3":
-        settings = gemma3_images.Gemma3ImageProcessing.from_dict(image["processing"])
-        crops: list[int] = []
+    if image is not None:
+        counts: list[int] = []
         if images:
-            pixels, crops = gemma3_images.preprocess(images, settings)
-            arrays[IMAGE_ENCODER] = {"pixel_values": pixels}
-        tokens = gemma3_images.Gemma3ImageTokens(image["token_id"], image["tokens_per_image"])
-        ids, _ = gemma3_images.expand_prompt(prompt, crops, tokenizer, tokens)
+            arrays[IMAGE_ENCODER], counts = image_arrays(image, images)
+        if image["kind"] == "gemma3":
+            tokens = gemma3_images.Gemma3ImageTokens(image["token_id"], image["tokens_per_image"])
+            ids, _ = gemma3_images.expand_prompt(prompt, counts, tokenizer, tokens)
+        else:
+            ids, _ = gemma4_images.expand_ids(tokenizer.encode(prompt), counts, gemma4_images.Gemma4ImageTokens(
+                image["token_id"], image["begin_id"], image["end_id"]))
     else:
         ids = tokenizer.encode(prompt)
-        if image is not None:
-            counts = []
-            if images:
-                settings = gemma4_images.Gemma4ImageProcessing.from_dict(image["processing"])
-                pixels, positions, counts = gemma4_images.preprocess(images, settings)
-                arrays[IMAGE_ENCODER] = {"pixel_values": pixels, "image_position_ids": positions}
-            ids, _ = gemma4_images.expand_ids(ids, counts, gemma4_images.Gemma4ImageTokens(
-                image["token_id"], image["begin_id"], image["end_id"]))
     if sound is not None:
         counts = []
         if audio:
-            settings = gemma4_audio.Gemma4AudioProcessing.from_dict(sound["processing"])
-            clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
-            features, mask = gemma4_audio.features(clips, settings)
-            arrays[AUDIO_ENCODER] = {"input_features": features, "input_features_mask": mask}
-            counts = [gemma4_audio.soft_tokens(row) for row in mask]
+            arrays[AUDIO_ENCODER], counts = audio_arrays(sound, audio)
         ids, _ = gemma4_audio.expand_audio_placeholders(ids, counts, audio_token_id=sound["token_id"],
                                                         boa_token_id=sound["begin_id"], eoa_token_id=sound["end_id"])
     return Prepared(ids, arrays)
+
+
+def image_arrays(entry: dict[str, Any], images: Sequence) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The image encoder's inputs for these images, by the manifest's image entry, and per image what
+    its placeholder expands by (Gemma 3: its pan-and-scan crops; Gemma 4: its soft tokens)."""
+    if entry["kind"] == "gemma3":
+        pixels, crops = gemma3_images.preprocess(images, gemma3_images.Gemma3ImageProcessing.from_dict(
+            entry["processing"]))
+        return {"pixel_values": pixels}, crops
+    settings = gemma4_images.Gemma4ImageProcessing.from_dict(entry["processing"])
+    pixels, positions, counts = gemma4_images.preprocess(images, settings)
+    return {"pixel_values": pixels, "image_position_ids": positions}, counts
+
+
+def audio_arrays(entry: dict[str, Any], audio: Sequence) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The audio encoder's inputs for these clips, by the manifest's audio entry, and each clip's
+    soft-token count."""
+    settings = gemma4_audio.Gemma4AudioProcessing.from_dict(entry["processing"])
+    clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
+    features, mask = gemma4_audio.features(clips, settings)
+    return {"input_features": features, "input_features_mask": mask}, [gemma4_audio.soft_tokens(row) for row in mask]
 
 
 def placeholder(entry: dict[str, Any], tokenizer: Tokenizer) -> str:
