@@ -2,9 +2,9 @@
 into the encoders' arrays and a prompt whose placeholders are expanded into the tokens the soft
 tokens replace, by the kinds and settings the manifest records (its multimodal section).
 
-A prompt marks each item with its placeholder (Gemma 3 `<start_of_image>`, Gemma 4 `<|image|>`
-and `<|audio|>`), in order. A text prompt with no placeholder gets one per item in front of it,
-images before audio, where Gemma's chat templates put media in a user turn."""
+A prompt marks each item with its placeholder (Gemma 3 `<start_of_image>`, Gemma 4 and Gemma 4
+Unified `<|image|>` and `<|audio|>`), in order. A text prompt with no placeholder gets one per item
+in front of it, images before audio, where Gemma's chat templates put media in a user turn."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
-from gemma_runtime.media import gemma3_images, gemma4_audio, gemma4_images
+from gemma_runtime.media import gemma3_images, gemma4_audio, gemma4_images, gemma4_unified_audio
 from gemma_runtime.media.audio import load_audio
 from gemma_runtime.tokenizer import Tokenizer
 
@@ -59,21 +59,33 @@ def prepare(section: dict[str, Any], tokenizer: Tokenizer, prompt: str, images: 
             counts = []
             if images:
                 settings = gemma4_images.Gemma4ImageProcessing.from_dict(image["processing"])
-                pixels, positions, counts = gemma4_images.preprocess(images, settings)
+                pixels, positions, counts = gemma4_images.preprocess(images, settings,
+                                                                     merged=image["kind"] == "gemma4_unified")
                 arrays[IMAGE_ENCODER] = {"pixel_values": pixels, "image_position_ids": positions}
             ids, _ = gemma4_images.expand_ids(ids, counts, gemma4_images.Gemma4ImageTokens(
                 image["token_id"], image["begin_id"], image["end_id"]))
     if sound is not None:
         counts = []
         if audio:
-            settings = gemma4_audio.Gemma4AudioProcessing.from_dict(sound["processing"])
-            clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
-            features, mask = gemma4_audio.features(clips, settings)
+            features, mask, counts = _audio_features(sound, audio)
             arrays[AUDIO_ENCODER] = {"input_features": features, "input_features_mask": mask}
-            counts = [gemma4_audio.soft_tokens(row) for row in mask]
         ids, _ = gemma4_audio.expand_audio_placeholders(ids, counts, audio_token_id=sound["token_id"],
                                                         boa_token_id=sound["begin_id"], eoa_token_id=sound["end_id"])
     return Prepared(ids, arrays)
+
+
+def _audio_features(entry: dict[str, Any], audio: Sequence) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The audio encoder's input_features and input_features_mask, and each clip's soft tokens: Gemma
+    4's log-mel frames, or Gemma 4 Unified's raw sample frames."""
+    if entry["kind"] == "gemma4_unified":
+        unified = gemma4_unified_audio.Gemma4UnifiedAudioProcessing.from_dict(entry["processing"])
+        clips = [load_audio(item, unified.sampling_rate) for item in audio]
+        features, mask = gemma4_unified_audio.frames(clips, unified)
+        return features, mask, [int(row.sum()) for row in mask]
+    settings = gemma4_audio.Gemma4AudioProcessing.from_dict(entry["processing"])
+    clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
+    features, mask = gemma4_audio.features(clips, settings)
+    return features, mask, [gemma4_audio.soft_tokens(row) for row in mask]
 
 
 def placeholder(entry: dict[str, Any], tokenizer: Tokenizer) -> str:
