@@ -1,24 +1,27 @@
 """Gemma 4 Unified's patch and audio-frame embedders (gemma_graphs.encoders.gemma4_unified) against
 transformers' Gemma4UnifiedForConditionalGeneration, loaded by name from the saved checkpoint; their
-strict config parsers; the patch embedder's meta-device ONNX trace run by onnxruntime.
+strict config parsers; each kind's meta-device ONNX trace (gemma_export.towers) run by onnxruntime.
 
-transformers' Gemma4UnifiedImageProcessor needs torchvision, which the project does not install:
-the inputs here are laid out as it lays them out (merged patches in row-major order, (x, y)
-positions, padding rows of zeros at (-1, -1))."""
+The image inputs are laid out as Gemma4UnifiedImageProcessor lays them out (merged patches in
+row-major order, (x, y) positions, padding rows of zeros at (-1, -1)); the processor itself needs
+torchvision, see tests/tiny_unified.py and test_unified.py for the arrays."""
 
 import json
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from gemma_export.checkpoints.hf_gemma4_unified import parse_gemma4_unified_audio, parse_gemma4_unified_vision
 from gemma_export.errors import ConfigError
+from gemma_export.ort_run import cpu_session
+from gemma_export.towers import Encoder, trace_encoder
 from gemma_export.verify.compare import Diff
 from gemma_graphs.encoders.gemma4_unified import (Gemma4UnifiedAudioConfig, Gemma4UnifiedAudioEmbedder,
                                                   Gemma4UnifiedImageEmbedder, Gemma4UnifiedVisionConfig)
-from tiny import GEMMA4_BASE, PLACEHOLDERS, randomise
+from tiny_unified import hf_unified_model
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-5  # max |diff| / max |reference|
@@ -27,18 +30,7 @@ GRIDS = ((5, 3), (2, 6))  # (width, height) of each image in model patches
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    import transformers
-
-    text = {k: v for k, v in GEMMA4_BASE.items() if k != "hidden_size_per_layer_input"}
-    text.update(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
-    cfg = transformers.Gemma4UnifiedConfig(
-        text_config=transformers.Gemma4UnifiedTextConfig(**text),
-        vision_config=transformers.Gemma4UnifiedVisionConfig(patch_size=4, pooling_kernel_size=2, mm_embed_dim=40,
-                                                             mm_posemb_size=16, output_proj_dims=40),
-        audio_config=transformers.Gemma4UnifiedAudioConfig(audio_embed_dim=16), **PLACEHOLDERS["gemma4"])
-    torch.manual_seed(0)
-    model = transformers.Gemma4UnifiedForConditionalGeneration(cfg).eval()
-    randomise(model)
+    model = hf_unified_model()
     folder = tmp_path_factory.mktemp("gemma4_unified")
     model.save_pretrained(folder, safe_serialization=True)
     return model, folder
@@ -60,6 +52,10 @@ def _image_embedder(folder) -> Gemma4UnifiedImageEmbedder:
                                                                          raw["text_config"]["hidden_size"])), folder)
 
 
+def _audio_embedder(folder) -> Gemma4UnifiedAudioEmbedder:
+    return _load(Gemma4UnifiedAudioEmbedder(parse_gemma4_unified_audio(_raw(folder)["audio_config"], 48)), folder)
+
+
 def _images(cfg: Gemma4UnifiedVisionConfig, slots: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.zeros(len(GRIDS), slots, cfg.patch_pixels)
@@ -69,6 +65,12 @@ def _images(cfg: Gemma4UnifiedVisionConfig, slots: int, seed: int) -> tuple[torc
         positions[i, : w * h] = torch.stack([xs.flatten(), ys.flatten()], dim=-1)
         pixels[i, : w * h] = torch.rand(w * h, cfg.patch_pixels, generator=gen)
     return pixels, positions
+
+
+def _clips(frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two clips of 16-sample frames, the second shorter (its padding frames zero)."""
+    mask = torch.arange(frames)[None] < torch.tensor([[frames], [frames - 3]])
+    return torch.randn(2, frames, 16, generator=torch.Generator().manual_seed(seed)) * 0.3 * mask[..., None], mask
 
 
 def test_saved_config_parses(checkpoint):
@@ -112,44 +114,31 @@ def test_image_soft_tokens_match_transformers(checkpoint):
 
 def test_audio_soft_tokens_match_transformers(checkpoint):
     model, folder = checkpoint
-    embedder = _load(Gemma4UnifiedAudioEmbedder(parse_gemma4_unified_audio(_raw(folder)["audio_config"], 48)), folder)
-    frames = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(3)) * 0.3
-    mask = torch.arange(7)[None] < torch.tensor([[7], [4]])
+    frames, mask = _clips(7, seed=3)
     with torch.no_grad():
-        reference = model.model.get_audio_features(frames, mask, return_dict=True).pooler_output
-        tokens = embedder(frames)
-    assert Diff.of(tokens.numpy(), reference.numpy()).relative < TOLERANCE
+        reference = model.model.get_audio_features(frames, mask, return_dict=True)
+        tokens, kept = _audio_embedder(folder)(frames, mask)
+    assert torch.equal(kept, reference.attention_mask)
+    assert Diff.of(tokens[kept].numpy(), reference.pooler_output[reference.attention_mask].numpy()).relative < TOLERANCE
 
 
-def test_image_embedder_traces_and_runs_in_onnxruntime(checkpoint):
-    import onnx_ir as ir
-
-    from gemma_export.frontend.trace import _quiet
-    from gemma_export.ort_run import cpu_session
-
-    embedder = _image_embedder(checkpoint[1])
-    cfg = embedder.config
-    with torch.device("meta"):
-        module = Gemma4UnifiedImageEmbedder(cfg).eval()
-    args = (torch.zeros(2, 5, cfg.patch_pixels, device="meta"), torch.zeros(2, 5, 2, dtype=torch.int64, device="meta"))
-    images, patches = torch.export.Dim("images"), torch.export.Dim("patches")
-    with _quiet():
-        model = torch.onnx.export(module, args, dynamo=True, optimize=False, opset_version=24,
-                                  dynamic_shapes=({0: images, 1: patches}, {0: images, 1: patches}),
-                                  input_names=list(module.INPUTS), output_names=list(module.OUTPUTS),
-                                  verbose=False).model
-    assert set(model.graph.initializers) == {name for name, _ in module.named_parameters()}
-    assert [[str(d) for d in v.shape] for v in model.graph.outputs] == [["images", "patches", "48"],
-                                                                         ["images", "patches"]]
+@pytest.mark.parametrize("kind", ["gemma4_unified_vision", "gemma4_unified_audio"])
+def test_each_kind_traces_and_runs_in_onnxruntime(checkpoint, kind):
+    folder = checkpoint[1]
+    embedder = _image_embedder(folder) if kind.endswith("vision") else _audio_embedder(folder)
+    model = trace_encoder(Encoder(kind, embedder.config))
+    assert set(model.graph.initializers) == {name for name, _ in embedder.named_parameters()}
+    assert [v.name for v in model.graph.inputs] == list(embedder.INPUTS)
+    assert [[str(d) for d in v.shape] for v in model.graph.outputs][0][-1] == "48"
     assert all(node.domain == "" for node in model.graph)
     weights = dict(embedder.named_parameters())
     for name, value in model.graph.initializers.items():
         value.const_value = ir.Tensor(weights[name].detach().numpy(), name=name)
     session = cpu_session(ir.serde.serialize_model(model).SerializeToString(), threads=1)
-    for slots in (20, 35):
-        pixels, positions = _images(cfg, slots, seed=slots)
+    for size in (20, 35):  # other sizes than the traced example's
+        inputs = _images(embedder.config, size, seed=size) if kind.endswith("vision") else _clips(size, seed=size)
         with torch.no_grad():
-            tokens, mask = embedder(pixels, positions)
-        got_tokens, got_mask = session.run(None, {"pixel_values": pixels.numpy(), "image_position_ids": positions.numpy()})
+            tokens, mask = embedder(*inputs)
+        got_tokens, got_mask = session.run(None, dict(zip(embedder.INPUTS, (x.numpy() for x in inputs))))
         assert np.array_equal(got_mask, mask.numpy())
         assert Diff.of(got_tokens, tokens.numpy()).relative < TOLERANCE
