@@ -136,7 +136,8 @@ class Gemma4UnifiedImageEmbedder(nn.Module):
         self.vision_embedder = _PatchEmbedder(cfg)
         self.embed_vision = _Projection(cfg.mm_embed_dim, cfg.text_hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.embed_vision(self.vision_embedder(pixel_values, image_position_ids))
         return tokens, (image_position_ids != -1).all(dim=-1)
 
