@@ -86,7 +86,7 @@ def multimodal_section(source: Source, chosen: list[Encoder], media_blocks: str)
     if "image" in exported:
         section["image"] = _image_entry(source, exported["image"], ids, media_blocks != "none")
     if "audio" in exported:
-        section["audio"] = _audio_entry(source, ids)
+        section["audio"] = _audio_entry(source, exported["audio"], ids)
     return section
 
 
@@ -105,17 +105,40 @@ def _image_entry(source: Source, encoder: Encoder, ids: dict[str, int], bidirect
             raise CheckpointError(f"{processor.where}: image_seq_length {processor.image_seq_length} differs from "
                                   f"config.json's mm_tokens_per_image {tokens}")
         entry["tokens_per_image"] = tokens
+    if family == "gemma4_unified":
+        _unified_image_checks(source, encoder, processor)
     return entry
 
 
-def _audio_entry(source: Source, ids: dict[str, int]) -> dict[str, Any]:
+def _unified_image_checks(source: Source, encoder: Encoder, processor) -> None:
+    """Gemma 4 Unified's image processor makes the embedder's model patches, and the decoder's
+    masks hold only while an image fits the sliding window: transformers lets an image's tokens see
+    each other beyond the window, our decoder bounds every sliding layer by it (their masks agree
+    while an image's tokens fit in one window)."""
+    settings, cfg = processor.settings, encoder.config
+    if (settings.patch_size, settings.pooling_kernel_size) != (cfg.patch_size, cfg.pooling_kernel_size):
+        raise CheckpointError(f"{processor.where}: patch_size {settings.patch_size} and pooling_kernel_size "
+                              f"{settings.pooling_kernel_size} differ from config.json's vision_config "
+                              f"({cfg.patch_size}, {cfg.pooling_kernel_size})")
+    window = source.config.sliding_window
+    if window is not None and settings.max_soft_tokens > window:
+        raise CheckpointError(f"{processor.where}: max_soft_tokens {settings.max_soft_tokens} exceeds the decoder's "
+                              f"sliding window {window}: an image that long is not supported (its tokens would "
+                              "see each other beyond the window, which the exported decoder does not do)")
+
+
+def _audio_entry(source: Source, encoder: Encoder, ids: dict[str, int]) -> dict[str, Any]:
     from gemma_export.checkpoints.hf_audio_processor import read_audio_processing
 
-    settings = read_audio_processing(source.folder)
+    settings = read_audio_processing(source.folder, source.multimodal.model_type)
     if settings is None:
         raise CheckpointError(f"{source.folder}: no audio feature extractor settings (processor_config.json or "
                               "preprocessor_config.json): exporting the audio encoder needs them (or export with "
                               "--text-only)")
+    if encoder.kind == "gemma4_unified_audio" and settings.samples_per_token != encoder.config.audio_embed_dim:
+        raise CheckpointError(f"{source.folder}: the feature extractor's audio_samples_per_token "
+                              f"{settings.samples_per_token} differs from config.json's audio_embed_dim "
+                              f"{encoder.config.audio_embed_dim}")
     return {"kind": source.multimodal.model_type, "processing": settings.to_dict(),
             "token_id": _id(ids, "audio_token_id"), "begin_id": _id(ids, "boa_token_id"),
             "end_id": _id(ids, "eoa_token_index", "eoa_token_id")}

@@ -34,6 +34,10 @@ KINDS = {
     "gemma3_vision": Kind(IMAGE_ENCODER, "gemma3_vision", "Gemma3ImageEncoder", "_pixels", "image"),
     "gemma4_vision": Kind(IMAGE_ENCODER, "gemma4_vision", "Gemma4ImageEncoder", "_patches", "image"),
     "gemma4_audio": Kind(AUDIO_ENCODER, "gemma4_audio", "Gemma4AudioEncoder", "_frames", "audio"),
+    "gemma4_unified_vision": Kind(IMAGE_ENCODER, "gemma4_unified", "Gemma4UnifiedImageEmbedder", "_merged_patches",
+                                  "image"),
+    "gemma4_unified_audio": Kind(AUDIO_ENCODER, "gemma4_unified", "Gemma4UnifiedAudioEmbedder", "_waveform_frames",
+                                 "audio"),
 }
 
 
@@ -146,4 +150,18 @@ def _frames(cfg):
     mel = 4 * (cfg.subsampling_conv_channels[0] // 4)  # the bins two stride-2 convolutions leave as channels / 4
     args = (torch.zeros(2, 4 * TRACE_MIN_FRAMES, mel, device="meta"),
             torch.ones(2, 4 * TRACE_MIN_FRAMES, dtype=torch.bool, device="meta"))
+    return args, ({0: clips, 1: frames}, {0: clips, 1: frames})
+
+
+def _merged_patches(cfg):
+    import torch
+    images, patches = torch.export.Dim("images"), torch.export.Dim("patches", min=2)
+    args = (torch.zeros(2, 3, cfg.patch_pixels, device="meta"), torch.zeros(2, 3, 2, dtype=torch.int64, device="meta"))
+    return args, ({0: images, 1: patches}, {0: images, 1: patches})
+
+
+def _waveform_frames(cfg):
+    import torch
+    clips, frames = torch.export.Dim("clips"), torch.export.Dim("frames", min=2)
+    args = (torch.zeros(2, 3, cfg.audio_embed_dim, device="meta"), torch.ones(2, 3, dtype=torch.bool, device="meta"))
     return args, ({0: clips, 1: frames}, {0: clips, 1: frames})

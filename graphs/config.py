@@ -47,9 +47,12 @@ class Family:
     layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
     last_layer_global: bool = False  # the last layer is full attention whatever layer_types says
     proportional_rope: bool = False  # full layers may use proportional RoPE (partial_rotary_factor)
-    image_bidirectional: bool = False  # use_bidirectional_attention "vision": media_blocks "sliding"
+    image_bidirectional: bool = False  # use_bidirectional_attention "vision" is taken: media_blocks vision_blocks
+    vision_blocks: str = "sliding"  # the media_blocks that use_bidirectional_attention "vision" means
+    bidirectional_default: str | None = None  # use_bidirectional_attention when a config leaves it out
     media_blocks: str = "none"  # the layers on which an image's tokens see each other both ways (MEDIA_BLOCKS)
-    per_layer_fields: bool = False  # per-layer head dims, KV sharing, per-layer inputs, experts
+    per_layer_fields: bool = False  # per-layer head dims, K = V, KV sharing, double-wide MLPs
+    inputs_and_experts: bool = False  # per-layer input embeddings and a mixture of experts (config fields)
 
 
 # Sources: transformers' modeling_gemma{,2,3}.py (the parity reference) and gemma_pytorch.
@@ -74,10 +77,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
            gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
            norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
-           proportional_rope=True, image_bidirectional=True, per_layer_fields=True),
+           proportional_rope=True, image_bidirectional=True, per_layer_fields=True, inputs_and_experts=True),
+    # transformers 5.x modeling_gemma4_unified.py (the encoder-free 12B): Gemma 4's layers without
+    # per-layer inputs or experts; use_bidirectional_attention defaults to "vision", under which an
+    # image's tokens see each other on every layer type (its masks OR the image blocks into both).
+    Family("gemma4_unified", ("gemma4_unified_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+           rope_scaling=True, softcaps=True, attn_softcap=None, final_softcap=None, sliding_pattern=6,
+           gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
+           norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
+           proportional_rope=True, image_bidirectional=True, vision_blocks="all", bidirectional_default="vision",
+           per_layer_fields=True),
 )}
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
-MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4"}
+MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4", "gemma4_unified": "gemma4_unified"}
 MODEL_TYPES = {model_type: f.name for f in FAMILIES.values() for model_type in f.model_types}
 MEDIA_BLOCKS = ("none", "sliding", "all")
 

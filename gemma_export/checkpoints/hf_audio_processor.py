@@ -1,6 +1,6 @@
 """A checkpoint folder's Gemma 4 audio feature-extractor settings (as transformers 5.x's
-save_pretrained writes them) -> gemma_runtime's Gemma4AudioProcessing, every field understood or
-refused by name.
+save_pretrained writes them) -> gemma_runtime's Gemma4AudioProcessing (Gemma 4 Unified's:
+Gemma4UnifiedAudioProcessing), every field understood or refused by name.
 
 transformers 5.x writes processor_config.json with the extractor nested under "feature_extractor"
 beside the processor's own audio_seq_length and audio_ms_per_token; a lone extractor (and older
@@ -21,6 +21,7 @@ from gemma_export.checkpoints.json_files import read_json
 from gemma_export.errors import ConfigError
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.gemma4_audio import Gemma4AudioProcessing
+from gemma_runtime.media.gemma4_unified_audio import Gemma4UnifiedAudioProcessing
 
 PROCESSOR_FILE = "processor_config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -97,9 +98,39 @@ def parse_audio_processing(extractor: dict, processor: dict, where: str) -> Gemm
         raise ConfigError(f"{where}: {e}") from None
 
 
-def read_audio_processing(folder: Path) -> Gemma4AudioProcessing | None:
-    """The folder's audio front end, or None when it has no feature extractor. Gemma4Processor
-    saves one whether or not the model has an audio tower: config.json's audio_config says that."""
+def parse_unified_audio_processing(extractor: dict, processor: dict, where: str) -> Gemma4UnifiedAudioProcessing:
+    """Gemma4UnifiedAudioFeatureExtractor's section: raw frames of audio_samples_per_token samples
+    (feature_size, the features' width, must say the same). Gemma4UnifiedProcessor counts a clip's
+    tokens from its frames alone: its audio_seq_length and audio_ms_per_token are never used."""
+    f = Fields(extractor, where)
+    f.expect("feature_extractor_type", ("Gemma4UnifiedAudioFeatureExtractor",))
+    f.expect("processor_class", ("Gemma4UnifiedProcessor",))
+    f.expect("padding_side", ("right",))
+    # Padded frames are masked and dropped; the extractor's call always asks for the mask.
+    _number(f, "padding_value", 0.0)
+    f.take("return_attention_mask", bool, True)
+    rate = f.take("sampling_rate", int, 16_000)
+    frame = f.take("audio_samples_per_token", int, 640)
+    width = f.take("feature_size", int, 640)
+    f.finish()
+    if width != frame:
+        raise ConfigError(f"{where}: feature_size {width} differs from audio_samples_per_token {frame} (each "
+                          "feature is one frame of samples)")
+    try:
+        return Gemma4UnifiedAudioProcessing(sampling_rate=rate, samples_per_token=frame)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+_PARSERS = {"gemma4": parse_audio_processing, "gemma4_unified": parse_unified_audio_processing}
+
+
+def read_audio_processing(folder: Path, family: str = "gemma4"
+                          ) -> Gemma4AudioProcessing | Gemma4UnifiedAudioProcessing | None:
+    """The folder's audio front end for a `family` ("gemma4", "gemma4_unified") model, or None when
+    it has no feature extractor. Gemma4Processor saves one whether or not the model has an audio
+    tower: config.json's audio_config says that."""
+    parse = _PARSERS[family]
     folder = Path(folder)
     processor: dict = {}
     if (folder / PROCESSOR_FILE).is_file():
@@ -110,11 +141,11 @@ def read_audio_processing(folder: Path) -> Gemma4AudioProcessing | None:
         if section is not None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{folder / PROCESSOR_FILE}: feature_extractor is not a JSON object")
-            return parse_audio_processing(section, processor, f"{folder / PROCESSOR_FILE}: feature_extractor")
+            return parse(section, processor, f"{folder / PROCESSOR_FILE}: feature_extractor")
     if (folder / PREPROCESSOR_FILE).is_file():
         extractor = read_json(folder / PREPROCESSOR_FILE)
         if not isinstance(extractor, dict):
             raise ConfigError(f"{folder / PREPROCESSOR_FILE}: expected a JSON object")
         if "feature_extractor_type" in extractor:
-            return parse_audio_processing(extractor, processor, str(folder / PREPROCESSOR_FILE))
+            return parse(extractor, processor, str(folder / PREPROCESSOR_FILE))
     return None

@@ -105,9 +105,21 @@ def _gemma4_audio(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
     return parse_gemma4_audio(tower, text.hidden_size, where=where)
 
 
+def _gemma4_unified_vision(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
+    from gemma_export.checkpoints.hf_gemma4_unified import parse_gemma4_unified_vision
+    return parse_gemma4_unified_vision(tower, text.hidden_size, where)
+
+
+def _gemma4_unified_audio(tower: dict, wrapper: dict, text: GemmaConfig, where: str):
+    from gemma_export.checkpoints.hf_gemma4_unified import parse_gemma4_unified_audio
+    return parse_gemma4_unified_audio(tower, text.hidden_size, where)
+
+
 # model_type -> tower ("vision", "audio") -> (encoder kind in gemma_export/towers.py, its config reader)
 _ENCODERS = {"gemma3": {"vision": ("gemma3_vision", _gemma3_vision)},
-             "gemma4": {"vision": ("gemma4_vision", _gemma4_vision), "audio": ("gemma4_audio", _gemma4_audio)}}
+             "gemma4": {"vision": ("gemma4_vision", _gemma4_vision), "audio": ("gemma4_audio", _gemma4_audio)},
+             "gemma4_unified": {"vision": ("gemma4_unified_vision", _gemma4_unified_vision),
+                                "audio": ("gemma4_unified_audio", _gemma4_unified_audio)}}
 
 
 def _read_object(path: Path) -> dict:
@@ -190,13 +202,16 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         raise ConfigError(f"{where}: unsupported activation {acts} (Gemma uses gelu_pytorch_tanh)")
 
     f.expect("attention_bias", (False,))
-    # "vision" (Gemma 4): an image's tokens see each other on sliding layers; absent, they do not.
-    bidirectional = f.take("use_bidirectional_attention", (bool, str), None)
+    # "vision": an image's tokens see each other (Gemma 4: on sliding layers; Unified: on every layer).
+    if "use_bidirectional_attention" in f.raw:
+        bidirectional = f.take("use_bidirectional_attention", (bool, str), None)
+    else:
+        bidirectional = family.bidirectional_default
     if bidirectional not in ((None, False, "vision") if family.image_bidirectional else (None, False)):
         raise ConfigError(f"{where}: use_bidirectional_attention = {bidirectional!r} is not supported")
     switches = family_switches(family)
     if family.image_bidirectional:
-        switches["media_blocks"] = "sliding" if bidirectional == "vision" else "none"
+        switches["media_blocks"] = family.vision_blocks if bidirectional == "vision" else "none"
     f.expect("mlp_bias", (False,))
     f.expect("pretraining_tp", (1,))
     if f.take("tie_word_embeddings", bool, True) is not True:
@@ -282,14 +297,18 @@ def _gemma4_fields(f: Fields, family: Family, layer_types: tuple[str, ...], head
     overrides = f.take("per_layer_config", dict, None)
     if overrides is not None:
         global_dim, global_kv = _per_layer_config(overrides, layer_types, head_dim, global_dim, global_kv, where)
-    moe = f.take("enable_moe_block", bool, False)
-    experts = f.take("num_experts", int, None)
-    top_k = f.take("top_k_experts", int, None)
-    moe_width = f.take("moe_intermediate_size", int, None)
+    # Gemma 4 Unified has neither (its config refuses these fields): left in f.raw, finish() names them.
+    moe = family.inputs_and_experts and f.take("enable_moe_block", bool, False)
+    experts = f.take("num_experts", int, None) if moe else None
+    top_k = f.take("top_k_experts", int, None) if moe else None
+    moe_width = f.take("moe_intermediate_size", int, None) if moe else None
     if moe and not (experts and top_k and moe_width):
         raise ConfigError(f"{where}: enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size")
-    per_layer_width = f.take("hidden_size_per_layer_input", int, 256)
-    per_layer_vocab = f.take("vocab_size_per_layer_input", int, 262_144)
+    if family.inputs_and_experts and not moe:  # the fields of a disabled block are unread
+        for name in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+            f.take(name, int, None)
+    per_layer_width = f.take("hidden_size_per_layer_input", int, 256) if family.inputs_and_experts else 0
+    per_layer_vocab = f.take("vocab_size_per_layer_input", int, 262_144) if family.inputs_and_experts else 0
     return {
         "global_head_dim": global_dim if global_dim is not None else 512,  # transformers' default
         # transformers applies num_global_key_value_heads only when attention_k_eq_v is set

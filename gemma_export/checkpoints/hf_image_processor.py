@@ -23,8 +23,9 @@ from gemma_runtime.media.gemma4_images import Gemma4ImageProcessing
 
 PROCESSOR_FILE, IMAGE_PROCESSOR_FILE = "processor_config.json", "preprocessor_config.json"
 _TYPES = {"gemma3": ("Gemma3ImageProcessor", "Gemma3ImageProcessorPil", "Gemma3ImageProcessorFast"),
-          "gemma4": ("Gemma4ImageProcessor", "Gemma4ImageProcessorPil")}
-_PROCESSORS = {"gemma3": "Gemma3Processor", "gemma4": "Gemma4Processor"}
+          "gemma4": ("Gemma4ImageProcessor", "Gemma4ImageProcessorPil"),
+          "gemma4_unified": ("Gemma4UnifiedImageProcessor",)}
+_PROCESSORS = {"gemma3": "Gemma3Processor", "gemma4": "Gemma4Processor", "gemma4_unified": "Gemma4UnifiedProcessor"}
 # Gemma3Processor's images_kwargs: what it hands the image processor at every call.
 _GEMMA3_CALL_DEFAULTS = {"do_convert_rgb": True, "do_pan_and_scan": False, "pan_and_scan_min_crop_size": 256,
                          "pan_and_scan_max_num_crops": 4, "pan_and_scan_min_ratio_to_activate": 1.2}
@@ -44,7 +45,8 @@ class ImageProcessorConfig:
 
 
 def load_image_processor(folder: Path, family: str) -> ImageProcessorConfig:
-    """The image processor settings of an HF folder of a `family` ("gemma3", "gemma4") model. A
+    """The image processor settings of an HF folder of a `family` ("gemma3", "gemma4",
+    "gemma4_unified": Gemma 4's settings, which it merges into model patches) model. A
     folder with neither file is an error naming both: a multimodal export needs them."""
     if family not in _TYPES:
         raise ConfigError(f"{folder}: no image processor is known for the {family!r} family")
@@ -66,7 +68,7 @@ def load_image_processor(folder: Path, family: str) -> ImageProcessorConfig:
         settings, flat_seq_length = _gemma3(fields, where)
         seq_length = seq_length if seq_length is not None else flat_seq_length
     else:
-        settings = _gemma4(fields, where)
+        settings = _gemma4(fields, family, where)
     fields.finish()
     return ImageProcessorConfig(settings, seq_length, where)
 
@@ -136,8 +138,8 @@ def _gemma3(f: Fields, where: str) -> tuple[Gemma3ImageProcessing, int | None]:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _gemma4(f: Fields, where: str) -> Gemma4ImageProcessing:
-    common = _common(f, "gemma4", where)
+def _gemma4(f: Fields, family: str, where: str) -> Gemma4ImageProcessing:
+    common = _common(f, family, where)
     defaults = Gemma4ImageProcessing()
     values = {name: f.take(name, int, getattr(defaults, name))
               for name in ("patch_size", "max_soft_tokens", "pooling_kernel_size")}

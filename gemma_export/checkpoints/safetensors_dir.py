@@ -136,7 +136,8 @@ def _safetensors_files(folder: Path) -> list[Path]:
 # Where multimodal checkpoints keep their text decoder, by model_type; transformers 5.24 writes the
 # first, other versions wrote the second.
 TEXT_PREFIXES = {"gemma3": ("language_model.model.", "model.language_model."),
-                 "gemma4": ("model.language_model.", "language_model.model.")}
+                 "gemma4": ("model.language_model.", "language_model.model."),
+                 "gemma4_unified": ("model.language_model.",)}
 
 
 def open_hf_folder(folder: Path) -> Source:

@@ -7,7 +7,8 @@ Each encoder module:
   tower config by gemma_export/checkpoints; every field understood or refused);
 - names its parameters as transformers 5.x saves them, without a leading `model.` (Gemma 3:
   `vision_tower.*`, `multi_modal_projector.*`; Gemma 4: `vision_tower.*`, `embed_vision.*`,
-  `audio_tower.*`, `embed_audio.*`), so that weights bind by name;
+  `audio_tower.*`, `embed_audio.*`; Gemma 4 Unified: `vision_embedder.*`, `embed_vision.*`,
+  `embed_audio.*`), so that weights bind by name;
 - takes, as forward's positional arguments, the arrays transformers' processor returns, under the
   names in its INPUTS (pixel_values, image_position_ids, input_features, input_features_mask, ...);
 - traces with torch.onnx.export (dynamo) on the meta device with the item count (and a variable

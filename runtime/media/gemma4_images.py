@@ -1,6 +1,7 @@
 """Gemma 4's image preprocessing (an aspect-preserving resize to a soft-token budget, rescale, cut
 into patches padded to the budget, with each patch's (x, y) position; as transformers'
-Gemma4ImageProcessorPil) and the expansion of each image placeholder into boi + image token x
+Gemma4ImageProcessorPil; Gemma 4 Unified's merged patches, as its Gemma4UnifiedImageProcessor) and
+the expansion of each image placeholder into boi + image token x
 count + eoi with the mm_token_type_ids Gemma4Processor returns.
 
 Gemma 4's placeholder and its expansion are all special tokens, which the tokenizer never merges
@@ -85,9 +86,12 @@ def target_size(width: int, height: int, settings: Gemma4ImageProcessing, where:
     return new_w, new_h
 
 
-def _patches(image: Image.Image, settings: Gemma4ImageProcessing, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _patches(image: Image.Image, settings: Gemma4ImageProcessing, where: str, merged: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
     """One image's patches [count, p*p*3] (rows of patches, each patch's pixels row by row, RGB
-    innermost) and their (x, y) positions [count, 2]."""
+    innermost) and their (x, y) positions [count, 2]. merged: p is patch_size x pooling_kernel_size
+    (Gemma 4 Unified's model patches: transformers merges each k x k block of small patches into
+    one, its pixels row by row over the block, at the block's position)."""
     size = target_size(*image.size, settings, where)
     if size != image.size:
         image = image.resize(size, resample=settings.resample)
@@ -97,31 +101,36 @@ def _patches(image: Image.Image, settings: Gemma4ImageProcessing, where: str) ->
     x = x.astype(np.float32)
     if settings.do_normalize:
         x = (x - np.asarray(settings.image_mean, np.float32)) / np.asarray(settings.image_std, np.float32)
-    p = settings.patch_size
+    p = settings.patch_size * (settings.pooling_kernel_size if merged else 1)
     rows, cols = x.shape[0] // p, x.shape[1] // p
     patches = x.reshape(rows, p, cols, p, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, p * p * 3)
     ys, xs = np.divmod(np.arange(rows * cols, dtype=np.int64), cols)
     return patches, np.stack([xs, ys], axis=-1)
 
 
-def preprocess(images: Sequence[ImageInput], settings: Gemma4ImageProcessing
+def preprocess(images: Sequence[ImageInput], settings: Gemma4ImageProcessing, merged: bool = False
                ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(pixel_values float32 [n, max_patches, 3*p*p], image_position_ids int64 [n, max_patches, 2],
-    soft tokens per image): patches beyond an image's own are zeros at position (-1, -1)."""
+    soft tokens per image): patches beyond an image's own are zeros at position (-1, -1). merged
+    (Gemma 4 Unified): max_soft_tokens model patches of (patch_size x pooling_kernel_size)^2 x 3
+    pixels each, one soft token per model patch."""
     if isinstance(images, (str, bytes, Image.Image, np.ndarray)):
         raise RuntimeInputError("images: expected a list of images")
     if not images:
         raise RuntimeInputError("images: an empty list")
-    n, p = len(images), settings.patch_size
-    pixel_values = np.zeros((n, settings.max_patches, 3 * p * p), np.float32)
-    positions = np.full((n, settings.max_patches, 2), -1, np.int64)
+    n = len(images)
+    p = settings.patch_size * (settings.pooling_kernel_size if merged else 1)
+    slots, per_token = (settings.max_soft_tokens, 1) if merged else (settings.max_patches,
+                                                                    settings.pooling_kernel_size ** 2)
+    pixel_values = np.zeros((n, slots, 3 * p * p), np.float32)
+    positions = np.full((n, slots, 2), -1, np.int64)
     counts = []
     for i, item in enumerate(images):
         where = f"image {i + 1}"
-        patches, pos = _patches(load_image(item, where, convert_rgb=settings.do_convert_rgb), settings, where)
+        patches, pos = _patches(load_image(item, where, convert_rgb=settings.do_convert_rgb), settings, where, merged)
         pixel_values[i, :len(patches)] = patches
         positions[i, :len(patches)] = pos
-        counts.append(len(patches) // settings.pooling_kernel_size ** 2)
+        counts.append(len(patches) // per_token)
     return pixel_values, positions, counts
 
 

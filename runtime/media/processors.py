@@ -2,9 +2,9 @@
 into the encoders' arrays and a prompt whose placeholders are expanded into the tokens the soft
 tokens replace, by the kinds and settings the manifest records (its multimodal section).
 
-A prompt marks each item with its placeholder (Gemma 3 `<start_of_image>`, Gemma 4 `<|image|>`
-and `<|audio|>`), in order. A text prompt with no placeholder gets one per item in front of it,
-images before audio, where Gemma's chat templates put media in a user turn."""
+A prompt marks each item with its placeholder (Gemma 3 `<start_of_image>`, Gemma 4 and Gemma 4
+Unified `<|image|>` and `<|audio|>`), in order. A text prompt with no placeholder gets one per item
+in front of it, images before audio, where Gemma's chat templates put media in a user turn."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
-from gemma_runtime.media import gemma3_images, gemma4_audio, gemma4_images
+from gemma_runtime.media import gemma3_images, gemma4_audio, gemma4_images, gemma4_unified_audio
 from gemma_runtime.media.audio import load_audio
 from gemma_runtime.tokenizer import Tokenizer
 
@@ -74,13 +74,18 @@ def image_arrays(entry: dict[str, Any], images: Sequence) -> tuple[dict[str, np.
             entry["processing"]))
         return {"pixel_values": pixels}, crops
     settings = gemma4_images.Gemma4ImageProcessing.from_dict(entry["processing"])
-    pixels, positions, counts = gemma4_images.preprocess(images, settings)
+    pixels, positions, counts = gemma4_images.preprocess(images, settings, merged=entry["kind"] == "gemma4_unified")
     return {"pixel_values": pixels, "image_position_ids": positions}, counts
 
 
 def audio_arrays(entry: dict[str, Any], audio: Sequence) -> tuple[dict[str, np.ndarray], list[int]]:
     """The audio encoder's inputs for these clips, by the manifest's audio entry, and each clip's
-    soft-token count."""
+    soft-token count: Gemma 4's log-mel frames, or Gemma 4 Unified's raw sample frames."""
+    if entry["kind"] == "gemma4_unified":
+        unified = gemma4_unified_audio.Gemma4UnifiedAudioProcessing.from_dict(entry["processing"])
+        clips = [load_audio(item, unified.sampling_rate) for item in audio]
+        features, mask = gemma4_unified_audio.frames(clips, unified)
+        return {"input_features": features, "input_features_mask": mask}, [int(row.sum()) for row in mask]
     settings = gemma4_audio.Gemma4AudioProcessing.from_dict(entry["processing"])
     clips = [load_audio(item, settings.sampling_rate, max_samples=settings.max_samples) for item in audio]
     features, mask = gemma4_audio.features(clips, settings)
