@@ -318,13 +318,16 @@ def build_engine(
                                               "(default: 128, or the maximum sequence length if shorter)"),
     compute_capability: Optional[str] = typer.Option(None, help="X.Y: build ahead of time with TensorRT-RTX for "
                                                      "this GPU architecture (default: this machine's GPU)"),
+    max_media_items: int = typer.Option(4, help="images (or crops) or audio clips per encoder call, for the "
+                                        "engines of a multimodal artifact's encoders"),
 ) -> None:
-    """Build a TensorRT engine into the artifact (TensorRT with a GPU, else TensorRT-RTX ahead of time)."""
+    """Build a TensorRT engine into the artifact (TensorRT with a GPU, else TensorRT-RTX ahead of time):
+    the decoder's, and one per encoder of a multimodal artifact."""
     from gemma_export.emit import tensorrt_engine
 
     progress = _Progress()
     try:
-        entry = tensorrt_engine.build(artifact, max_batch, opt_seq_len, compute_capability, progress)
+        entry = tensorrt_engine.build(artifact, max_batch, opt_seq_len, compute_capability, progress, max_media_items)
     finally:
         progress.close()
     typer.echo(f"wrote {artifact / entry['file']} ({entry['library']} {entry['version']}, compute capability "

@@ -230,17 +230,24 @@ def test_an_audio_clip_and_an_image_match_transformers(tmp_path):
     assert_fp32_parity(model.logits(ids, **arrays), expected)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tensorrt_rtx_parses_every_node_of_the_image_encoder(family, artifacts):
-    from test_target_tensorrt import Parse
+def test_tensorrt_rtx_builds_the_decoder_and_encoder_engines(artifacts, tmp_path):
+    """Gemma 3's fp32 graphs; the fp16 graphs of Gemma 4's vision and audio encoders (lowered by the
+    precision rules) and its media decoder: build-engine builds an engine of each, ahead of time."""
+    import json
+    import shutil
 
     from gemma_export.emit import tensorrt_engine
+    from tiny_audio import write_audio_checkpoint
 
-    path = artifacts(family, "tensorrt" if family == "gemma3" else "ort-cpu") / "image_encoder.onnx"  # every target writes the same encoder graph
-    check = Parse()
-    assert check.parser.supports_model_v2(path.read_bytes(), str(path)), tensorrt_engine.parser_errors(check.parser)
-    parse = Parse()
-    assert parse.parser.parse_from_file(str(path)) and parse.parser.num_errors == 0 and not parse.log.errors
+    audio = tmp_path / "audio-fp16"
+    export(write_audio_checkpoint(tmp_path / "ck"), audio, ExportOptions(target="tensorrt", dtype="fp16",
+                                                                         max_seq_len=MAX_SEQ_LEN))
+    shutil.copytree(artifacts("gemma3", "tensorrt"), tmp_path / "gemma3")
+    for folder, encoders in ((tmp_path / "gemma3", ["image_encoder"]), (audio, ["image_encoder", "audio_encoder"])):
+        entry = tensorrt_engine.build(folder, max_batch=2, compute_capability="8.9", max_media_items=2)
+        engines = json.loads((folder / "manifest.json").read_text())["engines"]
+        assert [e.get("graph") for e in engines] == [None, *encoders] and engines[0] == entry
+        assert all((folder / e["file"]).stat().st_size > 0 for e in engines)
 
 
 def test_export_says_once_that_the_vision_tower_is_skipped(checkpoints, tmp_path, capsys):

@@ -207,3 +207,14 @@ def test_refuses_an_engine_for_another_gpu_or_library_version(artifact, fake_gpu
     with pytest.raises(RuntimeInputError, match="was built with tensorrt_rtx 1.7.1.116, this is 1.8.0: rebuild"):
         gemma_runtime.load(artifact, backend="trt")
     assert not fake_gpu  # no engine was deserialized
+
+
+def test_runs_the_decoders_engine_where_encoders_have_theirs(artifact, fake_gpu):
+    import dataclasses
+
+    from gemma_runtime.manifest import read_manifest
+
+    encoder = {**ENGINE, "file": "image_encoder.tensorrt_rtx.sm89.engine", "graph": "image_encoder"}
+    manifest = read_manifest(artifact)
+    entry, _ = trt._engine_entry(artifact, dataclasses.replace(manifest, engines=(encoder, ENGINE)))
+    assert entry == ENGINE

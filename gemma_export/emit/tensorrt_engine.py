@@ -7,12 +7,15 @@ The library: `tensorrt` where it is installed and sees a GPU, which it builds fo
 artifact's precision. The maximum sequence length is the artifact's static cache length. Two
 optimization profiles, in the order runtime/backends/trt.py expects: prefill (width 1..max, tuned
 for opt_seq_len; logits for 1..max positions) and decode (width 1); batch 1..max_batch in both.
+A multimodal artifact's encoder graphs get an engine each (entries with their `graph` role), one
+profile spanning the arrays the runtime's preprocessing makes; the trt backend runs the decoder's
+engine only (the encoders run on onnxruntime), so these prove the towers build.
 
 A TensorRT build keeps its timing cache beside the engine for the next build. TensorRT-RTX has
 none (its timing-cache calls are no-ops since 1.2): it compiles kernels on the GPU when the engine
 first runs, and the trt backend keeps those in a runtime cache instead.
 
-The engine, then the manifest, are each written to a temporary file and renamed into place: a
+The engines, then the manifest, are each written to a temporary file and renamed into place: a
 failed or interrupted build leaves the artifact as it was.
 """
 
@@ -25,19 +28,26 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from gemma_export.errors import GemmaExportError
-from gemma_runtime.manifest import MANIFEST_FILE, MODEL_FILE, TensorSpec, read_manifest
+from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
+from gemma_runtime.manifest import MANIFEST_FILE, Graph, TensorSpec, read_manifest
+from gemma_runtime.media.processors import audio_arrays, clip_lengths, image_arrays
 from gemma_runtime.backends import cuda_driver
 from gemma_runtime.backends.trt import DECODE_PROFILE, PREFILL_PROFILE, error_log, import_library, installed
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 DEFAULT_OPT_SEQ_LEN = 128
+DEFAULT_MEDIA_ITEMS = 4  # images (or crops) or clips per encoder call
 SHOWN_DEPTH = 2  # builder phases shown: the outer three levels (the inner ones repeat by the dozen)
 
 
 def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None,
-          compute_capability: str | None = None, progress: Progress | None = None) -> dict:
-    """Builds and writes the engine; returns its manifest entry."""
+          compute_capability: str | None = None, progress: Progress | None = None,
+          max_media_items: int = DEFAULT_MEDIA_ITEMS) -> dict:
+    """Builds and writes the decoder's engine, and one per encoder graph of a multimodal artifact
+    (items per call up to max_media_items); returns the decoder's manifest entry."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if "trt" not in manifest.execution.backends:
@@ -47,53 +57,83 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     opt_seq_len = min(DEFAULT_OPT_SEQ_LEN, max_seq_len) if opt_seq_len is None else opt_seq_len
     if max_batch < 1:
         raise GemmaExportError(f"--max-batch must be positive, got {max_batch}")
+    if max_media_items < 1:
+        raise GemmaExportError(f"--max-media-items must be positive, got {max_media_items}")
     if not 1 <= opt_seq_len <= max_seq_len:
         raise GemmaExportError(f"--opt-seq-len must be between 1 and the artifact's maximum sequence length "
                                f"{max_seq_len}, got {opt_seq_len}")
     library, capability = choose_library(compute_capability)
     trt = import_library(library)
     say = progress or (lambda what, done, total: None)
+    suffix = f"{library}.sm{capability.replace('.', '')}"
 
-    say(f"parsing {MODEL_FILE} with {library} {trt.__version__}", 0, 1)
+    decoder = manifest.decoder
+    ranges = _decoder_ranges(decoder.inputs, max_batch, opt_seq_len, max_seq_len)
+    serialized, timing = _build_graph(trt, library, capability, folder / decoder.file, decoder.inputs, ranges,
+                                      folder / f"model.{suffix}.timing.cache", say)
+    entry = {"file": f"model.{suffix}.engine", "library": library, "version": trt.__version__,
+             "compute_capability": capability, "max_batch": max_batch, "opt_seq_len": opt_seq_len}
+    built = [(entry, serialized)]
+    for graph in manifest.graphs.values():
+        if graph.role == decoder.role:
+            continue
+        ranges = [_encoder_ranges(graph, manifest.multimodal, max_media_items, max_seq_len)]
+        serialized, _ = _build_graph(trt, library, capability, folder / graph.file, graph.inputs, ranges, None, say)
+        built.append(({"file": f"{graph.role}.{suffix}.engine", "graph": graph.role, "library": library,
+                       "version": trt.__version__, "compute_capability": capability,
+                       "max_items": max_media_items}, serialized))
+
+    files = {e["file"] for e, _ in built}
+    manifest = dataclasses.replace(manifest, engines=(*[e for e in manifest.engines if e["file"] not in files],
+                                                      *[e for e, _ in built]))
+    try:
+        for e, data in built:
+            say(f"writing {e['file']}", 0, 1)
+            _replace(folder / e["file"], data)
+        if timing is not None:
+            _replace(folder / f"model.{suffix}.timing.cache", timing.serialize())
+        _replace(folder / MANIFEST_FILE, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+    except OSError as e:
+        raise GemmaExportError(f"{folder}: cannot write the engine ({e})") from None
+    return entry
+
+
+def _build_graph(trt, library: str, capability: str, path: Path, inputs: dict[str, TensorSpec],
+                 ranges: list[dict[str, list[tuple[int, int, int]]]], timing_path: Path | None, say: Progress):
+    """One ONNX graph built into a serialized engine with one optimization profile per entry of
+    ranges (input name -> (min, opt, max) per axis); returns it and the timing cache (TensorRT with
+    a timing_path), else None."""
+    say(f"parsing {path.name} with {library} {trt.__version__}", 0, 1)
     log = error_log(trt)
     builder = trt.Builder(log)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, log)  # holds the weights: kept until the build is done
-    if not parser.parse_from_file(str(folder / MODEL_FILE)):
-        raise GemmaExportError(f"{folder / MODEL_FILE}: {library} cannot parse it: {'; '.join(parser_errors(parser))}")
+    if not parser.parse_from_file(str(path)):
+        raise GemmaExportError(f"{path}: {library} cannot parse it: {'; '.join(parser_errors(parser))}")
     allow_decomposed_attention(trt, network)
 
     config = builder.create_builder_config()
-    for profile in _profiles(builder, network, manifest.decoder.inputs, max_batch, opt_seq_len, max_seq_len):
+    for shapes in ranges:
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            name = network.get_input(i).name
+            profile.set_shape(name, *([d[k] for d in shapes[name]] for k in range(3)))
         config.add_optimization_profile(profile)
-    stem = f"model.{library}.sm{capability.replace('.', '')}"
     timing = None
     if library == "tensorrt_rtx":
         config.num_compute_capabilities = 1
         config.set_compute_capability(rtx_capabilities(trt)[capability], 0)
         say("no timing cache (TensorRT-RTX compiles kernels on the GPU at first run)", 1, 1)
-    else:
-        timing = _timing_cache(config, folder / f"{stem}.timing.cache", say)
+    elif timing_path is not None:
+        timing = _timing_cache(config, timing_path, say)
     monitor = _monitor(trt, say)
     config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if monitor.error is not None:
         raise monitor.error
     if serialized is None:
-        raise GemmaExportError(f"{library} could not build the engine: {'; '.join(log.errors) or 'no reason given'}")
-
-    entry = {"file": f"{stem}.engine", "library": library, "version": trt.__version__,
-             "compute_capability": capability, "max_batch": max_batch, "opt_seq_len": opt_seq_len}
-    say(f"writing {entry['file']}", 0, 1)
-    manifest = dataclasses.replace(manifest, engines=(*[e for e in manifest.engines if e["file"] != entry["file"]], entry))
-    try:
-        _replace(folder / entry["file"], serialized)
-        if timing is not None:
-            _replace(folder / f"{stem}.timing.cache", timing.serialize())
-        _replace(folder / MANIFEST_FILE, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
-    except OSError as e:
-        raise GemmaExportError(f"{folder}: cannot write the engine ({e})") from None
-    return entry
+        raise GemmaExportError(f"{library} could not build {path.name}: {'; '.join(log.errors) or 'no reason given'}")
+    return serialized, timing
 
 
 def choose_library(compute_capability: str | None) -> tuple[str, str]:
@@ -141,20 +181,33 @@ def allow_decomposed_attention(trt, network) -> None:
             layer.attention.decomposable = True
 
 
-def _profiles(builder, network, inputs: dict[str, TensorSpec], max_batch: int, opt_seq_len: int, max_seq_len: int) -> list:
-    """(min, opt, max) of each named dimension, per profile."""
-    ranges = {PREFILL_PROFILE: {"batch": (1, max_batch, max_batch), "seq": (1, opt_seq_len, max_seq_len),
-                                "keep": (1, 1, max_seq_len)},
-              DECODE_PROFILE: {"batch": (1, max_batch, max_batch), "seq": (1, 1, 1), "keep": (1, 1, 1)}}
-    profiles = []
-    for index in sorted(ranges):
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            name = network.get_input(i).name
-            dims = [(d, d, d) if isinstance(d, int) else ranges[index][d] for d in inputs[name].shape]
-            profile.set_shape(name, *([d[k] for d in dims] for k in range(3)))
-        profiles.append(profile)
-    return profiles
+Ranges = dict[str, list[tuple[int, int, int]]]  # input name -> (min, opt, max) of each axis
+
+
+def _decoder_ranges(inputs: dict[str, TensorSpec], max_batch: int, opt_seq_len: int, max_seq_len: int) -> list[Ranges]:
+    """The prefill and decode profiles, by the names of the decoder's dimensions (a media decoder's
+    `spliced` rows: none up to every position in prefill, at most one in decode)."""
+    batch = (1, max_batch, max_batch)
+    named = {PREFILL_PROFILE: {"batch": batch, "seq": (1, opt_seq_len, max_seq_len), "keep": (1, 1, max_seq_len),
+                               "spliced": (0, 0, max_seq_len)},
+             DECODE_PROFILE: {"batch": batch, "seq": (1, 1, 1), "keep": (1, 1, 1), "spliced": (0, 0, 1)}}
+    return [{name: [(d, d, d) if isinstance(d, int) else named[index][d] for d in spec.shape]
+             for name, spec in inputs.items()} for index in sorted(named)]
+
+
+def _encoder_ranges(graph: Graph, multimodal: dict, max_items: int, context: int) -> Ranges:
+    """One profile spanning the arrays the runtime's preprocessing makes (runtime/media/processors.py)
+    for the smallest and the largest item (a clip's soft tokens within a context of that many), 1 to
+    max_items items per call; opt: one largest item."""
+    modality = {IMAGE_ENCODER: "image", AUDIO_ENCODER: "audio"}[graph.role]
+    entry = multimodal[modality]
+    if modality == "image":
+        small, large = (image_arrays(entry, [np.zeros((h, w, 3), np.uint8)])[0] for h, w in ((32, 32), (768, 1024)))
+    else:
+        small, large = (audio_arrays(entry, [np.zeros(n, np.float32)])[0] for n in clip_lengths(entry, context))
+    return {name: [(1, 1, max_items) if axis == 0 else (small[name].shape[axis], large[name].shape[axis],
+                                                        large[name].shape[axis]) for axis in range(large[name].ndim)]
+            for name in graph.inputs}
 
 
 def _timing_cache(config, path: Path, say: Progress):

@@ -144,7 +144,7 @@ class TrtBackend:
 def _engine_entry(folder: Path, manifest: Manifest) -> tuple[dict, ModuleType]:
     """The manifest's engine for this machine's GPU, and the library that runs it; every check that
     can fail is made before a TensorRT runtime is touched."""
-    engines = manifest.engines
+    engines = [e for e in manifest.engines if e.get("graph", manifest.decoder.role) == manifest.decoder.role]
     if not engines:
         raise RuntimeInputError(f"{folder}: no TensorRT engine (export with --target tensorrt, then run "
                                 "gemma-export build-engine)")

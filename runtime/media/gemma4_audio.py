@@ -111,6 +111,11 @@ class Gemma4AudioProcessing:
         """Zeros put before the clip so that the first frame is centred on its first sample."""
         return self.frame_length // 2
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip with one frame."""
+        return self.frame_length + 1 - self.pad_left
+
 
 def _hertz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
@@ -156,7 +161,7 @@ def _checked_clip(clip: Any, index: int, settings: Gemma4AudioProcessing) -> np.
             f"encoder takes: at most {settings.max_samples / settings.sampling_rate:.2f} s "
             f"({settings.max_samples} samples at {settings.sampling_rate} Hz)")
     if valid_frames(len(array), settings) == 0:
-        need = settings.frame_length + 1 - settings.pad_left
+        need = settings.min_samples
         raise RuntimeInputError(f"{where}: {len(array)} samples is shorter than one frame of the encoder "
                                 f"({need} samples, {1000 * need / settings.sampling_rate:.1f} ms)")
     if not np.isfinite(array).all():

@@ -92,6 +92,16 @@ def audio_arrays(entry: dict[str, Any], audio: Sequence) -> tuple[dict[str, np.n
     return {"input_features": features, "input_features_mask": mask}, [gemma4_audio.soft_tokens(row) for row in mask]
 
 
+def clip_lengths(entry: dict[str, Any], context: int) -> tuple[int, int]:
+    """The shortest and the longest clip, in samples, the manifest's audio entry takes (Gemma 4
+    Unified states no longest: what fills a context of that many tokens)."""
+    if entry["kind"] == "gemma4_unified":
+        unified = gemma4_unified_audio.Gemma4UnifiedAudioProcessing.from_dict(entry["processing"])
+        return 1, context * unified.samples_per_token
+    settings = gemma4_audio.Gemma4AudioProcessing.from_dict(entry["processing"])
+    return settings.min_samples, settings.max_samples
+
+
 def placeholder(entry: dict[str, Any], tokenizer: Tokenizer) -> str:
     """The text that marks one item of a manifest's image or audio entry in a prompt: Gemma 3's
     `<start_of_image>` (its image token is never typed), else the piece of the entry's token id."""
