@@ -3,6 +3,7 @@ engine ahead of time (no GPU needed), onnxruntime running the same graph keeps f
 transformers, and build-engine writes the engine and its manifest entry atomically. The engine's
 own parity and speed need a GPU and a TensorRT that builds for it (the GPU tests at the end)."""
 
+import hashlib
 import json
 import shutil
 import time
@@ -104,6 +105,7 @@ def test_tensorrt_rtx_takes_every_node_and_builds_ahead_of_time(name, artifacts,
     entry = tensorrt_engine.build(folder, max_batch=2, compute_capability=AHEAD_OF_TIME)
     assert (folder / entry["file"]).stat().st_size > 0
     assert entry["library"] == "tensorrt_rtx" and entry["compute_capability"] == AHEAD_OF_TIME
+    assert entry["sha256"] == hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
 
 
 def test_an_fp16_graph_builds_too(fp16_artifact, tmp_path):
@@ -132,14 +134,16 @@ def test_build_engine_cli_writes_the_engine_and_its_manifest_entry(artifacts, tm
     assert "building: Building engine" in err and "no timing cache (TensorRT-RTX" in err
     entry = {"file": "model.tensorrt_rtx.sm89.engine", "library": "tensorrt_rtx", "version": tensorrt_rtx.__version__,
              "compute_capability": "8.9", "max_batch": 3, "opt_seq_len": 16}
-    assert json.loads((folder / "manifest.json").read_text())["engines"] == [entry]
+    (written,) = json.loads((folder / "manifest.json").read_text())["engines"]
+    assert written == {**entry, "sha256": hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()}
     first = (folder / entry["file"]).stat()
     assert first.st_size > 0 and str(folder / entry["file"]) in out
 
     code, _, err = cli(capsys, *args[:-2])  # again, with the default prefill length
     assert code == 0, err
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["engines"] == [{**entry, "opt_seq_len": 128 if MAX_SEQ_LEN > 128 else MAX_SEQ_LEN}]
+    assert manifest["engines"] == [{**entry, "opt_seq_len": 128 if MAX_SEQ_LEN > 128 else MAX_SEQ_LEN,
+                                    "sha256": hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()}]
     assert (folder / entry["file"]).stat().st_ino != first.st_ino  # replaced by rename, not rewritten
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
 

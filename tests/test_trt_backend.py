@@ -4,6 +4,7 @@ context runs the artifact's graph with onnxruntime on the bound buffers, as Tens
 the engine. What only a GPU shows (the engine's own numbers) is in test_target_tensorrt.py."""
 
 import gc
+import hashlib
 import itertools
 import json
 import types
@@ -23,8 +24,10 @@ from gemma_runtime.interface import PAST_LENGTHS
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import hf_model
 
+ENGINE_BYTES = b"an engine"
 ENGINE = {"file": "model.tensorrt_rtx.sm89.engine", "library": "tensorrt_rtx", "version": "1.7.1.116",
-          "compute_capability": "8.9", "max_batch": 2, "opt_seq_len": 16}
+          "compute_capability": "8.9", "max_batch": 2, "opt_seq_len": 16,
+          "sha256": hashlib.sha256(ENGINE_BYTES).hexdigest()}
 MEMORY: dict[int, np.ndarray] = {}  # fake device pointer -> bytes
 _pointers = itertools.count(4096, 4096)
 
@@ -105,7 +108,7 @@ class FakeCache:
 def artifact(tiny_checkpoints, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trt-backend") / "gemma3"
     export(tiny_checkpoints["gemma3"], folder, ExportOptions(target="tensorrt", max_seq_len=64))
-    (folder / ENGINE["file"]).write_bytes(b"an engine")
+    (folder / ENGINE["file"]).write_bytes(ENGINE_BYTES)
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**manifest, "engines": [ENGINE]}))
     return folder
@@ -218,3 +221,21 @@ def test_runs_the_decoders_engine_where_encoders_have_theirs(artifact, fake_gpu)
     manifest = read_manifest(artifact)
     entry, _ = trt._engine_entry(artifact, dataclasses.replace(manifest, engines=(encoder, ENGINE)))
     assert entry == ENGINE
+
+
+def test_deserializes_only_an_engine_whose_sha256_the_manifest_records(artifact, fake_gpu, tmp_path):
+    import dataclasses
+    import shutil
+
+    from gemma_runtime.manifest import read_manifest
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(artifact, folder)
+    (folder / ENGINE["file"]).write_bytes(b"an engine, with something added")
+    with pytest.raises(RuntimeInputError, match="do not match the sha256 the manifest records; refusing"):
+        gemma_runtime.load(folder, backend="trt")
+    unhashed = {k: v for k, v in ENGINE.items() if k != "sha256"}
+    manifest = dataclasses.replace(read_manifest(folder), engines=(unhashed,))
+    with pytest.raises(RuntimeInputError, match="records no sha256"):
+        trt.TrtBackend(folder, manifest, threads=None)
+    assert not fake_gpu  # nothing was deserialized

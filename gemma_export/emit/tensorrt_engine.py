@@ -3,7 +3,8 @@ listed in manifest["engines"].
 
 The library: `tensorrt` where it is installed and sees a GPU, which it builds for; otherwise
 `tensorrt_rtx`, which builds ahead of time for a compute capability of its list with no GPU at all
-(how CI proves the graph buildable). Both build strongly typed networks: the engine computes in the
+(how CI proves the graph buildable). Each entry records its engine's sha256, which the trt backend
+checks before it deserializes the engine. Both build strongly typed networks: the engine computes in the
 artifact's precision. The maximum sequence length is the artifact's static cache length. Two
 optimization profiles, in the order runtime/backends/trt.py expects: prefill (width 1..max, tuned
 for opt_seq_len; logits for 1..max positions) and decode (width 1); batch 1..max_batch in both.
@@ -22,6 +23,7 @@ failed or interrupted build leaves the artifact as it was.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -72,7 +74,8 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
     serialized, timing = _build_graph(trt, library, capability, folder / decoder.file, decoder.inputs, ranges,
                                       folder / f"model.{suffix}.timing.cache", say)
     entry = {"file": f"model.{suffix}.engine", "library": library, "version": trt.__version__,
-             "compute_capability": capability, "max_batch": max_batch, "opt_seq_len": opt_seq_len}
+             "compute_capability": capability, "max_batch": max_batch, "opt_seq_len": opt_seq_len,
+             "sha256": _sha256(serialized)}
     built = [(entry, serialized)]
     for graph in manifest.graphs.values():
         if graph.role == decoder.role:
@@ -81,7 +84,7 @@ def build(folder: Path | str, max_batch: int = 1, opt_seq_len: int | None = None
         serialized, _ = _build_graph(trt, library, capability, folder / graph.file, graph.inputs, ranges, None, say)
         built.append(({"file": f"{graph.role}.{suffix}.engine", "graph": graph.role, "library": library,
                        "version": trt.__version__, "compute_capability": capability,
-                       "max_items": max_media_items}, serialized))
+                       "max_items": max_media_items, "sha256": _sha256(serialized)}, serialized))
 
     files = {e["file"] for e, _ in built}
     manifest = dataclasses.replace(manifest, engines=(*[e for e in manifest.engines if e["file"] not in files],
@@ -253,6 +256,11 @@ def _monitor(trt, say: Progress):
                     self.error = e
 
     return Monitor()
+
+
+def _sha256(serialized) -> str:
+    """What the trt backend checks an engine's bytes against before it deserializes them."""
+    return hashlib.sha256(memoryview(serialized)).hexdigest()
 
 
 def _replace(path: Path, data) -> None:

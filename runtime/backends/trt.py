@@ -15,6 +15,7 @@ fail (tensorrt) or crash the process (tensorrt_rtx) on engine load.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import weakref
@@ -70,7 +71,7 @@ class TrtBackend:
         cuda_driver.use_primary_context()
         self.log = error_log(trt)
         self.runtime = trt.Runtime(self.log)  # kept: the engine must not outlive it
-        self.engine = self.runtime.deserialize_cuda_engine((folder / entry["file"]).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(_trusted_engine(folder, entry))
         if self.engine is None:
             raise RuntimeInputError(f"{folder / entry['file']}: {entry['library']} cannot load it "
                                     f"({'; '.join(self.log.errors) or 'no reason given'})")
@@ -165,6 +166,20 @@ def _engine_entry(folder: Path, manifest: Manifest) -> tuple[dict, ModuleType]:
             return entry, trt
     raise RuntimeInputError(f"{folder}: {' or '.join(sorted({e['library'] for e in usable}))} is needed to run "
                             f"{listed} and is not installed")
+
+
+def _trusted_engine(folder: Path, entry: dict) -> bytes:
+    """The engine's bytes, where they hash to the sha256 its manifest entry records: an engine is code
+    the GPU runs, and deserializing a crafted one is not safe."""
+    path = folder / entry["file"]
+    data = path.read_bytes()
+    if "sha256" not in entry:
+        raise RuntimeInputError(f"{path}: its manifest entry records no sha256 (built before engines were hashed): "
+                                "rebuild it with gemma-export build-engine")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise RuntimeInputError(f"{path}: its contents do not match the sha256 the manifest records; refusing to "
+                                "load it (rebuild it with gemma-export build-engine)")
+    return data
 
 
 def _runtime_cache(config, path: Path):
