@@ -24,8 +24,8 @@ prompt token starts an image waits instead (see _call).
 Log probabilities: a request with `logprobs` records each generated token's (Generation), one with
 `prompt_logprobs` each prompt token's after the tokens before it (the first has none). For the
 latter its prompt chunks ask the backend for the logits of every column (the decoder's
-logits_index), not only the last; the calls of other requests are unchanged. A request with
-prompt logprobs may ask for no new tokens (max_new_tokens 0): it ends, "length", once its prompt
+logits_index), not only the last; the calls of other requests are unchanged. A request may ask
+for no new tokens (max_new_tokens 0, for its prompt logprobs): it ends, "length", once its prompt
 is fed.
 """
 
@@ -163,20 +163,17 @@ class Engine:
                 images: Sequence | None = None, audio: Sequence | None = None, logprobs: int | None = None,
                 prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
-        once); max_new_tokens None fills the rest of the context (0 only with prompt_logprobs).
+        once); max_new_tokens None fills the rest of the context, 0 only feeds the prompt.
         images / audio go with a text prompt as in Model.generate; they are decoded and encoded
         here, in the caller's thread. logprobs / prompt_logprobs: record the generated / prompt
         tokens' logprobs with that many top alternatives; logit_bias: token id -> added to its logit
         before sampling."""
         ids, media = self._prompt(prompt, images, audio)
-        least = 0 if prompt_logprobs is not None else 1
         room = self.max_seq_len - len(ids)
-        if room < least:
+        if room < (0 if max_new_tokens == 0 else 1):
             raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
                                         f"{self.max_seq_len}, which leaves no room to generate")
         max_new_tokens = new_token_budget(len(ids), self.max_seq_len, max_new_tokens, default=room)
-        if max_new_tokens < least:
-            raise RuntimeInputError(f"max_new_tokens must be >= {least}, got {max_new_tokens}")
         if stop and self.model.tokenizer is None:
             raise RuntimeInputError("stop strings need the artifact's tokenizer")
         vocab = self.model.manifest.config["vocab_size"]
@@ -377,7 +374,7 @@ class Engine:
         else:
             self.metrics.observe_inter_token(now - request.last_token_at)
         request.last_token_at = now
-        if request.max_new_tokens == 0:  # the prompt's logprobs were all it asked for
+        if request.max_new_tokens == 0:  # the prompt (its logprobs) was all it asked for
             self._finish(r, "length")
             return
         generation = request.generation

@@ -18,7 +18,7 @@ import uvicorn
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
-from gemma_runtime.server import Service, create_app
+from gemma_runtime.server import DEFAULT_MAX_BODY_BYTES, Service, create_app
 from test_chat_tokens import gemma1_like_tokenizer
 from tiny import write_checkpoint
 
@@ -36,12 +36,13 @@ def artifact(tmp_path_factory):
 
 
 class LiveServer:
-    def __init__(self, artifact, **options):
+    def __init__(self, artifact, api_key=None, max_body_bytes=DEFAULT_MAX_BODY_BYTES, cors_origins=(), **options):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.service = Service(artifact, **options)
-        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="error")
+        app = create_app(self.service, api_key, max_body_bytes, cors_origins)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -50,15 +51,16 @@ class LiveServer:
             assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=GUARD_S, max_retries=0)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key or "none", timeout=GUARD_S,
+                                    max_retries=0)
 
     def close(self):
         self.server.should_exit = True
         self.thread.join(GUARD_S)
 
-    def post(self, path: str, body: bytes | dict) -> tuple[int, dict]:
+    def post(self, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data, {"content-type": "application/json"})
+        request = urllib.request.Request(self.url + path, data, {"content-type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=GUARD_S) as r:
                 return r.status, json.loads(r.read())
@@ -85,7 +87,9 @@ def test_models_health_and_metrics(server):
     _, text, _ = server.get("/metrics")
     values = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
     assert float(values["gemma_requests_total"]) >= 1 and float(values["gemma_generated_tokens_total"]) >= 1
-    assert values["gemma_max_slots"] == "4" and "gemma_time_to_first_token_seconds_count" in values
+    assert float(values["gemma_max_slots"]) == 4 and float(values["gemma_time_to_first_token_seconds_count"]) >= 1
+    assert float(values["gemma_inter_token_latency_seconds_count"]) >= 1
+    assert float(values['gemma_time_to_first_token_seconds_bucket{le="+Inf"}']) >= 1
 
 
 def test_completion_equals_generate(server, artifact):
@@ -143,7 +147,16 @@ def test_stop_strings_cut_the_text(server):
     ({"model": "tiny", "prompt": "ab", "temperature": 9}, 400, None),
     ({"model": "other", "prompt": "ab"}, 404, "model_not_found"),
     ({"model": "tiny", "prompt": "ab", "n": 2}, 400, "unsupported_parameter"),
-    ({"model": "tiny", "prompt": "ab", "logprobs": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "logprobs": 21}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "suffix": "cd"}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "frequency_penalty": 0.5}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "max_tokens": 0}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"x": 1}}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"5": 101}}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"99999": 1}}, 400, None),
+    ({"model": "tiny", "prompt": ["ab", ""]}, 400, None),
+    ({"model": "tiny", "prompt": [[1, 2], "ab"]}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "stream": 1}, 400, None),
     ({"model": "tiny", "prompt": [9999999]}, 400, None),
 ])
 def test_bad_completion_requests(server, body, status, code):
