@@ -644,7 +644,7 @@ def install_error_handlers(app: FastAPI, service: Service | None = None) -> None
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
         super().__init__(413, f"the request body is larger than this server's limit of {limit} bytes "
-                              "(--max-body-mib)")
+                              "(serve --max-body-mib)")
 
 
 class Guard:

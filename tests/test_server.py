@@ -209,3 +209,72 @@ def test_load_every_request_completes_with_its_own_tokens(server, artifact):
     assert len(results) == 64
     mismatched = [p for p, text in results if text != expected[p]]
     assert not mismatched, mismatched[:3]
+
+
+def test_openapi_describes_the_bodies_and_harmless_fields_pass(server):
+    _, text, _ = server.get("/openapi.json")
+    schemas = json.loads(text)["components"]["schemas"]
+    assert {"prompt", "echo", "logprobs", "logit_bias"} <= set(schemas["CompletionRequest"]["properties"])
+    assert {"messages", "top_logprobs"} <= set(schemas["ChatCompletionRequest"]["properties"])
+    assert "choices" in schemas["CompletionResponse"]["properties"]
+    status, reply = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 2, "user": "me",
+                                                    "metadata": {"a": "b"}, "presence_penalty": 0})
+    assert status == 200, reply
+
+
+def test_logit_bias_and_top_k(server):
+    forced = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 3, "temperature": 0,
+                                             "logit_bias": {"370": 100}})[1]
+    tokenizer = server.service.model.tokenizer
+    assert forced["choices"][0]["text"] == tokenizer.decode([370] * 3)
+    a, b = (server.post("/v1/completions", {"prompt": "ab", "max_tokens": 6, "top_k": 1, "temperature": 1.5,
+                                            "seed": s})[1]["choices"][0]["text"] for s in (1, 2))
+    greedy = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 6, "temperature": 0})[1]
+    assert a == b == greedy["choices"][0]["text"]  # top_k 1 is greedy whatever the seed
+
+
+def test_tokenize_and_detokenize(server):
+    tokenizer = server.service.model.tokenizer
+    status, reply = server.post("/tokenize", {"prompt": "abc", "return_token_strs": True})
+    assert status == 200 and reply["tokens"] == tokenizer.encode("abc") and reply["count"] == len(reply["tokens"])
+    assert reply["max_model_len"] == MAX_SEQ_LEN and reply["token_strs"][0] == "<bos>"
+    assert server.post("/tokenize", {"prompt": "abc", "add_special_tokens": False})[1]["tokens"] == \
+        tokenizer.encode("abc", add_bos=False)
+    chat = server.post("/tokenize", {"messages": [{"role": "user", "content": "abc"}]})[1]
+    done = server.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "abc"}],
+                                                 max_tokens=1)
+    assert chat["count"] == done.usage.prompt_tokens
+    assert server.post("/detokenize", {"tokens": reply["tokens"][1:]})[1] == {"prompt": "abc"}
+    assert server.post("/detokenize", {"tokens": [10 ** 6]})[0] == 400
+    assert server.post("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "a"}]})[0] == 400
+
+
+def test_an_api_key_guards_all_but_health(artifact):
+    live = LiveServer(artifact, api_key="sesame", max_batch=1, cors_origins=["https://app.example"])
+    try:
+        status, error = live.post("/v1/completions", {"prompt": "ab", "max_tokens": 1})
+        assert status == 401 and error["error"]["code"] == "invalid_api_key"
+        assert error["error"]["type"] == "authentication_error"
+        assert live.post("/v1/completions", {"prompt": "ab", "max_tokens": 1},
+                         {"authorization": "Bearer wrong"})[0] == 401
+        assert live.get("/health")[0] == 200
+        done = live.client.completions.create(model="tiny", prompt="ab", max_tokens=1)  # the client sends the key
+        assert done.choices[0].finish_reason
+        preflight = urllib.request.Request(live.url + "/v1/completions", method="OPTIONS", headers={
+            "origin": "https://app.example", "access-control-request-method": "POST"})
+        with urllib.request.urlopen(preflight, timeout=GUARD_S) as r:
+            assert r.headers["access-control-allow-origin"] == "https://app.example"
+    finally:
+        live.close()
+    _, _, headers = server_without_cors_headers(artifact)
+    assert "access-control-allow-origin" not in {k.lower() for k in headers}
+
+
+def server_without_cors_headers(artifact):
+    live = LiveServer(artifact, max_batch=1)
+    try:
+        request = urllib.request.Request(live.url + "/health", headers={"origin": "https://app.example"})
+        with urllib.request.urlopen(request, timeout=GUARD_S) as r:
+            return r.status, r.read(), dict(r.headers)
+    finally:
+        live.close()
