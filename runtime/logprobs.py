@@ -46,7 +46,8 @@ def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top: int = 0) -> l
     chosen = logits[rows, np.asarray(tokens, np.int64)].astype(np.float64) - norms
     best: list[tuple[tuple[int, float], ...]] = [()] * len(tokens)
     if top > 0:
-        ids = np.argpartition(-logits, top - 1, axis=-1)[:, :top]
+        # argmax for the top 1 (lm-eval's greedy check) is several times cheaper than a partition
+        ids = logits.argmax(-1)[:, None] if top == 1 else np.argpartition(-logits, top - 1, axis=-1)[:, :top]
         values = np.take_along_axis(logits, ids, axis=-1)
         order = np.argsort(-values, axis=-1, kind="stable")
         ids, values = np.take_along_axis(ids, order, -1), np.take_along_axis(values, order, -1)
