@@ -347,13 +347,23 @@ def serve(
                              "local Ray) behind Ray's HTTP proxy"),
     replicas: int = typer.Option(1, help="Ray Serve replicas (with --ray)"),
     log_level: str = typer.Option("warning", help="what the runtime and uvicorn log: debug, info, warning or error"),
+    api_key: Optional[str] = typer.Option(None, help="require `Authorization: Bearer KEY` on every route but "
+                                          "/health (default: the environment's GEMMA_EXPORT_API_KEY, else open)"),
+    max_body_mib: float = typer.Option(16, help="largest request body in MiB (413 beyond; images come as base64)"),
+    cors_origin: Optional[list[str]] = typer.Option(None, help="a browser origin allowed to call the server "
+                                                    "(repeat for several; default none)"),
 ) -> None:
-    """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
-    with continuous batching."""
+    """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /tokenize,
+    /detokenize, /health, /metrics) with continuous batching."""
     if max_queue is not None and max_queue < max_batch:
         raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
     if replicas != 1 and not ray:
         raise GemmaExportError("--replicas needs --ray")
+    if ray and (api_key or cors_origin):
+        raise GemmaExportError("--api-key and --cors-origin are the standalone server's: with --ray, put them in "
+                               "front of Ray's proxy")
+    if max_body_mib <= 0:
+        raise GemmaExportError(f"--max-body-mib must be positive, got {max_body_mib:g}")
     from gemma_runtime.logs import LOG_LEVELS
 
     if log_level not in LOG_LEVELS:
@@ -375,7 +385,8 @@ def serve(
     if ray:
         run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads, log_level)
     else:
-        run_server(artifact, host, port, max_batch, max_queue, threads, log_level)
+        run_server(artifact, host, port, max_batch, max_queue, threads, log_level, api_key,
+                   int(max_body_mib * 2**20), cors_origin or ())
 
 
 def main() -> None:

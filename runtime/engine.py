@@ -20,6 +20,13 @@ other both ways, so an image is never split across calls: a prompt chunk ends be
 would not fit it, and an image that starts a chunk goes whole in that call even when longer than
 the chunk (or the step's prefill budget). In the step's one-token call (row views) a row whose next
 prompt token starts an image waits instead (see _call).
+
+Log probabilities: a request with `logprobs` records each generated token's (Generation), one with
+`prompt_logprobs` each prompt token's after the tokens before it (the first has none). For the
+latter its prompt chunks ask the backend for the logits of every column (the decoder's
+logits_index), not only the last; the calls of other requests are unchanged. A request may ask
+for no new tokens (max_new_tokens 0, for its prompt logprobs): it ends, "length", once its prompt
+is fed.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.generation import Generation
 from gemma_runtime.interface import Splice
+from gemma_runtime.logprobs import TokenLogprob, token_logprobs
 from gemma_runtime.media.prompt import MediaPrompt
 from gemma_runtime.model import Model, new_token_budget
 from gemma_runtime.sampling import Sampler
@@ -54,6 +62,7 @@ class Event:
     text: str  # new text (may be empty)
     token: int | None = None
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error": the last event
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the last event (if asked for)
 
 
 @dataclasses.dataclass(eq=False)
@@ -64,12 +73,16 @@ class Request:
     stop: tuple[str, ...] = ()
     on_event: Callable[[Event], None] | None = None  # called from the engine's thread
     media: MediaPrompt | None = None  # the prompt's images and audio, encoded
+    logprobs: int | None = None  # generated tokens' logprobs, with this many top alternatives
+    prompt_logprobs: int | None = None  # prompt tokens' logprobs, with this many top alternatives
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
     # filled in by the engine
     generation: Generation | None = None  # made when admitted (max_new_tokens may change until then)
     finish_reason: str | None = None
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token_s: float | None = None  # time to first token
+    last_token_at: float | None = None  # perf_counter() when the last token came
+    prompt_token_logprobs: list[TokenLogprob | None] = dataclasses.field(default_factory=list)  # [0] None
     cancelled: bool = False
     events: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # when on_event is None
     _fed: int = 0  # prompt tokens already in the cache
@@ -108,6 +121,10 @@ class Metrics:
     ttft_sum_s: float = 0.0
     ttft_count: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    # called from the engine's thread with each time to first token and each gap between two
+    # tokens of a request (a server's histograms)
+    observe_ttft: Callable[[float], None] = lambda seconds: None
+    observe_inter_token: Callable[[float], None] = lambda seconds: None
 
 
 class Engine:
@@ -143,22 +160,31 @@ class Engine:
     def request(self, prompt: str | Sequence[int], max_new_tokens: int | None = None, temperature: float = 0.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                 stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
-                images: Sequence | None = None, audio: Sequence | None = None) -> Request:
+                images: Sequence | None = None, audio: Sequence | None = None, logprobs: int | None = None,
+                prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
-        once); max_new_tokens None fills the rest of the context. images / audio go with a text
-        prompt as in Model.generate; they are decoded and encoded here, in the caller's thread."""
+        once); max_new_tokens None fills the rest of the context, 0 only feeds the prompt.
+        images / audio go with a text prompt as in Model.generate; they are decoded and encoded
+        here, in the caller's thread. logprobs / prompt_logprobs: record the generated / prompt
+        tokens' logprobs with that many top alternatives; logit_bias: token id -> added to its logit
+        before sampling."""
         ids, media = self._prompt(prompt, images, audio)
         room = self.max_seq_len - len(ids)
-        if room < 1:
+        if room < (0 if max_new_tokens == 0 else 1):
             raise ContextLengthExceeded(f"the prompt has {len(ids)} tokens; this artifact's context is "
                                         f"{self.max_seq_len}, which leaves no room to generate")
         max_new_tokens = new_token_budget(len(ids), self.max_seq_len, max_new_tokens, default=room)
-        if max_new_tokens < 1:
-            raise RuntimeInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if stop and self.model.tokenizer is None:
             raise RuntimeInputError("stop strings need the artifact's tokenizer")
-        return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed), tuple(s for s in stop if s),
-                       on_event, media)
+        vocab = self.model.manifest.config["vocab_size"]
+        for top in (logprobs, prompt_logprobs):
+            if top is not None and not 0 <= top <= vocab:
+                raise RuntimeInputError(f"a number of top logprobs must be in 0..{vocab}, got {top}")
+        outside = [i for i in logit_bias or {} if not 0 <= i < vocab]
+        if outside:
+            raise RuntimeInputError(f"logit_bias: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
+        return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed, logit_bias),
+                       tuple(s for s in stop if s), on_event, media, logprobs, prompt_logprobs)
 
     def _prompt(self, prompt: str | Sequence[int], images: Sequence | None, audio: Sequence | None
                 ) -> tuple[list[int], MediaPrompt | None]:
@@ -265,8 +291,13 @@ class Engine:
         seq = np.asarray([len(piece) for piece, _, _ in rows], np.int64)
         past = np.where([q is not None for q in slots], self.past[start:stop], 0)
         spliced = [splice for _, splice, _ in rows]
-        logits = self.model.backend.step(ids, past, seq, first_row=start,
-                                         spliced=spliced if any(s is not None for s in spliced) else None)[:, 0]
+        # every column's logits only where a prompt with prompt logprobs feeds more than one token
+        every_column = any(q is not None and q.prompt_logprobs is not None and advance and len(piece) > 1
+                           and q._fed < len(q.prompt) for q, (piece, _, advance) in zip(slots, rows))
+        keep = np.broadcast_to(np.arange(width), (len(slots), width)) if every_column else None
+        columns = self.model.backend.step(ids, past, seq, keep, first_row=start,
+                                          spliced=spliced if any(s is not None for s in spliced) else None)
+        logits = columns[np.arange(len(slots)), seq - 1] if every_column else columns[:, 0]
         self.metrics.steps += 1
         fed = 0
         for i, (request, (_, _, advance)) in enumerate(zip(slots, rows)):
@@ -276,6 +307,8 @@ class Engine:
             self.past[r] += seq[i]
             fed += int(seq[i])
             if request._fed < len(request.prompt):
+                if request.prompt_logprobs is not None:
+                    self._score_prompt(request, columns[i, :seq[i]])
                 request._fed += int(seq[i])
                 self.metrics.prompt_tokens += int(seq[i])
                 if request._fed < len(request.prompt):
@@ -308,6 +341,15 @@ class Engine:
         splice = None if request.media is None else request.media.splice(request._fed, end)
         return request.prompt[request._fed: end], splice, True
 
+    @staticmethod
+    def _score_prompt(request: Request, logits: np.ndarray) -> None:
+        """Records the logprobs of the prompt tokens that the logits of a piece just fed predict
+        (column j: the token after the piece's j-th)."""
+        if not request.prompt_token_logprobs:
+            request.prompt_token_logprobs.append(None)  # the first token follows nothing
+        after = request.prompt[request._fed + 1: request._fed + 1 + len(logits)]
+        request.prompt_token_logprobs += token_logprobs(logits[:len(after)], after, request.prompt_logprobs)
+
     def _admit(self) -> None:
         with self._lock:
             for r in range(self.max_batch):
@@ -318,25 +360,34 @@ class Engine:
                         request.emit(Event("", None, "cancelled"))
                         continue
                     request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
-                                                    self.model.tokenizer, request.stop)
+                                                    self.model.tokenizer, request.stop, request.logprobs)
                     self.slots[r] = request
                     self.past[r] = 0
 
     def _advance(self, r: int, request: Request, logits: np.ndarray) -> None:
+        now = time.perf_counter()
         if request.first_token_s is None:
-            request.first_token_s = time.perf_counter() - request.submitted
+            request.first_token_s = now - request.submitted
             self.metrics.ttft_sum_s += request.first_token_s
             self.metrics.ttft_count += 1
+            self.metrics.observe_ttft(request.first_token_s)
+        else:
+            self.metrics.observe_inter_token(now - request.last_token_at)
+        request.last_token_at = now
+        if request.max_new_tokens == 0:  # the prompt (its logprobs) was all it asked for
+            self._finish(r, "length")
+            return
         generation = request.generation
-        before = len(generation.tokens)
+        before, scored = len(generation.tokens), len(generation.logprobs)
         piece = generation.advance(logits, room=self.past[r] < self.max_seq_len)
         self.metrics.generated_tokens += len(generation.tokens) - before
+        logprobs = tuple(generation.logprobs[scored:])
         if generation.finish_reason is not None:
-            self._finish(r, generation.finish_reason, piece)
+            self._finish(r, generation.finish_reason, piece, logprobs)
         else:
-            request.emit(Event(piece, generation.tokens[-1], None))
+            request.emit(Event(piece, generation.tokens[-1], None, logprobs))
 
-    def _finish(self, r: int, reason: str, piece: str = "") -> None:
+    def _finish(self, r: int, reason: str, piece: str = "", logprobs: tuple[TokenLogprob, ...] = ()) -> None:
         """Frees the slot; the last event carries the text held back so far (none when cancelled or
         failed: the error event follows)."""
         request = self.slots[r]
@@ -346,6 +397,6 @@ class Engine:
         request.finish_reason = reason
         self.metrics.finished += 1
         if reason != "error":
-            request.emit(Event(piece, None, reason))
+            request.emit(Event(piece, None, reason, logprobs))
         with self._lock:
             self._lock.notify()

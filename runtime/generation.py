@@ -1,6 +1,7 @@
 """One generating sequence, as Model and Engine both run it: the next token sampled from each
 step's logits, the stop ids, the stop strings, the length limit and the text (incrementally, see
-detokenizer.py)."""
+detokenizer.py); with `logprobs` (a number of top alternatives, 0 for none) each token kept also
+records its logprob under the step's raw logits (before any logit bias or temperature)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from gemma_runtime.detokenizer import Detokenizer
+from gemma_runtime.logprobs import TokenLogprob, token_logprobs
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.tokenizer import Tokenizer
 
@@ -17,13 +19,15 @@ FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 class Generation:
     def __init__(self, sampler: Sampler, stop_ids: set[int], max_new_tokens: int, tokenizer: Tokenizer | None,
-                 stops: Sequence[str] = ()):
+                 stops: Sequence[str] = (), logprobs: int | None = None):
         """Without a tokenizer there is no text (and stop strings cannot match)."""
         self.sampler = sampler
         self.stop_ids = stop_ids
         self.max_new_tokens = max_new_tokens
         self.tokens: list[int] = []  # the stop id that ended it is not one of them
         self.finish_reason: str | None = None  # see FINISH_REASONS
+        self.top_logprobs = logprobs
+        self.logprobs: list[TokenLogprob] = []  # one per token when top_logprobs is not None
         self._text = None if tokenizer is None else Detokenizer(tokenizer, stops)
 
     @property
@@ -38,6 +42,8 @@ class Generation:
         if token in self.stop_ids:
             return self.finish("stop")
         self.tokens.append(token)
+        if self.top_logprobs is not None:
+            self.logprobs += token_logprobs(logits, [token], self.top_logprobs)
         piece = "" if self._text is None else self._text.add(token)
         if self._text is not None and self._text.stopped:
             return piece + self.finish("stop")

@@ -1,7 +1,8 @@
 """The OpenAI-compatible server as a Ray Serve application (extra `[ray]`): each replica loads the
 artifact and runs its own continuous-batching engine; Ray's HTTP proxy spreads requests over the
 replicas, wherever in the cluster they are. Same routes and errors as `gemma-export serve`
-(gemma_runtime/server.py); `x-gemma-replica` names the replica and its node.
+(gemma_runtime/server.py); `x-gemma-replica` names the replica and its node. Not here: the
+standalone server's --api-key, body limit and CORS (put them in front of Ray's proxy).
 
     gemma-export serve OUT --ray --replicas 2            # on this machine's Ray (or RAY_ADDRESS)
     serve run gemma_runtime.ray_serve:app artifact=OUT replicas=2 max_batch=8
@@ -14,14 +15,16 @@ node); each replica asks for `cpus` CPUs (default 1), so Ray places them where t
 import socket
 from typing import Any
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
 from ray import serve
 
+from gemma_runtime import api_models
 from gemma_runtime.logs import configure_logging
-from gemma_runtime.server import (Service, completion_response, health_response, metrics_response,
-                                  models_response)
+from gemma_runtime.server import (ERROR_RESPONSES, Service, completion_response, health_response,
+                                  install_error_handlers, metrics_response, models_response, tokenizer_response)
 
 api = FastAPI(title="gemma-export", docs_url=None, redoc_url=None)
+install_error_handlers(api)
 
 
 @serve.deployment
@@ -37,13 +40,21 @@ class GemmaReplica:
         self.service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads,
                                replica=f"{context.replica_id.unique_id}@{socket.gethostname()}/node-{node}")
 
-    @api.post("/v1/completions")
-    async def completions(self, http: HttpRequest):
-        return await completion_response(self.service, http, chat=False)
+    @api.post("/v1/completions", response_model=api_models.CompletionResponse, responses=ERROR_RESPONSES)
+    async def completions(self, body: api_models.CompletionRequest):
+        return await completion_response(self.service, body)
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, http: HttpRequest):
-        return await completion_response(self.service, http, chat=True)
+    @api.post("/v1/chat/completions", response_model=api_models.ChatCompletionResponse, responses=ERROR_RESPONSES)
+    async def chat_completions(self, body: api_models.ChatCompletionRequest):
+        return await completion_response(self.service, body)
+
+    @api.post("/tokenize", response_model=api_models.TokenizeResponse, responses=ERROR_RESPONSES)
+    async def tokenize(self, body: api_models.TokenizeRequest):
+        return await tokenizer_response(self.service, body)
+
+    @api.post("/detokenize", response_model=api_models.DetokenizeResponse, responses=ERROR_RESPONSES)
+    async def detokenize(self, body: api_models.DetokenizeRequest):
+        return await tokenizer_response(self.service, body)
 
     @api.get("/v1/models")
     async def list_models(self):

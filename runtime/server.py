@@ -1,12 +1,22 @@
-"""An OpenAI-compatible HTTP server over the continuous-batching engine (FastAPI on uvicorn;
-extra `[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as
-server-sent events ending in `data: [DONE]`), /health, /metrics (Prometheus text).
+"""An OpenAI-compatible server over the continuous-batching engine (FastAPI on uvicorn; extra
+`[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent
+events ending in `data: [DONE]`), /tokenize and /detokenize (vLLM's shapes), /health, /metrics
+(Prometheus, server_metrics.py).
 
-Requests are parsed by hand, not by a schema library, so that every bad request gets OpenAI's
-error shape with a 4xx and a message naming the field: {"error": {"message", "type", "param",
-"code"}}. A full queue answers 429; a prompt beyond the context 400 `context_length_exceeded`.
-A client that disconnects mid-stream cancels its request; the engine frees the slot at its next
-step. Every response names the process that served it in `x-gemma-replica`.
+Bodies are pydantic models (api_models.py), so /openapi.json describes them; every bad request gets
+OpenAI's error shape with a 4xx and a message naming the field: {"error": {"message", "type",
+"param", "code"}}. Fields a body does not declare are ignored, except those in UNSUPPORTED, which
+would change the answer: a 400 `unsupported_parameter` naming them. A full queue answers 429; a
+prompt beyond the context 400 `context_length_exceeded`; with an API key, a request without it 401
+(`/health` stays open); a body over the limit 413. A client that disconnects mid-stream cancels
+its request; the engine frees the slot at its next step. Every response names the process that
+served it in `x-gemma-replica`.
+
+A completion's `prompt` may be a list (of strings or of token-id lists): each prompt is its own
+engine request and its own choice, in the list's order. `logprobs` (completions: N; chat:
+`logprobs` and `top_logprobs`) are the artifact's own logits' (logprobs.py), before logit_bias and
+temperature; `echo` writes the prompt before a completion and, with logprobs, its tokens' logprobs
+(the first null), `max_tokens` 0 then scoring the prompt alone.
 
 Media (chat only): a user message's `image_url` parts whose url is a `data:image/...;base64,...`
 URL and its `input_audio` parts (base64 WAV) go to the model in the order they appear, each
@@ -21,9 +31,9 @@ Errors are logged (logger gemma_runtime.server): a 4xx at info (429 at warning),
 failed generation's traceback is logged by the engine. `serve(log_level=...)` sets the level of the
 gemma_runtime loggers and of uvicorn's.
 
-`Service` holds what one replica needs (the model, the engine, its name); the handlers take it,
-so the standalone app (`create_app`) and the Ray Serve deployment (gemma_runtime/ray_serve.py)
-share them.
+`Service` holds what one replica needs (the model, the engine, its name, its metrics); the handlers
+take it, so the standalone app (`create_app`) and the Ray Serve deployment
+(gemma_runtime/ray_serve.py) share them.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import os
@@ -40,22 +51,33 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator, Sequence, Union
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
+from gemma_runtime import api_models as api
+from gemma_runtime.api_logprobs import TokenTexts
 from gemma_runtime.chat import media_placeholder, render
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
+from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
-UNSUPPORTED = {  # field -> the value it may have (anything else is refused)
-    "n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False, "suffix": None,
-    "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
-    "response_format": None, "audio": None, "modalities": None, "prediction": None,
+# fields a body may carry but this server does not implement -> the values that mean "not used"
+UNSUPPORTED = {
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "repetition_penalty": (None, 1), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
+    "guided_grammar": (None,), "prompt_logprobs": (None,), "best_of": (None, 1),
 }
+API_KEY_ENV = "GEMMA_EXPORT_API_KEY"
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+OPEN_PATHS = ("/health",)  # answered without the API key
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
 TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
 IMAGE_TYPES = ("png", "jpeg", "jpg", "gif", "bmp", "webp", "tiff")  # data:image/<type> (media/images.py reads them)
@@ -75,7 +97,7 @@ class ApiError(Exception):
 
 
 class Service:
-    """One replica: a loaded artifact and its running engine."""
+    """One replica: a loaded artifact, its running engine and its metrics."""
 
     def __init__(self, artifact: Path | str, max_batch: int = 8, max_queue: int | None = None,
                  threads: int | None = None, name: str | None = None, replica: str | None = None):
@@ -83,6 +105,8 @@ class Service:
 
         self.model = gemma_runtime.load(artifact, threads=threads)
         self.engine = Engine(self.model, max_batch=max_batch, max_queue=max_queue).start()
+        self.metrics = ServerMetrics(self.engine)
+        self.texts = TokenTexts(self.model.tokenizer)
         self.name = name or Path(artifact).resolve().name
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.created = int(time.time())
@@ -91,7 +115,7 @@ class Service:
         self.engine.stop()
 
 
-# -- handlers (framework-free: they take a parsed body and return a dict or an async stream) ----
+# -- handlers (framework-free: they take a validated body and return a dict or an async stream) ----
 
 def models(service: Service) -> dict:
     return {"object": "list", "data": [{"id": service.name, "object": "model", "created": service.created,
@@ -108,180 +132,256 @@ def health(service: Service) -> dict:
     return {"status": "ok", "model": service.name, "replica": service.replica}
 
 
-def metrics(service: Service) -> str:
-    engine, m = service.engine, service.engine.metrics
-    uptime = max(time.perf_counter() - m.started, 1e-9)
-    lines = [
-        ("gemma_queue_depth", "gauge", "requests waiting for a slot", len(engine.waiting)),
-        ("gemma_active_slots", "gauge", "requests being generated", engine.active),
-        ("gemma_max_slots", "gauge", "KV-cache slots (--max-batch)", engine.max_batch),
-        ("gemma_requests_total", "counter", "requests accepted", m.requests),
-        ("gemma_requests_rejected_total", "counter", "requests refused because the queue was full", m.rejected),
-        ("gemma_requests_finished_total", "counter", "requests finished", m.finished),
-        ("gemma_prompt_tokens_total", "counter", "prompt tokens fed", m.prompt_tokens),
-        ("gemma_generated_tokens_total", "counter", "tokens generated", m.generated_tokens),
-        ("gemma_generated_tokens_per_second", "gauge", "tokens generated per second since start",
-         m.generated_tokens / uptime),
-        ("gemma_engine_steps_total", "counter", "engine calls", m.steps),
-        ("gemma_time_to_first_token_seconds_sum", "counter", "sum of times to first token", m.ttft_sum_s),
-        ("gemma_time_to_first_token_seconds_count", "counter", "requests with a first token", m.ttft_count),
-    ]
-    out = []
-    for name, kind, text, value in lines:
-        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
-    return "\n".join(out) + "\n"
-
-
-def completion_request(service: Service, body: Any, chat: bool) -> tuple[Request, dict]:
-    """The engine request for a parsed JSON body, and what the response needs (raises ApiError)."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "'model' must be a string", "model")
+def check_model(service: Service, model: str | None) -> None:
     if model not in (None, service.name):
         raise ApiError(404, f"the model '{model}' does not exist; this server has '{service.name}'", "model",
                        "model_not_found")
-    for field, allowed in UNSUPPORTED.items():
-        value = body.get(field)
-        if value is not None and value != allowed and not (field == "logprobs" and value is False):
+
+
+def refuse_unsupported(body: api.Request) -> None:
+    """A 400 naming the first field that asks for something this server does not do."""
+    given = {**(body.model_extra or {}), **{f: getattr(body, f) for f in UNSUPPORTED if f in type(body).model_fields}}
+    for field, unused in UNSUPPORTED.items():
+        if field in given and given[field] not in unused:
             raise ApiError(400, f"'{field}' is not supported by this server", field, "unsupported_parameter")
-    media = ChatPrompt("")
+
+
+@dataclasses.dataclass
+class Choice:
+    """One engine request of a response, and what its choice writes before the completion."""
+
+    index: int
+    request: Request
+    echo: str = ""  # the prompt's text, with echo
+    prompt_text: str = ""  # where the completion's text_offset starts, without echo
+
+
+@dataclasses.dataclass
+class Shape:
+    """What a response looks like."""
+
+    chat: bool
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False  # choices carry logprobs
+    echo: bool = False
+
+
+Prompt = Union[str, list[int]]
+
+
+def completion_request(service: Service, body: Union[api.CompletionRequest, api.ChatCompletionRequest]
+                       ) -> tuple[list[Choice], Shape]:
+    """The engine requests of a validated body, one per choice, and the response's shape (raises
+    ApiError)."""
+    chat = isinstance(body, api.ChatCompletionRequest)
+    check_model(service, body.model)
+    refuse_unsupported(body)
+    if body.n > 1:
+        raise ApiError(400, "'n' > 1 is not supported by this server (it would prefill the prompt once per "
+                       "choice: the engine cannot yet copy a prefilled cache row)", "n", "unsupported_parameter")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    sampling = dict(temperature=1.0 if body.temperature is None else body.temperature,
+                    top_p=1.0 if body.top_p is None else body.top_p,
+                    top_k=body.top_k if body.top_k is not None and body.top_k > 0 else None,
+                    seed=body.seed, stop=stop, logit_bias=body.logit_bias)
+    options = body.stream_options or api.StreamOptions()
+    shape = Shape(chat, body.stream, options.include_usage)
+    prompt_logprobs = None
     if chat:
-        media = _chat_prompt(service, body.get("messages"))
-        prompt = media.text
-        max_tokens = _integer(body, "max_completion_tokens", None)
-        max_tokens = _integer(body, "max_tokens", None) if max_tokens is None else max_tokens
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        media = _chat_prompt(service, body.messages)
+        prompts: list[tuple[Prompt, ChatPrompt | None]] = [(media.text, media)]
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     else:
-        prompt = _text_prompt(body.get("prompt"))
-        max_tokens = _integer(body, "max_tokens", None)
-    if max_tokens is not None and max_tokens < 1:
-        raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise ApiError(400, "top_p must be greater than 0", "top_p")
-    seed = _integer(body, "seed", None)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4):
-        raise ApiError(400, "'stop' must be a string or a list of at most 4 strings", "stop")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be a boolean", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise ApiError(400, "'stream_options' must be an object with a boolean include_usage", "stream_options")
+        if body.max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens 0 generates nothing: it needs echo (to score the prompt)", "max_tokens")
+        logprobs = body.logprobs
+        prompt_logprobs = logprobs if body.echo else None
+        prompts = [(p, None) for p in body.prompts()]
+        max_tokens = body.max_tokens
+        shape.echo = body.echo
+    shape.logprobs = logprobs is not None
+    choices = []
+    for index, (prompt, media) in enumerate(prompts):
+        request = _engine_request(service, prompt, media, max_tokens, logprobs, prompt_logprobs, sampling, chat)
+        if max_tokens is None and not chat:  # the runtime's rule: a default budget shrinks to what fits
+            request.max_new_tokens = min(request.max_new_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        text = "" if chat else _prompt_text(service, prompt)
+        choices.append(Choice(index, request, text if shape.echo else "", text))
+    return choices, shape
+
+
+def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, max_tokens: int | None,
+                    logprobs: int | None, prompt_logprobs: int | None, sampling: dict, chat: bool) -> Request:
+    param = "messages" if chat else "prompt"
     try:
-        request = service.engine.request(prompt, max_tokens, temperature=temperature, top_p=top_p,
-                                         seed=seed, stop=stop or (), images=media.images, audio=media.audio)
+        return service.engine.request(prompt, max_tokens, images=media and media.images, audio=media and media.audio,
+                                      logprobs=logprobs, prompt_logprobs=prompt_logprobs, **sampling)
     except ContextLengthExceeded as e:
-        raise ApiError(400, str(e), "messages" if chat else "prompt", "context_length_exceeded") from None
+        raise ApiError(400, str(e), param, "context_length_exceeded") from None
     except RuntimeInputError as e:
-        raise ApiError(400, str(e), "messages" if chat else "prompt") from None
-    if max_tokens is None and not chat:  # the runtime's rule: a default budget shrinks to what fits
-        request.max_new_tokens = min(request.max_new_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
-    return request, {"stream": stream, "include_usage": options.get("include_usage", False), "chat": chat}
+        raise ApiError(400, str(e), "logit_bias" if "logit_bias" in str(e) else param) from None
 
 
-def submit(service: Service, request: Request) -> asyncio.Queue:
-    """Submits the request; returns the queue its events arrive on."""
-    queue = attach(request)
+def _prompt_text(service: Service, prompt: Prompt) -> str:
+    """A prompt as text: as given, or its token ids decoded."""
+    if isinstance(prompt, str):
+        return prompt
+    tokenizer = service.model.tokenizer
+    return "" if tokenizer is None else tokenizer.decode([t for t in prompt if t != tokenizer.bos_id])
+
+
+def submit(service: Service, choices: Sequence[Choice]) -> asyncio.Queue:
+    """Submits every choice's request; returns the queue their (choice, event) pairs arrive on. A
+    full queue cancels those already submitted."""
+    queue: asyncio.Queue[tuple[Choice, Event]] = asyncio.Queue()
+    for choice in choices:
+        attach(choice, queue)
     try:
-        service.engine.submit(request)
+        for choice in choices:
+            service.engine.submit(choice.request)
         return queue
     except QueueFull as e:
+        for choice in choices:
+            choice.request.cancel()
         raise ApiError(429, f"{e}; retry later", None, "queue_full", "rate_limit_error") from None
 
 
-def attach(request: Request) -> asyncio.Queue:
+def attach(choice: Choice, queue: asyncio.Queue) -> None:
     """Routes the request's events from the engine's thread into this event loop (before submit)."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event] = asyncio.Queue()
+    request = choice.request
 
     def deliver(event: Event) -> None:
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            loop.call_soon_threadsafe(queue.put_nowait, (choice, event))
         except RuntimeError:  # the loop is gone (shutdown): nobody is listening
             request.cancel()
 
     request.on_event = deliver
-    return queue
 
 
-async def events(request: Request, queue: asyncio.Queue) -> AsyncIterator[Event]:
-    """The request's events as they come; cancels the request if the reader goes away."""
+async def events(choices: Sequence[Choice], queue: asyncio.Queue) -> AsyncIterator[tuple[Choice, Event]]:
+    """The choices' events as they come, until each has finished; cancels the requests still
+    running if the reader goes away."""
+    running = len(choices)
     try:
-        while True:
-            event = await queue.get()
-            yield event
-            if event.finish_reason is not None:
-                return
+        while running:
+            choice, event = await queue.get()
+            yield choice, event
+            running -= event.finish_reason is not None
     finally:
-        if request.finish_reason is None:
-            request.cancel()
+        for choice in choices:
+            if choice.request.finish_reason is None:
+                choice.request.cancel()
 
 
-def usage(request: Request) -> dict:
-    n = len(request.tokens)
-    return {"prompt_tokens": len(request.prompt), "completion_tokens": n, "total_tokens": len(request.prompt) + n}
+def usage(choices: Sequence[Choice]) -> dict:
+    prompt = sum(len(c.request.prompt) for c in choices)
+    completion = sum(len(c.request.tokens) for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def complete(service: Service, request: Request, queue: asyncio.Queue, shape: dict) -> dict:
-    text, reason = [], None
-    async for event in events(request, queue):
-        text.append(event.text)
-        reason = event.finish_reason
-    if reason == "error":
-        raise ApiError(500, "generation failed: " + "".join(text[-1:]), kind="server_error")
-    ident, created = _ident(shape["chat"]), int(time.time())
-    content = "".join(text)
-    choice = {"index": 0, "finish_reason": reason, "logprobs": None}
-    if shape["chat"]:
-        choice["message"] = {"role": "assistant", "content": content}
-        kind = "chat.completion"
-    else:
-        choice["text"] = content
-        kind = "text_completion"
-    return {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [choice],
-            "usage": usage(request)}
+def _failed(event: Event) -> ApiError:
+    return ApiError(500, "generation failed: " + event.text, kind="server_error")
 
 
-async def stream(service: Service, request: Request, queue: asyncio.Queue, shape: dict) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, `[DONE]` last."""
-    chat = shape["chat"]
+def _prompt_logprobs(service: Service, choice: Choice) -> dict | None:
+    """The legacy logprobs of an echoed prompt, or None where the request scored no prompt."""
+    request = choice.request
+    if request.prompt_logprobs is None:
+        return None
+    return service.texts.legacy(request.prompt, request.prompt_token_logprobs)
+
+
+async def complete(service: Service, choices: Sequence[Choice], queue: asyncio.Queue, shape: Shape) -> dict:
+    texts: dict[int, list[str]] = {c.index: [] for c in choices}
+    reasons, scored = {}, {c.index: [] for c in choices}
+    async for choice, event in events(choices, queue):
+        if event.finish_reason == "error":
+            raise _failed(event)
+        texts[choice.index].append(event.text)
+        scored[choice.index] += event.logprobs
+        reasons[choice.index] = event.finish_reason
+    out = []
+    for c in choices:
+        text = "".join(texts[c.index])
+        if shape.chat:
+            logprobs = {"content": service.texts.chat(scored[c.index])} if shape.logprobs else None
+            out.append(api.ChatChoice(index=c.index, message=api.AssistantMessage(content=text),
+                                      finish_reason=reasons[c.index], logprobs=logprobs))
+            continue
+        logprobs = None
+        if shape.logprobs:
+            generated = [e.token for e in scored[c.index]]
+            if shape.echo:
+                logprobs = service.texts.legacy(c.request.prompt + generated,
+                                                c.request.prompt_token_logprobs + scored[c.index])
+            else:
+                logprobs = service.texts.legacy(generated, scored[c.index], len(c.prompt_text))
+        out.append(api.CompletionChoice(index=c.index, text=c.echo + text, finish_reason=reasons[c.index],
+                                        logprobs=logprobs))
+    ident, created = _ident(shape.chat), int(time.time())
+    kind = api.ChatCompletionResponse if shape.chat else api.CompletionResponse
+    return kind(id=ident, created=created, model=service.name, choices=out, usage=usage(choices)).model_dump()
+
+
+async def stream(service: Service, choices: Sequence[Choice], queue: asyncio.Queue, shape: Shape
+                 ) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, `[DONE]` last; each chunk one choice's."""
+    chat = shape.chat
     ident, created = _ident(chat), int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
+    offsets = {c.index: (0 if shape.echo else len(c.prompt_text)) for c in choices}
 
-    def chunk(piece: str | None, reason: str | None, first: bool = False) -> str:
+    def chunk(choice: Choice, piece: str, reason: str | None, event: Event | None = None, first: bool = False) -> str:
+        scored = event.logprobs if event is not None else ()
         if chat:
-            delta = {} if piece is None else {"content": piece}
-            if first:
-                delta = {"role": "assistant", "content": ""}
-            choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+            delta = {"role": "assistant", "content": ""} if first else {"content": piece} if piece else {}
+            logprobs = {"content": service.texts.chat(scored)} if shape.logprobs and not first else None
+            body_choice = {"index": choice.index, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": piece or "", "finish_reason": reason, "logprobs": None}
-        body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [choice]}
-        if shape["include_usage"]:
+            logprobs = None
+            if shape.logprobs and scored:
+                logprobs = service.texts.legacy([e.token for e in scored], scored, offsets[choice.index])
+                offsets[choice.index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+            body_choice = {"index": choice.index, "text": piece, "finish_reason": reason, "logprobs": logprobs}
+        body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [body_choice]}
+        if shape.include_usage:
             body["usage"] = None
         return f"data: {json.dumps(body)}\n\n"
 
+    def echo_chunk(choice: Choice) -> str:
+        body_choice = {"index": choice.index, "text": choice.echo, "finish_reason": None,
+                       "logprobs": _prompt_logprobs(service, choice) if shape.logprobs else None}
+        if body_choice["logprobs"] is not None and choice.request.prompt:
+            offsets[choice.index] = sum(len(t) for t in body_choice["logprobs"]["tokens"])
+        body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [body_choice]}
+        return f"data: {json.dumps(body)}\n\n"
+
     if chat:
-        yield chunk(None, None, first=True)
-    async for event in events(request, queue):
+        for choice in choices:
+            yield chunk(choice, "", None, first=True)
+    started: set[int] = set()
+    async for choice, event in events(choices, queue):
         if event.finish_reason == "error":
-            error = ApiError(500, "generation failed: " + event.text, kind="server_error")
+            error = _failed(event)
             log_error(error)
             yield f"data: {json.dumps(error.body())}\n\n"
             return
-        if event.text:
-            yield chunk(event.text, None)
+        if shape.echo and choice.index not in started:  # the prompt (and its logprobs) is complete now
+            started.add(choice.index)
+            yield echo_chunk(choice)
+        if event.text or event.logprobs:
+            yield chunk(choice, event.text, None, event)
         if event.finish_reason is not None:
-            yield chunk(None if chat else "", event.finish_reason)
-    if shape["include_usage"]:
+            yield chunk(choice, "", event.finish_reason)
+    if shape.include_usage:
         body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [],
-                "usage": usage(request)}
+                "usage": usage(choices)}
         yield f"data: {json.dumps(body)}\n\n"
     yield "data: [DONE]\n\n"
 
@@ -290,35 +390,37 @@ def _ident(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def _integer(body: dict, field: str, default: int | None) -> int | None:
-    value = body.get(field, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{field}' must be an integer", field)
-    return value
+def tokenize(service: Service, body: api.TokenizeRequest) -> dict:
+    check_model(service, body.model)
+    tokenizer = service.model.tokenizer
+    if tokenizer is None:
+        raise ApiError(400, "this artifact has no tokenizer", "prompt")
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "give either 'prompt' or 'messages'", "prompt")
+    if body.messages is not None:
+        prompt = _chat_prompt(service, body.messages)
+        if prompt.images or prompt.audio:
+            raise ApiError(400, "/tokenize counts text: images and audio expand at generation", "messages",
+                           "unsupported_content")
+        text = prompt.text
+    else:
+        text = body.prompt
+    tokens = tokenizer.encode(text, add_bos=body.add_special_tokens)
+    return api.TokenizeResponse(count=len(tokens), max_model_len=service.model.max_seq_len, tokens=tokens,
+                                token_strs=[service.texts.text(t) for t in tokens] if body.return_token_strs
+                                else None).model_dump()
 
 
-def _number(body: dict, field: str, default: float, low: float, high: float) -> float:
-    value = body.get(field)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ApiError(400, f"'{field}' must be a number", field)
-    if not low <= value <= high:
-        raise ApiError(400, f"'{field}' must be between {low:g} and {high:g}, got {value}", field)
-    return float(value)
-
-
-def _text_prompt(prompt: Any) -> str | list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str) and prompt:
-        return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
-                   "prompt")
+def detokenize(service: Service, body: api.DetokenizeRequest) -> dict:
+    check_model(service, body.model)
+    tokenizer = service.model.tokenizer
+    if tokenizer is None:
+        raise ApiError(400, "this artifact has no tokenizer", "tokens")
+    vocab = service.model.manifest.config["vocab_size"]
+    outside = [t for t in body.tokens if not 0 <= t < vocab]
+    if outside:
+        raise ApiError(400, f"token id {outside[0]} is outside the vocabulary (0..{vocab - 1})", "tokens")
+    return api.DetokenizeResponse(prompt=tokenizer.decode(body.tokens)).model_dump()
 
 
 @dataclasses.dataclass
@@ -330,16 +432,12 @@ class ChatPrompt:
     audio: list[bytes] = dataclasses.field(default_factory=list)
 
 
-def _chat_prompt(service: Service, messages: Any) -> ChatPrompt:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+def _chat_prompt(service: Service, messages: list[api.Message]) -> ChatPrompt:
     prompt = ChatPrompt("")
     flat = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, f"messages[{i}] must be an object with a string 'role'", "messages")
-        role = "user" if m["role"] == "developer" else m["role"]
-        content = m.get("content")
+        role = "user" if m.role == "developer" else m.role
+        content = m.content
         if isinstance(content, list):
             content = _content(service, i, role, content, prompt)
         if not isinstance(content, str):
@@ -360,14 +458,14 @@ def _content(service: Service, i: int, role: str, parts: list, prompt: ChatPromp
     appended to the prompt's images or audio."""
     pieces: list[tuple[bool, str]] = []  # (is text, text)
     for part in parts:
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = part.type
         if kind in MEDIA_PARTS:
             modality = _modality(service, i, role, kind)
-            data = _image_bytes(i, part.get("image_url")) if modality == "image" else _audio_bytes(i, part.get(kind))
+            data = _image_bytes(i, part.image_url.url) if modality == "image" else _audio_bytes(i, part.input_audio)
             (prompt.images if modality == "image" else prompt.audio).append(data)
             pieces.append((False, _placeholder(service, modality)))
-        elif kind == "text" and isinstance(part.get("text"), str):
-            pieces.append((True, part["text"]))
+        elif kind == "text":
+            pieces.append((True, part.text))
         else:
             taken = "".join(f" or {k} parts" for k, m in TAKEN_PARTS.items() if m in input_modalities(service))
             raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}{taken}",
@@ -405,12 +503,8 @@ def _placeholder(service: Service, modality: str) -> str:
         raise ApiError(400, str(e), "messages") from None
 
 
-def _image_bytes(i: int, image_url: Any) -> bytes:
-    """The image of an image_url part, which must be a base64 data: URL."""
-    url = image_url.get("url") if isinstance(image_url, dict) else None
-    if not isinstance(url, str):
-        raise ApiError(400, f"messages[{i}]: an image_url part is {{'type': 'image_url', 'image_url': "
-                       "{'url': 'data:image/png;base64,...'}}", "messages")
+def _image_bytes(i: int, url: str) -> bytes:
+    """The image of an image_url part, whose url must be a base64 data: URL."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in ("http", "https"):
         raise ApiError(400, f"messages[{i}]: this server fetches no URLs; send the image inline as a data: URL "
@@ -429,15 +523,12 @@ def _image_bytes(i: int, image_url: Any) -> bytes:
     return _base64(i, data, "image")
 
 
-def _audio_bytes(i: int, audio: Any) -> bytes:
+def _audio_bytes(i: int, audio: api.InputAudio) -> bytes:
     """The clip of an input_audio part: {"data": base64, "format": "wav"}."""
-    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
-        raise ApiError(400, f"messages[{i}]: an input_audio part is {{'type': 'input_audio', 'input_audio': "
-                       "{'data': <base64>, 'format': 'wav'}}", "messages")
-    if audio.get("format") not in AUDIO_FORMATS:
-        raise ApiError(400, f"messages[{i}]: unsupported audio format {audio.get('format')!r} (this server takes "
+    if audio.format not in AUDIO_FORMATS:
+        raise ApiError(400, f"messages[{i}]: unsupported audio format {audio.format!r} (this server takes "
                        f"{', '.join(AUDIO_FORMATS)})", "messages", "invalid_audio_format")
-    return _base64(i, audio["data"], "audio")
+    return _base64(i, audio.data, "audio")
 
 
 def _base64(i: int, data: str, what: str) -> bytes:
@@ -449,6 +540,7 @@ def _base64(i: int, data: str, what: str) -> bytes:
     if not decoded:
         raise ApiError(400, f"messages[{i}]: empty {what} data", "messages")
     return decoded
+
 
 
 # -- HTTP: the routes as functions of a Service (the standalone app and the Ray Serve deployment
@@ -468,16 +560,40 @@ def error_response(service: Service, e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=_headers(service))
 
 
-async def completion_response(service: Service, http: HttpRequest, chat: bool):
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """A body that fails its model, as OpenAI's 400: the most specific of pydantic's errors (the
+    deepest), its field's path in the message and its top-level field as the param."""
+    error = max(exc.errors(), key=lambda e: len(e["loc"]))
+    if error["type"] == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})")
+    # the path without FastAPI's "body" and pydantic's union members and tags ("str", "list[...]", "text")
+    loc = [p for p in error["loc"][1:] if isinstance(p, int) or p.isidentifier() and p not in api.TAKEN_PART_TYPES
+           + ("str", "int", "other")]
+    if not loc:
+        return ApiError(400, "the request body must be a JSON object" if error["type"] == "model_attributes_type"
+                        else f"the request body: {error['msg']}")
+    path = str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    message = error["msg"].removeprefix("Value error, ")
+    return ApiError(400, f"'{path}': {message}", str(loc[0]))
+
+
+async def completion_response(service: Service, body: Union[api.CompletionRequest, api.ChatCompletionRequest]):
     try:
-        body = await _json_body(http)
-        # parsing, tokenization and any media's decoding and encoding: off the event loop
-        request, shape = await asyncio.to_thread(completion_request, service, body, chat)
-        queue = submit(service, request)
-        if shape["stream"]:
-            return StreamingResponse(stream(service, request, queue, shape), media_type="text/event-stream",
+        # tokenization and any media's decoding and encoding: off the event loop
+        choices, shape = await asyncio.to_thread(completion_request, service, body)
+        queue = submit(service, choices)
+        if shape.stream:
+            return StreamingResponse(stream(service, choices, queue, shape), media_type="text/event-stream",
                                      headers={**_headers(service), "cache-control": "no-cache"})
-        return JSONResponse(await complete(service, request, queue, shape), headers=_headers(service))
+        return JSONResponse(await complete(service, choices, queue, shape), headers=_headers(service))
+    except ApiError as e:
+        return error_response(service, e)
+
+
+async def tokenizer_response(service: Service, body: Union[api.TokenizeRequest, api.DetokenizeRequest]):
+    try:
+        work = tokenize if isinstance(body, api.TokenizeRequest) else detokenize
+        return JSONResponse(await asyncio.to_thread(work, service, body), headers=_headers(service))
     except ApiError as e:
         return error_response(service, e)
 
@@ -490,12 +606,86 @@ def health_response(service: Service) -> JSONResponse:
     return JSONResponse(health(service), headers=_headers(service))
 
 
-def metrics_response(service: Service) -> PlainTextResponse:
-    return PlainTextResponse(metrics(service), headers=_headers(service))
+def metrics_response(service: Service) -> Response:
+    return Response(service.metrics.text(), media_type=CONTENT_TYPE, headers=_headers(service))
 
 
-def create_app(service: Service) -> FastAPI:
-    """The standalone FastAPI app over one Service."""
+ERROR_RESPONSES = {400: {"model": api.ErrorResponse}, 401: {"model": api.ErrorResponse},
+                   404: {"model": api.ErrorResponse}, 413: {"model": api.ErrorResponse},
+                   429: {"model": api.ErrorResponse}}
+
+
+def install_error_handlers(app: FastAPI, service: Service | None = None) -> None:
+    """OpenAI's error shape for bodies that fail validation and for the routing errors; service
+    (for the replica header) may be None where it is not known when the app is made (Ray)."""
+    headers = (lambda: _headers(service)) if service is not None else dict
+
+    def respond(e: ApiError) -> JSONResponse:
+        log_error(e)
+        return JSONResponse(e.body(), status_code=e.status, headers=headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(http: HttpRequest, exc: RequestValidationError):
+        return respond(validation_error(exc))
+
+    @app.exception_handler(404)
+    async def not_found(http: HttpRequest, exc):
+        return respond(ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
+
+    @app.exception_handler(405)
+    async def not_allowed(http: HttpRequest, exc):
+        return respond(ApiError(405, f"{http.method} is not allowed on {http.url.path}", code="method_not_allowed"))
+
+    @app.exception_handler(413)
+    async def too_large(http: HttpRequest, exc):
+        return respond(ApiError(413, str(exc.detail), code="request_too_large"))
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than this server's limit of {limit} bytes "
+                              "(serve --max-body-mib)")
+
+
+class Guard:
+    """ASGI middleware: the API key (Bearer; every route but OPEN_PATHS) and the body size limit,
+    checked on the declared content-length and again on the bytes as they arrive (a chunked body
+    declares none)."""
+
+    def __init__(self, app, service: Service, api_key: str | None, max_body_bytes: int):
+        self.app, self.service, self.api_key, self.max_body_bytes = app, service, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                error = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", None,
+                                 "invalid_api_key", "authentication_error")
+                return await error_response(self.service, error)(scope, receive, send)
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            error = ApiError(413, str(BodyTooLarge(self.max_body_bytes).detail), code="request_too_large")
+            return await error_response(self.service, error)(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)  # FastAPI re-raises it from its body parsing
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(service: Service, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The standalone FastAPI app over one Service; api_key None: open (see serve for the
+    environment variable); cors_origins: browser origins allowed (none by default)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -504,13 +694,21 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="gemma-export", docs_url=None, redoc_url=None, lifespan=lifespan)
 
-    @app.post("/v1/completions")
-    async def completions(http: HttpRequest):
-        return await completion_response(service, http, chat=False)
+    @app.post("/v1/completions", response_model=api.CompletionResponse, responses=ERROR_RESPONSES)
+    async def completions(body: api.CompletionRequest):
+        return await completion_response(service, body)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(http: HttpRequest):
-        return await completion_response(service, http, chat=True)
+    @app.post("/v1/chat/completions", response_model=api.ChatCompletionResponse, responses=ERROR_RESPONSES)
+    async def chat_completions(body: api.ChatCompletionRequest):
+        return await completion_response(service, body)
+
+    @app.post("/tokenize", response_model=api.TokenizeResponse, responses=ERROR_RESPONSES)
+    async def tokenize_route(body: api.TokenizeRequest):
+        return await tokenizer_response(service, body)
+
+    @app.post("/detokenize", response_model=api.DetokenizeResponse, responses=ERROR_RESPONSES)
+    async def detokenize_route(body: api.DetokenizeRequest):
+        return await tokenizer_response(service, body)
 
     @app.get("/v1/models")
     async def list_models():
@@ -524,30 +722,25 @@ def create_app(service: Service) -> FastAPI:
     async def get_metrics():
         return metrics_response(service)
 
-    @app.exception_handler(404)
-    async def not_found(http: HttpRequest, exc):
-        return error_response(service, ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
+    install_error_handlers(app, service)
+    app.add_middleware(Guard, service=service, api_key=api_key or None, max_body_bytes=max_body_bytes)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
 
-    @app.exception_handler(405)
-    async def not_allowed(http: HttpRequest, exc):
-        return error_response(service, ApiError(405, f"{http.method} is not allowed on {http.url.path}",
-                                                code="method_not_allowed"))
-
+        # outermost, so that a browser's preflight and a refused request both carry the CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
     return app
 
 
-async def _json_body(http) -> Any:
-    raw = await http.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})") from None
-
-
 def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
-          max_queue: int | None = None, threads: int | None = None, log_level: str = "warning") -> None:
+          max_queue: int | None = None, threads: int | None = None, log_level: str = "warning",
+          api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          cors_origins: Sequence[str] = ()) -> None:
+    """api_key None: the environment's GEMMA_EXPORT_API_KEY, if set."""
     import uvicorn
 
     configure_logging(log_level)
     service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)
+    app = create_app(service, api_key or os.environ.get(API_KEY_ENV), max_body_bytes, cors_origins)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -4,11 +4,14 @@ the runtime torch-free). BOS is added exactly once to text."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from gemma_runtime.errors import RuntimeInputError
 
 SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE = "tokenizer.model", "tokenizer.json"
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
+WORD_MARK = "\u2581"  # SentencePiece's space
 
 
 class Tokenizer:
@@ -55,6 +58,16 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         """The vocabulary's piece for an id, as written in the tokenizer file."""
         return self._hf.id_to_token(token_id) if self._hf is not None else self._sp.id_to_piece(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The text one token stands for, as bytes (as OpenAI's logprobs give them): a byte-fallback
+        piece's one byte, else the piece with its word marks as spaces (control pieces as written,
+        b"<bos>")."""
+        piece = self.piece(token_id)
+        byte = BYTE_PIECE.fullmatch(piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return piece.replace(WORD_MARK, " ").encode()
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self._hf.encode(text, add_special_tokens=False).ids if self._hf is not None else self._sp.encode(text)

@@ -175,3 +175,59 @@ def test_the_engine_never_imports_torch():
             "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), 'torch imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def reference_logprobs(logits: np.ndarray, tokens) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x[np.arange(len(tokens)), tokens]
+
+
+@pytest.mark.parametrize("which", ["artifact", "padded"])
+def test_prompt_and_generated_logprobs_are_those_of_the_logits(which, artifact, monkeypatch):
+    """Prompt logprobs across chunks of a prompt fed beside other requests (row views, and one
+    padded call), the first null; each generated token's equals the whole sequence's logits."""
+    if which == "padded":
+        monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
+    model = gemma_runtime.load(artifact)
+    p = prompts(model.manifest.config["vocab_size"], [19, 6, 11])
+    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=5, prefill_budget=7)
+    others = [engine.submit(engine.request(x, 5)) for x in p[1:]]
+    scored = engine.submit(engine.request(p[0], 4, logprobs=3, prompt_logprobs=2))
+    drain(engine)
+    assert all(o.prompt_token_logprobs == [] and o.generation.logprobs == [] for o in others)
+    entries = scored.prompt_token_logprobs
+    assert len(entries) == len(p[0]) and entries[0] is None
+    assert [e.token for e in entries[1:]] == p[0][1:]
+    sequence = p[0] + scored.tokens
+    logits = model.logits(sequence)
+    expected = reference_logprobs(logits[:-1], sequence[1:])
+    got = [e.logprob for e in entries[1:]] + [e.logprob for e in scored.generation.logprobs]
+    assert len(got) == len(expected) and np.abs(np.asarray(got) - expected).max() < 1e-4
+    for e, row in zip(entries[1:], logits):
+        assert [t for t, _ in e.top] == np.argsort(-row)[:2].tolist() and len(e.top) == 2
+    assert all(len(e.top) == 3 and e.top[0][0] == e.token for e in scored.generation.logprobs)  # greedy
+
+
+def test_prompt_logprobs_without_new_tokens(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=1)
+    p = prompts(engine.model.manifest.config["vocab_size"], [MAX_SEQ_LEN])[0]
+    with pytest.raises(ContextLengthExceeded):
+        engine.request(p)  # no room for a default budget
+    request = engine.submit(engine.request(p, 0, prompt_logprobs=0))
+    drain(engine)
+    assert request.finish_reason == "length" and request.tokens == []
+    assert len(request.prompt_token_logprobs) == MAX_SEQ_LEN
+
+
+def test_logit_bias_moves_the_choice(artifact):
+    engine = Engine(gemma_runtime.load(artifact), max_batch=2)
+    p = prompts(engine.model.manifest.config["vocab_size"], [6])[0]
+    plain = engine.submit(engine.request(p, 3))
+    forced = engine.submit(engine.request(p, 3, logit_bias={7: 100.0}, logprobs=0))
+    drain(engine)
+    assert forced.tokens == [7, 7, 7] and plain.tokens[0] != 7
+    assert forced.generation.logprobs[0].logprob < -0.5  # logprobs stay those of the raw logits
+    with pytest.raises(RuntimeInputError, match="outside the vocabulary"):
+        engine.request(p, 3, logit_bias={10 ** 6: 1.0})

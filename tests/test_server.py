@@ -18,7 +18,7 @@ import uvicorn
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
-from gemma_runtime.server import Service, create_app
+from gemma_runtime.server import DEFAULT_MAX_BODY_BYTES, Service, create_app
 from test_chat_tokens import gemma1_like_tokenizer
 from tiny import write_checkpoint
 
@@ -36,12 +36,13 @@ def artifact(tmp_path_factory):
 
 
 class LiveServer:
-    def __init__(self, artifact, **options):
+    def __init__(self, artifact, api_key=None, max_body_bytes=DEFAULT_MAX_BODY_BYTES, cors_origins=(), **options):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.service = Service(artifact, **options)
-        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="error")
+        app = create_app(self.service, api_key, max_body_bytes, cors_origins)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -50,15 +51,16 @@ class LiveServer:
             assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=GUARD_S, max_retries=0)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key or "none", timeout=GUARD_S,
+                                    max_retries=0)
 
     def close(self):
         self.server.should_exit = True
         self.thread.join(GUARD_S)
 
-    def post(self, path: str, body: bytes | dict) -> tuple[int, dict]:
+    def post(self, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data, {"content-type": "application/json"})
+        request = urllib.request.Request(self.url + path, data, {"content-type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=GUARD_S) as r:
                 return r.status, json.loads(r.read())
@@ -85,7 +87,9 @@ def test_models_health_and_metrics(server):
     _, text, _ = server.get("/metrics")
     values = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
     assert float(values["gemma_requests_total"]) >= 1 and float(values["gemma_generated_tokens_total"]) >= 1
-    assert values["gemma_max_slots"] == "4" and "gemma_time_to_first_token_seconds_count" in values
+    assert float(values["gemma_max_slots"]) == 4 and float(values["gemma_time_to_first_token_seconds_count"]) >= 1
+    assert float(values["gemma_inter_token_latency_seconds_count"]) >= 1
+    assert float(values['gemma_time_to_first_token_seconds_bucket{le="+Inf"}']) >= 1
 
 
 def test_completion_equals_generate(server, artifact):
@@ -143,7 +147,16 @@ def test_stop_strings_cut_the_text(server):
     ({"model": "tiny", "prompt": "ab", "temperature": 9}, 400, None),
     ({"model": "other", "prompt": "ab"}, 404, "model_not_found"),
     ({"model": "tiny", "prompt": "ab", "n": 2}, 400, "unsupported_parameter"),
-    ({"model": "tiny", "prompt": "ab", "logprobs": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "logprobs": 21}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "suffix": "cd"}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "frequency_penalty": 0.5}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "max_tokens": 0}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"x": 1}}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"5": 101}}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "logit_bias": {"99999": 1}}, 400, None),
+    ({"model": "tiny", "prompt": ["ab", ""]}, 400, None),
+    ({"model": "tiny", "prompt": [[1, 2], "ab"]}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "stream": 1}, 400, None),
     ({"model": "tiny", "prompt": [9999999]}, 400, None),
 ])
 def test_bad_completion_requests(server, body, status, code):
@@ -196,3 +209,72 @@ def test_load_every_request_completes_with_its_own_tokens(server, artifact):
     assert len(results) == 64
     mismatched = [p for p, text in results if text != expected[p]]
     assert not mismatched, mismatched[:3]
+
+
+def test_openapi_describes_the_bodies_and_harmless_fields_pass(server):
+    _, text, _ = server.get("/openapi.json")
+    schemas = json.loads(text)["components"]["schemas"]
+    assert {"prompt", "echo", "logprobs", "logit_bias"} <= set(schemas["CompletionRequest"]["properties"])
+    assert {"messages", "top_logprobs"} <= set(schemas["ChatCompletionRequest"]["properties"])
+    assert "choices" in schemas["CompletionResponse"]["properties"]
+    status, reply = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 2, "user": "me",
+                                                    "metadata": {"a": "b"}, "presence_penalty": 0})
+    assert status == 200, reply
+
+
+def test_logit_bias_and_top_k(server):
+    forced = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 3, "temperature": 0,
+                                             "logit_bias": {"370": 100}})[1]
+    tokenizer = server.service.model.tokenizer
+    assert forced["choices"][0]["text"] == tokenizer.decode([370] * 3)
+    a, b = (server.post("/v1/completions", {"prompt": "ab", "max_tokens": 6, "top_k": 1, "temperature": 1.5,
+                                            "seed": s})[1]["choices"][0]["text"] for s in (1, 2))
+    greedy = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 6, "temperature": 0})[1]
+    assert a == b == greedy["choices"][0]["text"]  # top_k 1 is greedy whatever the seed
+
+
+def test_tokenize_and_detokenize(server):
+    tokenizer = server.service.model.tokenizer
+    status, reply = server.post("/tokenize", {"prompt": "abc", "return_token_strs": True})
+    assert status == 200 and reply["tokens"] == tokenizer.encode("abc") and reply["count"] == len(reply["tokens"])
+    assert reply["max_model_len"] == MAX_SEQ_LEN and reply["token_strs"][0] == "<bos>"
+    assert server.post("/tokenize", {"prompt": "abc", "add_special_tokens": False})[1]["tokens"] == \
+        tokenizer.encode("abc", add_bos=False)
+    chat = server.post("/tokenize", {"messages": [{"role": "user", "content": "abc"}]})[1]
+    done = server.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "abc"}],
+                                                 max_tokens=1)
+    assert chat["count"] == done.usage.prompt_tokens
+    assert server.post("/detokenize", {"tokens": reply["tokens"][1:]})[1] == {"prompt": "abc"}
+    assert server.post("/detokenize", {"tokens": [10 ** 6]})[0] == 400
+    assert server.post("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "a"}]})[0] == 400
+
+
+def test_an_api_key_guards_all_but_health(artifact):
+    live = LiveServer(artifact, api_key="sesame", max_batch=1, cors_origins=["https://app.example"])
+    try:
+        status, error = live.post("/v1/completions", {"prompt": "ab", "max_tokens": 1})
+        assert status == 401 and error["error"]["code"] == "invalid_api_key"
+        assert error["error"]["type"] == "authentication_error"
+        assert live.post("/v1/completions", {"prompt": "ab", "max_tokens": 1},
+                         {"authorization": "Bearer wrong"})[0] == 401
+        assert live.get("/health")[0] == 200
+        done = live.client.completions.create(model="tiny", prompt="ab", max_tokens=1)  # the client sends the key
+        assert done.choices[0].finish_reason
+        preflight = urllib.request.Request(live.url + "/v1/completions", method="OPTIONS", headers={
+            "origin": "https://app.example", "access-control-request-method": "POST"})
+        with urllib.request.urlopen(preflight, timeout=GUARD_S) as r:
+            assert r.headers["access-control-allow-origin"] == "https://app.example"
+    finally:
+        live.close()
+    _, _, headers = server_without_cors_headers(artifact)
+    assert "access-control-allow-origin" not in {k.lower() for k in headers}
+
+
+def server_without_cors_headers(artifact):
+    live = LiveServer(artifact, max_batch=1)
+    try:
+        request = urllib.request.Request(live.url + "/health", headers={"origin": "https://app.example"})
+        with urllib.request.urlopen(request, timeout=GUARD_S) as r:
+            return r.status, r.read(), dict(r.headers)
+    finally:
+        live.close()

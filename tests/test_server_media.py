@@ -22,7 +22,7 @@ from gemma_runtime.tokenizer import Tokenizer
 from media_util import MEDIA_PIECES, PLACEHOLDER, png, shared_artifact
 from test_chat_tokens import gemma1_like_tokenizer
 from test_server import LiveServer
-from gemma_runtime import server as server_module
+from gemma_runtime import api_models, server as server_module
 
 IMAGES = [png(40, 30, seed=1), png(20, 50, seed=2)]
 NEW = 8
@@ -169,17 +169,45 @@ def test_gemma4_placeholders_are_the_tokenizer_pieces_of_its_media_tokens():
     service = gemma4_service()
     prompt = server_module.ChatPrompt("")
     audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav()).decode(), "format": "wav"}}
-    text = server_module._content(service, 0, "user", [text_part("hi"), image_part(IMAGES[0]), audio,
-                                                       text_part("a"), text_part("b")], prompt)
+    parts = api_models.Message(role="user", content=[text_part("hi"), image_part(IMAGES[0]), audio, text_part("a"),
+                                                     text_part("b")]).content
+    text = server_module._content(service, 0, "user", parts, prompt)
     assert text == "hi<|image|><|audio|>a\nb"
     assert prompt.images == [IMAGES[0]] and prompt.audio == [wav()]
     assert server_module.input_modalities(service) == ["text", "image", "audio"]
     mp3 = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}
     with pytest.raises(server_module.ApiError, match="unsupported audio format 'mp3'") as refused:
-        server_module._content(service, 0, "user", [mp3], prompt)
+        server_module._content(service, 0, "user", api_models.Message(role="user", content=[mp3]).content, prompt)
     assert refused.value.status == 400 and refused.value.code == "invalid_audio_format"
 
 
 def test_a_bad_part_names_the_parts_taken(server):
     status, reply = server.post("/v1/chat/completions", chat([{"type": "text", "text": 5}]))
+    assert status == 400 and reply["error"]["param"] == "messages"
+    assert reply["error"]["message"] == "'messages[0].content[0]': a text part is {'type': 'text', 'text': <string>}"
+    status, reply = server.post("/v1/chat/completions", chat([{"type": "video", "video": "x"}]))
     assert status == 400 and reply["error"]["message"].endswith("{'type': 'text', 'text': ...} or image_url parts")
+
+
+def test_a_body_over_the_limit_is_a_413(artifact):
+    """Images travel as base64 in the body: one over --max-body-mib is refused before it is read
+    (content-length) or as it arrives (chunked)."""
+    import http.client
+
+    small = chat([image_part(IMAGES[1])])
+    limit = len(json.dumps(small)) + 100
+    live = LiveServer(artifact, max_batch=1, max_queue=2, max_body_bytes=limit)
+    try:
+        body = json.dumps(chat([image_part(IMAGES[0] * 20)])).encode()
+        assert len(body) > 2 * limit
+        status, reply = live.post("/v1/chat/completions", body)
+        assert status == 413 and reply["error"]["code"] == "request_too_large"
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=60)
+        connection.request("POST", "/v1/chat/completions", body=iter([body[:limit // 2], body[limit // 2:]]),
+                           headers={"content-type": "application/json"}, encode_chunked=True)
+        answer = connection.getresponse()
+        assert answer.status == 413 and json.loads(answer.read())["error"]["code"] == "request_too_large"
+        status, reply = live.post("/v1/chat/completions", small)
+        assert status == 200, reply
+    finally:
+        live.close()
