@@ -45,7 +45,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from gemma_runtime.chat import media_placeholder, render
+from gemma_runtime.chat import media_placeholder
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
@@ -348,7 +348,7 @@ def _chat_prompt(service: Service, messages: Any) -> ChatPrompt:
     if service.model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        prompt.text = render(flat, service.model.chat_format())
+        prompt.text = service.model.chat_prompt(flat)
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
     return prompt
