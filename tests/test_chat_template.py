@@ -352,7 +352,8 @@ def test_a_gguf_template_is_copied(tmp_path):
 
     gemma3, small = ((TEMPLATES / f"{n}.jinja").read_text() for n in ("gemma3", "gemma4_small"))
     path = tmp_path / "m.gguf"
-    write_gguf(path, "gemma3", meta={"tokenizer.chat_template": gemma3, "tokenizer.chat_template.tool_use": small})
+    write_gguf(path, "gemma3", layers=1,
+               meta={"tokenizer.chat_template": gemma3, "tokenizer.chat_template.tool_use": small})
     found = open_source(path).chat_template
     assert found.templates == {"default": gemma3, "tool_use": small} and found.source == "GGUF tokenizer.chat_template"
     assert found.special_tokens == {"bos_token": TOKENS[2], "eos_token": TOKENS[1], "unk_token": TOKENS[3],
