@@ -62,10 +62,6 @@ class ChatTemplate:
                 raise RuntimeInputError(f"{path}: unreadable chat template ({e})") from None
         return cls(sources, spec.special_tokens, {name: str(path) for name, path in paths.items()})
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._templates)
-
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
                chat_template_kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = True) -> str:
         """The conversation as the template writes it (its BOS included, if it writes one).

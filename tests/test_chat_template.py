@@ -238,6 +238,14 @@ def test_chat_template_jinja_comes_before_tokenizer_config(tmp_path):
     assert found.source == "chat_template.jinja" and found.special_tokens == SPECIAL_TOKENS
 
 
+def test_special_tokens_the_config_does_not_name_are_the_tokenizers_pieces(tmp_path):
+    folder = tokenizer_folder(tmp_path / "ckpt", "gemma4_small")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<turn|>"}}))
+    ours = shipped(folder, tmp_path / "out")
+    assert ours.special_tokens == {"eos_token": "<turn|>", "bos_token": "<bos>"}  # bos: the piece of id 2
+    assert ours.render(ONE_TURN).startswith("<bos><|turn>user\n")
+
+
 # -- through export, the CLI and the server -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -399,6 +407,17 @@ def test_a_template_that_does_not_parse_is_an_export_error_naming_the_file(tiny_
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and str(folder / where) in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_named_template_that_does_not_parse_is_named_by_its_file(tmp_path):
+    folder = tokenizer_folder(tmp_path / "ckpt", "gemma4_small")
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "tool_use.jinja").write_text("{% if tools %}")
+    with pytest.raises(CheckpointError, match=r"additional_chat_templates/tool_use\.jinja: not a valid Jinja template"):
+        hf_folder_template(folder)
+    (folder / "chat_template.jinja").unlink()
+    with pytest.raises(CheckpointError, match=r"ckpt: chat templates named tool_use, none 'default'"):
+        hf_folder_template(folder)
 
 
 @pytest.mark.parametrize("text", [

@@ -61,56 +61,58 @@ class CheckpointTemplate:
 def hf_folder_template(folder: Path) -> CheckpointTemplate | None:
     """The folder's chat template, None where it ships none; CheckpointError naming the file where one
     does not parse or is malformed."""
-    templates: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}  # name -> (Jinja text, where it is, for messages)
     default = folder / TEMPLATE_FILE
     if default.is_file():
-        templates[DEFAULT] = _read_text(default)
+        found[DEFAULT] = _read_text(default), str(default)
     extra = folder / TEMPLATE_DIR
     if extra.is_dir():
         for path in sorted(extra.glob("*.jinja")):
-            templates[path.name.removesuffix(".jinja")] = _read_text(path)
+            found[path.name.removesuffix(".jinja")] = _read_text(path), str(path)
     config_path = folder / TOKENIZER_CONFIG
     config = read_json(config_path, CheckpointError) if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: not a JSON object")
-    source = TEMPLATE_FILE if templates else TOKENIZER_CONFIG
-    where = default if templates else config_path
-    if not templates and config.get("chat_template") is not None:
-        templates = _config_templates(config["chat_template"], config_path)
-    if not templates:
+    if found:
+        source, holder = TEMPLATE_FILE, folder
+    elif config.get("chat_template") is not None:
+        source, holder = TOKENIZER_CONFIG, config_path
+        found = {name: (text, str(config_path) + ("" if name == DEFAULT else f" (chat template {name!r})"))
+                 for name, text in _config_templates(config["chat_template"], config_path).items()}
+    else:
         return None
-    return _checked(templates, _config_special_tokens(config, config_path), source, where)
+    return _checked(found, _config_special_tokens(config, config_path), source, holder)
 
 
 def gguf_template(fields: dict[str, Any], where: str) -> CheckpointTemplate | None:
     """A GGUF file's chat template (its reader's fields), None where it has none."""
     if _GGUF_KEY not in fields:
         return None
-    templates = {DEFAULT: _gguf_string(fields, _GGUF_KEY, where)}
-    for key in fields:
-        if key.startswith(_GGUF_KEY + "."):
-            templates[key[len(_GGUF_KEY) + 1:]] = _gguf_string(fields, key, where)
+    keys = {DEFAULT: _GGUF_KEY, **{k[len(_GGUF_KEY) + 1:]: k for k in fields if k.startswith(_GGUF_KEY + ".")}}
+    found = {name: (_gguf_string(fields, key, where), f"{where}: metadata {key}") for name, key in keys.items()}
     special = {}
     for name, key in _GGUF_TOKEN_IDS.items():
         piece = _gguf_token(fields.get("tokenizer.ggml.tokens"), _gguf_scalar(fields.get(key)))
         if piece is not None:
             special[name] = piece
-    return _checked(templates, special, f"GGUF {_GGUF_KEY}", f"{where}: metadata {_GGUF_KEY}")
+    return _checked(found, special, f"GGUF {_GGUF_KEY}", where)
 
 
-def _checked(templates: dict[str, str], special_tokens: dict[str, str], source: str, where) -> CheckpointTemplate:
-    if DEFAULT not in templates:
-        raise CheckpointError(f"{where}: chat templates named {', '.join(sorted(templates))}, none {DEFAULT!r} "
+def _checked(found: dict[str, tuple[str, str]], special_tokens: dict[str, str], source: str,
+             holder: Path | str) -> CheckpointTemplate:
+    """found: name -> (text, where); each name plain and each text parsed in the runtime's sandbox."""
+    if DEFAULT not in found:
+        raise CheckpointError(f"{holder}: chat templates named {', '.join(sorted(found))}, none {DEFAULT!r} "
                               "(the one used without a choice)")
-    for name, text in templates.items():
+    for name, (text, where) in found.items():
         if not TEMPLATE_NAME.fullmatch(name):
             raise CheckpointError(f"{where}: chat template name {name!r} is not a plain name (letters, digits, _ -)")
         try:
-            compile_template(text, f"{where}" + ("" if name == DEFAULT else f" (template {name!r})"))
+            compile_template(text, where)
         except RuntimeInputError as e:
             raise CheckpointError(str(e)) from None
-    return CheckpointTemplate(dict(sorted(templates.items(), key=lambda item: item[0] != DEFAULT)), special_tokens,
-                              source)
+    ordered = sorted(found, key=lambda name: name != DEFAULT)
+    return CheckpointTemplate({name: found[name][0] for name in ordered}, special_tokens, source)
 
 
 def _read_text(path: Path) -> str:
