@@ -129,11 +129,10 @@ def generate(
 ) -> None:
     """Generate a continuation, streamed to stdout."""
     import gemma_runtime
-    from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     media = {"images": image or [], "audio": audio or []}
-    text = render([_user_message(model, prompt, media)], model.chat_format()) if chat else prompt
+    text = model.chat_prompt([_user_message(model, prompt, media)]) if chat else prompt
     for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
                               **_sampling(model, temperature, top_k, top_p), **media):
         typer.echo(piece, nl=False)
@@ -159,7 +158,8 @@ def _prompt_length(model, text: str, media: dict) -> int:
 @app.command()
 def chat(
     artifact: Path = typer.Argument(..., help="artifact folder"),
-    system: Optional[str] = typer.Option(None, help="system prompt (folded into the first user turn)"),
+    system: Optional[str] = typer.Option(None, help="system prompt (where the checkpoint's chat template puts it; "
+                                         "the hand-written layout opens the first user turn with it)"),
     max_new_tokens: int = typer.Option(256),
     temperature: Optional[float] = typer.Option(None),
     top_k: Optional[int] = typer.Option(None),
@@ -174,7 +174,6 @@ def chat(
 ) -> None:
     """Multi-turn chat on stdin/stdout; /exit or end of input quits."""
     import gemma_runtime
-    from gemma_runtime.chat import render
 
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     if model.tokenizer is None:
@@ -194,7 +193,7 @@ def chat(
         history.append(_user_message(model, line.rstrip("\n"), media) if not history else
                        {"role": "user", "content": line.rstrip("\n")})
         prefix = [{"role": "system", "content": system}] if system else []
-        while _prompt_length(model, render(prefix + history, model.chat_format()), media) > budget:
+        while _prompt_length(model, model.chat_prompt(prefix + history), media) > budget:
             if len(history) <= 1:
                 raise GemmaExportError(f"the message alone is longer than the context ({budget} tokens left)")
             history = history[2:]  # drop the oldest user/model exchange, whole
@@ -202,12 +201,12 @@ def chat(
                        + (" (with the images and audio)" if media["images"] or media["audio"] else ""), err=True)
             media = {"images": [], "audio": []}  # they were in the first turn
         answer = []
-        for piece in model.stream(render(prefix + history, model.chat_format()), max_new_tokens=max_new_tokens,
+        for piece in model.stream(model.chat_prompt(prefix + history), max_new_tokens=max_new_tokens,
                                   seed=seed, **sampling, **media):
             answer.append(piece)
             typer.echo(piece, nl=False)
         typer.echo()
-        history.append({"role": "model", "content": "".join(answer)})
+        history.append({"role": "assistant", "content": "".join(answer)})
 
 
 @app.command()

@@ -92,6 +92,10 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     ctx = pass_context(cfg, options, tokenizer, source.weights)
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes, multimodal)
+    template_files: dict[str, bytes] = {}
+    if source.chat_template is not None:
+        spec, template_files = source.chat_template.for_artifact(tokenizer, cfg.bos_token_id, cfg.eos_token_id)
+        manifest = dataclasses.replace(manifest, chat_template=spec)
     with artifact.staging(claim) as tmp:
         files = artifact.save_model(model, tmp, lambda name, i, total: say("writing weights", i + 1, total))
         if chosen:
@@ -102,6 +106,8 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
             files.update(encoder_files)
         if source.tokenizer_file() is not None:
             name, data = source.tokenizer_file()
+            files[name] = artifact.write_file(tmp / name, data)
+        for name, data in template_files.items():
             files[name] = artifact.write_file(tmp / name, data)
         manifest = dataclasses.replace(manifest, files=files, export_seconds=round(time.time() - started, 2))
         write_manifest(tmp, manifest)

@@ -1,4 +1,8 @@
-"""A conversation as text, in the chat format the manifest records (manifest.chat: turn markers,
+"""A conversation as the text of a prompt: chat_prompt() is the one way the CLI, Model and the
+server write it. With the checkpoint's own chat template in the artifact (manifest.chat_template)
+that template renders it (chat_template.py); without one, render() writes the hand-written layout.
+
+The hand-written layout is the chat format the manifest records (manifest.chat: turn markers,
 the model's role name, where a system prompt goes). Every turn is `{start}{role}\n{text}{end}\n`;
 the text ends with an open model turn. Gemma has no system role: a system prompt opens the first
 user turn. BOS is the tokenizer's job (added once when the text is encoded).
@@ -11,6 +15,9 @@ inside its turn, where Gemma's chat templates put them."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
+from gemma_runtime.chat_template import ChatTemplate
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import ChatFormat, Manifest
 from gemma_runtime.tokenizer import Tokenizer
@@ -66,12 +73,33 @@ def render(messages: list[dict], chat: ChatFormat, add_generation_prompt: bool =
         role = roles.get(m.get("role"))
         if role is None:
             raise RuntimeInputError(f"unknown chat role {m.get('role')!r} (user, assistant, system first)")
-        content = m["content"]
+        prefix = ""
         if i == 0 and system is not None:
             if role != USER:
                 raise RuntimeInputError("a system prompt must be followed by a user message")
-            content = f"{system}\n\n{content}"  # the one placement (manifest.SYSTEM_PLACEMENTS)
-        parts.append(f"{chat.turn_start}{role}\n{content.strip()}{chat.turn_end}\n")
+            # the one placement (manifest.SYSTEM_PLACEMENTS), the system text as given and the message
+            # stripped, as Gemma 3's template writes them
+            prefix = f"{system}\n\n"
+        parts.append(f"{chat.turn_start}{role}\n{prefix}{m['content'].strip()}{chat.turn_end}\n")
     if add_generation_prompt:
         parts.append(f"{chat.turn_start}{chat.model_role}\n")
     return "".join(parts)
+
+
+def chat_prompt(messages: Sequence[Mapping[str, Any]], chat: ChatFormat | None, template: ChatTemplate | None,
+                tools: Sequence[Mapping[str, Any]] | None = None, chat_template_kwargs: Mapping[str, Any] | None = None,
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text for a conversation, to be encoded with the tokenizer's one BOS: the checkpoint's
+    template where the artifact has one (its own BOS removed, since encoding adds it), else the
+    hand-written layout `chat`, which writes no tools and reads no template arguments (they are
+    ignored: a client may send enable_thinking to any model)."""
+    if template is not None:
+        text = template.render(messages, tools, chat_template_kwargs, add_generation_prompt)
+        bos = template.special_tokens.get("bos_token")
+        return text[len(bos):] if bos and text.startswith(bos) else text
+    if tools:
+        raise RuntimeInputError("this artifact's checkpoint shipped no chat template, and its hand-written chat "
+                                "layout has no way to write tools")
+    if chat is None:
+        raise RuntimeInputError("no chat format and no chat template")
+    return render(list(messages), chat, add_generation_prompt)

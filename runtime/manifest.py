@@ -7,8 +7,10 @@ The backends allocate and bind exactly these buffers; nothing counts layers to f
 Format version 3 adds the size and sha256 of each file the export wrote (`files`). Format
 version 4 makes an artifact a set of named graphs (`graphs`: each with its role, files, inputs
 and outputs; today one, "decoder") in place of the top-level `inputs`/`outputs`, and records the
-chat format (`chat`). The KV cache (`kv_cache`) is the decoder's. This runtime reads versions 2 to
-4: a version 2 or 3 manifest is read as one decoder graph (model.onnx) with no chat format (the
+chat format (`chat`). The KV cache (`kv_cache`) is the decoder's. Format version 5 records the
+checkpoint's own chat template (`chat_template`: its files in the artifact and the special tokens it
+reads), which the runtime renders in place of `chat` when present. This runtime reads versions 2 to
+5: a version 2 or 3 manifest is read as one decoder graph (model.onnx) with no chat format (the
 runtime recovers it from the tokenizer's turn pieces; see chat.py).
 """
 
@@ -22,8 +24,8 @@ from typing import Any
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import DECODER, ROLES, CacheTensor
 
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
@@ -59,6 +61,15 @@ class ChatFormat:
     turn_end: str
     model_role: str  # the role name of the model's turns ("assistant" messages)
     system: str  # see SYSTEM_PLACEMENTS
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplateSpec:
+    """The checkpoint's own chat template(s), copied into the artifact (runtime: chat_template.py)."""
+
+    files: dict[str, str]  # template name ("default", "tool_use", ...) -> its file in the artifact
+    special_tokens: dict[str, str]  # bos_token, eos_token, ...: the variables the template reads, as the checkpoint names them
+    source: str  # where the export found it: chat_template.jinja, tokenizer_config.json, the GGUF metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +133,9 @@ class Manifest:
     # file name -> what the export wrote (model, weights, tokenizer; not manifest.json itself)
     files: dict[str, FileDigest] = dataclasses.field(default_factory=dict)
     chat: ChatFormat | None = None  # None in manifests before version 4
+    # the checkpoint's chat template, rendered in place of `chat` where present (a checkpoint may ship
+    # none; none in manifests before version 5)
+    chat_template: ChatTemplateSpec | None = None
 
     @property
     def decoder(self) -> Graph:
@@ -152,6 +166,7 @@ class Manifest:
                 "engines": tuple(data.get("engines", ())),
                 "files": _files(data.get("files", {})),
                 "chat": None if data.get("chat") is None else ChatFormat(**data["chat"]),
+                "chat_template": _chat_template(data.get("chat_template")),
             })
             manifest = cls(**fields)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -185,6 +200,20 @@ def _graphs(data: dict) -> dict[str, Graph]:
 
 def _files(d: dict) -> dict[str, FileDigest]:
     return {name: FileDigest(int(f["size"]), str(f["sha256"])) for name, f in d.items()}
+
+
+def _chat_template(d: dict | None) -> ChatTemplateSpec | None:
+    if d is None:
+        return None
+    spec = ChatTemplateSpec(dict(d["files"]), dict(d["special_tokens"]), str(d["source"]))
+    for name, file in spec.files.items():
+        # files of this folder by plain name: a manifest may not lead the runtime elsewhere
+        if not (isinstance(name, str) and isinstance(file, str) and file and "/" not in file and "\\" not in file
+                and file not in (".", "..")):
+            raise ValueError(f"chat template {name!r} has file {file!r}, not a file name of the artifact")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.special_tokens.items()):
+        raise ValueError("chat template special tokens are not names and strings")
+    return spec
 
 
 def _buffer(b: dict) -> CacheTensor:

@@ -8,12 +8,13 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from gemma_runtime.backends.protocol import Backend
-from gemma_runtime.chat import chat_format
+from gemma_runtime.chat import chat_format, chat_prompt
+from gemma_runtime.chat_template import ChatTemplate
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.generation import Generation
 from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
@@ -59,8 +60,9 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
+    template = None if manifest.chat_template is None else ChatTemplate.from_artifact(folder, manifest.chat_template)
     model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer,
-                  Encoders(folder, manifest, threads, device))
+                  Encoders(folder, manifest, threads, device), chat_template=template)
     logger.info("loaded %s (target %s, format %d) on the %s backend: %s", folder, manifest.target,
                 manifest.format_version, backend, model.backend.capabilities)
     return model
@@ -91,8 +93,9 @@ class Model:
     calls then raise RuntimeInputError."""
 
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend, tokenizer: Tokenizer | None,
-                 encoders: Encoders | None = None):
+                 encoders: Encoders | None = None, chat_template: ChatTemplate | None = None):
         self.folder = folder
+        self.chat_template = chat_template  # the checkpoint's own (manifest.chat_template), if it shipped one
         self.encoders = encoders
         self.manifest = manifest
         self.backend = backend
@@ -110,6 +113,14 @@ class Model:
     def chat_format(self) -> ChatFormat:
         """How a conversation is written for this model (chat.render); RuntimeInputError if unknown."""
         return chat_format(self.manifest, self.tokenizer)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
+                    chat_template_kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = True) -> str:
+        """A conversation as prompt text for generate/stream: the checkpoint's chat template where the
+        artifact has one, else the hand-written layout (chat.chat_prompt). chat_template_kwargs are
+        the template's other variables (enable_thinking, ...)."""
+        chat = None if self.chat_template is not None else self.chat_format()
+        return chat_prompt(messages, chat, self.chat_template, tools, chat_template_kwargs, add_generation_prompt)
 
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int], **arrays: np.ndarray) -> np.ndarray:

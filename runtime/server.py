@@ -60,7 +60,7 @@ from starlette.exceptions import HTTPException
 
 from gemma_runtime import api_models as api
 from gemma_runtime.api_logprobs import TokenTexts
-from gemma_runtime.chat import media_placeholder, render
+from gemma_runtime.chat import media_placeholder
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
@@ -446,7 +446,7 @@ def _chat_prompt(service: Service, messages: list[api.Message]) -> ChatPrompt:
     if service.model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        prompt.text = render(flat, service.model.chat_format())
+        prompt.text = service.model.chat_prompt(flat)
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
     return prompt

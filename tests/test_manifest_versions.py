@@ -1,8 +1,9 @@
-"""Manifest format 4 (an artifact is a set of named graphs; the chat format recorded) and the
-older formats: a manifest written by this code rewritten by hand to the version 3 and 2 forms (the
-decoder's inputs/outputs at the top level, no graphs, no chat format; version 2 without file
-hashes) loads as one decoder graph and generates the same tokens; the chat format comes from the
-tokenizer's turn pieces. Version 1 gets the one-line "export it again" error."""
+"""Manifest format 5 (an artifact is a set of named graphs; the chat format recorded, and the
+checkpoint's chat template where it ships one) and the older formats: a manifest written by this
+code rewritten by hand to the version 4 form (no chat_template) loads as it was; to the version 3
+and 2 forms (the decoder's inputs/outputs at the top level, no graphs, no chat format; version 2
+without file hashes) it loads as one decoder graph and generates the same tokens; the chat format
+comes from the tokenizer's turn pieces. Version 1 gets the one-line "export it again" error."""
 
 import json
 import shutil
@@ -35,6 +36,11 @@ def older(artifact, tmp_path, version: int):
     """A copy of the artifact whose manifest has the given version's form."""
     folder = shutil.copytree(artifact, tmp_path / f"v{version}")
     data = json.loads((folder / MANIFEST_FILE).read_text())
+    del data["chat_template"]
+    if version == 4:
+        data["format_version"] = 4
+        (folder / MANIFEST_FILE).write_text(json.dumps(data))
+        return folder
     decoder = data.pop("graphs")[DECODER]
     del data["chat"]
     data.update(format_version=version, inputs=decoder["inputs"], outputs=decoder["outputs"])
@@ -46,7 +52,8 @@ def older(artifact, tmp_path, version: int):
 
 def test_the_manifest_lists_the_decoder_graph_and_the_chat_format(artifact):
     data = json.loads((artifact / MANIFEST_FILE).read_text())
-    assert data["format_version"] == FORMAT_VERSION == 4 and "inputs" not in data and "outputs" not in data
+    assert data["format_version"] == FORMAT_VERSION == 5 and "inputs" not in data and "outputs" not in data
+    assert data["chat_template"] is None  # this checkpoint ships none
     assert list(data["graphs"]) == [DECODER]
     decoder = data["graphs"][DECODER]
     assert (decoder["role"], decoder["file"], decoder["data_file"]) == (DECODER, MODEL_FILE, DATA_FILE)
@@ -63,6 +70,14 @@ def test_older_manifests_load_as_one_decoder_and_generate_the_same(artifact, tmp
     assert model.manifest.decoder == gemma_runtime.load(artifact).manifest.decoder
     assert model.generate(PROMPT, max_new_tokens=6).token_ids == expected
     assert model.chat_format() == CHAT_FORMATS["gemma"]  # from <start_of_turn> and <end_of_turn>
+
+
+def test_a_version_4_manifest_loads_as_it_was(artifact, tmp_path):
+    model = gemma_runtime.load(older(artifact, tmp_path, 4))
+    assert model.manifest.format_version == 4 and model.manifest.chat_template is None
+    assert model.manifest.chat == CHAT_FORMATS["gemma"] and model.chat_template is None
+    assert model.generate(PROMPT, max_new_tokens=6).token_ids == gemma_runtime.load(artifact).generate(
+        PROMPT, max_new_tokens=6).token_ids
 
 
 def test_version_1_is_refused_in_one_line(artifact, tmp_path, capsys):

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gemma_export.checkpoints.chat_template import CheckpointTemplate
 from gemma_export.checkpoints.hf_config import Multimodal
 from gemma_graphs.config import GemmaConfig
 from gemma_runtime.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE, Tokenizer
@@ -48,6 +49,7 @@ class Source:
     multimodal: Multimodal | None = None  # what a multimodal checkpoint has beside the exported decoder
     folder: Path | None = None  # an HF folder (its processor settings are read from it)
     checkpoint_weights: WeightSource | None = None  # every tensor under its stored name (the encoders' too)
+    chat_template: CheckpointTemplate | None = None  # the checkpoint's own, where it ships one
 
     def tokenizer(self) -> Tokenizer | None:
         """The source's tokenizer as the runtime reads it (BOS from the config)."""

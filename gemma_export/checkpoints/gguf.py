@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights
+from gemma_export.checkpoints.chat_template import gguf_template
 from gemma_export.checkpoints import gguf_blocks, gguf_gemma4
 from gemma_export.checkpoints.gguf_header import check_header
 from gemma_export.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
@@ -82,6 +83,7 @@ def open_gguf(path: Path) -> Source:
         generation_config=None,
         fingerprints={path.name: _fingerprint(reader)},
         description=f"GGUF file {path} ({arch})",
+        chat_template=gguf_template(reader.fields, where),
     )
 
 

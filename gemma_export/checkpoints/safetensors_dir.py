@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_export.checkpoints.base import Source, check_weights, text_decoder
+from gemma_export.checkpoints.chat_template import hf_folder_template
 from gemma_export.checkpoints.hf_config import load_hf_config
 from gemma_export.checkpoints.json_files import parse_json, read_json
 from gemma_export.errors import CheckpointError
@@ -168,4 +169,5 @@ def open_hf_folder(folder: Path) -> Source:
         multimodal=multimodal,
         folder=folder,
         checkpoint_weights=stored,
+        chat_template=hf_folder_template(folder),
     )
