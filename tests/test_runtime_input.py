@@ -11,6 +11,7 @@ import pytest
 
 import gemma_runtime
 from cli_util import cli
+from gemma_runtime import api_models as api
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
@@ -133,14 +134,17 @@ def test_cli_generate_follows_the_rule(artifact, model, capsys):
 
 def test_server_max_tokens_follows_the_rule(artifact):
     service = Service(artifact, max_batch=1, threads=1)
+
+    def engine_request(**body):
+        (choice,), _ = completion_request(service, api.CompletionRequest(**body))
+        return choice.request
+
     try:
         long = prompt(7, MAX_SEQ_LEN - 5)
-        request, _ = completion_request(service, {"prompt": long}, chat=False)
-        assert request.max_new_tokens == 5  # the default 16 shrinks to what fits
-        request, _ = completion_request(service, {"prompt": [2, 5]}, chat=False)
-        assert request.max_new_tokens == COMPLETIONS_DEFAULT_MAX_TOKENS
+        assert engine_request(prompt=long).max_new_tokens == 5  # the default 16 shrinks to what fits
+        assert engine_request(prompt=[2, 5]).max_new_tokens == COMPLETIONS_DEFAULT_MAX_TOKENS
         with pytest.raises(ApiError, match=r"prompt \(75 tokens\) and max_new_tokens \(6\) exceed") as refused:
-            completion_request(service, {"prompt": long, "max_tokens": 6}, chat=False)
+            engine_request(prompt=long, max_tokens=6)
         assert refused.value.status == 400 and refused.value.code == "context_length_exceeded"
     finally:
         service.close()
