@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from gemma_export.tensors import as_streamed
 from gemma_runtime import interface
+from gemma_runtime.backends.ort_session import check_version
 
 _WEIGHTLESS_MIN_ELEMENTS = 1024
 
@@ -27,6 +28,7 @@ _WEIGHTLESS_MIN_ELEMENTS = 1024
 def cpu_session(model: str | bytes, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
     """A quiet onnxruntime CPU session for the export's own runs (a path or model bytes; threads
     None: onnxruntime's default; optimize False: the graph as written, nothing fused)."""
+    check_version()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads

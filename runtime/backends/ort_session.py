@@ -11,6 +11,22 @@ import onnxruntime as ort
 from gemma_runtime.errors import RuntimeInputError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The oldest onnxruntime that loads every graph the exporter writes: GroupQueryAttention's 17th input
+# (query lengths per row, for right-padded batches) arrived in 1.32; 1.31 refuses the node.
+MIN_ONNXRUNTIME = (1, 32)
+
+
+def check_version(version: str | None = None) -> None:
+    """A one-line error where this onnxruntime is older than MIN_ONNXRUNTIME."""
+    version = ort.__version__ if version is None else version
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return  # a build that names itself otherwise: let onnxruntime judge the graph
+    if found < MIN_ONNXRUNTIME:
+        need = ".".join(map(str, MIN_ONNXRUNTIME))
+        raise RuntimeInputError(f"onnxruntime {version} is too old: gemma-export's graphs need onnxruntime >= {need} "
+                                f"(pip install -U 'onnxruntime>={need}')")
 
 
 def provider(device: str, available: list[str] | None = None) -> str:
@@ -30,6 +46,7 @@ def provider(device: str, available: list[str] | None = None) -> str:
 def create_session(model_path: Path, threads: int | None, device: str = "cpu") -> ort.InferenceSession:
     if threads is not None and threads < 1:
         raise RuntimeInputError(f"threads must be >= 1, got {threads}")
+    check_version()
     options = ort.SessionOptions()
     # onnxruntime left at its defaults may use a single core here; use them all unless told.
     options.intra_op_num_threads = threads or os.cpu_count() or 1
