@@ -163,7 +163,7 @@ class Manifest:
                                     tuple(_buffer(b) for b in kv["buffers"])),
                 "execution": Execution(tuple(data["execution"]["backends"]), tuple(data["execution"]["devices"])),
                 "tokens": Tokens(**{**data["tokens"], "stop": tuple(data["tokens"].get("stop", ()))}),
-                "engines": tuple(data.get("engines", ())),
+                "engines": _engines(data.get("engines", [])),
                 "files": _files(data.get("files", {})),
                 "chat": None if data.get("chat") is None else ChatFormat(**data["chat"]),
                 "chat_template": _chat_template(data.get("chat_template")),
@@ -194,8 +194,25 @@ def _graphs(data: dict) -> dict[str, Graph]:
         files = data.get("files")
         data_file = DATA_FILE if files is None or DATA_FILE in files else None
         return {DECODER: Graph(DECODER, MODEL_FILE, data_file, _specs(data["inputs"]), _specs(data["outputs"]))}
-    return {name: Graph(g["role"], g["file"], g["data_file"], _specs(g["inputs"]), _specs(g["outputs"]))
+    return {name: Graph(g["role"], file_name(g["file"], f"graph {name!r}"),
+                        None if g["data_file"] is None else file_name(g["data_file"], f"graph {name!r}"),
+                        _specs(g["inputs"]), _specs(g["outputs"]))
             for name, g in data["graphs"].items()}
+
+
+def file_name(value: object, what: str) -> str:
+    """A file of the artifact's own folder, by plain name: a manifest may not lead the runtime
+    elsewhere (a path, `..`, an absolute name), whichever entry names it."""
+    if not (isinstance(value, str) and value and "/" not in value and "\\" not in value and value not in (".", "..")
+            and "\0" not in value):
+        raise ValueError(f"{what} names {value!r}, not a file name of the artifact")
+    return value
+
+
+def _engines(entries: list) -> tuple[dict[str, Any], ...]:
+    for entry in entries:
+        file_name(entry["file"], "an engine entry")
+    return tuple(entries)
 
 
 def _files(d: dict) -> dict[str, FileDigest]:
@@ -207,10 +224,9 @@ def _chat_template(d: dict | None) -> ChatTemplateSpec | None:
         return None
     spec = ChatTemplateSpec(dict(d["files"]), dict(d["special_tokens"]), str(d["source"]))
     for name, file in spec.files.items():
-        # files of this folder by plain name: a manifest may not lead the runtime elsewhere
-        if not (isinstance(name, str) and isinstance(file, str) and file and "/" not in file and "\\" not in file
-                and file not in (".", "..")):
-            raise ValueError(f"chat template {name!r} has file {file!r}, not a file name of the artifact")
+        if not isinstance(name, str):
+            raise ValueError(f"chat template name {name!r} is not a string")
+        file_name(file, f"chat template {name!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.special_tokens.items()):
         raise ValueError("chat template special tokens are not names and strings")
     return spec

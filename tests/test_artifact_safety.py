@@ -30,6 +30,7 @@ from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
 from gemma_export.describe import verify
 from gemma_export.targets import ExportOptions
+from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import DATA_FILE, MANIFEST_FILE, MODEL_FILE, read_manifest
 from test_chat_tokens import gemma1_like_tokenizer
 
@@ -224,3 +225,24 @@ def state(out: Path, previous: dict[str, bytes]) -> str:
     assert read_manifest(out).kv_cache.max_seq_len == OPTIONS["max_seq_len"]
     assert set(verify(out).values()) == {"OK"}
     return "new"
+
+
+# --- a crafted manifest may not lead the runtime out of the artifact ------------------------------
+
+@pytest.mark.parametrize("entry,value", [("graph", "../outside.onnx"), ("data", "/etc/passwd"),
+                                         ("engine", "../model.engine"), ("engine", "..")])
+def test_a_manifest_naming_files_outside_the_artifact_is_refused(checkpoint, tmp_path_factory, entry, value):
+    out = tmp_path_factory.getbasetemp() / "confined"
+    if not out.exists():
+        export(checkpoint, out, ExportOptions(**OPTIONS))
+    crafted = tmp_path_factory.mktemp("crafted") / "out"
+    shutil.copytree(out, crafted)
+    manifest = json.loads((crafted / MANIFEST_FILE).read_text())
+    if entry == "engine":
+        manifest["engines"] = [{"file": value, "library": "tensorrt_rtx", "version": "1", "compute_capability": "8.9"}]
+    else:
+        manifest["graphs"]["decoder"]["file" if entry == "graph" else "data_file"] = value
+    (crafted / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeInputError, match=f"malformed manifest .*names '{re.escape(value)}', not a file name "
+                                                "of the artifact"):
+        read_manifest(crafted)
