@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from media_util import greedy_after, stepwise_after_media  # noqa: E402
 from tiny import hf_multimodal_model, two_image_prompt, write_multimodal_checkpoint  # noqa: E402
 from tiny_audio import audio_prompt, hf_audio_model, write_audio_checkpoint  # noqa: E402
 from tiny_unified import hf_unified_model, image_and_audio_prompt, write_unified_checkpoint  # noqa: E402
@@ -50,18 +51,10 @@ def measure(model, ids: list[int], arrays: dict, expected: np.ndarray, greedy: l
     row = {"whole_prompt": float(np.abs(got - expected).max()) / scale, "top1": top1(got, expected),
            "finite": bool(np.isfinite(got).all())}
     media = model.media_prompt(ids, arrays)
-    backend = model.backend
-    backend.reserve(1)
-    tokens = [int(backend.step([ids], [0], [len(ids)], spliced=[media.splice(0, len(ids))])[0, 0].argmax())]
-    for t in range(NEW_TOKENS - 1):
-        tokens.append(int(backend.step([[tokens[-1]]], [len(ids) + t], [1])[0, 0].argmax()))
-    row["greedy_equal"] = tokens == greedy
+    row["greedy_equal"] = greedy_after(model, ids, media, NEW_TOKENS) == greedy
     if inplace:
-        last = media.spans[-1].end
-        backend.reserve(1)
-        rows = [backend.step([ids[:last]], [0], [last], spliced=[media.splice(0, last)])[:, 0]]
-        rows += [backend.step([[ids[t]]], [t], [1])[:, 0] for t in range(last, len(ids))]
-        row["token_by_token"] = float(np.abs(np.concatenate(rows) - expected[last - 1:]).max()) / scale
+        stepwise = stepwise_after_media(model, ids, media)
+        row["token_by_token"] = float(np.abs(stepwise - expected[media.spans[-1].end - 1:]).max()) / scale
     return row
 
 

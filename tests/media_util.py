@@ -52,3 +52,24 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
+
+
+def greedy_after(model, ids: list[int], media, n: int) -> list[int]:
+    """n greedy tokens after a prompt with media (a MediaPrompt), the prompt in one call."""
+    backend = model.backend
+    backend.reserve(1)
+    tokens = [int(backend.step([ids], [0], [len(ids)], spliced=[media.splice(0, len(ids))])[0, 0].argmax())]
+    for t in range(n - 1):
+        tokens.append(int(backend.step([[tokens[-1]]], [len(ids) + t], [1])[0, 0].argmax()))
+    return tokens
+
+
+def stepwise_after_media(model, ids: list[int], media) -> np.ndarray:
+    """The logits of the prompt's positions from the last media item's last one on: the prompt up to
+    there in one call, then token by token."""
+    last = media.spans[-1].end
+    backend = model.backend
+    backend.reserve(1)
+    rows = [backend.step([ids[:last]], [0], [last], spliced=[media.splice(0, last)])[:, 0]]
+    rows += [backend.step([[ids[t]]], [t], [1])[:, 0] for t in range(last, len(ids))]
+    return np.concatenate(rows)

@@ -17,6 +17,7 @@ from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.media.prompt import MediaPrompt, MediaSpan
+from media_util import greedy_after, stepwise_after_media
 from parity import assert_fp32_parity, prompt
 from tiny import PLACEHOLDERS, hf_multimodal_model, two_image_prompt, write_multimodal_checkpoint
 
@@ -72,15 +73,6 @@ def top1(logits: np.ndarray, expected: np.ndarray) -> float:
     return float((logits.argmax(-1) == expected.argmax(-1)).mean())
 
 
-def _greedy(model, ids: list[int], media: MediaPrompt, n: int) -> list[int]:
-    backend = model.backend
-    backend.reserve(1)
-    tokens = [int(backend.step([ids], [0], [len(ids)], spliced=[media.splice(0, len(ids))])[0, 0].argmax())]
-    for t in range(n - 1):
-        tokens.append(int(backend.step([[tokens[-1]]], [len(ids) + t], [1])[0, 0].argmax()))
-    return tokens
-
-
 @pytest.mark.parametrize("family,target,dtype", CASES)
 def test_two_images_match_transformers(family, target, dtype, artifacts, two_images):
     ids, arrays, expected, greedy, fp16_top1 = two_images[family]
@@ -96,14 +88,9 @@ def test_two_images_match_transformers(family, target, dtype, artifacts, two_ima
         return
     assert_fp32_parity(got, expected)
     media = model.media_prompt(ids, arrays)
-    assert _greedy(model, ids, media, len(greedy)) == greedy
+    assert greedy_after(model, ids, media, len(greedy)) == greedy
     if target in ("ort-cpu", "onnx"):  # the prompt up to the last image, then token by token
-        last = media.spans[-1].end
-        backend = model.backend
-        backend.reserve(1)
-        rows = [backend.step([ids[:last]], [0], [last], spliced=[media.splice(0, last)])[:, 0]]
-        rows += [backend.step([[ids[t]]], [t], [1])[:, 0] for t in range(last, len(ids))]
-        assert_fp32_parity(np.concatenate(rows), expected[last - 1:])
+        assert_fp32_parity(stepwise_after_media(model, ids, media), expected[media.spans[-1].end - 1:])
 
 
 def test_the_manifest_describes_the_image_encoder(artifacts):

@@ -19,7 +19,8 @@ from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.media import gemma4_images, gemma4_unified_audio
 from parity import assert_fp32_parity, prompt
-from test_multimodal import _edited_copy, _greedy
+from media_util import greedy_after, stepwise_after_media
+from test_multimodal import _edited_copy
 from tiny_unified import (IMAGE_BUDGET, SAMPLES_PER_TOKEN, hf_feature_extractor, hf_unified_model,
                           image_and_audio_prompt, reference_functions, reference_image_arrays,
                           write_unified_checkpoint)
@@ -70,14 +71,9 @@ def test_two_images_and_a_clip_match_transformers(target, artifacts, media_promp
     assert_fp32_parity(model.logits(ids, **arrays), expected)
     media = model.media_prompt(ids, arrays)
     assert [s.bidirectional for s in media.spans] == [True, False, True]  # image, clip, image
-    assert _greedy(model, ids, media, len(greedy)) == greedy
+    assert greedy_after(model, ids, media, len(greedy)) == greedy
     if target != "generic":  # the prompt up to the last image, then token by token
-        last = media.spans[-1].end
-        backend = model.backend
-        backend.reserve(1)
-        rows = [backend.step([ids[:last]], [0], [last], spliced=[media.splice(0, last)])[:, 0]]
-        rows += [backend.step([[ids[t]]], [t], [1])[:, 0] for t in range(last, len(ids))]
-        assert_fp32_parity(np.concatenate(rows), expected[last - 1:])
+        assert_fp32_parity(stepwise_after_media(model, ids, media), expected[media.spans[-1].end - 1:])
 
 
 def test_generate_prepares_images_and_audio_as_transformers_does(artifacts):
