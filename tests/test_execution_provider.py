@@ -69,8 +69,8 @@ def _fake_onnxruntime(monkeypatch, available: list[str], falls_back: bool = Fals
             return self.providers
 
     monkeypatch.setattr(ort_session, "ort", types.SimpleNamespace(
-        SessionOptions=ort_session.ort.SessionOptions, InferenceSession=Session,
-        get_available_providers=lambda: available))
+        __version__=ort_session.ort.__version__, SessionOptions=ort_session.ort.SessionOptions,
+        InferenceSession=Session, get_available_providers=lambda: available))
     return asked
 
 
