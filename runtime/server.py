@@ -294,7 +294,10 @@ def usage(choices: Sequence[Choice]) -> dict:
 
 
 def _failed(event: Event) -> ApiError:
-    return ApiError(500, "generation failed: " + event.text, kind="server_error")
+    """The 500 of a request the engine failed (its step raised: the engine logged the traceback);
+    the exception's text stays in the log, not in the answer to a client."""
+    return ApiError(500, "generation failed: an internal error happened in the engine (the server's log has "
+                    "its traceback)", kind="server_error", code="internal_error")
 
 
 def _prompt_logprobs(service: Service, choice: Choice) -> dict | None:
