@@ -221,6 +221,7 @@ class Model:
         self._require_tokenizer()
         if not self.manifest.multimodal:
             raise RuntimeInputError("this artifact's model takes text only")
+        self._refuse_by_length(prompt)
         prepared = prepare(self.manifest.multimodal, self.tokenizer, prompt, images, audio)
         media = self.media_prompt(prepared.ids, {k: v for arrays in prepared.arrays.values() for k, v in arrays.items()})
         return self._check_ids(prepared.ids, media=True), media
@@ -297,6 +298,7 @@ class Model:
             if not prompt:
                 raise RuntimeInputError("empty prompt text")
             self._require_tokenizer()
+            self._refuse_by_length(prompt)
             return self._check_ids(self.tokenizer.encode(prompt))
         if not isinstance(prompt, (list, tuple, np.ndarray)):
             raise RuntimeInputError(f"a prompt is text or a list of token ids, not {type(prompt).__name__}")
@@ -328,6 +330,17 @@ class Model:
             raise ContextLengthExceeded(
                 f"prompt has {len(ids)} tokens; this artifact's maximum sequence length is {self.max_seq_len}")
         return ids
+
+    def _refuse_by_length(self, text: str) -> None:
+        """ContextLengthExceeded for a text whose length alone proves it longer than the context
+        (a token stands for at most Tokenizer.longest_piece_chars characters, and BOS comes
+        first), before any of it is tokenized: a huge prompt costs no tokenization."""
+        longest = self.tokenizer.longest_piece_chars
+        at_least = 1 + -(-len(text) // longest)
+        if at_least > self.max_seq_len:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(text)} characters, so at least {at_least} tokens (a token of this vocabulary "
+                f"is at most {longest} characters); this artifact's maximum sequence length is {self.max_seq_len}")
 
     def _require_tokenizer(self) -> None:
         if self.tokenizer is None:

@@ -8,7 +8,10 @@ OpenAI's error shape with a 4xx and a message naming the field: {"error": {"mess
 "param", "code"}}. Fields a body does not declare are ignored, except those in UNSUPPORTED, which
 would change the answer: a 400 `unsupported_parameter` naming them. A full queue answers 429; a
 prompt beyond the context 400 `context_length_exceeded`; with an API key, a request without it 401
-(`/health` stays open); a body over the limit 413. A client that disconnects mid-stream cancels
+(`/health` stays open); a body over the limit 413; a body whose arrays and objects nest deeper than
+MAX_JSON_DEPTH 400 `nested_too_deep` (found by a scan of its bytes before it is parsed: Python's
+JSON decoder recurses). A text prompt whose length in characters alone proves it longer than the
+context is refused before it is tokenized (Model.encode). A client that disconnects mid-stream cancels
 its request; the engine frees the slot at its next step. Every response names the process that
 served it in `x-gemma-replica`.
 
@@ -53,9 +56,11 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence, Union
 
+import numpy as np
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from gemma_runtime import api_models as api
@@ -77,6 +82,7 @@ UNSUPPORTED = {
 }
 API_KEY_ENV = "GEMMA_EXPORT_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64  # arrays and objects in a body; OpenAI's bodies nest a handful of levels
 OPEN_PATHS = ("/health",)  # answered without the API key
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
 TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
@@ -107,6 +113,8 @@ class Service:
         self.engine = Engine(self.model, max_batch=max_batch, max_queue=max_queue).start()
         self.metrics = ServerMetrics(self.engine)
         self.texts = TokenTexts(self.model.tokenizer)
+        if self.model.tokenizer is not None:
+            self.model.tokenizer.longest_piece_chars  # computed once, now rather than in a request
         self.name = name or Path(artifact).resolve().name
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.created = int(time.time())
@@ -286,7 +294,10 @@ def usage(choices: Sequence[Choice]) -> dict:
 
 
 def _failed(event: Event) -> ApiError:
-    return ApiError(500, "generation failed: " + event.text, kind="server_error")
+    """The 500 of a request the engine failed (its step raised: the engine logged the traceback);
+    the exception's text stays in the log, not in the answer to a client."""
+    return ApiError(500, "generation failed: an internal error happened in the engine (the server's log has "
+                    "its traceback)", kind="server_error", code="internal_error")
 
 
 def _prompt_logprobs(service: Service, choice: Choice) -> dict | None:
@@ -636,6 +647,12 @@ def install_error_handlers(app: FastAPI, service: Service | None = None) -> None
     async def not_allowed(http: HttpRequest, exc):
         return respond(ApiError(405, f"{http.method} is not allowed on {http.url.path}", code="method_not_allowed"))
 
+    @app.exception_handler(400)
+    async def unparsed(http: HttpRequest, exc):  # FastAPI's own "error parsing the body", BodyTooDeep
+        code = getattr(exc, "code", None)
+        message = str(exc.detail) if code else f"the request body could not be parsed ({exc.detail})"
+        return respond(ApiError(400, message, code=code))
+
     @app.exception_handler(413)
     async def too_large(http: HttpRequest, exc):
         return respond(ApiError(413, str(exc.detail), code="request_too_large"))
@@ -645,6 +662,49 @@ class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
         super().__init__(413, f"the request body is larger than this server's limit of {limit} bytes "
                               "(serve --max-body-mib)")
+
+
+_KEPT = b'"[]{}'  # what json_depth looks at
+_NOT_KEPT = bytes(b for b in range(256) if b not in _KEPT)
+_STEPS = np.zeros(256, np.int8)
+_STEPS[list(b"[{")], _STEPS[list(b"]}")] = 1, -1
+
+
+def json_depth(body: bytes) -> int:
+    """How deep a JSON text's arrays and objects nest, read from its bytes in linear time without
+    parsing them: escaped backslashes, then escaped quotes dropped (in JSON a backslash appears
+    only in strings), every quote left opens or closes a string, and the brackets outside strings
+    count up and down. Of a text that is not JSON a number that means nothing (its parser refuses
+    it)."""
+    kept = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_KEPT)
+    marks = np.frombuffer(kept, np.uint8)
+    outside = (np.cumsum(marks == ord('"'), dtype=np.int32) & 1) == 0  # a closing quote counts as outside
+    return int(np.cumsum(np.where(outside, _STEPS[marks], 0), dtype=np.int32).max(initial=0))
+
+
+class BodyTooDeep(HTTPException):
+    code = "nested_too_deep"
+
+    def __init__(self, depth: int):
+        super().__init__(400, f"the request body nests arrays and objects {depth} levels deep; this server takes "
+                              f"at most {MAX_JSON_DEPTH}")
+
+
+class DepthCheckedRoute(APIRoute):
+    """A route that refuses a body nested deeper than MAX_JSON_DEPTH (BodyTooDeep) before FastAPI
+    parses it. Set as an app's router.route_class before its routes are declared."""
+
+    def get_route_handler(self):
+        handle = super().get_route_handler()
+
+        async def checked(request: HttpRequest) -> Response:
+            body = await request.body()  # kept on the request: FastAPI's handler reads it from there
+            depth = json_depth(body) if len(body) < 2**20 else await asyncio.to_thread(json_depth, body)
+            if depth > MAX_JSON_DEPTH:
+                raise BodyTooDeep(depth)
+            return await handle(request)
+
+        return checked
 
 
 class Guard:
@@ -693,6 +753,7 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
         service.close()
 
     app = FastAPI(title="gemma-export", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.router.route_class = DepthCheckedRoute
 
     @app.post("/v1/completions", response_model=api.CompletionResponse, responses=ERROR_RESPONSES)
     async def completions(body: api.CompletionRequest):

@@ -4,6 +4,7 @@ the runtime torch-free). BOS is added exactly once to text."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         """The vocabulary's piece for an id, as written in the tokenizer file."""
         return self._hf.id_to_token(token_id) if self._hf is not None else self._sp.id_to_piece(token_id)
+
+    @functools.cached_property
+    def longest_piece_chars(self) -> int:
+        """The most characters of text one token can stand for: the vocabulary's longest piece (a
+        byte-fallback piece counts as one, its byte being at most one character's UTF-8; a word
+        mark as the one space it stands for). With Gemma's tokenizers, which never shrink text
+        before splitting it (identity normalization, byte fallback), a text of n characters is at
+        least ceil(n / longest_piece_chars) tokens. Computed once, on first use."""
+        pieces = self._hf.get_vocab() if self._hf is not None else map(self._sp.id_to_piece, range(self.vocab_size))
+        return max(1, max((1 if BYTE_PIECE.fullmatch(p) else len(p) for p in pieces), default=1))
 
     def token_bytes(self, token_id: int) -> bytes:
         """The text one token stands for, as bytes (as OpenAI's logprobs give them): a byte-fallback
