@@ -20,7 +20,8 @@ from ray import serve
 
 from gemma_runtime import api_models
 from gemma_runtime.logs import configure_logging
-from gemma_runtime.server import (ERROR_RESPONSES, DepthCheckedRoute, Service, completion_response, health_response,
+from gemma_runtime.request_body import DepthCheckedRoute
+from gemma_runtime.server import (ERROR_RESPONSES, Service, completion_response, health_response,
                                   install_error_handlers, metrics_response, models_response, tokenizer_response)
 
 api = FastAPI(title="gemma-export", docs_url=None, redoc_url=None)

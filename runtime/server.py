@@ -42,8 +42,6 @@ take it, so the standalone app (`create_app`) and the Ray Serve deployment
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import dataclasses
 import hmac
@@ -56,19 +54,18 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence, Union
 
-import numpy as np
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from gemma_runtime import api_models as api
+from gemma_runtime.api_errors import ApiError
 from gemma_runtime.api_logprobs import TokenTexts
-from gemma_runtime.chat import media_placeholder
+from gemma_runtime.chat_request import ChatPrompt, chat_prompt, input_modalities
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
+from gemma_runtime.request_body import BodyTooLarge, DepthCheckedRoute
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
@@ -82,24 +79,9 @@ UNSUPPORTED = {
 }
 API_KEY_ENV = "GEMMA_EXPORT_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
-MAX_JSON_DEPTH = 64  # arrays and objects in a body; OpenAI's bodies nest a handful of levels
 OPEN_PATHS = ("/health",)  # answered without the API key
-MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
-TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
-IMAGE_TYPES = ("png", "jpeg", "jpg", "gif", "bmp", "webp", "tiff")  # data:image/<type> (media/images.py reads them)
-AUDIO_FORMATS = ("wav",)
 
 logger = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 class Service:
@@ -127,13 +109,7 @@ class Service:
 
 def models(service: Service) -> dict:
     return {"object": "list", "data": [{"id": service.name, "object": "model", "created": service.created,
-                                        "owned_by": "gemma-export", "input_modalities": input_modalities(service)}]}
-
-
-def input_modalities(service: Service) -> list[str]:
-    """"text", then each modality the artifact has an encoder for."""
-    section = service.model.manifest.multimodal or {}
-    return ["text", *(m for m in ("image", "audio") if m in section)]
+                                        "owned_by": "gemma-export", "input_modalities": input_modalities(service.model)}]}
 
 
 def health(service: Service) -> dict:
@@ -200,7 +176,7 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        media = _chat_prompt(service, body.messages)
+        media = chat_prompt(service.model, body.messages)
         prompts: list[tuple[Prompt, ChatPrompt | None]] = [(media.text, media)]
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     else:
@@ -409,7 +385,7 @@ def tokenize(service: Service, body: api.TokenizeRequest) -> dict:
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give either 'prompt' or 'messages'", "prompt")
     if body.messages is not None:
-        prompt = _chat_prompt(service, body.messages)
+        prompt = chat_prompt(service.model, body.messages)
         if prompt.images or prompt.audio:
             raise ApiError(400, "/tokenize counts text: images and audio expand at generation", "messages",
                            "unsupported_content")
@@ -432,125 +408,6 @@ def detokenize(service: Service, body: api.DetokenizeRequest) -> dict:
     if outside:
         raise ApiError(400, f"token id {outside[0]} is outside the vocabulary (0..{vocab - 1})", "tokens")
     return api.DetokenizeResponse(prompt=tokenizer.decode(body.tokens)).model_dump()
-
-
-@dataclasses.dataclass
-class ChatPrompt:
-    """A conversation rendered as text, and the media its placeholders stand for, in order."""
-
-    text: str
-    images: list[bytes] = dataclasses.field(default_factory=list)
-    audio: list[bytes] = dataclasses.field(default_factory=list)
-
-
-def _chat_prompt(service: Service, messages: list[api.Message]) -> ChatPrompt:
-    prompt = ChatPrompt("")
-    flat = []
-    for i, m in enumerate(messages):
-        role = "user" if m.role == "developer" else m.role
-        content = m.content
-        if isinstance(content, list):
-            content = _content(service, i, role, content, prompt)
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of content parts", "messages")
-        flat.append({"role": role, "content": content})
-    if service.model.tokenizer is None:
-        raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
-    try:
-        prompt.text = service.model.chat_prompt(flat)
-    except RuntimeInputError as e:
-        raise ApiError(400, str(e), "messages") from None
-    return prompt
-
-
-def _content(service: Service, i: int, role: str, parts: list, prompt: ChatPrompt) -> str:
-    """A message's content parts as text: text parts joined by newlines, each media part the
-    model's placeholder (written against its neighbours, as Gemma's chat templates do), its bytes
-    appended to the prompt's images or audio."""
-    pieces: list[tuple[bool, str]] = []  # (is text, text)
-    for part in parts:
-        kind = part.type
-        if kind in MEDIA_PARTS:
-            modality = _modality(service, i, role, kind)
-            data = _image_bytes(i, part.image_url.url) if modality == "image" else _audio_bytes(i, part.input_audio)
-            (prompt.images if modality == "image" else prompt.audio).append(data)
-            pieces.append((False, _placeholder(service, modality)))
-        elif kind == "text":
-            pieces.append((True, part.text))
-        else:
-            taken = "".join(f" or {k} parts" for k, m in TAKEN_PARTS.items() if m in input_modalities(service))
-            raise ApiError(400, f"messages[{i}] content parts must be {{'type': 'text', 'text': ...}}{taken}",
-                           "messages")
-    text = ""
-    for k, (is_text, piece) in enumerate(pieces):
-        text += ("\n" if k and is_text and pieces[k - 1][0] else "") + piece
-    return text
-
-
-def _modality(service: Service, i: int, role: str, kind: str) -> str:
-    """The modality of a media part this artifact takes (ApiError otherwise)."""
-    taken = input_modalities(service)
-    if len(taken) == 1:
-        raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact is a text-only model", "messages",
-                       "unsupported_content")
-    modality = TAKEN_PARTS.get(kind)
-    if modality is None:
-        raise ApiError(400, f"messages[{i}] has a {kind} part; this server takes "
-                       + " and ".join(k for k, m in TAKEN_PARTS.items() if m in taken) + " parts", "messages",
-                       "unsupported_content")
-    if modality not in taken:
-        raise ApiError(400, f"messages[{i}] has a {kind} part; this artifact takes no {modality} (its model "
-                       f"takes {', '.join(taken)})", "messages", "unsupported_content")
-    if role != "user":
-        raise ApiError(400, f"messages[{i}] has a {kind} part; only user messages take images and audio",
-                       "messages", "unsupported_content")
-    return modality
-
-
-def _placeholder(service: Service, modality: str) -> str:
-    try:
-        return media_placeholder(service.model.manifest, service.model.tokenizer, modality)
-    except RuntimeInputError as e:
-        raise ApiError(400, str(e), "messages") from None
-
-
-def _image_bytes(i: int, url: str) -> bytes:
-    """The image of an image_url part, whose url must be a base64 data: URL."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme in ("http", "https"):
-        raise ApiError(400, f"messages[{i}]: this server fetches no URLs; send the image inline as a data: URL "
-                       "(data:image/png;base64,...)", "messages", "invalid_image_url")
-    if scheme != "data":
-        raise ApiError(400, f"messages[{i}]: the image url must be a data: URL (data:image/png;base64,...); "
-                       "this server reads no files", "messages", "invalid_image_url")
-    header, _, data = url[len("data:"):].partition(",")
-    fields = header.lower().split(";")
-    if not fields[0].startswith("image/") or "base64" not in fields[1:]:
-        raise ApiError(400, f"messages[{i}]: the image url must be data:image/<type>;base64,<data>, not "
-                       f"data:{header[:40]}", "messages", "invalid_image_url")
-    if fields[0][len("image/"):] not in IMAGE_TYPES:
-        raise ApiError(400, f"messages[{i}]: unsupported image type {fields[0]} (this server takes "
-                       f"{', '.join(IMAGE_TYPES)})", "messages", "invalid_image_format")
-    return _base64(i, data, "image")
-
-
-def _audio_bytes(i: int, audio: api.InputAudio) -> bytes:
-    """The clip of an input_audio part: {"data": base64, "format": "wav"}."""
-    if audio.format not in AUDIO_FORMATS:
-        raise ApiError(400, f"messages[{i}]: unsupported audio format {audio.format!r} (this server takes "
-                       f"{', '.join(AUDIO_FORMATS)})", "messages", "invalid_audio_format")
-    return _base64(i, audio.data, "audio")
-
-
-def _base64(i: int, data: str, what: str) -> bytes:
-    try:
-        decoded = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"messages[{i}]: the {what} data is not valid base64", "messages",
-                       "invalid_base64") from None
-    if not decoded:
-        raise ApiError(400, f"messages[{i}]: empty {what} data", "messages")
-    return decoded
 
 
 
@@ -656,55 +513,6 @@ def install_error_handlers(app: FastAPI, service: Service | None = None) -> None
     @app.exception_handler(413)
     async def too_large(http: HttpRequest, exc):
         return respond(ApiError(413, str(exc.detail), code="request_too_large"))
-
-
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than this server's limit of {limit} bytes "
-                              "(serve --max-body-mib)")
-
-
-_KEPT = b'"[]{}'  # what json_depth looks at
-_NOT_KEPT = bytes(b for b in range(256) if b not in _KEPT)
-_STEPS = np.zeros(256, np.int8)
-_STEPS[list(b"[{")], _STEPS[list(b"]}")] = 1, -1
-
-
-def json_depth(body: bytes) -> int:
-    """How deep a JSON text's arrays and objects nest, read from its bytes in linear time without
-    parsing them: escaped backslashes, then escaped quotes dropped (in JSON a backslash appears
-    only in strings), every quote left opens or closes a string, and the brackets outside strings
-    count up and down. Of a text that is not JSON a number that means nothing (its parser refuses
-    it)."""
-    kept = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_KEPT)
-    marks = np.frombuffer(kept, np.uint8)
-    outside = (np.cumsum(marks == ord('"'), dtype=np.int32) & 1) == 0  # a closing quote counts as outside
-    return int(np.cumsum(np.where(outside, _STEPS[marks], 0), dtype=np.int32).max(initial=0))
-
-
-class BodyTooDeep(HTTPException):
-    code = "nested_too_deep"
-
-    def __init__(self, depth: int):
-        super().__init__(400, f"the request body nests arrays and objects {depth} levels deep; this server takes "
-                              f"at most {MAX_JSON_DEPTH}")
-
-
-class DepthCheckedRoute(APIRoute):
-    """A route that refuses a body nested deeper than MAX_JSON_DEPTH (BodyTooDeep) before FastAPI
-    parses it. Set as an app's router.route_class before its routes are declared."""
-
-    def get_route_handler(self):
-        handle = super().get_route_handler()
-
-        async def checked(request: HttpRequest) -> Response:
-            body = await request.body()  # kept on the request: FastAPI's handler reads it from there
-            depth = json_depth(body) if len(body) < 2**20 else await asyncio.to_thread(json_depth, body)
-            if depth > MAX_JSON_DEPTH:
-                raise BodyTooDeep(depth)
-            return await handle(request)
-
-        return checked
 
 
 class Guard:

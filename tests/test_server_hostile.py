@@ -16,7 +16,7 @@ import pytest
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.logs import ROOT
-from gemma_runtime.server import MAX_JSON_DEPTH, json_depth
+from gemma_runtime.request_body import MAX_JSON_DEPTH, json_depth
 from test_chat_tokens import gemma1_like_tokenizer
 from test_server import GUARD_S, MAX_SEQ_LEN, LiveServer
 from tiny import write_checkpoint
