@@ -22,7 +22,8 @@ from gemma_runtime.tokenizer import Tokenizer
 from media_util import MEDIA_PIECES, PLACEHOLDER, png, shared_artifact
 from test_chat_tokens import gemma1_like_tokenizer
 from test_server import LiveServer
-from gemma_runtime import api_models, server as server_module
+from gemma_runtime import api_models, chat_request
+from gemma_runtime.api_errors import ApiError
 
 IMAGES = [png(40, 30, seed=1), png(20, 50, seed=2)]
 NEW = 8
@@ -157,27 +158,26 @@ def wav(samples: int = 1600, rate: int = 16000) -> bytes:
     return out.getvalue()
 
 
-def gemma4_service():
-    """A stand-in Service whose manifest takes images and audio as Gemma 4's does."""
+def gemma4_model():
+    """A stand-in model whose manifest takes images and audio as Gemma 4's does."""
     tokenizer = Tokenizer("tokenizer.model", gemma1_like_tokenizer(MEDIA_PIECES["gemma4"]), bos_id=2)
     section = {"image": {"kind": "gemma4", "token_id": 380}, "audio": {"kind": "gemma4", "token_id": 382}}
-    manifest = types.SimpleNamespace(multimodal=section)
-    return types.SimpleNamespace(model=types.SimpleNamespace(manifest=manifest, tokenizer=tokenizer))
+    return types.SimpleNamespace(manifest=types.SimpleNamespace(multimodal=section), tokenizer=tokenizer)
 
 
 def test_gemma4_placeholders_are_the_tokenizer_pieces_of_its_media_tokens():
-    service = gemma4_service()
-    prompt = server_module.ChatPrompt("")
+    model = gemma4_model()
+    prompt = chat_request.ChatPrompt("")
     audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav()).decode(), "format": "wav"}}
     parts = api_models.Message(role="user", content=[text_part("hi"), image_part(IMAGES[0]), audio, text_part("a"),
                                                      text_part("b")]).content
-    text = server_module._content(service, 0, "user", parts, prompt)
+    text = chat_request._content(model, 0, "user", parts, prompt)
     assert text == "hi<|image|><|audio|>a\nb"
     assert prompt.images == [IMAGES[0]] and prompt.audio == [wav()]
-    assert server_module.input_modalities(service) == ["text", "image", "audio"]
+    assert chat_request.input_modalities(model) == ["text", "image", "audio"]
     mp3 = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}
-    with pytest.raises(server_module.ApiError, match="unsupported audio format 'mp3'") as refused:
-        server_module._content(service, 0, "user", api_models.Message(role="user", content=[mp3]).content, prompt)
+    with pytest.raises(ApiError, match="unsupported audio format 'mp3'") as refused:
+        chat_request._content(model, 0, "user", api_models.Message(role="user", content=[mp3]).content, prompt)
     assert refused.value.status == 400 and refused.value.code == "invalid_audio_format"
 
 
