@@ -208,7 +208,7 @@ class DetokenizeRequest(Request):
 # -- responses -------------------------------------------------------------------------------------
 
 class Response(BaseModel):
-    pass
+    """The base of every response body."""
 
 
 class Usage(Response):

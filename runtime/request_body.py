@@ -1,11 +1,13 @@
-"""Limits on a request body checked before it is parsed: its size (BodyTooLarge, raised by the
-server's middleware as the bytes arrive) and how deep its arrays and objects nest (a route class
+"""What a request must pass before its body is parsed: the API key and the body's size (Guard, the
+server's middleware; BodyTooLarge as the bytes arrive) and how deep its arrays and objects nest (a route class
 that scans the raw bytes in linear time; a body nested deeper than MAX_JSON_DEPTH is refused before
 Python's recursive JSON parser sees it)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Callable
 
 import numpy as np
 from fastapi import Request as HttpRequest
@@ -13,6 +15,9 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from gemma_runtime.api_errors import ApiError
+
+OPEN_PATHS = ("/health",)  # answered without the API key
 MAX_JSON_DEPTH = 64  # arrays and objects in a body; OpenAI's bodies nest a handful of levels
 
 
@@ -63,3 +68,39 @@ class DepthCheckedRoute(APIRoute):
             return await handle(request)
 
         return checked
+
+
+class Guard:
+    """ASGI middleware: the API key (Bearer; every route but OPEN_PATHS) and the body size limit,
+    checked on the declared content-length and again on the bytes as they arrive (a chunked body
+    declares none)."""
+
+    def __init__(self, app, respond: Callable[[ApiError], Response], api_key: str | None, max_body_bytes: int):
+        """respond: the server's error response for a refusal."""
+        self.app, self.respond, self.api_key, self.max_body_bytes = app, respond, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                error = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", None,
+                                 "invalid_api_key", "authentication_error")
+                return await self.respond(error)(scope, receive, send)
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            error = ApiError(413, str(BodyTooLarge(self.max_body_bytes).detail), code="request_too_large")
+            return await self.respond(error)(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)  # FastAPI re-raises it from its body parsing
+            return message
+
+        await self.app(scope, limited, send)

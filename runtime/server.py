@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import os
@@ -65,7 +64,7 @@ from gemma_runtime.chat_request import ChatPrompt, chat_prompt, input_modalities
 from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
-from gemma_runtime.request_body import BodyTooLarge, DepthCheckedRoute
+from gemma_runtime.request_body import DepthCheckedRoute, Guard
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
@@ -79,7 +78,6 @@ UNSUPPORTED = {
 }
 API_KEY_ENV = "GEMMA_EXPORT_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
-OPEN_PATHS = ("/health",)  # answered without the API key
 
 logger = logging.getLogger(__name__)
 
@@ -515,41 +513,6 @@ def install_error_handlers(app: FastAPI, service: Service | None = None) -> None
         return respond(ApiError(413, str(exc.detail), code="request_too_large"))
 
 
-class Guard:
-    """ASGI middleware: the API key (Bearer; every route but OPEN_PATHS) and the body size limit,
-    checked on the declared content-length and again on the bytes as they arrive (a chunked body
-    declares none)."""
-
-    def __init__(self, app, service: Service, api_key: str | None, max_body_bytes: int):
-        self.app, self.service, self.api_key, self.max_body_bytes = app, service, api_key, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                error = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", None,
-                                 "invalid_api_key", "authentication_error")
-                return await error_response(self.service, error)(scope, receive, send)
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body_bytes:
-            error = ApiError(413, str(BodyTooLarge(self.max_body_bytes).detail), code="request_too_large")
-            return await error_response(self.service, error)(scope, receive, send)
-        received = 0
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise BodyTooLarge(self.max_body_bytes)  # FastAPI re-raises it from its body parsing
-            return message
-
-        await self.app(scope, limited, send)
-
-
 def create_app(service: Service, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                cors_origins: Sequence[str] = ()) -> FastAPI:
     """The standalone FastAPI app over one Service; api_key None: open (see serve for the
@@ -592,7 +555,8 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
         return metrics_response(service)
 
     install_error_handlers(app, service)
-    app.add_middleware(Guard, service=service, api_key=api_key or None, max_body_bytes=max_body_bytes)
+    app.add_middleware(Guard, respond=lambda error: error_response(service, error), api_key=api_key or None,
+                       max_body_bytes=max_body_bytes)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
