@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test clean
+# The onnxruntime versions the suite proves beside the installed one (tests/test_onnxruntime_floor.py):
+# the floor pyproject states, and onnxruntime-gpu's newest release (its CPU build).
+ONNXRUNTIME_VERSIONS := 1.27.0 1.31.1
+ONNXRUNTIME_STAMPS := $(ONNXRUNTIME_VERSIONS:%=$(VENV)/onnxruntime-versions/%/.installed)
+
+.PHONY: install onnxruntime-versions demo test clean
 
 install: $(INSTALLED)
 
@@ -17,11 +22,17 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,serve,ray,test]'
 	touch $@
 
+onnxruntime-versions: $(ONNXRUNTIME_STAMPS)
+
+$(VENV)/onnxruntime-versions/%/.installed: $(INSTALLED)
+	$(PY) -m pip install -q --no-deps --target $(VENV)/onnxruntime-versions/$* onnxruntime==$*
+	touch $@
+
 demo: install
 	$(VENV)/bin/gemma-export export -o $(DEMO_OUT) --force
 	$(VENV)/bin/gemma-export generate $(DEMO_OUT) --prompt "The capital of France is" --max-new-tokens 32
 
-test: install
+test: install onnxruntime-versions
 	$(PY) -m pytest -q --durations=30 tests
 
 clean:

@@ -12,9 +12,9 @@ import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_export.verify.compare import FP32_RELATIVE_TOLERANCE
-from gemma_runtime.backends import ort_inplace
 from gemma_runtime.engine import Engine, QueueFull
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
+from padded_backend import padded
 
 MAX_SEQ_LEN = 48
 
@@ -57,17 +57,16 @@ def ring_artifact(tiny_checkpoints, tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["artifact", "ring_artifact", "padded"])
-def test_batched_greedy_equals_each_request_alone(which, request, monkeypatch):
-    """padded: caches without numpy row views (bf16, CUDA), where a step is one padded call over
-    every busy row."""
-    if which == "padded":
-        monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
+def test_batched_greedy_equals_each_request_alone(which, request):
+    """padded: a backend without row views (TensorRT), where a step is one padded call over every
+    busy row."""
     artifact = request.getfixturevalue("artifact" if which == "padded" else which)
     model = gemma_runtime.load(artifact)
     vocab = model.manifest.config["vocab_size"]
     batch = prompts(vocab, [3, 17, 9, 30, 1 + 5, 22])
     solo = [model.generate(p, max_new_tokens=10).token_ids for p in batch]
-    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=8, prefill_budget=12)
+    loaded = gemma_runtime.load(artifact)
+    engine = Engine(padded(loaded) if which == "padded" else loaded, max_batch=3, prefill_chunk=8, prefill_budget=12)
     assert engine.model.backend.capabilities.row_views == (which != "padded")
     requests = []
     arrivals = {0: [0, 1], 2: [2], 3: [3, 4], 7: [5]}  # step -> requests submitted before it
@@ -185,14 +184,13 @@ def reference_logprobs(logits: np.ndarray, tokens) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["artifact", "padded"])
-def test_prompt_and_generated_logprobs_are_those_of_the_logits(which, artifact, monkeypatch):
+def test_prompt_and_generated_logprobs_are_those_of_the_logits(which, artifact):
     """Prompt logprobs across chunks of a prompt fed beside other requests (row views, and one
     padded call), the first null; each generated token's equals the whole sequence's logits."""
-    if which == "padded":
-        monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
     model = gemma_runtime.load(artifact)
     p = prompts(model.manifest.config["vocab_size"], [19, 6, 11])
-    engine = Engine(gemma_runtime.load(artifact), max_batch=3, prefill_chunk=5, prefill_budget=7)
+    loaded = gemma_runtime.load(artifact)
+    engine = Engine(padded(loaded) if which == "padded" else loaded, max_batch=3, prefill_chunk=5, prefill_budget=7)
     others = [engine.submit(engine.request(x, 5)) for x in p[1:]]
     scored = engine.submit(engine.request(p[0], 4, logprobs=3, prompt_logprobs=2))
     drain(engine)

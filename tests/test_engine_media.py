@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import gemma_runtime
-from gemma_runtime.backends import ort_inplace
 from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError
 from media_util import PLACEHOLDER, png, shared_artifact
+from padded_backend import padded as padded_model
 
 PROMPT = f"ab{PLACEHOLDER['gemma3']}c{PLACEHOLDER['gemma3']}d"
 FIRST = f"{PLACEHOLDER['gemma3']}ab"  # an image after 4 tokens: <bos> \n \n <start_of_image>
@@ -60,13 +60,11 @@ def images_whole(spy: Spy, image_tokens: int) -> bool:
 
 
 @pytest.mark.parametrize("chunk,budget,padded", [(128, None, False), (3, 3, False), (2, 2, True), (5, 1, False)])
-def test_an_image_request_beside_a_text_request_gets_the_solo_tokens(artifact, solo, chunk, budget, padded,
-                                                                     monkeypatch):
+def test_an_image_request_beside_a_text_request_gets_the_solo_tokens(artifact, solo, chunk, budget, padded):
     """chunk 3 and 2: each image (4 soft tokens) goes whole in a call wider than the chunk; budget
     1: the image request meets its images in the one-token call and waits for its own call."""
-    if padded:
-        monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
-    engine = Engine(gemma_runtime.load(artifact, threads=1), max_batch=2, prefill_chunk=chunk, prefill_budget=budget)
+    loaded = gemma_runtime.load(artifact, threads=1)
+    engine = Engine(padded_model(loaded) if padded else loaded, max_batch=2, prefill_chunk=chunk, prefill_budget=budget)
     assert engine.model.backend.capabilities.row_views == (not padded)
     spy = Spy(engine.model.backend)
     text = engine.request(solo["text_prompt"], NEW)
@@ -80,11 +78,10 @@ def test_an_image_request_beside_a_text_request_gets_the_solo_tokens(artifact, s
         assert any(width >= tokens > chunk for width, rows in spy.calls if any(c is not None for c in rows))
 
 
-def test_an_image_waits_while_a_row_near_the_context_end_narrows_the_padded_call(artifact, solo, monkeypatch):
+def test_an_image_waits_while_a_row_near_the_context_end_narrows_the_padded_call(artifact, solo):
     """Padded calls are as wide as their widest piece but no wider than any busy row's room: an
     image that does not fit waits, and goes whole once the narrowing row has finished."""
-    monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
-    engine = Engine(gemma_runtime.load(artifact, threads=1), max_batch=2, prefill_chunk=256)
+    engine = Engine(padded_model(gemma_runtime.load(artifact, threads=1)), max_batch=2, prefill_chunk=256)
     spy = Spy(engine.model.backend)
     model = engine.model
     room = 4  # call k has room - k + 1 columns: the 4 tokens before the image in call 1, then too few

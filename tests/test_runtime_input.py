@@ -155,11 +155,11 @@ def test_an_onnxruntime_below_the_floor_is_refused_in_one_line(artifact, capsys,
 
     from gemma_runtime.backends.ort_session import check_version
 
-    check_version("1.32.0")
+    check_version("1.27.0")
     check_version("1.33.0.dev20261201")
-    monkeypatch.setattr(onnxruntime, "__version__", "1.31.1")
-    with pytest.raises(RuntimeInputError, match=r"onnxruntime 1.31.1 is too old: .* need onnxruntime >= 1.32"):
+    monkeypatch.setattr(onnxruntime, "__version__", "1.26.0")
+    with pytest.raises(RuntimeInputError, match=r"onnxruntime 1.26.0 is too old: .* need onnxruntime >= 1.27"):
         gemma_runtime.load(artifact, threads=1)
     code, _, err = cli(capsys, "generate", artifact, "--prompt", "hi", "--max-new-tokens", "2")
-    assert code == 2 and err.strip().splitlines() == ["error: onnxruntime 1.31.1 is too old: gemma-export's graphs "
-                                                      "need onnxruntime >= 1.32 (pip install -U 'onnxruntime>=1.32')"]
+    assert code == 2 and err.strip().splitlines() == ["error: onnxruntime 1.26.0 is too old: gemma-export's graphs "
+                                                      "need onnxruntime >= 1.27 (pip install -U 'onnxruntime>=1.27')"]

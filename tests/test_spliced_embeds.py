@@ -106,7 +106,7 @@ def test_logits_at_spliced_columns_come_from_the_given_embeddings(backend):
     expected[0, 1:3] = image @ HEAD
     expected[1, 1] = audio @ HEAD
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-    one_row = backend.step(ids, [4, 2], [4, 2], keep, spliced=[None, Splice(np.array([3]), audio)])
+    one_row = backend.step(ids, [4, 2], [4, 4], keep, spliced=[None, Splice(np.array([3]), audio)])
     expected = EMBEDDING[ids] @ HEAD
     expected[1, 3] = audio @ HEAD
     np.testing.assert_allclose(one_row, expected, rtol=1e-5, atol=1e-5)
@@ -131,17 +131,18 @@ def test_bad_splices_are_refused_in_one_line(backend, tmp_path):
     np.testing.assert_allclose(text_only.step([[2, 5]], [0], [2])[0, 0], EMBEDDING[5] @ HEAD, rtol=1e-5, atol=1e-5)
 
 
-def test_splices_reach_the_rows_of_a_padded_call(tmp_path, monkeypatch):
-    """Without row views (bf16, CUDA) a call runs every reserved row: the splices are padded too."""
-    from gemma_runtime.backends import ort_inplace
-
-    monkeypatch.setattr(ort_inplace, "_VIEW_DTYPES", ())
-    padded = gemma_runtime.load(artifact(tmp_path / "padded", media=True), threads=1).backend
-    assert not padded.capabilities.row_views
-    padded.reserve(3)
+def test_a_call_continuing_several_rows_runs_row_by_row_each_with_its_splice(tmp_path):
+    """Several rows continuing their caches by more than one token each run one row at a time
+    (GroupQueryAttention before onnxruntime 1.32 takes no per-row query lengths): each row keeps its
+    own splice, and a kept column beyond a row's tokens reads its last one."""
+    backend = gemma_runtime.load(artifact(tmp_path / "rows", media=True), threads=1).backend
+    backend.reserve(3)
     image = rng.standard_normal((1, HIDDEN)).astype(np.float32)
-    logits = padded.step([[2, 5, 6]], [0], [3], [[0, 1, 2]], spliced=[Splice(np.array([2]), image)])
-    expected = EMBEDDING[[2, 5, 6]] @ HEAD
-    expected[2] = image[0] @ HEAD
-    assert logits.shape == (1, 3, VOCAB)
+    backend.step([[2, 5, 6], [2, 5, 0]], [0, 0], [3, 2])
+    logits = backend.step([[7, 1, 3], [2, 4, 0]], [3, 2], [3, 2], [[0, 1, 2], [0, 1, 2]],
+                          first_row=1, spliced=[Splice(np.array([1]), image), None])
+    expected = EMBEDDING[[7, 1, 3]] @ HEAD
+    expected[1] = image[0] @ HEAD
+    assert logits.shape == (2, 3, VOCAB)
     np.testing.assert_allclose(logits[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[1], EMBEDDING[[2, 4, 4]] @ HEAD, rtol=1e-5, atol=1e-5)

@@ -7,8 +7,10 @@ Rotary runs inside the kernel (do_rotary=1, half-split: rotary_interleaved=0) fr
 so it is applied before rotary, as in transformers.
 
 Lengths come from the in-place cache interface: seqlens_k = past + new - 1 per row,
-query_seqlens = new tokens per row (prompts right-padded: padding rows never enter the cache, and
-a batch may continue from a cache), total_sequence_length = the batch's longest total.
+total_sequence_length = the batch's longest total. Without the kernel's 17th input (query lengths
+per row, which onnxruntime before 1.32 refuses) a call over several rows either starts them all
+(past 0, prompts right-padded: padding never enters the cache) or feeds each one token; the runtime
+runs any other call one row at a time.
 
 local_window_size is the window itself: onnxruntime's CPU kernel, like transformers' Gemma, lets
 a query see `window` keys, itself included (checked against transformers with prompts longer than
@@ -102,13 +104,13 @@ def _group_query_attention(graph: ir.Graph, node: ir.Node, lengths, ctx: PassCon
     q_heads, head_dim = node.inputs[0].shape[2], node.inputs[0].shape[3]
     kv_heads = node.inputs[3].shape[1]
     cos, sin = cos_sin_caches(graph, theta, scale, head_dim, ctx.options.max_seq_len, pairs)
-    seqlens_k, total, query_seqlens = lengths
+    seqlens_k, total = lengths
     q, k, v = (_merge_heads(graph, node, x) for x in (q_rope.inputs[0], k_rope.inputs[0], node.inputs[2]))
     past_k, past_v = node.inputs[3], node.inputs[4]
     window = node.attributes.get_int("window")
     gqa = add_node(
         graph, node, "GroupQueryAttention",
-        [q, k, v, past_k, past_v, seqlens_k, total, cos, sin, *[None] * 7, query_seqlens],
+        [q, k, v, past_k, past_v, seqlens_k, total, cos, sin],
         {"num_heads": q_heads, "kv_num_heads": kv_heads,
          "scale": node.attributes.get_float("scale"), "softcap": node.attributes.get_float("softcap"),
          "local_window_size": window if window else -1, "do_rotary": 1, "rotary_interleaved": 0},
@@ -126,8 +128,8 @@ def _rope_key(node: ir.Node) -> tuple[float, float, int]:
     return node.attributes.get_float("theta"), node.attributes.get_float("scale"), node.attributes.get_int("pairs")
 
 
-def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """seqlens_k [B], total_sequence_length (scalar) and query_seqlens [B], all int32."""
+def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value]:
+    """seqlens_k [B] (each row's last position) and total_sequence_length (the batch's longest), int32."""
     past_lengths, seq_lengths = inplace_cache_io.lengths(graph)
     int32 = ir.DataType.INT32
     total = add_node(graph, before, "Add", [past_lengths, seq_lengths]).outputs[0]
@@ -135,8 +137,7 @@ def _lengths(graph: ir.Graph, before: ir.Node) -> tuple[ir.Value, ir.Value, ir.V
     seqlens_k = add_node(graph, before, "Cast", [last], {"to": int32}, name="seqlens_k").outputs[0]
     longest = add_node(graph, before, "ReduceMax", [total], {"keepdims": 0}).outputs[0]
     total_len = add_node(graph, before, "Cast", [longest], {"to": int32}, name="total_sequence_length").outputs[0]
-    query_seqlens = add_node(graph, before, "Cast", [seq_lengths], {"to": int32}, name="query_seqlens").outputs[0]
-    return seqlens_k, total_len, query_seqlens
+    return seqlens_k, total_len
 
 
 def _merge_heads(graph: ir.Graph, before: ir.Node, x: ir.Value) -> ir.Value:
