@@ -24,8 +24,11 @@ $(INSTALLED): pyproject.toml
 
 onnxruntime-versions: $(ONNXRUNTIME_STAMPS)
 
+# the wheel is kept: tests/test_gpu_check.py sends 1.31.1's through the GPU check's pieces
 $(VENV)/onnxruntime-versions/%/.installed: $(INSTALLED)
-	$(PY) -m pip install -q --no-deps --target $(VENV)/onnxruntime-versions/$* onnxruntime==$*
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d $(VENV)/onnxruntime-versions/wheels onnxruntime==$*
+	$(PY) -m pip install -q --no-deps --target $(VENV)/onnxruntime-versions/$* \
+		$(VENV)/onnxruntime-versions/wheels/onnxruntime-$*-*.whl
 	touch $@
 
 demo: install
