@@ -39,6 +39,7 @@ ANY_OBJECT: Mapping[str, Any] = {"type": "object"}  # response_format json_objec
 # unimplemented keywords pass unenforced)
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": False}
 DEFAULT_CACHED_SCHEMAS = 64
+NEG_INF_BITS = np.float32(-np.inf).view(np.int32)
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
 
@@ -68,11 +69,16 @@ class JsonConstraint:
         self._bits = np.empty((vocab_size + 31) // 32, np.int32)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """The logits with every token the grammar does not allow next at -inf (a copy)."""
+        """The float32 logits with every token the grammar does not allow next at -inf (a copy)."""
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         self._check()
-        allowed = np.unpackbits(self._bits.view(np.uint8), count=self._vocab, bitorder="little").view(bool)
-        return np.where(allowed, logits, -np.inf)
+        allowed = np.unpackbits(self._bits.view(np.uint8), count=self._vocab, bitorder="little")
+        # on the bits, without branches: np.where over a 262144-wide row costs ~2 ms, this ~0.3 ms
+        keep = np.subtract(0, allowed, dtype=np.int32)  # all ones where allowed
+        out = np.bitwise_xor(np.asarray(logits, np.float32).view(np.int32), NEG_INF_BITS)
+        out &= keep
+        out ^= NEG_INF_BITS
+        return out.view(np.float32)
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(token):
@@ -104,8 +110,10 @@ class JsonGrammars:
         self._llguidance = llguidance
         self.vocab_size = vocab_size
         stop_ids = sorted(stop_ids)
+        # json_slices: the vocabulary's partition that speeds up the masks of JSON's lexemes
         self._tokens = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TokenView(tokenizer, vocab_size, stop_ids)),
-                                              n_vocab=vocab_size, eos_token=stop_ids)
+                                              n_vocab=vocab_size, eos_token=stop_ids,
+                                              slices=llguidance.LLTokenizer.json_slices())
         self._compiled: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._cached = cached_schemas
         self._lock = threading.Lock()
