@@ -45,11 +45,9 @@ def _logit_bias(value: Any) -> Any:
 
 
 class JsonSchemaFormat(Request):
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
-
     name: str
     description: Optional[str] = None
-    json_schema: dict[str, Any] = Field(alias="schema", description="the JSON schema the output follows")
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the output follows")
     strict: Optional[bool] = Field(None, description="the schema is enforced either way")
 
 

@@ -208,7 +208,7 @@ def _json_schema(response_format: api.ResponseFormat | None) -> dict | None:
     """The schema a response_format holds the output to (None: free text)."""
     if response_format is None or response_format.type == "text":
         return None
-    return ANY_OBJECT if response_format.type == "json_object" else response_format.json_schema.json_schema
+    return ANY_OBJECT if response_format.type == "json_object" else response_format.json_schema.schema_
 
 
 def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, max_tokens: int | None,

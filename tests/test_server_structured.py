@@ -2,7 +2,8 @@
 on a tiny model with random weights, whose free text is garbage: the grammar alone makes its output
 JSON that parses and fits the schema (checked with jsonschema), streamed or not, on chat and
 completions, beside unconstrained rows in the same batch; max_tokens cuts it with "length"; a
-schema the grammar engine cannot enforce is a 400 naming the keyword."""
+schema the grammar engine cannot enforce is a 400 naming the keyword; a grammar that fails ends its
+request alone."""
 
 import concurrent.futures
 import json
@@ -13,7 +14,7 @@ import pytest
 
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
-from gemma_runtime.structured_output import ANY_OBJECT, JsonGrammars
+from gemma_runtime.structured_output import ANY_OBJECT, GrammarError, JsonConstraint, JsonGrammars
 from test_chat_tokens import gemma1_like_tokenizer
 from test_server import LiveServer
 from tiny import write_checkpoint
@@ -157,3 +158,18 @@ def test_the_tokenizer_view_is_built_once_and_grammars_are_cached(server):
     for schema in (PERSON, POINT, PERSON, ANY_OBJECT):
         grammars.constraint(schema)
     assert list(grammars._compiled) == [json.dumps(PERSON), json.dumps(ANY_OBJECT)]
+
+
+def test_a_failing_grammar_ends_its_request_alone(server, monkeypatch):
+    def refuse(constraint, token):
+        raise GrammarError("the grammar refused a token (a stand-in failure)")
+
+    monkeypatch.setattr(JsonConstraint, "accept", refuse)
+    alone = chat(server, None, temperature=0, max_tokens=12)["message"]["content"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        failed = pool.submit(server.post, "/v1/chat/completions", {"messages": MESSAGES,
+                                                                   "response_format": schema_format(POINT, "point")})
+        free = pool.submit(chat, server, None, temperature=0, max_tokens=12)
+        status, body = failed.result()
+        assert status == 500 and body["error"]["code"] == "internal_error"
+        assert free.result()["message"]["content"] == alone
