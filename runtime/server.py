@@ -220,7 +220,7 @@ def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, 
     except ContextLengthExceeded as e:
         raise ApiError(400, str(e), param, "context_length_exceeded") from None
     except StructuredOutputError as e:
-        code = None if not isinstance(e, UnsupportedSchema) else "unsupported_schema" if e.features else "invalid_schema"
+        code = ("unsupported_schema" if e.features else "invalid_schema") if isinstance(e, UnsupportedSchema) else None
         raise ApiError(400, f"response_format: {e}", "response_format", code) from None
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "logit_bias" if "logit_bias" in str(e) else param) from None

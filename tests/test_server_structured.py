@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 
 import jsonschema
+import numpy as np
 import pydantic
 import pytest
 
@@ -173,3 +174,13 @@ def test_a_failing_grammar_ends_its_request_alone(server, monkeypatch):
         status, body = failed.result()
         assert status == 500 and body["error"]["code"] == "internal_error"
         assert free.result()["message"]["content"] == alone
+
+
+def test_marker_pieces_never_spell_text(server):
+    """Inside a string any text may come, but never <start_of_turn>, <unused4> or a stop id."""
+    tokenizer = server.service.model.tokenizer
+    constraint = server.service.engine.json_grammars().constraint({"type": "string"})
+    constraint.accept(tokenizer.token_id("<0x22>"))  # the opening quote
+    allowed = np.isfinite(constraint.mask(np.zeros(384, np.float32)))
+    assert allowed[tokenizer.token_id("a")] and allowed[tokenizer.token_id("<0x41>")]
+    assert not allowed[[106, 107, 4, 1, 2]].any() and tokenizer.marker_ids() >= {0, 1, 2, 3, 4, 106, 107}
