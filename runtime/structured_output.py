@@ -109,14 +109,14 @@ class JsonGrammars:
             import llguidance
         except ImportError:
             raise StructuredOutputError("structured outputs need the llguidance package (pip install "
-                                    "'gemma-export[serve]')") from None
+                                        "'gemma-export[serve]')") from None
         self._llguidance = llguidance
         self.vocab_size = vocab_size
         stop_ids = sorted(stop_ids)
         # json_slices: the vocabulary's partition that speeds up the masks of JSON's lexemes
-        self._tokens = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TokenView(tokenizer, vocab_size, stop_ids)),
-                                              n_vocab=vocab_size, eos_token=stop_ids,
-                                              slices=llguidance.LLTokenizer.json_slices())
+        self._view = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TokenView(tokenizer, vocab_size, stop_ids)),
+                                            n_vocab=vocab_size, eos_token=stop_ids,
+                                            slices=llguidance.LLTokenizer.json_slices())
         self._compiled: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._cached = cached_schemas
         self._lock = threading.Lock()
@@ -143,7 +143,7 @@ class JsonGrammars:
             grammar = matcher_type.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
         except ValueError as e:
             raise UnsupportedSchema(f"the JSON schema is not a JSON object ({e})") from None
-        matcher = matcher_type(self._tokens, grammar, log_level=0)
+        matcher = matcher_type(self._view, grammar, log_level=0)
         if matcher.is_error():
             error = matcher.get_error()
             unimplemented = _UNIMPLEMENTED.search(error)
