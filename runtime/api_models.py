@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from gemma_runtime.logprobs import MAX_TOP_LOGPROBS
 
@@ -44,6 +44,25 @@ def _logit_bias(value: Any) -> Any:
     return bias
 
 
+class JsonSchemaFormat(Request):
+    name: str
+    description: Optional[str] = None
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the output follows")
+    strict: Optional[bool] = Field(None, description="the schema is enforced either way")
+
+
+class ResponseFormat(Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' goes with type json_schema, and only with it: {'type': 'json_schema', "
+                             "'json_schema': {'name': ..., 'schema': {...}}}")
+        return self
+
+
 class Sampling(Request):
     """What completions and chat completions share."""
 
@@ -60,6 +79,7 @@ class Sampling(Request):
                                                    "to its logit before sampling")
     frequency_penalty: Optional[float] = Field(None, description="only 0")
     presence_penalty: Optional[float] = Field(None, description="only 0")
+    response_format: Optional[ResponseFormat] = Field(None, description="text, or JSON enforced by a grammar")
     user: Optional[str] = None
 
     @field_validator("stop")

@@ -27,6 +27,12 @@ latter its prompt chunks ask the backend for the logits of every column (the dec
 logits_index), not only the last; the calls of other requests are unchanged. A request may ask
 for no new tokens (max_new_tokens 0, for its prompt logprobs): it ends, "length", once its prompt
 is fed.
+
+Structured outputs: a request with a JSON schema samples each token under its grammar's mask
+(structured_output.py), computed for its row alone, so rows with different schemas or none share a
+step. The grammars' view of the tokenizer is built on the first such request (seconds for Gemma's
+262144 pieces), in the caller's thread; a grammar that fails within a step ends its request alone
+with an error event.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +55,7 @@ from gemma_runtime.logprobs import TokenLogprob, token_logprobs
 from gemma_runtime.media.prompt import MediaPrompt
 from gemma_runtime.model import Model, new_token_budget
 from gemma_runtime.sampling import Sampler
+from gemma_runtime.structured_output import GrammarError, JsonConstraint, JsonGrammars, StructuredOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class Request:
     media: MediaPrompt | None = None  # the prompt's images and audio, encoded
     logprobs: int | None = None  # generated tokens' logprobs, with this many top alternatives
     prompt_logprobs: int | None = None  # prompt tokens' logprobs, with this many top alternatives
+    constraint: JsonConstraint | None = None  # the grammar its tokens follow
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
     # filled in by the engine
     generation: Generation | None = None  # made when admitted (max_new_tokens may change until then)
@@ -153,6 +161,8 @@ class Engine:
         self.waiting: collections.deque[Request] = collections.deque()
         self.metrics = Metrics()
         self._lock = threading.Condition()
+        self._grammars: JsonGrammars | None = None
+        self._grammars_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -161,13 +171,15 @@ class Engine:
                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                 stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
                 images: Sequence | None = None, audio: Sequence | None = None, logprobs: int | None = None,
-                prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None) -> Request:
+                prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None,
+                json_schema: Mapping[str, Any] | None = None) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
         once); max_new_tokens None fills the rest of the context, 0 only feeds the prompt.
         images / audio go with a text prompt as in Model.generate; they are decoded and encoded
         here, in the caller's thread. logprobs / prompt_logprobs: record the generated / prompt
         tokens' logprobs with that many top alternatives; logit_bias: token id -> added to its logit
-        before sampling."""
+        before sampling; json_schema: the output is a value of it (structured_output.ANY_OBJECT: any
+        JSON object), UnsupportedSchema where it cannot be enforced."""
         ids, media = self._prompt(prompt, images, audio)
         room = self.max_seq_len - len(ids)
         if room < (0 if max_new_tokens == 0 else 1):
@@ -183,8 +195,19 @@ class Engine:
         outside = [i for i in logit_bias or {} if not 0 <= i < vocab]
         if outside:
             raise RuntimeInputError(f"logit_bias: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
+        constraint = None if json_schema is None else self.json_grammars().constraint(json_schema)
         return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed, logit_bias),
-                       tuple(s for s in stop if s), on_event, media, logprobs, prompt_logprobs)
+                       tuple(s for s in stop if s), on_event, media, logprobs, prompt_logprobs, constraint)
+
+    def json_grammars(self) -> JsonGrammars:
+        """The grammars of this model's tokenizer, built on first use."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                if self.model.tokenizer is None:
+                    raise StructuredOutputError("structured outputs need the artifact's tokenizer")
+                self._grammars = JsonGrammars(self.model.tokenizer, self.model.manifest.config["vocab_size"],
+                                              self.model.stop_ids)
+            return self._grammars
 
     def _prompt(self, prompt: str | Sequence[int], images: Sequence | None, audio: Sequence | None
                 ) -> tuple[list[int], MediaPrompt | None]:
@@ -360,7 +383,8 @@ class Engine:
                         request.emit(Event("", None, "cancelled"))
                         continue
                     request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
-                                                    self.model.tokenizer, request.stop, request.logprobs)
+                                                    self.model.tokenizer, request.stop, request.logprobs,
+                                                    request.constraint)
                     self.slots[r] = request
                     self.past[r] = 0
 
@@ -379,7 +403,13 @@ class Engine:
             return
         generation = request.generation
         before, scored = len(generation.tokens), len(generation.logprobs)
-        piece = generation.advance(logits, room=self.past[r] < self.max_seq_len)
+        try:
+            piece = generation.advance(logits, room=self.past[r] < self.max_seq_len)
+        except GrammarError as e:  # this request's grammar alone: the others go on
+            logger.error("request %d: %s", request.id, e)
+            self._finish(r, "error")
+            request.emit(Event(str(e), None, "error"))
+            return
         self.metrics.generated_tokens += len(generation.tokens) - before
         logprobs = tuple(generation.logprobs[scored:])
         if generation.finish_reason is not None:

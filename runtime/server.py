@@ -21,6 +21,12 @@ engine request and its own choice, in the list's order. `logprobs` (completions:
 temperature; `echo` writes the prompt before a completion and, with logprobs, its tokens' logprobs
 (the first null), `max_tokens` 0 then scoring the prompt alone.
 
+`response_format` (chat and completions): `{"type": "json_object"}` or `{"type": "json_schema",
+"json_schema": {"name", "schema", "strict"}}` holds the output to JSON by a grammar's token mask
+(structured_output.py): it always parses and fits the schema, finishing "stop" at the grammar's end,
+or "length" when max_tokens cuts it first. A schema the grammar engine cannot enforce is a 400
+`unsupported_schema` naming its keywords (`invalid_schema` when it is not a valid schema).
+
 Media (chat only): a user message's `image_url` parts whose url is a `data:image/...;base64,...`
 URL and its `input_audio` parts (base64 WAV) go to the model in the order they appear, each
 replaced by the model's placeholder in the rendered prompt. The server fetches and reads nothing:
@@ -66,12 +72,13 @@ from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
+from gemma_runtime.structured_output import ANY_OBJECT, StructuredOutputError, UnsupportedSchema
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
 # fields a body may carry but this server does not implement -> the values that mean "not used"
 UNSUPPORTED = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}), "audio": (None,), "modalities": (None, ["text"]),
+    "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
     "repetition_penalty": (None, 1), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
     "guided_grammar": (None,), "prompt_logprobs": (None,), "best_of": (None, 1),
@@ -166,7 +173,8 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
     sampling = dict(temperature=1.0 if body.temperature is None else body.temperature,
                     top_p=1.0 if body.top_p is None else body.top_p,
                     top_k=body.top_k if body.top_k is not None and body.top_k > 0 else None,
-                    seed=body.seed, stop=stop, logit_bias=body.logit_bias)
+                    seed=body.seed, stop=stop, logit_bias=body.logit_bias,
+                    json_schema=_json_schema(body.response_format))
     options = body.stream_options or api.StreamOptions()
     shape = Shape(chat, body.stream, options.include_usage)
     prompt_logprobs = None
@@ -196,6 +204,13 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
     return choices, shape
 
 
+def _json_schema(response_format: api.ResponseFormat | None) -> dict | None:
+    """The schema a response_format holds the output to (None: free text)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    return ANY_OBJECT if response_format.type == "json_object" else response_format.json_schema.schema_
+
+
 def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, max_tokens: int | None,
                     logprobs: int | None, prompt_logprobs: int | None, sampling: dict, chat: bool) -> Request:
     param = "messages" if chat else "prompt"
@@ -204,6 +219,9 @@ def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, 
                                       logprobs=logprobs, prompt_logprobs=prompt_logprobs, **sampling)
     except ContextLengthExceeded as e:
         raise ApiError(400, str(e), param, "context_length_exceeded") from None
+    except StructuredOutputError as e:
+        code = ("unsupported_schema" if e.features else "invalid_schema") if isinstance(e, UnsupportedSchema) else None
+        raise ApiError(400, f"response_format: {e}", "response_format", code) from None
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "logit_bias" if "logit_bias" in str(e) else param) from None
 

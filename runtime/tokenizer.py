@@ -13,6 +13,7 @@ from gemma_runtime.errors import RuntimeInputError
 SENTENCEPIECE_FILE, TOKENIZER_JSON_FILE = "tokenizer.model", "tokenizer.json"
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
 WORD_MARK = "\u2581"  # SentencePiece's space
+MARKER_PIECE = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")  # <start_of_turn>, <unused0>, [multimodal], <table>
 
 
 class Tokenizer:
@@ -79,6 +80,18 @@ class Tokenizer:
         if byte:
             return bytes([int(byte.group(1), 16)])
         return piece.replace(WORD_MARK, " ").encode()
+
+    def marker_ids(self) -> set[int]:
+        """The ids of pieces that mark structure rather than spell text: SentencePiece's control and
+        unknown pieces, tokenizer.json's special added tokens, and every piece written as a bracketed
+        name (Gemma's user-defined <start_of_turn>, <unused0>, [multimodal], and its HTML-tag pieces,
+        whose text other pieces spell too)."""
+        if self._hf is not None:
+            ids = {i for i, token in self._hf.get_added_tokens_decoder().items() if token.special}
+        else:
+            ids = {i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)}
+        pieces = enumerate(map(self.piece, range(self.vocab_size)))
+        return ids | {i for i, p in pieces if MARKER_PIECE.fullmatch(p) and not BYTE_PIECE.fullmatch(p)}
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self._hf.encode(text, add_special_tokens=False).ids if self._hf is not None else self._sp.encode(text)

@@ -1,4 +1,5 @@
-"""The runtime loads and generates in a process where importing torch fails."""
+"""The runtime loads and generates in a process where importing torch fails, and the grammar
+library of its structured outputs imports there too."""
 
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import gemma_runtime
 model = gemma_runtime.load(sys.argv[1])
 result = model.generate([2, 17, 33, 41], max_new_tokens=5)
 assert len(result.token_ids) > 0, result
+import gemma_runtime.engine, llguidance  # structured outputs' grammars
 assert "torch" not in sys.modules
 try:
     import torch
