@@ -32,13 +32,13 @@ KINDS = ("completion", "chat_stream", "dropped_stream", "bad_body")
 class Server:
     """`gemma-export serve ARTIFACT` on a free loopback port, in its own process."""
 
-    def __init__(self, artifact: Path, max_batch: int = 4, threads: int = 1):
+    def __init__(self, artifact: Path, max_batch: int = 4, threads: int = 1, options: tuple[str, ...] = ()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cli = Path(sys.executable).parent / "gemma-export"
         self.process = subprocess.Popen([str(cli), "serve", str(artifact), "--port", str(self.port), "--max-batch",
-                                         str(max_batch), "--threads", str(threads)],
+                                         str(max_batch), "--threads", str(threads), *options],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + TIMEOUT_S
         while True:

@@ -351,6 +351,8 @@ def serve(
     max_body_mib: float = typer.Option(16, help="largest request body in MiB (413 beyond; images come as base64)"),
     cors_origin: Optional[list[str]] = typer.Option(None, help="a browser origin allowed to call the server "
                                                     "(repeat for several; default none)"),
+    max_connections: Optional[int] = typer.Option(None, help="open connections at most, idle ones included (503 "
+                                                  "beyond; default 1024)"),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /tokenize,
     /detokenize, /health, /metrics) with continuous batching."""
@@ -358,11 +360,13 @@ def serve(
         raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
     if replicas != 1 and not ray:
         raise GemmaExportError("--replicas needs --ray")
-    if ray and (api_key or cors_origin):
-        raise GemmaExportError("--api-key and --cors-origin are the standalone server's: with --ray, put them in "
-                               "front of Ray's proxy")
+    if ray and (api_key or cors_origin or max_connections):
+        raise GemmaExportError("--api-key, --cors-origin and --max-connections are the standalone server's: with "
+                               "--ray, put them in front of Ray's proxy")
     if max_body_mib <= 0:
         raise GemmaExportError(f"--max-body-mib must be positive, got {max_body_mib:g}")
+    if max_connections is not None and max_connections < 1:
+        raise GemmaExportError(f"--max-connections must be at least 1, got {max_connections}")
     from gemma_runtime.logs import LOG_LEVELS
 
     if log_level not in LOG_LEVELS:
@@ -374,7 +378,7 @@ def serve(
         if ray:
             from gemma_runtime.ray_serve import run as run_server
         else:
-            from gemma_runtime.server import serve as run_server
+            from gemma_runtime.server import DEFAULT_MAX_CONNECTIONS, serve as run_server
         import uvicorn  # noqa: F401
     except ModuleNotFoundError as e:
         raise GemmaExportError(f"serving needs the [{extra}] extra ({e.name} is missing): "
@@ -385,7 +389,7 @@ def serve(
         run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads, log_level)
     else:
         run_server(artifact, host, port, max_batch, max_queue, threads, log_level, api_key,
-                   int(max_body_mib * 2**20), cors_origin or ())
+                   int(max_body_mib * 2**20), cors_origin or (), max_connections or DEFAULT_MAX_CONNECTIONS)
 
 
 def main() -> None:

@@ -85,6 +85,7 @@ UNSUPPORTED = {
 }
 API_KEY_ENV = "GEMMA_EXPORT_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_MAX_CONNECTIONS = 1024
 
 logger = logging.getLogger(__name__)
 
@@ -587,11 +588,12 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
 def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_queue: int | None = None, threads: int | None = None, log_level: str = "warning",
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          cors_origins: Sequence[str] = ()) -> None:
-    """api_key None: the environment's GEMMA_EXPORT_API_KEY, if set."""
+          cors_origins: Sequence[str] = (), max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+    """api_key None: the environment's GEMMA_EXPORT_API_KEY, if set. Beyond max_connections open
+    connections uvicorn answers 503 (an idle or trickling client holds one)."""
     import uvicorn
 
     configure_logging(log_level)
     service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads)
     app = create_app(service, api_key or os.environ.get(API_KEY_ENV), max_body_bytes, cors_origins)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections)
