@@ -116,3 +116,22 @@ def generic_artifacts(tiny_checkpoints, tmp_path_factory):
         export(folder, root / name, ExportOptions(target="generic"))
         out[name] = root / name
     return out
+
+
+SERVER_MAX_SEQ_LEN = 96
+
+
+@pytest.fixture(scope="session")
+def server_artifact(tmp_path_factory):
+    """A tiny Gemma 1 (multi-query) artifact with a SentencePiece tokenizer, at max_seq_len 96: the
+    server tests' model (read only)."""
+    from gemma_export.export import export
+    from gemma_export.targets import ExportOptions
+    from test_chat_tokens import gemma1_like_tokenizer
+    from tiny import write_checkpoint
+
+    root = tmp_path_factory.mktemp("server")
+    folder = write_checkpoint("gemma-mqa", root / "ckpt")
+    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
+    export(folder, root / "tiny", ExportOptions(max_seq_len=SERVER_MAX_SEQ_LEN))
+    return root / "tiny"

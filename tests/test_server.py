@@ -16,23 +16,16 @@ import pytest
 import uvicorn
 
 import gemma_runtime
-from gemma_export.export import export
-from gemma_export.targets import ExportOptions
 from gemma_runtime.server import DEFAULT_MAX_BODY_BYTES, Service, create_app
-from test_chat_tokens import gemma1_like_tokenizer
-from tiny import write_checkpoint
 
-MAX_SEQ_LEN = 96
+from conftest import SERVER_MAX_SEQ_LEN as MAX_SEQ_LEN
 GUARD_S = 120  # against hangs only; nothing here asserts a time
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("server")
-    folder = write_checkpoint("gemma-mqa", root / "ckpt")
-    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
-    export(folder, root / "tiny", ExportOptions(max_seq_len=MAX_SEQ_LEN))
-    return root / "tiny"
+@pytest.fixture(scope="session")
+def artifact(server_artifact):
+    """The session's tiny Gemma 1 artifact with a tokenizer (conftest.py), shared by the server tests."""
+    return server_artifact
 
 
 class LiveServer:
