@@ -123,15 +123,18 @@ SERVER_MAX_SEQ_LEN = 96
 
 @pytest.fixture(scope="session")
 def server_artifact(tmp_path_factory):
-    """A tiny Gemma 1 (multi-query) artifact with a SentencePiece tokenizer, at max_seq_len 96: the
-    server tests' model (read only)."""
+    """The server tests' model (read only): tiny_server_artifact at max_seq_len 96."""
+    return tiny_server_artifact(tmp_path_factory.mktemp("server"), SERVER_MAX_SEQ_LEN)
+
+
+def tiny_server_artifact(root: Path, max_seq_len: int) -> Path:
+    """A tiny Gemma 1 (multi-query) artifact with a SentencePiece tokenizer, exported under root."""
     from gemma_export.export import export
     from gemma_export.targets import ExportOptions
     from test_chat_tokens import gemma1_like_tokenizer
     from tiny import write_checkpoint
 
-    root = tmp_path_factory.mktemp("server")
     folder = write_checkpoint("gemma-mqa", root / "ckpt")
     (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
-    export(folder, root / "tiny", ExportOptions(max_seq_len=SERVER_MAX_SEQ_LEN))
+    export(folder, root / "tiny", ExportOptions(max_seq_len=max_seq_len))
     return root / "tiny"

@@ -13,24 +13,13 @@ import urllib.request
 
 import pytest
 
-from gemma_export.export import export
-from gemma_export.targets import ExportOptions
 from gemma_runtime.logs import ROOT
 from gemma_runtime.request_body import MAX_JSON_DEPTH, json_depth
-from test_chat_tokens import gemma1_like_tokenizer
-from test_server import GUARD_S, MAX_SEQ_LEN, LiveServer
-from tiny import write_checkpoint
+from test_server import GUARD_S, MAX_SEQ_LEN, LiveServer, artifact  # noqa: F401  (the session's tiny artifact)
 
 HUGE_PROMPT_CHARS = 20 * 10**6
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    folder = write_checkpoint("gemma-mqa", root / "ckpt")
-    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
-    export(folder, root / "tiny", ExportOptions(max_seq_len=MAX_SEQ_LEN))
-    return root / "tiny"
 
 
 @pytest.fixture(scope="module")

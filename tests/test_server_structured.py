@@ -13,12 +13,9 @@ import numpy as np
 import pydantic
 import pytest
 
-from gemma_export.export import export
-from gemma_export.targets import ExportOptions
 from gemma_runtime.structured_output import ANY_OBJECT, GrammarError, JsonConstraint, JsonGrammars
-from test_chat_tokens import gemma1_like_tokenizer
+from conftest import tiny_server_artifact
 from test_server import LiveServer
-from tiny import write_checkpoint
 
 MAX_SEQ_LEN = 160
 PERSON = {
@@ -44,11 +41,8 @@ def schema_format(schema: dict, name: str = "person") -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("structured")
-    folder = write_checkpoint("gemma-mqa", root / "ckpt")
-    (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
-    export(folder, root / "tiny", ExportOptions(max_seq_len=MAX_SEQ_LEN))
-    live = LiveServer(root / "tiny", max_batch=4, max_queue=16)
+    live = LiveServer(tiny_server_artifact(tmp_path_factory.mktemp("structured"), MAX_SEQ_LEN), max_batch=4,
+                      max_queue=16)
     yield live
     live.close()
 
