@@ -231,10 +231,15 @@ class Response(BaseModel):
     """The base of every response body."""
 
 
+class PromptTokensDetails(Response):
+    cached_tokens: int  # prompt tokens found in the engine's cache (prefix reuse) instead of fed
+
+
 class Usage(Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(Response):

@@ -28,6 +28,17 @@ logits_index), not only the last; the calls of other requests are unchanged. A r
 for no new tokens (max_new_tokens 0, for its prompt logprobs): it ends, "length", once its prompt
 is fed.
 
+Prefix reuse: a slot keeps what its last request left in its cache (the tokens of its positions)
+until another request takes it. A new request goes to the free slot whose kept tokens start its
+prompt furthest, counting against a slot what it would discard (so an unrelated prompt takes an
+empty slot, not a conversation's), and feeds only the rest (at least its last token, for the
+logits): a chat client resending the same history each turn prefills only the new turn. No memory
+beyond the slots is held. A slot with window-sized ring caches is reused only where its whole kept
+history starts the prompt (the ring holds the last positions only); requests with images or
+audio (their placeholder tokens do not say which image) or with prompt logprobs (they need every
+prompt position's logits) neither reuse nor leave a prefix. An idle row in a call feeds its pad
+just past what it keeps, so the kept tokens survive the calls of others.
+
 Structured outputs: a request with a JSON schema samples each token under its grammar's mask
 (structured_output.py), computed for its row alone, so rows with different schemas or none share a
 step. The grammars' view of the tokenizer is built on the first such request (seconds for Gemma's
@@ -91,6 +102,7 @@ class Request:
     first_token_s: float | None = None  # time to first token
     last_token_at: float | None = None  # perf_counter() when the last token came
     prompt_token_logprobs: list[TokenLogprob | None] = dataclasses.field(default_factory=list)  # [0] None
+    cached_tokens: int = 0  # prompt tokens found in its slot's cache (prefix reuse), not fed
     cancelled: bool = False
     events: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # when on_event is None
     _fed: int = 0  # prompt tokens already in the cache
@@ -125,6 +137,7 @@ class Metrics:
     rejected: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens reused from a slot's cache instead of fed
     steps: int = 0
     ttft_sum_s: float = 0.0
     ttft_count: int = 0
@@ -137,9 +150,9 @@ class Metrics:
 
 class Engine:
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128,
-                 prefill_budget: int | None = None):
+                 prefill_budget: int | None = None, reuse_prefixes: bool = True):
         """prefill_budget: prompt tokens fed per step in chunk calls (default one chunk: a step costs no more
-        than before, and short prompts share it)."""
+        than before, and short prompts share it); reuse_prefixes False: every prompt is fed whole."""
         if not model.backend.capabilities.keeps_rows:
             raise RuntimeInputError("continuous batching needs a backend that keeps each cache row across calls: "
                                     "an artifact with an in-place KV cache (targets ort-cpu, ort-cuda, onnx, tensorrt)")
@@ -158,6 +171,9 @@ class Engine:
         self.max_seq_len = model.max_seq_len
         self.slots: list[Request | None] = [None] * max_batch
         self.past = np.zeros(max_batch, np.int64)
+        self.reuse_prefixes = reuse_prefixes
+        self.kept: list[list[int]] = [[] for _ in range(max_batch)]  # a free slot's cached tokens, by position
+        self.rings = any(b.layout == "ring" for b in model.manifest.kv_cache.buffers)
         self.waiting: collections.deque[Request] = collections.deque()
         self.metrics = Metrics()
         self._lock = threading.Condition()
@@ -312,7 +328,8 @@ class Engine:
         for i, (piece, _, _) in enumerate(rows):
             ids[i, :len(piece)] = piece
         seq = np.asarray([len(piece) for piece, _, _ in rows], np.int64)
-        past = np.where([q is not None for q in slots], self.past[start:stop], 0)
+        past = np.asarray([self.past[start + i] if q is not None else self._idle_position(start + i, width)
+                           for i, q in enumerate(slots)], np.int64)
         spliced = [splice for _, splice, _ in rows]
         # every column's logits only where a prompt with prompt logprobs feeds more than one token
         every_column = any(q is not None and q.prompt_logprobs is not None and advance and len(piece) > 1
@@ -375,18 +392,51 @@ class Engine:
 
     def _admit(self) -> None:
         with self._lock:
-            for r in range(self.max_batch):
-                if self.slots[r] is None and self.waiting:
-                    request = self.waiting.popleft()
-                    if request.cancelled:
-                        request.finish_reason = "cancelled"
-                        request.emit(Event("", None, "cancelled"))
-                        continue
-                    request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
-                                                    self.model.tokenizer, request.stop, request.logprobs,
-                                                    request.constraint)
-                    self.slots[r] = request
-                    self.past[r] = 0
+            while self.waiting and None in self.slots:
+                request = self.waiting.popleft()
+                if request.cancelled:
+                    request.finish_reason = "cancelled"
+                    request.emit(Event("", None, "cancelled"))
+                    continue
+                request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
+                                                self.model.tokenizer, request.stop, request.logprobs,
+                                                request.constraint)
+                r, reused = self._slot_for(request)
+                self.slots[r] = request
+                self.past[r] = reused
+                self.kept[r] = []
+                request._fed = request.cached_tokens = reused
+                self.metrics.cached_prompt_tokens += reused
+
+    def _slot_for(self, request: Request) -> tuple[int, int]:
+        """The free slot for a request and how many of its prompt tokens that slot's cache holds: the
+        one where reusing gains more than it discards of what the slot keeps (reused - discarded),
+        more reuse first among equals, else the slot keeping the least."""
+        free = [r for r, q in enumerate(self.slots) if q is None]
+        if not self._reuses(request):
+            return min(free, key=lambda r: len(self.kept[r])), 0
+        reusable = {r: self._reusable(r, request.prompt) for r in free}
+        best = max(free, key=lambda r: (2 * reusable[r] - len(self.kept[r]), reusable[r]))
+        return best, reusable[best]
+
+    def _reusable(self, r: int, prompt: list[int]) -> int:
+        kept = self.kept[r]
+        common = 0
+        for a, b in zip(kept, prompt[:-1]):  # the last prompt token is always fed: its logits are the first sample's
+            if a != b:
+                break
+            common += 1
+        return common if not self.rings or common == len(kept) else 0
+
+    def _reuses(self, request: Request) -> bool:
+        return self.reuse_prefixes and request.media is None and request.prompt_logprobs is None
+
+    def _idle_position(self, r: int, width: int) -> int:
+        """Where an idle row feeds its pad: just past the tokens its slot keeps (which it then keeps
+        no further than that position)."""
+        position = min(len(self.kept[r]), self.max_seq_len - width)
+        del self.kept[r][position:]
+        return position
 
     def _advance(self, r: int, request: Request, logits: np.ndarray) -> None:
         now = time.perf_counter()
@@ -422,6 +472,8 @@ class Engine:
         failed: the error event follows)."""
         request = self.slots[r]
         self.slots[r] = None
+        if reason != "error" and self._reuses(request):
+            self.kept[r] = (request.prompt + request.tokens)[:int(self.past[r])]
         if request.generation.finish_reason is None:  # cancelled or failed by the engine
             request.generation.finish(reason)
         request.finish_reason = reason

@@ -283,7 +283,8 @@ async def events(choices: Sequence[Choice], queue: asyncio.Queue) -> AsyncIterat
 def usage(choices: Sequence[Choice]) -> dict:
     prompt = sum(len(c.request.prompt) for c in choices)
     completion = sum(len(c.request.tokens) for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(c.request.cached_tokens for c in choices)}}
 
 
 def _failed(event: Event) -> ApiError:

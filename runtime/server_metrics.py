@@ -38,6 +38,8 @@ class EngineCollector:
             ("gemma_requests_rejected", "requests refused because the queue was full", m.rejected),
             ("gemma_requests_finished", "requests finished", m.finished),
             ("gemma_prompt_tokens", "prompt tokens fed", m.prompt_tokens),
+            ("gemma_cached_prompt_tokens", "prompt tokens reused from a slot's cache instead of fed",
+             m.cached_prompt_tokens),
             ("gemma_generated_tokens", "tokens generated", m.generated_tokens),
             ("gemma_engine_steps", "engine calls", m.steps),
         ]

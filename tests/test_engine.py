@@ -229,3 +229,41 @@ def test_logit_bias_moves_the_choice(artifact):
     assert forced.generation.logprobs[0].logprob < -0.5  # logprobs stay those of the raw logits
     with pytest.raises(RuntimeInputError, match="outside the vocabulary"):
         engine.request(p, 3, logit_bias={10 ** 6: 1.0})
+
+
+@pytest.mark.parametrize("which", ["artifact", "ring_artifact", "padded"])
+def test_a_later_turn_reuses_the_cached_history_and_generates_the_same_tokens(which, request):
+    """Turn 2's prompt starts with turn 1's prompt and answer: it goes to turn 1's slot and feeds
+    only the rest, while another request decodes beside it (its idle-row pads must not disturb the
+    kept history); its tokens are those a fresh engine gives. A prompt sharing only its start (the
+    system prompt, most of what the slot keeps) reuses that start where the caches hold every
+    position, and nothing where a sliding layer keeps a ring (the ring no longer holds it)."""
+    artifact = request.getfixturevalue("artifact" if which == "padded" else which)
+    vocab = gemma_runtime.load(artifact).manifest.config["vocab_size"]
+    system, first, other, second = prompts(vocab, [9, 5, 7, 4])
+
+    def engine() -> Engine:
+        loaded = gemma_runtime.load(artifact)
+        return Engine(padded(loaded) if which == "padded" else loaded, max_batch=3, prefill_chunk=8)
+
+    warm = engine()
+    turn1 = warm.submit(warm.request(system + first[1:], max_new_tokens=6))
+    drain(warm)
+    history = system + first[1:] + turn1.tokens
+    beside = warm.submit(warm.request(other, max_new_tokens=20))
+    warm.step()
+    turn2 = warm.submit(warm.request(history + second[1:], max_new_tokens=8))
+    drain(warm)
+    assert turn2.cached_tokens == len(history) - 1  # the last answer token was never fed
+    assert warm.metrics.cached_prompt_tokens >= turn2.cached_tokens
+    fresh = engine()
+    alone = fresh.submit(fresh.request(history + second[1:], max_new_tokens=8))
+    drain(fresh)
+    assert fresh.metrics.cached_prompt_tokens == 0 and turn2.tokens == alone.tokens and beside.finish_reason
+
+    shared = engine()
+    shared.submit(shared.request(system + first[1:], max_new_tokens=1))
+    drain(shared)
+    sibling = shared.submit(shared.request(system + second[1:], max_new_tokens=2))
+    drain(shared)
+    assert sibling.cached_tokens == (0 if which == "ring_artifact" else len(system))

@@ -271,3 +271,16 @@ def server_without_cors_headers(artifact):
             return r.status, r.read(), dict(r.headers)
     finally:
         live.close()
+
+
+def test_a_resent_prompt_reports_its_cached_tokens(server):
+    """The same prompt again finds it in its slot's cache (the engine's prefix reuse): all but its last
+    token, counted in usage and /metrics."""
+    body = {"prompt": [2, 41, 42, 43, 44, 45, 46, 47], "max_tokens": 3, "temperature": 0}
+    first = server.client.completions.create(model="tiny", **body)
+    again = server.client.completions.create(model="tiny", **body)
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens == 8
+    assert again.usage.prompt_tokens_details.cached_tokens == 7 and again.choices[0].text == first.choices[0].text
+    _, text, _ = server.get("/metrics")
+    cached = next(line for line in text.splitlines() if line.startswith("gemma_cached_prompt_tokens_total "))
+    assert float(cached.split()[1]) >= 7

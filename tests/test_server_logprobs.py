@@ -126,7 +126,9 @@ def test_completion_logprobs_without_echo_and_streamed(server, reference, greedy
     assert lp["text_offset"][0] == len("abc")
     chunks = list(server.client.completions.create(model="tiny", stream=True, **body))
     streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
-    assert sum((s.token_logprobs for s in streamed), []) == lp["token_logprobs"]
+    # the same prompt again reuses its cached prefix: the last prompt token's logits come from a
+    # one-token call, equal within fp32 rounding
+    np.testing.assert_allclose(sum((s.token_logprobs for s in streamed), []), lp["token_logprobs"], atol=1e-5)
     assert sum((s.text_offset for s in streamed), []) == lp["text_offset"]
     echoed = list(server.client.completions.create(model="tiny", stream=True, echo=True, **body))
     assert "".join(c.choices[0].text for c in echoed if c.choices) == "abc" + whole["choices"][0]["text"]
@@ -153,7 +155,8 @@ def test_chat_logprobs_with_top_alternatives(server, reference, greedy):
     stream = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
                                                    logprobs=True, top_logprobs=3, stream=True)
     streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert [e.token for e in streamed] == [e.token for e in content]  # logprobs within rounding: a reused prefix
+    np.testing.assert_allclose([e.logprob for e in streamed], [e.logprob for e in content], atol=1e-5)
     plain = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0)
     assert plain.choices[0].logprobs is None and plain.choices[0].message.content == done.choices[0].message.content
 
