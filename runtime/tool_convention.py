@@ -23,7 +23,7 @@ INSTRUCTION = ("You have access to functions. If you decide to invoke any of the
 def instruction(tools: Sequence[Mapping[str, Any]]) -> str:
     """The convention's instruction and the functions' definitions, before the first user text."""
     functions = [t["function"] for t in tools]
-    return INSTRUCTION + json.dumps(functions, indent=2, ensure_ascii=False) + "\n\n"
+    return INSTRUCTION + json.dumps(functions, ensure_ascii=False) + "\n\n"
 
 
 def calls_text(calls: Sequence[Mapping[str, Any]]) -> str:
