@@ -27,6 +27,11 @@ temperature; `echo` writes the prompt before a completion and, with logprobs, it
 or "length" when max_tokens cuts it first. A schema the grammar engine cannot enforce is a 400
 `unsupported_schema` naming its keywords (`invalid_schema` when it is not a valid schema).
 
+Tools and reasoning (chat only; tool_calls.py, response_parser.py): `tools` and `tool_choice`
+(auto, none, required, a named function) go into the prompt as the model's chat writes them, the
+answer is read back into `tool_calls` (finish_reason "tool_calls") and Gemma 4's thoughts into
+`reasoning_content`; a forced call is held to the tools' schemas by the grammar.
+
 Media (chat only): a user message's `image_url` parts whose url is a `data:image/...;base64,...`
 URL and its `input_audio` parts (base64 WAV) go to the model in the order they appear, each
 replaced by the model's placeholder in the rendered prompt. The server fetches and reads nothing:

@@ -34,6 +34,7 @@ from gemma_export.describe import verify
 from gemma_export.errors import CheckpointError
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
+from gemma_runtime import tool_convention
 from gemma_runtime.chat import render
 from gemma_runtime.chat_template import ChatTemplate
 from gemma_runtime.errors import RuntimeInputError
@@ -330,7 +331,7 @@ def test_the_server_renders_with_the_template_and_answers_400_when_it_refuses(ge
         assert reply.usage.prompt_tokens == len(model.tokenizer.encode(model.chat_prompt(messages)))
         assert reply.usage.prompt_tokens != len(model.tokenizer.encode(render(messages, CHAT_FORMATS["gemma4"])))
         status, body = live.post("/v1/chat/completions", {"model": "out", "max_tokens": 2, "messages": [
-            {"role": "user", "content": "hello"}, {"role": "tool", "content": "sunny"}]})
+            {"role": "user", "content": "hello"}, {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]})
         assert status == 400 and body["error"]["param"] == "messages"
         assert body["error"]["message"] == ("chat template: a tool message must answer a tool call of the model "
                                             "turn before it")
@@ -381,8 +382,9 @@ def test_without_a_template_the_hand_written_layout_is_used(tiny_checkpoints, tm
     model = gemma_runtime.load(tmp_path / "out")
     assert model.chat_template is None
     assert model.chat_prompt(SYSTEM, chat_template_kwargs={"enable_thinking": True}) == render(SYSTEM, CHAT_FORMATS["gemma"])
-    with pytest.raises(RuntimeInputError, match="no way to write tools"):
-        model.chat_prompt(ONE_TURN, tools=[WEATHER])
+    # Gemma 1-3 have no tool tokens: tools go in by Google's JSON convention (tool_convention.py)
+    assert model.chat_prompt(ONE_TURN, tools=[WEATHER]) == render(
+        [{"role": "user", "content": tool_convention.instruction([WEATHER]) + "hello"}], CHAT_FORMATS["gemma"])
 
 
 # -- bad templates ------------------------------------------------------------------------------------
