@@ -14,6 +14,7 @@ from gemma_runtime import api_models as api
 from gemma_runtime.api_errors import ApiError
 from gemma_runtime.chat import media_placeholder
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.request_body import MAX_JSON_DEPTH, json_depth
 
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
 TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
@@ -82,6 +83,9 @@ def _call(i: int, j: int, call: api.MessageToolCall) -> dict:
     """An earlier call as templates read it (transformers' convention): its arguments an object."""
     arguments = call.function.arguments
     if isinstance(arguments, str):
+        if json_depth(arguments.encode()) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"messages[{i}].tool_calls[{j}].function.arguments nest deeper than "
+                           f"{MAX_JSON_DEPTH} levels", "messages", "nested_too_deep")
         try:
             arguments = json.loads(arguments)
         except ValueError:

@@ -102,7 +102,10 @@ def arguments_json(text: str) -> str:
         if not c.isspace():
             last = c
         i += 1
-    parsed = json.loads("".join(out))
+    try:
+        parsed = json.loads("".join(out))
+    except RecursionError:
+        raise ValueError("the arguments nest too deep") from None
     if not isinstance(parsed, dict):
         raise ValueError("the arguments are not an object")
     return json.dumps(parsed, ensure_ascii=False)

@@ -49,22 +49,6 @@ def _held(text: str, markers: tuple[str, ...]) -> int:
     return 0
 
 
-def _call_close(body: str) -> int:
-    """Where `<tool_call|>` closes a call's body outside its strings; -1 where it does not yet."""
-    i = 0
-    while i < len(body):
-        if body.startswith(g4.STRING, i) or body[i] == '"':
-            end = g4.string_end(body, i)
-            if end < 0:
-                return -1
-            i = end
-        elif body.startswith(g4.CALL_CLOSE, i):
-            return i
-        else:
-            i += 1
-    return -1
-
-
 def _gemma4_call(body: str, complete: bool) -> Call | None:
     """A call's body (`call:NAME{...}`) as a Call; None where it names no function, or where its
     arguments are not an object and the call was not closed (complete)."""
@@ -88,13 +72,15 @@ class Gemma4Parser:
         self._openers = (g4.THOUGHT_OPEN, g4.CALL_OPEN) if calls else (g4.THOUGHT_OPEN,)
         self._state: Literal["content", "reasoning", "call"] = "content"
         self._pending = ""
+        self._scanned = 0  # how far a call's body has been read
+        self._quote: str | None = None  # the delimiter of the string a call's body is in, if any
 
     def feed(self, text: str) -> list[Event]:
         self._pending += text
         events: list[Event] = []
         while True:
             if self._state == "call":
-                end = _call_close(self._pending)
+                end = self._call_close()
                 if end < 0:
                     return events
                 call = _gemma4_call(self._pending[:end], complete=True)
@@ -113,6 +99,40 @@ class Gemma4Parser:
             self._emit(events, self._pending[:at])
             self._pending = self._pending[at + len(marker):]
             self._state = {g4.THOUGHT_OPEN: "reasoning", g4.CALL_OPEN: "call", g4.THOUGHT_CLOSE: "content"}[marker]
+            self._scanned, self._quote = 0, None
+
+    def _call_close(self) -> int:
+        """Where `<tool_call|>` closes the call's body outside its strings; -1 where it does not
+        yet. Reads on from where the last piece stopped (a long call costs linear time), stopping
+        before a tail that may be the start of a marker."""
+        body, i = self._pending, self._scanned
+        while i < len(body):
+            rest = body[i:i + len(g4.CALL_CLOSE)]
+            if self._quote is None:
+                if rest.startswith(g4.CALL_CLOSE):
+                    return i
+                if rest.startswith(g4.STRING) or body[i] == '"':
+                    self._quote = g4.STRING if rest.startswith(g4.STRING) else '"'
+                    i += len(self._quote)
+                    continue
+                if g4.CALL_CLOSE.startswith(rest) or g4.STRING.startswith(rest):
+                    break  # the tail may be a marker: the next piece says
+            elif self._quote == '"':
+                if body[i] == "\\":
+                    if i + 1 == len(body):
+                        break
+                    i += 1
+                elif body[i] == '"':
+                    self._quote = None
+            elif rest.startswith(g4.STRING):
+                self._quote = None
+                i += len(g4.STRING)
+                continue
+            elif g4.STRING.startswith(rest):
+                break
+            i += 1
+        self._scanned = i
+        return -1
 
     def finish(self) -> list[Event]:
         events: list[Event] = []
@@ -121,7 +141,7 @@ class Gemma4Parser:
             events.append(("call", call) if call else ("content", g4.CALL_OPEN + self._pending))
         else:
             self._emit(events, self._pending)
-        self._pending, self._state = "", "content"
+        self._pending, self._state, self._scanned, self._quote = "", "content", 0, None
         return events
 
     def _emit(self, events: list[Event], text: str) -> None:

@@ -41,9 +41,9 @@ class ToolPlan:
             return JsonCallParser(self.names, tool_convention.read_calls, forced=True)
         native = writes_tools_natively(None if model.chat_template else model.chat_format(), model.chat_template)
         gemma4 = model.tokenizer is not None and model.tokenizer.token_id(gemma4_format.CALL_OPEN) is not None
-        if gemma4:
-            return Gemma4Parser(calls=bool(self.tools) and native)
-        if self.tools:
+        if gemma4 and (native or not self.tools):
+            return Gemma4Parser(calls=bool(self.tools))
+        if self.tools:  # written by the convention (or by a template in a format not read here)
             return JsonCallParser(self.names, tool_convention.read_calls, forced=False)
         return PlainParser()
 

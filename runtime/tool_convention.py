@@ -61,7 +61,7 @@ def read_calls(text: str, names: set[str]) -> list[Call] | None:
         body = body.removesuffix("```").split("\n", 1)[-1] if body.endswith("```") and "\n" in body else ""
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     items = value if isinstance(value, list) and value else [value]
     calls = []

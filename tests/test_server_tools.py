@@ -128,6 +128,8 @@ def test_tool_choice_none_writes_and_reads_no_tools(server):
     ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
         "name": "get_time", "arguments": "{oops"}}]}]}, "messages", "not valid JSON"),
     ({"messages": [*MESSAGES, {"role": "tool", "content": "x"}]}, "messages", "tool_call_id"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "get_time", "arguments": "[" * 100 + "]" * 100}}]}]}, "messages", "deeper"),
 ])
 def test_bad_tools_are_400s_naming_the_field(server, options, param, words):
     status, body = chat(server, **options)
