@@ -330,6 +330,15 @@ def test_the_server_renders_with_the_template_and_answers_400_when_it_refuses(ge
         model = gemma_runtime.load(out, threads=1)
         assert reply.usage.prompt_tokens == len(model.tokenizer.encode(model.chat_prompt(messages)))
         assert reply.usage.prompt_tokens != len(model.tokenizer.encode(render(messages, CHAT_FORMATS["gemma4"])))
+        # tools, a call (its arguments as the JSON text OpenAI's clients send), its result, and thinking on:
+        # the prompt is the template's, the arguments read as an object
+        sent = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"][
+            "arguments"])}} for c in m["tool_calls"]]} if "tool_calls" in m else m for m in TOOL_ROUND]
+        reply = live.client.chat.completions.create(model="out", messages=sent, tools=[WEATHER], max_tokens=1,
+                                                    extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+        expected = model.chat_prompt(TOOL_ROUND, tools=[WEATHER], chat_template_kwargs={"enable_thinking": True})
+        assert "<|think|><|tool>declaration:get_weather" in expected and "<|tool_response>" in expected
+        assert reply.usage.prompt_tokens == len(model.tokenizer.encode(expected))
         status, body = live.post("/v1/chat/completions", {"model": "out", "max_tokens": 2, "messages": [
             {"role": "user", "content": "hello"}, {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]})
         assert status == 400 and body["error"]["param"] == "messages"

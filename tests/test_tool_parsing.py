@@ -152,3 +152,49 @@ def test_gemma1_3_write_tools_by_the_convention():
     assert "```tool_output\nsunny\n```\n\n```tool_output\nnoon\n```<end_of_turn>" in text
     gemma3 = ChatTemplate({"default": (TEMPLATES / "gemma3.jinja").read_text()}, SPECIAL_TOKENS)
     assert chat_prompt(messages, None, gemma3, tools).count("<start_of_turn>user\n") == 3  # turns alternate
+
+
+def served(pieces: list[str], stream: bool):
+    """The server's answer (server.complete / server.stream) to a fake engine that yields a Gemma 4
+    answer in these pieces."""
+    import asyncio
+    import types
+
+    from gemma_runtime.engine import Event
+    from gemma_runtime.server import Choice, Shape, complete, stream as stream_events
+
+    request = types.SimpleNamespace(prompt=[2, 5], tokens=list(range(len(pieces))), finish_reason="stop",
+                                    cancel=lambda: None)
+    choice = Choice(0, request, output=ChatOutput(Gemma4Parser(calls=True)))
+    service = types.SimpleNamespace(name="fake", texts=None)
+    shape = Shape(chat=True, stream=stream)
+
+    async def run():
+        queue = asyncio.Queue()
+        for k, piece in enumerate(pieces):
+            queue.put_nowait((choice, Event(piece, finish_reason="stop" if k == len(pieces) - 1 else None)))
+        if not stream:
+            return await complete(service, [choice], queue, shape)
+        return [json.loads(line[len("data: "):]) async for line in stream_events(service, [choice], queue, shape)
+                if line != "data: [DONE]\n\n"]
+
+    return asyncio.run(run())
+
+
+def test_the_server_answers_a_fake_gemma4_stream_with_reasoning_and_calls():
+    pieces = [GEMMA4_ANSWER[k:k + 7] for k in range(0, len(GEMMA4_ANSWER), 7)]
+    whole = served(pieces, stream=False)["choices"][0]
+    assert whole["finish_reason"] == "tool_calls"
+    message = whole["message"]
+    assert message["reasoning_content"] == "The user wants {weather}: call it." and message["content"] == "Checking."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == \
+        GEMMA4_CALLS
+    chunks = served(pieces, stream=True)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == message["reasoning_content"]
+    assert "".join(d.get("content") or "" for d in deltas) == "Checking."
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == \
+        [(k, c["function"]["name"], c["function"]["arguments"]) for k, c in enumerate(message["tool_calls"])]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
