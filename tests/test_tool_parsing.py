@@ -163,8 +163,8 @@ def served(pieces: list[str], stream: bool):
     from gemma_runtime.engine import Event
     from gemma_runtime.server import Choice, Shape, complete, stream as stream_events
 
-    request = types.SimpleNamespace(prompt=[2, 5], tokens=list(range(len(pieces))), finish_reason="stop",
-                                    cancel=lambda: None)
+    request = types.SimpleNamespace(prompt=[2, 5], tokens=list(range(len(pieces))), cached_tokens=0,
+                                    finish_reason="stop", cancel=lambda: None)
     choice = Choice(0, request, output=ChatOutput(Gemma4Parser(calls=True)))
     service = types.SimpleNamespace(name="fake", texts=None)
     shape = Shape(chat=True, stream=stream)
