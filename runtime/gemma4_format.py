@@ -115,7 +115,7 @@ def render(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, A
            model_role: str, add_generation_prompt: bool) -> str:
     """A conversation in Gemma 4's hand-written layout with its tools, calls, results and the
     thinking switch (as tests/chat_templates/gemma4_small.jinja writes them). Roles: system (first),
-    user, assistant, tool."""
+    user, assistant (or the model's role name), tool."""
     messages = list(messages)
     system = messages.pop(0)["content"].strip() if messages and messages[0].get("role") == "system" else ""
     parts, first_user, model_open, calls, answered = [], True, False, [], 0
@@ -132,7 +132,7 @@ def render(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, A
                 parts.append(f"{system}\n\n" if system else "")
                 first_user = False
             parts.append((m.get("content") or "").strip() + TURN_END + "\n")
-        elif role == "assistant":
+        elif role in ("assistant", model_role):
             if not model_open:
                 parts.append(TURN_START + model_role + "\n")
             parts.append((m.get("content") or "").strip())
