@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from gemma_runtime.logprobs import MAX_TOP_LOGPROBS
 
@@ -196,10 +197,49 @@ ContentPart = Annotated[Union[Annotated[TextPart, Tag("text")], Annotated[ImageU
                         Discriminator(_part_type)]
 
 
+class FunctionCall(Request):
+    name: str
+    arguments: Union[str, dict[str, Any]] = Field(description="the arguments as a JSON text (or an object)")
+
+
+class MessageToolCall(Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Request):
-    role: str = Field(description="system, developer (as user), user or assistant")
+    role: str = Field(description="system, developer (as user), user, assistant or tool")
     content: Union[str, list[ContentPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[MessageToolCall]] = Field(None, description="an assistant message's calls")
+    tool_call_id: Optional[str] = Field(None, description="the call a tool message answers")
+    reasoning_content: Optional[str] = Field(None, description="an assistant message's thinking (the chat "
+                                             "template decides whether earlier turns' thinking is kept)")
+
+
+class FunctionDefinition(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = Field(None, description="a JSON schema of an object")
+    strict: Optional[bool] = Field(None, description="forced calls are enforced either way")
+
+
+class Tool(Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Request):
+    name: str
+
+
+class NamedToolChoice(Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice]
 
 
 class ChatCompletionRequest(Sampling):
@@ -208,6 +248,12 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="default: the rest of the context")
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="needs logprobs")
+    tools: Optional[list[Tool]] = Field(None, description="functions the model may call")
+    tool_choice: Optional[ToolChoice] = Field(None, description="default auto with tools, else none; required "
+                                              "and a named function are enforced by a grammar")
+    parallel_tool_calls: Optional[bool] = Field(None, description="default true")
+    chat_template_kwargs: Optional[dict[str, Any]] = Field(None, description="the chat template's other "
+                                                           "variables, e.g. enable_thinking")
 
 
 class TokenizeRequest(Request):
@@ -282,9 +328,26 @@ class ChoiceLogprobs(Response):
     content: Optional[list[TokenLogprobEntry]]
 
 
+class ToolCallFunction(Response):
+    name: str
+    arguments: str
+
+
+class ToolCall(Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class AssistantMessage(Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str]
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler):  # OpenAI's message has no tool_calls key when there are none
+        return {k: v for k, v in handler(self).items() if v is not None or k == "content"}
 
 
 class ChatChoice(Response):

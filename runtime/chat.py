@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from gemma_runtime import gemma4_format, tool_convention
 from gemma_runtime.chat_template import ChatTemplate
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import ChatFormat, Manifest
@@ -80,10 +81,19 @@ def render(messages: list[dict], chat: ChatFormat, add_generation_prompt: bool =
             # the one placement (manifest.SYSTEM_PLACEMENTS), the system text as given and the message
             # stripped, as Gemma 3's template writes them
             prefix = f"{system}\n\n"
-        parts.append(f"{chat.turn_start}{role}\n{prefix}{m['content'].strip()}{chat.turn_end}\n")
+        parts.append(f"{chat.turn_start}{role}\n{prefix}{(m.get('content') or '').strip()}{chat.turn_end}\n")
     if add_generation_prompt:
         parts.append(f"{chat.turn_start}{chat.model_role}\n")
     return "".join(parts)
+
+
+def writes_tools_natively(chat: ChatFormat | None, template: ChatTemplate | None) -> bool:
+    """Whether tools, calls and results go into the prompt in the model's own format: the
+    checkpoint's template where it writes tools, Gemma 4's tokens in the hand-written layout; else
+    by Google's JSON convention (tool_convention.py)."""
+    if template is not None:
+        return template.writes_tools
+    return chat is not None and chat.turn_start == gemma4_format.TURN_START
 
 
 def chat_prompt(messages: Sequence[Mapping[str, Any]], chat: ChatFormat | None, template: ChatTemplate | None,
@@ -91,15 +101,23 @@ def chat_prompt(messages: Sequence[Mapping[str, Any]], chat: ChatFormat | None, 
                 add_generation_prompt: bool = True) -> str:
     """The prompt text for a conversation, to be encoded with the tokenizer's one BOS: the checkpoint's
     template where the artifact has one (its own BOS removed, since encoding adds it), else the
-    hand-written layout `chat`, which writes no tools and reads no template arguments (they are
-    ignored: a client may send enable_thinking to any model)."""
+    hand-written layout `chat`. Tools, assistant messages' `tool_calls` and `tool` messages are
+    written natively where the model has a format for them (writes_tools_natively), else by the
+    JSON convention. The hand-written layout reads one template argument, Gemma 4's
+    `enable_thinking`; it ignores the others (a client may send them to any model)."""
+    with_tools = bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+    if with_tools and not writes_tools_natively(chat, template):
+        messages, tools = tool_convention.messages(messages, tools), None
     if template is not None:
         text = template.render(messages, tools, chat_template_kwargs, add_generation_prompt)
         bos = template.special_tokens.get("bos_token")
         return text[len(bos):] if bos and text.startswith(bos) else text
-    if tools:
-        raise RuntimeInputError("this artifact's checkpoint shipped no chat template, and its hand-written chat "
-                                "layout has no way to write tools")
     if chat is None:
         raise RuntimeInputError("no chat format and no chat template")
+    thinking = bool((chat_template_kwargs or {}).get("enable_thinking"))
+    if chat.turn_start == gemma4_format.TURN_START and (with_tools or thinking):
+        try:
+            return gemma4_format.render(messages, tools, thinking, chat.model_role, add_generation_prompt)
+        except ValueError as e:
+            raise RuntimeInputError(str(e)) from None
     return render(list(messages), chat, add_generation_prompt)

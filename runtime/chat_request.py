@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 
 from gemma_runtime import api_models as api
 from gemma_runtime.api_errors import ApiError
 from gemma_runtime.chat import media_placeholder
 from gemma_runtime.errors import RuntimeInputError
+from gemma_runtime.request_body import MAX_JSON_DEPTH, json_depth
 
 MEDIA_PARTS = ("image_url", "input_image", "input_audio", "image", "audio", "file", "video_url")
 TAKEN_PARTS = {"image_url": "image", "input_audio": "audio"}  # content part type -> modality
@@ -35,26 +37,63 @@ class ChatPrompt:
     audio: list[bytes] = dataclasses.field(default_factory=list)
 
 
-def chat_prompt(model, messages: list[api.Message]) -> ChatPrompt:
-    """The messages rendered by the model's chat template (or hand-written layout), each media part
-    replaced by the model's placeholder and its bytes kept in order (ApiError where they are bad)."""
+def chat_prompt(model, messages: list[api.Message], tools: list[dict] | None = None,
+                chat_template_kwargs: dict | None = None) -> ChatPrompt:
+    """The messages rendered by the model's chat template (or hand-written layout) with the tools
+    it declares, each media part replaced by the model's placeholder and its bytes kept in order
+    (ApiError where they are bad)."""
     prompt = ChatPrompt("")
     flat = []
+    calls: dict[str, str] = {}  # tool call id -> its function's name, for the tool messages that answer it
     for i, m in enumerate(messages):
         role = "user" if m.role == "developer" else m.role
         content = m.content
         if isinstance(content, list):
             content = _content(model, i, role, content, prompt)
+        if content is None and (m.tool_calls or role == "tool"):
+            content = ""
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string or a list of content parts", "messages")
-        flat.append({"role": role, "content": content})
+        message = {"role": role, "content": content}
+        if m.tool_calls:
+            if role != "assistant":
+                raise ApiError(400, f"messages[{i}]: only assistant messages carry tool_calls", "messages")
+            message["tool_calls"] = [_call(i, j, call) for j, call in enumerate(m.tool_calls)]
+            calls.update((call.id, call.function.name) for call in m.tool_calls)
+        if role == "tool":
+            if m.tool_call_id is None:
+                raise ApiError(400, f"messages[{i}]: a tool message needs the tool_call_id it answers", "messages")
+            message["tool_call_id"] = m.tool_call_id
+            name = m.name or calls.get(m.tool_call_id)
+            if name is not None:
+                message["name"] = name
+        if role == "assistant" and m.reasoning_content is not None:
+            message["reasoning_content"] = m.reasoning_content
+        flat.append(message)
     if model.tokenizer is None:
         raise ApiError(400, "this artifact has no tokenizer: use /v1/completions with token ids", "messages")
     try:
-        prompt.text = model.chat_prompt(flat)
+        prompt.text = model.chat_prompt(flat, tools, chat_template_kwargs)
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "messages") from None
     return prompt
+
+
+def _call(i: int, j: int, call: api.MessageToolCall) -> dict:
+    """An earlier call as templates read it (transformers' convention): its arguments an object."""
+    arguments = call.function.arguments
+    if isinstance(arguments, str):
+        if json_depth(arguments.encode()) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"messages[{i}].tool_calls[{j}].function.arguments nest deeper than "
+                           f"{MAX_JSON_DEPTH} levels", "messages", "nested_too_deep")
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            raise ApiError(400, f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON",
+                           "messages") from None
+    if not isinstance(arguments, dict):
+        raise ApiError(400, f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object", "messages")
+    return {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
 
 
 def _content(model, i: int, role: str, parts: list, prompt: ChatPrompt) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -49,6 +50,9 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens)
         self._templates = {name: compile_template(text, where.get(name, f"chat template {name!r}"))
                            for name, text in sources.items()}
+        # the checkpoint writes tools if it names a tool-use template or its template reads `tools`
+        self.writes_tools = TOOL_USE in sources or "tools" in jinja2.meta.find_undeclared_variables(
+            _environment().parse(sources[DEFAULT]))
 
     @classmethod
     def from_artifact(cls, folder: Path | str, spec: ChatTemplateSpec) -> "ChatTemplate":

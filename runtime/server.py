@@ -27,6 +27,11 @@ temperature; `echo` writes the prompt before a completion and, with logprobs, it
 or "length" when max_tokens cuts it first. A schema the grammar engine cannot enforce is a 400
 `unsupported_schema` naming its keywords (`invalid_schema` when it is not a valid schema).
 
+Tools and reasoning (chat only; tool_calls.py, response_parser.py): `tools` and `tool_choice`
+(auto, none, required, a named function) go into the prompt as the model's chat writes them, the
+answer is read back into `tool_calls` (finish_reason "tool_calls") and Gemma 4's thoughts into
+`reasoning_content`; a forced call is held to the tools' schemas by the grammar.
+
 Media (chat only): a user message's `image_url` parts whose url is a `data:image/...;base64,...`
 URL and its `input_audio` parts (base64 WAV) go to the model in the order they appear, each
 replaced by the model's placeholder in the rendered prompt. The server fetches and reads nothing:
@@ -59,11 +64,10 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence, Union
 
-from fastapi import FastAPI, Request as HttpRequest
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gemma_runtime import api_models as api
+from gemma_runtime import api_models as api, http_errors
 from gemma_runtime.api_errors import ApiError
 from gemma_runtime.api_logprobs import TokenTexts
 from gemma_runtime.chat_request import ChatPrompt, chat_prompt, input_modalities
@@ -71,13 +75,15 @@ from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
+from gemma_runtime.response_parser import ChatOutput
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 from gemma_runtime.structured_output import ANY_OBJECT, StructuredOutputError, UnsupportedSchema
+from gemma_runtime.tool_calls import tool_plan
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
 # fields a body may carry but this server does not implement -> the values that mean "not used"
 UNSUPPORTED = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
     "repetition_penalty": (None, 1), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
@@ -144,6 +150,7 @@ class Choice:
     request: Request
     echo: str = ""  # the prompt's text, with echo
     prompt_text: str = ""  # where the completion's text_offset starts, without echo
+    output: ChatOutput | None = None  # a chat answer's reader (content, reasoning, tool calls)
 
 
 @dataclasses.dataclass
@@ -178,12 +185,15 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
                     json_schema=_json_schema(body.response_format))
     options = body.stream_options or api.StreamOptions()
     shape = Shape(chat, body.stream, options.include_usage)
-    prompt_logprobs = None
+    prompt_logprobs, plan, schema_field = None, None, "response_format"
     if chat:
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        media = chat_prompt(service.model, body.messages)
+        plan = tool_plan(body)
+        if plan.forced_schema is not None:
+            sampling["json_schema"], schema_field = plan.forced_schema, "tools"
+        media = chat_prompt(service.model, body.messages, plan.tools, body.chat_template_kwargs)
         prompts: list[tuple[Prompt, ChatPrompt | None]] = [(media.text, media)]
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     else:
@@ -197,11 +207,12 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
     shape.logprobs = logprobs is not None
     choices = []
     for index, (prompt, media) in enumerate(prompts):
-        request = _engine_request(service, prompt, media, max_tokens, logprobs, prompt_logprobs, sampling, chat)
+        request = _engine_request(service, prompt, media, max_tokens, logprobs, prompt_logprobs, sampling, chat,
+                                  schema_field)
         if max_tokens is None and not chat:  # the runtime's rule: a default budget shrinks to what fits
             request.max_new_tokens = min(request.max_new_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
         text = "" if chat else _prompt_text(service, prompt)
-        choices.append(Choice(index, request, text if shape.echo else "", text))
+        choices.append(Choice(index, request, text if shape.echo else "", text, plan and plan.output(service.model)))
     return choices, shape
 
 
@@ -213,7 +224,8 @@ def _json_schema(response_format: api.ResponseFormat | None) -> dict | None:
 
 
 def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, max_tokens: int | None,
-                    logprobs: int | None, prompt_logprobs: int | None, sampling: dict, chat: bool) -> Request:
+                    logprobs: int | None, prompt_logprobs: int | None, sampling: dict, chat: bool,
+                    schema_field: str) -> Request:
     param = "messages" if chat else "prompt"
     try:
         return service.engine.request(prompt, max_tokens, images=media and media.images, audio=media and media.audio,
@@ -222,7 +234,7 @@ def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, 
         raise ApiError(400, str(e), param, "context_length_exceeded") from None
     except StructuredOutputError as e:
         code = ("unsupported_schema" if e.features else "invalid_schema") if isinstance(e, UnsupportedSchema) else None
-        raise ApiError(400, f"response_format: {e}", "response_format", code) from None
+        raise ApiError(400, f"{schema_field}: {e}", schema_field, code) from None
     except RuntimeInputError as e:
         raise ApiError(400, str(e), "logit_bias" if "logit_bias" in str(e) else param) from None
 
@@ -316,8 +328,10 @@ async def complete(service: Service, choices: Sequence[Choice], queue: asyncio.Q
         text = "".join(texts[c.index])
         if shape.chat:
             logprobs = {"content": service.texts.chat(scored[c.index])} if shape.logprobs else None
-            out.append(api.ChatChoice(index=c.index, message=api.AssistantMessage(content=text),
-                                      finish_reason=reasons[c.index], logprobs=logprobs))
+            c.output.feed(text)
+            c.output.finish()
+            out.append(api.ChatChoice(index=c.index, message=api.AssistantMessage(**c.output.message()),
+                                      finish_reason=c.output.finish_reason(reasons[c.index]), logprobs=logprobs))
             continue
         logprobs = None
         if shape.logprobs:
@@ -342,10 +356,12 @@ async def stream(service: Service, choices: Sequence[Choice], queue: asyncio.Que
     kind = "chat.completion.chunk" if chat else "text_completion"
     offsets = {c.index: (0 if shape.echo else len(c.prompt_text)) for c in choices}
 
-    def chunk(choice: Choice, piece: str, reason: str | None, event: Event | None = None, first: bool = False) -> str:
+    def chunk(choice: Choice, piece: str | dict, reason: str | None, event: Event | None = None,
+              first: bool = False) -> str:
+        """piece: a completion's text, a chat answer's delta."""
         scored = event.logprobs if event is not None else ()
         if chat:
-            delta = {"role": "assistant", "content": ""} if first else {"content": piece} if piece else {}
+            delta = {"role": "assistant", "content": ""} if first else piece
             logprobs = {"content": service.texts.chat(scored)} if shape.logprobs and not first else None
             body_choice = {"index": choice.index, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
         else:
@@ -380,10 +396,15 @@ async def stream(service: Service, choices: Sequence[Choice], queue: asyncio.Que
         if shape.echo and choice.index not in started:  # the prompt (and its logprobs) is complete now
             started.add(choice.index)
             yield echo_chunk(choice)
-        if event.text or event.logprobs:
+        if chat:  # the deltas the text makes certain, the first with the event's logprobs
+            deltas = choice.output.feed(event.text) + (choice.output.finish() if event.finish_reason else [])
+            for k, delta in enumerate(deltas or ([{}] if event.logprobs else [])):
+                yield chunk(choice, delta, None, event if k == 0 else None)
+        elif event.text or event.logprobs:
             yield chunk(choice, event.text, None, event)
         if event.finish_reason is not None:
-            yield chunk(choice, "", event.finish_reason)
+            reason = choice.output.finish_reason(event.finish_reason) if chat else event.finish_reason
+            yield chunk(choice, {} if chat else "", reason)
     if shape.include_usage:
         body = {"id": ident, "object": kind, "created": created, "model": service.name, "choices": [],
                 "usage": usage(choices)}
@@ -446,23 +467,6 @@ def error_response(service: Service, e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=_headers(service))
 
 
-def validation_error(exc: RequestValidationError) -> ApiError:
-    """A body that fails its model, as OpenAI's 400: the most specific of pydantic's errors (the
-    deepest), its field's path in the message and its top-level field as the param."""
-    error = max(exc.errors(), key=lambda e: len(e["loc"]))
-    if error["type"] == "json_invalid":
-        return ApiError(400, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})")
-    # the path without FastAPI's "body" and pydantic's union members and tags ("str", "list[...]", "text")
-    loc = [p for p in error["loc"][1:] if isinstance(p, int) or p.isidentifier() and p not in api.TAKEN_PART_TYPES
-           + ("str", "int", "other")]
-    if not loc:
-        return ApiError(400, "the request body must be a JSON object" if error["type"] == "model_attributes_type"
-                        else f"the request body: {error['msg']}")
-    path = str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
-    message = error["msg"].removeprefix("Value error, ")
-    return ApiError(400, f"'{path}': {message}", str(loc[0]))
-
-
 async def completion_response(service: Service, body: Union[api.CompletionRequest, api.ChatCompletionRequest]):
     try:
         # tokenization and any media's decoding and encoding: off the event loop
@@ -510,27 +514,7 @@ def install_error_handlers(app: FastAPI, service: Service | None = None) -> None
         log_error(e)
         return JSONResponse(e.body(), status_code=e.status, headers=headers())
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(http: HttpRequest, exc: RequestValidationError):
-        return respond(validation_error(exc))
-
-    @app.exception_handler(404)
-    async def not_found(http: HttpRequest, exc):
-        return respond(ApiError(404, f"no route {http.method} {http.url.path}", code="not_found"))
-
-    @app.exception_handler(405)
-    async def not_allowed(http: HttpRequest, exc):
-        return respond(ApiError(405, f"{http.method} is not allowed on {http.url.path}", code="method_not_allowed"))
-
-    @app.exception_handler(400)
-    async def unparsed(http: HttpRequest, exc):  # FastAPI's own "error parsing the body", BodyTooDeep
-        code = getattr(exc, "code", None)
-        message = str(exc.detail) if code else f"the request body could not be parsed ({exc.detail})"
-        return respond(ApiError(400, message, code=code))
-
-    @app.exception_handler(413)
-    async def too_large(http: HttpRequest, exc):
-        return respond(ApiError(413, str(exc.detail), code="request_too_large"))
+    http_errors.install(app, respond)
 
 
 def create_app(service: Service, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,

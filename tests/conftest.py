@@ -127,14 +127,15 @@ def server_artifact(tmp_path_factory):
     return tiny_server_artifact(tmp_path_factory.mktemp("server"), SERVER_MAX_SEQ_LEN)
 
 
-def tiny_server_artifact(root: Path, max_seq_len: int) -> Path:
-    """A tiny Gemma 1 (multi-query) artifact with a SentencePiece tokenizer, exported under root."""
+def tiny_server_artifact(root: Path, max_seq_len: int, **overrides) -> Path:
+    """A tiny Gemma 1 (multi-query) artifact with a SentencePiece tokenizer, exported under root;
+    overrides: of the tiny config (tests/tiny.py)."""
     from gemma_export.export import export
     from gemma_export.targets import ExportOptions
     from test_chat_tokens import gemma1_like_tokenizer
     from tiny import write_checkpoint
 
-    folder = write_checkpoint("gemma-mqa", root / "ckpt")
+    folder = write_checkpoint("gemma-mqa", root / "ckpt", **overrides)
     (folder / "tokenizer.model").write_bytes(gemma1_like_tokenizer())
     export(folder, root / "tiny", ExportOptions(max_seq_len=max_seq_len))
     return root / "tiny"

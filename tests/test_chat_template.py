@@ -34,6 +34,7 @@ from gemma_export.describe import verify
 from gemma_export.errors import CheckpointError
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
+from gemma_runtime import tool_convention
 from gemma_runtime.chat import render
 from gemma_runtime.chat_template import ChatTemplate
 from gemma_runtime.errors import RuntimeInputError
@@ -329,8 +330,17 @@ def test_the_server_renders_with_the_template_and_answers_400_when_it_refuses(ge
         model = gemma_runtime.load(out, threads=1)
         assert reply.usage.prompt_tokens == len(model.tokenizer.encode(model.chat_prompt(messages)))
         assert reply.usage.prompt_tokens != len(model.tokenizer.encode(render(messages, CHAT_FORMATS["gemma4"])))
+        # tools, a call (its arguments as the JSON text OpenAI's clients send), its result, and thinking on:
+        # the prompt is the template's, the arguments read as an object
+        sent = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"][
+            "arguments"])}} for c in m["tool_calls"]]} if "tool_calls" in m else m for m in TOOL_ROUND]
+        reply = live.client.chat.completions.create(model="out", messages=sent, tools=[WEATHER], max_tokens=1,
+                                                    extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+        expected = model.chat_prompt(TOOL_ROUND, tools=[WEATHER], chat_template_kwargs={"enable_thinking": True})
+        assert "<|think|><|tool>declaration:get_weather" in expected and "<|tool_response>" in expected
+        assert reply.usage.prompt_tokens == len(model.tokenizer.encode(expected))
         status, body = live.post("/v1/chat/completions", {"model": "out", "max_tokens": 2, "messages": [
-            {"role": "user", "content": "hello"}, {"role": "tool", "content": "sunny"}]})
+            {"role": "user", "content": "hello"}, {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]})
         assert status == 400 and body["error"]["param"] == "messages"
         assert body["error"]["message"] == ("chat template: a tool message must answer a tool call of the model "
                                             "turn before it")
@@ -381,8 +391,9 @@ def test_without_a_template_the_hand_written_layout_is_used(tiny_checkpoints, tm
     model = gemma_runtime.load(tmp_path / "out")
     assert model.chat_template is None
     assert model.chat_prompt(SYSTEM, chat_template_kwargs={"enable_thinking": True}) == render(SYSTEM, CHAT_FORMATS["gemma"])
-    with pytest.raises(RuntimeInputError, match="no way to write tools"):
-        model.chat_prompt(ONE_TURN, tools=[WEATHER])
+    # Gemma 1-3 have no tool tokens: tools go in by Google's JSON convention (tool_convention.py)
+    assert model.chat_prompt(ONE_TURN, tools=[WEATHER]) == render(
+        [{"role": "user", "content": tool_convention.instruction([WEATHER]) + "hello"}], CHAT_FORMATS["gemma"])
 
 
 # -- bad templates ------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_bad_completion_requests(server, body, status, code):
 @pytest.mark.parametrize("body,code", [
     ({"model": "tiny", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "unsupported_content"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]},
+    ({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "functions": [{"name": "f"}]},
      "unsupported_parameter"),
     ({"model": "tiny", "messages": []}, None),
     ({"model": "tiny", "messages": [{"role": "wizard", "content": "a"}]}, None),
