@@ -104,5 +104,6 @@ class Embedder:
         else:
             raise RuntimeInputError(f"an input is text or a list of token ids, not {type(text).__name__}")
         if len(ids) > self.max_seq_len:
-            raise ContextLengthExceeded(f"an input has {len(ids)} tokens; this artifact's maximum is {self.max_seq_len}")
+            raise ContextLengthExceeded(f"an input has {len(ids)} tokens; this artifact's maximum is "
+                                        f"{self.max_seq_len}")
         return ids

@@ -1,6 +1,7 @@
 """An OpenAI-compatible server over the continuous-batching engine (FastAPI on uvicorn; extra
 `[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent
-events ending in `data: [DONE]`), /tokenize and /detokenize (vLLM's shapes), /health, /metrics
+events ending in `data: [DONE]`), /v1/embeddings (an embedding model's: server_embeddings.py; each
+kind of artifact answers the other kind's routes with a 400), /tokenize and /detokenize (vLLM's shapes), /health, /metrics
 (Prometheus, server_metrics.py).
 
 Bodies are pydantic models (api_models.py), so /openapi.json describes them; every bad request gets
@@ -65,6 +66,7 @@ from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
+from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse, embeddings_response
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
@@ -90,7 +92,9 @@ class Service:
         import gemma_runtime
 
         self.model = gemma_runtime.load(artifact, threads=threads)
-        self.engine = Engine(self.model, max_batch=max_batch, max_queue=max_queue).start()
+        # an embedding model has no engine: its requests run in worker threads (server_embeddings.py)
+        self.engine = None if self.model.embedder else Engine(self.model, max_batch=max_batch,
+                                                              max_queue=max_queue).start()
         self.metrics = ServerMetrics(self.engine)
         self.texts = TokenTexts(self.model.tokenizer)
         if self.model.tokenizer is not None:
@@ -100,7 +104,8 @@ class Service:
         self.created = int(time.time())
 
     def close(self) -> None:
-        self.engine.stop()
+        if self.engine is not None:
+            self.engine.stop()
 
 
 # -- handlers (framework-free: they take a validated body and return a dict or an async stream) ----
@@ -158,6 +163,9 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
     ApiError)."""
     chat = isinstance(body, api.ChatCompletionRequest)
     check_model(service, body.model)
+    if service.engine is None:
+        raise ApiError(400, f"the model '{service.name}' is an embedding model: it answers /v1/embeddings, not "
+                       "completions", "model", "unsupported_model")
     refuse_unsupported(body)
     if body.n > 1:
         raise ApiError(400, "'n' > 1 is not supported by this server (it would prefill the prompt once per "
@@ -533,6 +541,10 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
     @app.post("/v1/chat/completions", response_model=api.ChatCompletionResponse, responses=ERROR_RESPONSES)
     async def chat_completions(body: api.ChatCompletionRequest):
         return await completion_response(service, body)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+    async def embeddings(body: EmbeddingRequest):
+        return await embeddings_response(service, body, _headers(service))
 
     @app.post("/tokenize", response_model=api.TokenizeResponse, responses=ERROR_RESPONSES)
     async def tokenize_route(body: api.TokenizeRequest):

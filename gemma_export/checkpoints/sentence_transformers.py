@@ -202,7 +202,8 @@ def _dense(path: Path, in_features: int) -> tuple[Dense, WeightSource, dict[str,
     _sections(f)
     f.finish()
     if layer.in_features != in_features or layer.out_features < 1:
-        raise ConfigError(f"{f.where}: in_features {layer.in_features} does not follow the previous width {in_features}")
+        raise ConfigError(f"{f.where}: in_features {layer.in_features} does not follow the previous width "
+                          f"{in_features}")
     weights, prints = folder_weights(path)
     return layer, weights, prints
 
@@ -280,5 +281,5 @@ def _framing(folder: Path, text: GemmaConfig) -> tuple[tuple[int, ...], tuple[in
 
 def describe_modules(source: EmbeddingSource) -> dict[str, Any]:
     """The manifest's record of the folder's modules, for people."""
-    return {"modules": list(source.modules), "pooling": "mean", "dense": [dataclasses.asdict(d) for d in source.config.dense],
-            "normalize": True}
+    return {"modules": list(source.modules), "pooling": "mean",
+            "dense": [dataclasses.asdict(d) for d in source.config.dense], "normalize": True}
