@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import onnx_ir as ir
-
 from gemma_export import __version__
 from gemma_export.checkpoints.sentence_transformers import EmbeddingSource, describe_modules
 from gemma_export.emit import artifact
