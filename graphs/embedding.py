@@ -9,7 +9,6 @@ on sliding layers (transformers' |i - j| < sliding_window // 2 + 1).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -95,12 +94,3 @@ def parameter_shapes(cfg: EmbeddingConfig) -> dict[str, tuple[int, ...]]:
         model = GemmaEmbedder(cfg)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
-
-def load_reference(cfg: EmbeddingConfig, weights) -> GemmaEmbedder:
-    """The eager fp32 reference with every weight read from a WeightSource."""
-    with torch.device("meta"):
-        model = GemmaEmbedder(cfg)
-    state = {name: torch.from_numpy(np.array(weights.read_rows(name, 0, p.shape[0])))
-             for name, p in model.named_parameters()}
-    model.load_state_dict(state, assign=True)
-    return model.eval()
