@@ -131,7 +131,7 @@ def main() -> None:
     rows = [{"name": "sentence-transformers (torch fp32)", **{
         f"batch{b}": rate(lambda t: theirs.encode(t, prompt_name="document", batch_size=b), items, b, args.repeats)
         for b in BATCHES}, "min_cosine": 1.0}]
-    tokens = [len(theirs.tokenize([PROMPTS["document"] + t])["input_ids"][0]) for t in items]
+    tokens = [len(theirs.tokenizer(PROMPTS["document"] + t)["input_ids"]) for t in items]
     for dtype in args.dtypes:
         out = WORK / f"{folder.name}-{args.target}-{dtype}"
         if not (out / "manifest.json").is_file():

@@ -63,7 +63,8 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
     if manifest.embedding is not None:
-        model = Model(folder, manifest, None, tokenizer, embedder=Embedder(folder, manifest, tokenizer, threads, device))
+        embedder = Embedder(folder, manifest, tokenizer, threads, device)
+        model = Model(folder, manifest, None, tokenizer, embedder=embedder)
         logger.info("loaded embedding model %s (target %s, format %d)", folder, manifest.target,
                     manifest.format_version)
         return model

@@ -1,8 +1,8 @@
 """An OpenAI-compatible server over the continuous-batching engine (FastAPI on uvicorn; extra
 `[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent
 events ending in `data: [DONE]`), /v1/embeddings (an embedding model's: server_embeddings.py; each
-kind of artifact answers the other kind's routes with a 400), /tokenize and /detokenize (vLLM's shapes), /health, /metrics
-(Prometheus, server_metrics.py).
+kind of artifact answers the other kind's routes with a 400), /tokenize and /detokenize (vLLM's
+shapes), /health, /metrics (Prometheus, server_metrics.py).
 
 Bodies are pydantic models (api_models.py), so /openapi.json describes them; every bad request gets
 OpenAI's error shape with a 4xx and a message naming the field: {"error": {"message", "type",
@@ -66,7 +66,7 @@ from gemma_runtime.engine import Engine, Event, QueueFull, Request
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
-from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse, embeddings_response
+from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse, embeddings
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (or what fits); chat fills the context
@@ -472,6 +472,14 @@ async def tokenizer_response(service: Service, body: Union[api.TokenizeRequest, 
         return error_response(service, e)
 
 
+async def embeddings_response(service: Service, body: EmbeddingRequest):
+    try:
+        check_model(service, body.model)
+        return JSONResponse(await asyncio.to_thread(embeddings, service, body), headers=_headers(service))
+    except ApiError as e:
+        return error_response(service, e)
+
+
 def models_response(service: Service) -> JSONResponse:
     return JSONResponse(models(service), headers=_headers(service))
 
@@ -543,8 +551,8 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
         return await completion_response(service, body)
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
-    async def embeddings(body: EmbeddingRequest):
-        return await embeddings_response(service, body, _headers(service))
+    async def embeddings_route(body: EmbeddingRequest):
+        return await embeddings_response(service, body)
 
     @app.post("/tokenize", response_model=api.TokenizeResponse, responses=ERROR_RESPONSES)
     async def tokenize_route(body: api.TokenizeRequest):

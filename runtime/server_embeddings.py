@@ -8,12 +8,10 @@ A decoder artifact answers 400: it has no embedding head."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import numpy as np
-from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError, field_validator
 
 from gemma_runtime import api_models as api
@@ -75,10 +73,7 @@ class EmbeddingResponse(api.Response):
 
 
 def embeddings(service: Service, body: EmbeddingRequest) -> dict:
-    """The response body of a validated request (raises ApiError)."""
-    from gemma_runtime.server import check_model
-
-    check_model(service, body.model)
+    """The response body of a validated request for this server's model (raises ApiError)."""
     embedder = service.model.embedder
     if embedder is None:
         raise ApiError(400, f"the model '{service.name}' is a decoder: it has no embedding head (serve an embedding "
@@ -101,11 +96,3 @@ def _encoded(vector: np.ndarray, encoding: str) -> Union[list[float], str]:
         return base64.b64encode(vector.astype("<f4").tobytes()).decode()
     return vector.tolist()
 
-
-async def embeddings_response(service: Service, body: EmbeddingRequest, headers: dict[str, str]) -> JSONResponse:
-    from gemma_runtime.server import error_response
-
-    try:
-        return JSONResponse(await asyncio.to_thread(embeddings, service, body), headers=headers)
-    except ApiError as e:
-        return error_response(service, e)

@@ -93,6 +93,15 @@ def test_embed_cli(embedding_artifacts, reference, capsys):
     assert code == 2 and "unknown prompt name 'x'" in err
 
 
+def test_inspect_describes_it_and_the_decoder_commands_refuse_it(embedding_artifacts, capsys):
+    artifact = embedding_artifacts("ort-cpu", "fp32")
+    code, out, _ = cli(capsys, "inspect", artifact)
+    assert code == 0 and "gemma3 embedding model" in out and "embeddings" in out and "prompts: document, query" in out
+    for command in (["validate", artifact], ["bench", artifact], ["generate", artifact, "--prompt", "a"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and "is an embedding model" in err, command
+
+
 def test_targets_and_options_not_supported_yet(embedding_checkpoint, tmp_path):
     for options, message in [(dict(target="tensorrt"), "does not export embedding models yet"),
                              (dict(target="ort-cuda"), "does not export embedding models yet"),

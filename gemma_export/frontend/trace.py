@@ -1,4 +1,5 @@
-"""Trace graphs/gemma.py (and graphs/embedding.py) on the meta device into ONNX IR: no weight is in memory at any point.
+"""Trace graphs/gemma.py (the decoder) and graphs/embedding.py (the embedding model) on the meta
+device into ONNX IR: no weight is in memory at any point.
 
 The traced initializers keep the HF parameter names and hold no data; bind_weights points each
 at its checkpoint tensor, read row range by row range when the artifact is written.
