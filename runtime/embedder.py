@@ -1,7 +1,7 @@
 """An embedding artifact's use: texts (with a named prompt) or token-id lists -> unit vectors,
 cut to fewer dimensions (Matryoshka) and normalized again where asked. Rows are run in batches of
-similar length, each right-padded to its longest; onnxruntime sessions run concurrently, so an
-Embedder is shared by threads without a lock."""
+similar length (batches()), each right-padded to its longest; onnxruntime sessions run
+concurrently, so an Embedder is shared by threads without a lock."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from gemma_runtime.tokenizer import Tokenizer
 
 Text = Union[str, Sequence[int]]
 MAX_BATCH = 32  # rows per graph run
+# A run's rows are padded to its longest: a batch closes where padding would exceed this share of its
+# tokens, once it holds FULL_TOKENS (fewer tokens per run than that leave the matrix products short).
+PADDING_SHARE, FULL_TOKENS = 0.15, 256
 
 
 @dataclasses.dataclass
@@ -43,9 +46,7 @@ class Embedder:
         dims = self.check_dimensions(dimensions)
         rows = [self.token_ids(t, prompt_name) for t in texts]
         vectors = np.zeros((len(rows), self.spec.dimensions), np.float32)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
-        for start in range(0, len(order), MAX_BATCH):
-            batch = order[start:start + MAX_BATCH]
+        for batch in batches([len(r) for r in rows]):
             vectors[batch] = self.run([rows[i] for i in batch])
         if dims < self.spec.dimensions:
             vectors = vectors[:, :dims]
@@ -107,3 +108,20 @@ class Embedder:
             raise ContextLengthExceeded(f"an input has {len(ids)} tokens; this artifact's maximum is "
                                         f"{self.max_seq_len}")
         return ids
+
+
+def batches(lengths: list[int]) -> list[list[int]]:
+    """Row indices grouped into graph runs: shortest first, at most MAX_BATCH rows each, a new run
+    where the next (longer) row would pad this one beyond PADDING_SHARE of its tokens."""
+    runs: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        run = runs[-1] if runs else None
+        if run is not None and len(run) < MAX_BATCH and (
+                real < FULL_TOKENS or (len(run) + 1) * lengths[i] <= (real + lengths[i]) * (1 + PADDING_SHARE)):
+            run.append(i)
+            real += lengths[i]
+        else:
+            runs.append([i])
+            real = lengths[i]
+    return runs

@@ -15,6 +15,7 @@ from gemma_export.checkpoints.sentence_transformers import open_sentence_transfo
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
+from gemma_runtime.embedder import MAX_BATCH, batches
 from gemma_runtime.errors import RuntimeInputError
 from tiny_embedding import HIDDEN, PROMPTS
 
@@ -79,6 +80,18 @@ def test_embed_inputs_and_refusals(embedding_artifacts):
         model.generate("abc")
     with pytest.raises(RuntimeInputError, match="embedding model"):
         model.logits([2, 3])
+
+
+def test_ragged_batches_group_by_length_and_keep_the_order(embedding_artifacts):
+    lengths = [int(n) for n in np.random.default_rng(0).integers(3, 60, 70)]
+    runs = batches(lengths)
+    assert sorted(i for run in runs for i in run) == list(range(70)) and max(map(len, runs)) <= MAX_BATCH
+    padded = sum(len(run) * max(lengths[i] for i in run) for run in runs)
+    assert padded < 1.3 * sum(lengths) < 70 * max(lengths)  # one run padded to the longest would waste more
+    model = gemma_runtime.load(embedding_artifacts("ort-cpu", "fp32"))
+    texts = ["ab " * (n // 3) + "c" for n in lengths]
+    together = model.embed(texts)
+    assert np.allclose(together, np.stack([model.embed(t) for t in texts]), atol=1e-5)
 
 
 def test_embed_cli(embedding_artifacts, reference, capsys):
