@@ -77,7 +77,7 @@ def open_sentence_transformers(folder: Path) -> EmbeddingSource:
     fingerprints.update(prints)
     body_names = {("model." + n if not n.startswith("model.") else n): (body, n) for n in body.names()}
     weights = RenamedWeights({**body_names, **dense_weights})
-    check_weights(text, RenamedWeights({k: v for k, v in body_names.items()}), str(body_dir))
+    check_weights(text, RenamedWeights(body_names), str(body_dir))
     _check_head(cfg, weights, str(folder))
     prompts, default = _prompts(folder)
     tokenizer_file = _tokenizer_file(body_dir)
@@ -125,7 +125,9 @@ def _modules(folder: Path) -> list[tuple[str, Path, str]]:
         if not kind_path.startswith("sentence_transformers.") or kind not in MODULE_KINDS:
             raise ConfigError(f"{where}: module {i} ({names([kind_path])}) is not supported (supported: "
                               f"{', '.join(MODULE_KINDS)})")
-        if path.startswith("/") or "\\" in path or ".." in Path(path).parts or not (folder / path).is_dir():
+        # Normalize saves nothing: its folder is empty, and hubs drop empty folders
+        if path.startswith("/") or "\\" in path or ".." in Path(path).parts \
+                or not ((folder / path).is_dir() or kind == "Normalize"):
             raise ConfigError(f"{where}: module {i} path {path!r} is not a folder inside {folder}")
         out.append((kind, folder / path, kind_path))
     return out
