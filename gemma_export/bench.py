@@ -112,6 +112,7 @@ def measure_here(artifact: Path, prompt_tokens: int = 128, new_tokens: int = 128
     t0 = time.perf_counter()
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     load_s = time.perf_counter() - t0
+    model.require_decoder()  # an embedding model's speed: benchmarks/embed.py
     manifest = model.manifest
     if prompt_tokens + new_tokens > model.max_seq_len:
         raise RuntimeInputError(f"{prompt_tokens} + {new_tokens} tokens exceed the artifact's maximum "

@@ -84,7 +84,8 @@ def export(
     if manifest.multimodal:
         typer.echo(_multimodal_note(manifest.multimodal, text_only), err=True)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    typer.echo(f"wrote {out} ({manifest.family}, target {manifest.target}, {manifest.dtype}, "
+    kind = f"embedding model of {manifest.embedding.dimensions} dimensions, " if manifest.embedding else ""
+    typer.echo(f"wrote {out} ({kind}{manifest.family}, target {manifest.target}, {manifest.dtype}, "
                f"quant {manifest.quant['method']}, {size:.1f} MiB, {manifest.export_seconds} s)")
 
 
@@ -137,6 +138,25 @@ def generate(
                               **_sampling(model, temperature, top_k, top_p), **media):
         typer.echo(piece, nl=False)
     typer.echo()
+
+
+@app.command()
+def embed(
+    artifact: Path = typer.Argument(..., help="an embedding model's artifact folder"),
+    text: list[str] = typer.Option(..., "--text", help="a text to embed (repeatable)"),
+    prompt_name: Optional[str] = typer.Option(None, help="one of the model's prompts (query, document, ...) put "
+                                              "before each text; default: the model's default prompt, if any"),
+    dimensions: Optional[int] = typer.Option(None, help="keep the first N dimensions, normalized again "
+                                             "(Matryoshka: EmbeddingGemma is trained at 768, 512, 256, 128)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
+) -> None:
+    """Print the texts' embeddings as JSON: {"model", "dimensions", "prompt_name", "data": [{"text", "embedding"}]}."""
+    import gemma_runtime
+
+    model = gemma_runtime.load(artifact, threads=threads)
+    vectors = model.embed(list(text), prompt_name=prompt_name, dimensions=dimensions)
+    typer.echo(json.dumps({"model": str(artifact), "dimensions": int(vectors.shape[1]), "prompt_name": prompt_name,
+                           "data": [{"text": t, "embedding": v.tolist()} for t, v in zip(text, vectors)]}))
 
 
 def _user_message(model, text: str, media: dict) -> dict:

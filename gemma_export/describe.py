@@ -22,24 +22,32 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 def describe(folder: Path | str) -> str:
     folder = Path(folder)
     manifest = read_manifest(folder)
-    model = onnx.load(str(folder / manifest.decoder.file), load_external_data=False)
-    cfg, kv = manifest.config, manifest.kv_cache
+    embedding = manifest.embedding
+    main = manifest.embedder if embedding else manifest.decoder
+    model = onnx.load(str(folder / main.file), load_external_data=False)
+    cfg, kv = manifest.config["text"] if embedding else manifest.config, manifest.kv_cache
     caches = {name for b in kv.buffers for name in (b.input_name, b.output_name)}
+    kind = " embedding model," if embedding else ""
     lines = [
-        f"{folder}: {manifest.family} ({cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
+        f"{folder}: {manifest.family}{kind} ({cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_heads']} heads / {cfg['num_kv_heads']} KV heads, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']})",
         f"target {manifest.target} (backends {', '.join(manifest.execution.backends)}; devices "
         f"{', '.join(manifest.execution.devices)}), dtype {manifest.dtype}, quant {manifest.quant['method']}",
         "", "graphs:", *(f"  {name:<16} {g.role:<16} {g.file}" + (f" + {g.data_file}" if g.data_file else "")
                          for name, g in manifest.graphs.items()),
-        "", "decoder inputs:"]
-    lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.inputs.items() if k not in caches]
-    lines += ["decoder outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in manifest.decoder.outputs.items()
-                             if k not in caches]
-    cache = f"KV cache ({kv.update}, max {kv.max_seq_len} positions): {len(kv.buffers)} buffers"
-    if kv.update == "inplace":
-        cache += f", {sum(b.nbytes(1) for b in kv.buffers) / 2**20:.2f} MiB per sequence"
-    lines += ["", cache, *cache_lines(kv.buffers)]
+        "", f"{main.role} inputs:"]
+    lines += [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in main.inputs.items() if k not in caches]
+    lines += [f"{main.role} outputs:"] + [f"  {k:<16} {v.dtype} {list(v.shape)}" for k, v in main.outputs.items()
+                                          if k not in caches]
+    if embedding:
+        lines += ["", f"embedding: {embedding.dimensions} dimensions, inputs up to {kv.max_seq_len} tokens, framed "
+                  f"{list(embedding.prefix_ids)} ... {list(embedding.suffix_ids)}; prompts: "
+                  f"{', '.join(embedding.prompts) or 'none'} (default {embedding.default_prompt_name})"]
+    else:
+        cache = f"KV cache ({kv.update}, max {kv.max_seq_len} positions): {len(kv.buffers)} buffers"
+        if kv.update == "inplace":
+            cache += f", {sum(b.nbytes(1) for b in kv.buffers) / 2**20:.2f} MiB per sequence"
+        lines += ["", cache, *cache_lines(kv.buffers)]
     lines += ["", "passes:"] + [f"  {p['name']:<28} {p['rewrites']} rewrites" for p in manifest.passes]
     attention = manifest.report.get("attention")
     if attention and attention["unfused"]:

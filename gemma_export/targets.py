@@ -51,6 +51,8 @@ class Target:
     bf16_compute: bool = False  # bf16 computed in bf16; else bf16 storage with fp32 compute (CPU kernels)
     backends: tuple[str, ...] = ("ort",)  # runtime backends that run it, the default first
     devices: tuple[str, ...] = ("cpu",)  # onnxruntime devices, the default first
+    # the pass list of an embedding model's graph (no cache, no logits); empty: not exported yet
+    embedding_passes: tuple[str, ...] = ()
 
     def pass_modules(self) -> list[ModuleType]:
         """Every pass of the list, whether or not it acts at given options (passes/pipeline.py picks those)."""
@@ -94,7 +96,9 @@ _TARGETS = (
                 "precision",
                 "split_lm_head"),
         # MatMulNBits at accuracy_level 4 on the CPU quantizes its input to int8 per block.
-        quantized_matmul="MatMulNBits", int8_activations=True),
+        quantized_matmul="MatMulNBits", int8_activations=True,
+        embedding_passes=("set_opset", "fold_weight_transposes", "rms_norm", "skip_rms_norm", "rotary_embedding",
+                          "geglu", "pack_matmuls", "drop_project_domain", "precision")),
     Target(
         "ort-cuda",
         graph="the ort-cpu graph without lm_head slices (CUDA does not prepack; slices would hold "
@@ -122,7 +126,9 @@ _TARGETS = (
                 "split_lm_head"),
         # onnxruntime's CPU provider fuses DequantizeLinear + MatMul into MatMulNBits, which
         # quantizes activations (session.qdq_matmulnbits_accuracy_level, 4 by default).
-        quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True, quants=DEQUANTIZED_QUANTS),
+        quantized_matmul="DequantizeLinear", int8_activations=True, ring_caches=True, quants=DEQUANTIZED_QUANTS,
+        embedding_passes=("set_opset", "fold_weight_transposes", "rms_normalization", "rotary_embedding", "geglu",
+                          "drop_project_domain", "precision")),
     Target(
         "tensorrt",
         graph="the `onnx` graph cut to what TensorRT parses (Gemma 2's soft-capped attention spelled out)",

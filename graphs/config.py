@@ -290,3 +290,28 @@ class GemmaConfig:
         if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input != self.vocab_size:
             raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
                                 f"vocab_size ({self.vocab_size}); not supported")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """One dense layer of the head (sentence-transformers' Dense with the identity activation)."""
+
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+    """An embedding model (EmbeddingGemma): the body's config (a Gemma 3 whose attention is
+    bidirectional, graphs/embedding.py), mean pooling, these dense layers, L2 normalisation."""
+
+    text: GemmaConfig  # the body
+    dense: tuple[Dense, ...]  # after pooling, in order
+
+    @property
+    def dimensions(self) -> int:
+        return self.dense[-1].out_features if self.dense else self.text.hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text.to_dict(), "dense": [dataclasses.asdict(d) for d in self.dense]}

@@ -129,11 +129,13 @@ class Experts(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: GemmaConfig, layer: int):
+    """attention: the class of self_attn (the embedding model's is bidirectional, graphs/embedding.py)."""
+
+    def __init__(self, cfg: GemmaConfig, layer: int, attention: type[nn.Module] = Attention):
         super().__init__()
         h = cfg.hidden_size
         self.cfg = cfg
-        self.self_attn = Attention(cfg, layer)
+        self.self_attn = attention(cfg, layer)
         self.mlp = MLP(h, cfg.layer_intermediate_size(layer))
         self.input_layernorm = Norm(h, cfg)
         # Gemma 1: the pre-MLP norm. Gemma 2-4: the norm of the attention output.
@@ -174,11 +176,13 @@ class DecoderLayer(nn.Module):
         return x, present_k, present_v
 
 
-class _Model(nn.Module):
-    def __init__(self, cfg: GemmaConfig):
+class Body(nn.Module):
+    """HF's `model.`: the token embedding, the layers and the final norm."""
+
+    def __init__(self, cfg: GemmaConfig, attention: type[nn.Module] = Attention):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention) for i in range(cfg.num_layers))
         self.norm = Norm(cfg.hidden_size, cfg)
         width = cfg.hidden_size_per_layer_input
         if width:  # Gemma 4's per-layer inputs: a token table only ever gathered, and a projection
@@ -220,7 +224,7 @@ class GemmaForCausalLM(nn.Module):
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
         self.cfg = cfg
-        self.model = _Model(cfg)
+        self.model = Body(cfg)
         self.lm_head_input = nn.Identity()
 
     def forward(self, input_ids, position_ids, attention_mask, *rest):

@@ -74,6 +74,14 @@ SPLICED_COLUMNS = "spliced_columns"
 LOOKAHEAD = "lookahead"
 LOGITS = "logits"
 
+# -- the embedding model's graph (role EMBEDDING_HEAD) ----------------------------------------------
+#   input_ids        [batch, seq] int64      ragged rows RIGHT-padded (any pad id)
+#   attention_mask   [batch, seq] int64      1 for a real token, 0 for padding
+# output
+#   embeddings       [batch, dimensions] float32, unit length (the pooled, dense-projected sequence)
+EMBEDDINGS = "embeddings"
+EMBEDDING_INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK)
+
 # -- an encoder's outputs (its inputs are named as transformers' processor names its arrays) --------
 SOFT_TOKENS = "soft_tokens"  # [items, tokens, text hidden]: the rows for the decoder's spliced_embeds
 SOFT_TOKEN_MASK = "soft_token_mask"  # [items, tokens] bool, where an item has fewer real tokens than others

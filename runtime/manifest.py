@@ -9,8 +9,10 @@ version 4 makes an artifact a set of named graphs (`graphs`: each with its role,
 and outputs; today one, "decoder") in place of the top-level `inputs`/`outputs`, and records the
 chat format (`chat`). The KV cache (`kv_cache`) is the decoder's. Format version 5 records the
 checkpoint's own chat template (`chat_template`: its files in the artifact and the special tokens it
-reads), which the runtime renders in place of `chat` when present. This runtime reads versions 2 to
-5: a version 2 or 3 manifest is read as one decoder graph (model.onnx) with no chat format (the
+reads), which the runtime renders in place of `chat` when present. Format version 6 adds embedding
+models: such an artifact holds one graph of role embedding_head in place of the decoder, no KV cache
+buffers (kv_cache.max_seq_len is the longest text), and `embedding` (its dimensions, prompts and the
+ids the tokenizer puts around a text). This runtime reads versions 2 to 6: a version 2 or 3 manifest is read as one decoder graph (model.onnx) with no chat format (the
 runtime recovers it from the tokenizer's turn pieces; see chat.py).
 """
 
@@ -22,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gemma_runtime.errors import RuntimeInputError
-from gemma_runtime.interface import DECODER, ROLES, CacheTensor
+from gemma_runtime.interface import DECODER, EMBEDDING_HEAD, ROLES, CacheTensor
 
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (2, 3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (2, 3, 4, 5, 6)
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
@@ -70,6 +72,19 @@ class ChatTemplateSpec:
     files: dict[str, str]  # template name ("default", "tool_use", ...) -> its file in the artifact
     special_tokens: dict[str, str]  # bos_token, eos_token, ...: the variables the template reads, as the checkpoint names them
     source: str  # where the export found it: chat_template.jinja, tokenizer_config.json, the GGUF metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSpec:
+    """An embedding model's use: a text is prompt + text, tokenized, between prefix_ids and
+    suffix_ids (as the checkpoint's tokenizer frames it); the graph gives unit vectors of
+    `dimensions`, which may be cut to their first n and normalized again (Matryoshka)."""
+
+    dimensions: int
+    prompts: dict[str, str]  # name ("query", "document", ...) -> the text put before the input
+    default_prompt_name: str | None
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +151,15 @@ class Manifest:
     # the checkpoint's chat template, rendered in place of `chat` where present (a checkpoint may ship
     # none; none in manifests before version 5)
     chat_template: ChatTemplateSpec | None = None
+    embedding: EmbeddingSpec | None = None  # an embedding model (format 6); None: a decoder
 
     @property
     def decoder(self) -> Graph:
         return next(g for g in self.graphs.values() if g.role == DECODER)
+
+    @property
+    def embedder(self) -> Graph:
+        return next(g for g in self.graphs.values() if g.role == EMBEDDING_HEAD)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +187,7 @@ class Manifest:
                 "files": _files(data.get("files", {})),
                 "chat": None if data.get("chat") is None else ChatFormat(**data["chat"]),
                 "chat_template": _chat_template(data.get("chat_template")),
+                "embedding": _embedding(data.get("embedding")),
             })
             manifest = cls(**fields)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -176,9 +197,10 @@ class Manifest:
                                     f"(supported: {', '.join(CACHE_UPDATES)})")
         roles = [g.role for g in manifest.graphs.values()]
         unknown = [r for r in roles if r not in ROLES]
-        if unknown or roles.count(DECODER) != 1:
-            raise RuntimeInputError(f"{where}: graphs with roles {roles} (an artifact has one {DECODER}, and roles "
-                                    f"among {', '.join(ROLES)})")
+        main = EMBEDDING_HEAD if manifest.embedding is not None else DECODER
+        if unknown or roles.count(main) != 1 or (main == EMBEDDING_HEAD and len(roles) != 1):
+            raise RuntimeInputError(f"{where}: graphs with roles {roles} (a decoder artifact has one {DECODER}, an "
+                                    f"embedding artifact one {EMBEDDING_HEAD} alone; roles among {', '.join(ROLES)})")
         if manifest.chat is not None and manifest.chat.system not in SYSTEM_PLACEMENTS:
             raise RuntimeInputError(f"{where}: chat system placement {manifest.chat.system!r} is not supported "
                                     f"(supported: {', '.join(SYSTEM_PLACEMENTS)})")
@@ -229,6 +251,20 @@ def _chat_template(d: dict | None) -> ChatTemplateSpec | None:
         file_name(file, f"chat template {name!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.special_tokens.items()):
         raise ValueError("chat template special tokens are not names and strings")
+    return spec
+
+
+def _embedding(d: dict | None) -> EmbeddingSpec | None:
+    if d is None:
+        return None
+    spec = EmbeddingSpec(int(d["dimensions"]), dict(d["prompts"]), d["default_prompt_name"],
+                         tuple(int(i) for i in d["prefix_ids"]), tuple(int(i) for i in d["suffix_ids"]))
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.prompts.items()):
+        raise ValueError("embedding prompts are not names and strings")
+    if spec.default_prompt_name is not None and spec.default_prompt_name not in spec.prompts:
+        raise ValueError(f"the default prompt {spec.default_prompt_name!r} is not one of the prompts")
+    if spec.dimensions < 1:
+        raise ValueError(f"embedding dimensions {spec.dimensions}")
     return spec
 
 

@@ -1,5 +1,6 @@
 """A loaded artifact: logits, generate and stream, each driving its backend's one step call
-(backends/protocol.py) over cache rows it reserves; each generating row is a Generation."""
+(backends/protocol.py) over cache rows it reserves; each generating row is a Generation. An
+embedding model's artifact loads as a Model that embeds (embedder.py) and does nothing else."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from gemma_runtime.backends.protocol import Backend
 from gemma_runtime.chat import chat_format, chat_prompt
 from gemma_runtime.chat_template import ChatTemplate
+from gemma_runtime.embedder import Embedder
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.generation import Generation
 from gemma_runtime.interface import AUDIO_ENCODER, IMAGE_ENCODER
@@ -60,6 +62,12 @@ def load(path: Path | str, backend: str | None = None, threads: int | None = Non
         raise RuntimeInputError(f"{folder}: target {manifest.target} runs on {' or '.join(execution.devices)}, "
                                 f"not {device}")
     tokenizer = Tokenizer.in_folder(folder, manifest.tokens.bos)
+    if manifest.embedding is not None:
+        embedder = Embedder(folder, manifest, tokenizer, threads, device)
+        model = Model(folder, manifest, None, tokenizer, embedder=embedder)
+        logger.info("loaded embedding model %s (target %s, format %d)", folder, manifest.target,
+                    manifest.format_version)
+        return model
     template = None if manifest.chat_template is None else ChatTemplate.from_artifact(folder, manifest.chat_template)
     model = Model(folder, manifest, _backend(folder, manifest, backend, threads, device), tokenizer,
                   Encoders(folder, manifest, threads, device), chat_template=template)
@@ -92,15 +100,18 @@ class Model:
     A Model handed to an Engine belongs to it (the engine drives the same cache rows): its own
     calls then raise RuntimeInputError."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, tokenizer: Tokenizer | None,
-                 encoders: Encoders | None = None, chat_template: ChatTemplate | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend | None, tokenizer: Tokenizer | None,
+                 encoders: Encoders | None = None, chat_template: ChatTemplate | None = None,
+                 embedder: Embedder | None = None):
+        """backend None: an embedding model (embedder), which neither generates nor gives logits."""
         self.folder = folder
+        self.embedder = embedder
         self.chat_template = chat_template  # the checkpoint's own (manifest.chat_template), if it shipped one
         self.encoders = encoders
         self.manifest = manifest
         self.backend = backend
         self.tokenizer = tokenizer
-        self.max_seq_len = backend.max_seq_len
+        self.max_seq_len = backend.max_seq_len if backend is not None else manifest.kv_cache.max_seq_len
         tokens = manifest.tokens
         self.pad_id = tokens.pad
         self.stop_ids = set(tokens.stop)
@@ -122,12 +133,32 @@ class Model:
         chat = None if self.chat_template is not None else self.chat_format()
         return chat_prompt(messages, chat, self.chat_template, tools, chat_template_kwargs, add_generation_prompt)
 
+    # -- embeddings -----------------------------------------------------------------------
+    def embed(self, texts: Prompt | Sequence[Prompt], prompt_name: str | None = None,
+              dimensions: int | None = None) -> np.ndarray:
+        """Unit-length embeddings, float32: [dimensions] for one text or token-id list, [n, dimensions]
+        for a list of them (ragged texts are batched). prompt_name: one of the model's prompts
+        (manifest.embedding.prompts: "query", "document", ...) put before each text, else its default
+        prompt if it names one; dimensions: the first n of each vector, normalized again (Matryoshka)."""
+        embedder = self.require_embedder()
+        one = isinstance(texts, str) or (isinstance(texts, (list, tuple, np.ndarray)) and len(texts) > 0
+                                         and not any(isinstance(t, _ONE_PROMPT) for t in texts))
+        vectors = embedder.embed([texts] if one else list(texts), prompt_name, dimensions).vectors
+        return vectors[0] if one else vectors
+
+    def require_embedder(self) -> Embedder:
+        if self.embedder is None:
+            raise RuntimeInputError(f"{self.folder}: this artifact is a decoder (target {self.manifest.target}); "
+                                    "embeddings need an embedding model's artifact (a sentence-transformers export)")
+        return self.embedder
+
     # -- logits ---------------------------------------------------------------------------
     def logits(self, ids: Sequence[int], **arrays: np.ndarray) -> np.ndarray:
         """[len(ids), vocab] float32 logits at every position, ids used as given. With media, ids are
         the expanded prompt and arrays the processor's named arrays as transformers' processor
         returns them (pixel_values, image_position_ids, input_features, input_features_mask;
         token_type_ids or mm_token_type_ids, if given, must mark exactly the image tokens)."""
+        self.require_decoder()
         media = self.media_prompt(ids, arrays) if arrays else None
         ids = self._check_ids(ids, media=media is not None)
         n = len(ids)
@@ -176,6 +207,7 @@ class Model:
         """images / audio: paths, bytes, PIL images or arrays (audio: WAV files or bytes, (samples, rate)
         pairs, or float arrays at the extractor's rate), one placeholder per item in a text prompt
         (media/processors.py says where they go when it has none)."""
+        self.require_decoder()
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched, media = self._media_prompts(prompt, images, audio)
         rows = self._generations(prompts, max_new_tokens, sampler, stop or ())
@@ -191,6 +223,7 @@ class Model:
                audio: Sequence | None = None) -> Iterator[str]:
         """Text pieces as they are generated; incomplete UTF-8 is held back until whole. The
         arguments are checked here; the model is held from the first piece until the stream ends."""
+        self.require_decoder()
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched, media = self._media_prompts(prompt, images, audio)
         if batched:
@@ -278,6 +311,11 @@ class Model:
                 yield
             finally:
                 self._holder = None
+
+    def require_decoder(self) -> None:
+        if self.backend is None:
+            raise RuntimeInputError(f"{self.folder}: this artifact is an embedding model: it embeds texts (embed()), "
+                                    "it does not generate or give logits")
 
     # -- input handling -------------------------------------------------------------------
     def _prompts(self, prompt) -> tuple[list[list[int]], bool]:

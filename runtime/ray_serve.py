@@ -21,8 +21,10 @@ from ray import serve
 from gemma_runtime import api_models
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute
-from gemma_runtime.server import (ERROR_RESPONSES, Service, completion_response, health_response,
-                                  install_error_handlers, metrics_response, models_response, tokenizer_response)
+from gemma_runtime.server import (ERROR_RESPONSES, Service, completion_response, embeddings_response,
+                                  health_response, install_error_handlers, metrics_response, models_response,
+                                  tokenizer_response)
+from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse
 
 api = FastAPI(title="gemma-export", docs_url=None, redoc_url=None)
 api.router.route_class = DepthCheckedRoute
@@ -49,6 +51,10 @@ class GemmaReplica:
     @api.post("/v1/chat/completions", response_model=api_models.ChatCompletionResponse, responses=ERROR_RESPONSES)
     async def chat_completions(self, body: api_models.ChatCompletionRequest):
         return await completion_response(self.service, body)
+
+    @api.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+    async def embeddings(self, body: EmbeddingRequest):
+        return await embeddings_response(self.service, body)
 
     @api.post("/tokenize", response_model=api_models.TokenizeResponse, responses=ERROR_RESPONSES)
     async def tokenize(self, body: api_models.TokenizeRequest):

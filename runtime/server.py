@@ -1,7 +1,8 @@
 """An OpenAI-compatible server over the continuous-batching engine (FastAPI on uvicorn; extra
 `[serve]`). Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent
-events ending in `data: [DONE]`), /tokenize and /detokenize (vLLM's shapes), /health, /metrics
-(Prometheus, server_metrics.py).
+events ending in `data: [DONE]`), /v1/embeddings (an embedding model's: server_embeddings.py; each
+kind of artifact answers the other kind's routes with a 400), /tokenize and /detokenize (vLLM's
+shapes), /health, /metrics (Prometheus, server_metrics.py).
 
 Bodies are pydantic models (api_models.py), so /openapi.json describes them; every bad request gets
 OpenAI's error shape with a 4xx and a message naming the field: {"error": {"message", "type",
@@ -76,6 +77,7 @@ from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
 from gemma_runtime.response_parser import ChatOutput
+from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse, embeddings
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
 from gemma_runtime.structured_output import ANY_OBJECT, StructuredOutputError, UnsupportedSchema
 from gemma_runtime.tool_calls import tool_plan
@@ -104,7 +106,9 @@ class Service:
         import gemma_runtime
 
         self.model = gemma_runtime.load(artifact, threads=threads)
-        self.engine = Engine(self.model, max_batch=max_batch, max_queue=max_queue).start()
+        # an embedding model has no engine: its requests run in worker threads (server_embeddings.py)
+        self.engine = None if self.model.embedder else Engine(self.model, max_batch=max_batch,
+                                                              max_queue=max_queue).start()
         self.metrics = ServerMetrics(self.engine)
         self.texts = TokenTexts(self.model.tokenizer)
         if self.model.tokenizer is not None:
@@ -114,7 +118,8 @@ class Service:
         self.created = int(time.time())
 
     def close(self) -> None:
-        self.engine.stop()
+        if self.engine is not None:
+            self.engine.stop()
 
 
 # -- handlers (framework-free: they take a validated body and return a dict or an async stream) ----
@@ -173,6 +178,9 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
     ApiError)."""
     chat = isinstance(body, api.ChatCompletionRequest)
     check_model(service, body.model)
+    if service.engine is None:
+        raise ApiError(400, f"the model '{service.name}' is an embedding model: it answers /v1/embeddings, not "
+                       "completions", "model", "unsupported_model")
     refuse_unsupported(body)
     if body.n > 1:
         raise ApiError(400, "'n' > 1 is not supported by this server (it would prefill the prompt once per "
@@ -488,6 +496,14 @@ async def tokenizer_response(service: Service, body: Union[api.TokenizeRequest, 
         return error_response(service, e)
 
 
+async def embeddings_response(service: Service, body: EmbeddingRequest):
+    try:
+        check_model(service, body.model)
+        return JSONResponse(await asyncio.to_thread(embeddings, service, body), headers=_headers(service))
+    except ApiError as e:
+        return error_response(service, e)
+
+
 def models_response(service: Service) -> JSONResponse:
     return JSONResponse(models(service), headers=_headers(service))
 
@@ -537,6 +553,10 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
     @app.post("/v1/chat/completions", response_model=api.ChatCompletionResponse, responses=ERROR_RESPONSES)
     async def chat_completions(body: api.ChatCompletionRequest):
         return await completion_response(service, body)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+    async def embeddings_route(body: EmbeddingRequest):
+        return await embeddings_response(service, body)
 
     @app.post("/tokenize", response_model=api.TokenizeResponse, responses=ERROR_RESPONSES)
     async def tokenize_route(body: api.TokenizeRequest):

@@ -50,15 +50,18 @@ class EngineCollector:
 
 
 class ServerMetrics:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine | None):
+        """engine None: an embedding model's server, which has no engine to report."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(EngineCollector(engine))
+        if engine is not None:
+            self.registry.register(EngineCollector(engine))
         self.ttft = Histogram("gemma_time_to_first_token_seconds", "time from a request's arrival to its first token",
                               buckets=TTFT_BUCKETS, registry=self.registry)
         self.inter_token = Histogram("gemma_inter_token_latency_seconds", "time between two tokens of a request",
                                      buckets=INTER_TOKEN_BUCKETS, registry=self.registry)
-        engine.metrics.observe_ttft = self.ttft.observe
-        engine.metrics.observe_inter_token = self.inter_token.observe
+        if engine is not None:
+            engine.metrics.observe_ttft = self.ttft.observe
+            engine.metrics.observe_inter_token = self.inter_token.observe
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -45,9 +45,23 @@ def trace_each_config_once():
             encoders[key] = ir.serde.serialize_model(model)
         return ir.serde.deserialize_model(encoders[key])
 
+    from gemma_export import export_embedding
+
+    trace_embedder = export_embedding.trace_embedder
+    embedders = {}
+
+    def cached_embedder(cfg):
+        if cfg not in embedders:
+            model = trace_embedder(cfg)
+            for value in model.graph.initializers.values():
+                value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
+            embedders[cfg] = ir.serde.serialize_model(model)
+        return ir.serde.deserialize_model(embedders[cfg])
+
     patch = pytest.MonkeyPatch()
     patch.setattr(export_module, "trace", cached)
     patch.setattr(export_media, "trace_encoder", cached_encoder)
+    patch.setattr(export_embedding, "trace_embedder", cached_embedder)
     yield
     patch.undo()
 
@@ -84,6 +98,32 @@ def target_artifacts(tiny_checkpoints, gemma4_checkpoints, tmp_path_factory):
         return exported[target]
 
     return artifacts
+
+
+@pytest.fixture(scope="session")
+def embedding_checkpoint(tmp_path_factory):
+    """A tiny random EmbeddingGemma in sentence-transformers' folder layout (tests/tiny_embedding.py)."""
+    from tiny_embedding import write_embedding_checkpoint
+
+    return write_embedding_checkpoint(tmp_path_factory.mktemp("embedding") / "st")
+
+
+@pytest.fixture(scope="session")
+def embedding_artifacts(embedding_checkpoint, tmp_path_factory):
+    """(target, dtype) -> the tiny EmbeddingGemma's artifact, exported when first asked for."""
+    from gemma_export.export import export
+    from gemma_export.targets import ExportOptions
+
+    root = tmp_path_factory.mktemp("embedding-artifacts")
+    exported = {}
+
+    def artifact(target: str, dtype: str):
+        if (target, dtype) not in exported:
+            exported[target, dtype] = root / f"{target}-{dtype}"
+            export(embedding_checkpoint, exported[target, dtype], ExportOptions(target=target, dtype=dtype))
+        return exported[target, dtype]
+
+    return artifact
 
 
 @pytest.fixture(scope="session")

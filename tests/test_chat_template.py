@@ -264,7 +264,7 @@ def gemma4(tmp_path_factory):
 def test_export_copies_the_templates_with_their_digests(gemma4):
     folder, out = gemma4
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 5
+    assert manifest["format_version"] == 6
     assert manifest["chat_template"] == {"files": {"default": "chat_template.jinja",
                                                    "tool_use": "chat_template.tool_use.jinja"},
                                          "special_tokens": SPECIAL_TOKENS, "source": "chat_template.jinja"}

@@ -36,7 +36,7 @@ def older(artifact, tmp_path, version: int):
     """A copy of the artifact whose manifest has the given version's form."""
     folder = shutil.copytree(artifact, tmp_path / f"v{version}")
     data = json.loads((folder / MANIFEST_FILE).read_text())
-    del data["chat_template"]
+    del data["chat_template"], data["embedding"]
     if version == 4:
         data["format_version"] = 4
         (folder / MANIFEST_FILE).write_text(json.dumps(data))
@@ -52,7 +52,8 @@ def older(artifact, tmp_path, version: int):
 
 def test_the_manifest_lists_the_decoder_graph_and_the_chat_format(artifact):
     data = json.loads((artifact / MANIFEST_FILE).read_text())
-    assert data["format_version"] == FORMAT_VERSION == 5 and "inputs" not in data and "outputs" not in data
+    assert data["format_version"] == FORMAT_VERSION == 6 and data["embedding"] is None
+    assert "inputs" not in data and "outputs" not in data
     assert data["chat_template"] is None  # this checkpoint ships none
     assert list(data["graphs"]) == [DECODER]
     decoder = data["graphs"][DECODER]

@@ -180,8 +180,10 @@ def _token_id(value: Any, name: str, where: str) -> int:
     return value
 
 
-def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
-    """A text decoder's config (model_type gemma, gemma2, gemma3_text or gemma4_text)."""
+def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body: bool = False) -> GemmaConfig:
+    """A text decoder's config (model_type gemma, gemma2, gemma3_text or gemma4_text).
+    bidirectional_body: the config is an embedding model's body (a sentence-transformers folder's
+    Transformer), whose use_bidirectional_attention must be true; a decoder's must not be."""
     model_type = raw.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         supported = [*MODEL_TYPES, *MULTIMODAL_MODEL_TYPES]
@@ -207,7 +209,14 @@ def parse_hf_config(raw: dict, where: str = "config.json") -> GemmaConfig:
         bidirectional = f.take("use_bidirectional_attention", (bool, str), None)
     else:
         bidirectional = family.bidirectional_default
-    if bidirectional not in ((None, False, "vision") if family.image_bidirectional else (None, False)):
+    if bidirectional_body:
+        if bidirectional is not True or family.name != "gemma3":
+            raise ConfigError(f"{where}: an embedding model's body is a gemma3_text config with "
+                              f"use_bidirectional_attention = true (got {model_type!r}, {bidirectional!r})")
+    elif bidirectional is True and family.name == "gemma3":
+        raise ConfigError(f"{where}: use_bidirectional_attention = true is an embedding model's body "
+                          "(EmbeddingGemma): export its sentence-transformers folder (with modules.json)")
+    elif bidirectional not in ((None, False, "vision") if family.image_bidirectional else (None, False)):
         raise ConfigError(f"{where}: use_bidirectional_attention = {bidirectional!r} is not supported")
     switches = family_switches(family)
     if family.image_bidirectional:

@@ -141,8 +141,8 @@ TEXT_PREFIXES = {"gemma3": ("language_model.model.", "model.language_model."),
                  "gemma4_unified": ("model.language_model.",)}
 
 
-def open_hf_folder(folder: Path) -> Source:
-    cfg, multimodal, generation = load_hf_config(folder)
+def folder_weights(folder: Path) -> tuple[SafetensorsWeights, dict[str, str]]:
+    """The folder's safetensors tensors (one file or shards) and each file's fingerprint."""
     entries: dict[str, _Entry] = {}
     fingerprints = {}
     for path in _safetensors_files(folder):
@@ -152,7 +152,13 @@ def open_hf_folder(folder: Path) -> Source:
             entries[name] = entry
         st = path.stat()
         fingerprints[path.name] = f"size:{st.st_size}"
-    weights = stored = SafetensorsWeights(entries)
+    return SafetensorsWeights(entries), fingerprints
+
+
+def open_hf_folder(folder: Path) -> Source:
+    cfg, multimodal, generation = load_hf_config(folder)
+    weights, fingerprints = folder_weights(folder)
+    stored = weights
     if multimodal is not None:
         weights = text_decoder(weights, TEXT_PREFIXES[multimodal.model_type], str(folder))
     check_weights(cfg, weights, str(folder))

@@ -1,4 +1,5 @@
-"""Trace graphs/gemma.py on the meta device into ONNX IR: no weight is in memory at any point.
+"""Trace graphs/gemma.py (the decoder) and graphs/embedding.py (the embedding model) on the meta
+device into ONNX IR: no weight is in memory at any point.
 
 The traced initializers keep the HF parameter names and hold no data; bind_weights points each
 at its checkpoint tensor, read row range by row range when the artifact is written.
@@ -16,7 +17,7 @@ import onnx_ir as ir
 from gemma_export.checkpoints.base import WeightSource
 from gemma_export.frontend import onnx_ops
 from gemma_export.tensors import StreamedTensor
-from gemma_graphs.config import GemmaConfig
+from gemma_graphs.config import EmbeddingConfig, GemmaConfig
 
 
 def trace(cfg: GemmaConfig) -> ir.Model:
@@ -41,12 +42,34 @@ def trace(cfg: GemmaConfig) -> ir.Model:
         args.append(torch.zeros(b, slot.kv_heads, p, slot.head_dim, **meta))
         shapes.append({0: batch, 2: past})
     input_names, output_names = io_names(cfg)
+    # forward(ids, pos, mask, *rest)
+    model = _export(module, args, (shapes[0], shapes[1], shapes[2], tuple(shapes[3:])), input_names, output_names)
+    model.graph.inputs[2].shape = ir.Shape(["batch", "total"])  # attention_mask: past + seq
+    return model
+
+
+def trace_embedder(cfg: EmbeddingConfig) -> ir.Model:
+    """The embedding model (graphs/embedding.py): input_ids and attention_mask [batch, seq] ->
+    embeddings [batch, dimensions]."""
+    import torch
+
+    from gemma_graphs.embedding import GemmaEmbedder, io_names
+
+    with torch.device("meta"):
+        module = GemmaEmbedder(cfg).eval()
+    shape = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+    args = [torch.zeros(2, 3, dtype=torch.int64, device="meta") for _ in range(2)]
+    return _export(module, args, (shape, shape), *io_names())
+
+
+def _export(module, args: list, dynamic_shapes: tuple, input_names: list[str], output_names: list[str]) -> ir.Model:
+    """torch.onnx's export of the module with the custom ops' function bodies, dims named."""
+    import torch
 
     with _quiet():
         program = torch.onnx.export(
             module, tuple(args), dynamo=True, optimize=False, opset_version=onnx_ops.OPSET,
-            dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),  # forward(ids, pos, mask, *rest)
-            input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, input_names=input_names, output_names=output_names,
             custom_translation_table=onnx_ops.translation_table(), verbose=False,
         )
     model = program.model
@@ -79,7 +102,6 @@ def _name_dims(model: ir.Model) -> None:
     for value in [*model.graph.inputs, *model.graph.outputs]:
         if value.shape is not None:
             value.shape = ir.Shape([d if isinstance(d, int) else _dim_name(str(d)) for d in value.shape])
-    model.graph.inputs[2].shape = ir.Shape(["batch", "total"])  # attention_mask: past + seq
 
 
 def _dim_name(text: str) -> str:

@@ -6,7 +6,8 @@ Kept in fp32:
   (gemma_export/calibrate.py) and every tensor whose largest |value| exceeds FP16_LIMIT stays fp32,
   with every node that reads or writes it. On the real Gemma 3 270M that is the residual stream
   (up to 1.04e5 at the BOS position, past fp16's 65504) and the post-FFW norm outputs added to it.
-- the logits: the nodes after the lm_head product (reshape, soft-capping) and the output.
+- the logits: the nodes after the lm_head product (reshape, soft-capping) and the output; an
+  embedding model's output (its graph computes in the low dtype and casts the unit vectors to fp32).
 - norm statistics and softmax, inside the fused kernels: the norms carry stash_type=1 (fp32
   statistics), ONNX Attention gets softmax_precision=FLOAT, and GroupQueryAttention accumulates its
   softmax in fp32.
@@ -37,7 +38,7 @@ from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import add_initializer, add_node
 from gemma_export.targets import ExportOptions, Target
 from gemma_graphs.config import GemmaConfig
-from gemma_runtime.interface import LOGITS
+from gemma_runtime.interface import EMBEDDINGS, LOGITS
 
 NAME = "precision"
 LOW = {"fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
@@ -61,7 +62,8 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     if options.dtype == "fp32":
         return 0
     report, rewrites = lower(model, options.dtype, ctx.target.bf16_compute,
-                             lambda values: calibrate.largest(model, calibrate.prefills(model, ctx), values))
+                             lambda values: calibrate.largest(model, calibrate.prefills(model, ctx), values),
+                             fp32_boundary=any(v.name == EMBEDDINGS for v in model.graph.outputs))
     ctx.report["precision"] = report
     return rewrites
 

@@ -112,6 +112,7 @@ def validate(artifact: Path | str, reference: Path | str | None, texts: Sequence
     import gemma_runtime
 
     model = gemma_runtime.load(artifact)
+    model.require_decoder()  # an embedding model's parity is its tests' (against sentence-transformers)
     manifest = model.manifest
     thresholds = thresholds or default_thresholds(manifest)
     ref_fn, ref_desc = reference_logits_fn(reference)
