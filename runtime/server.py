@@ -79,6 +79,7 @@ from gemma_runtime.request_body import DepthCheckedRoute, Guard
 from gemma_runtime.response_parser import ChatOutput
 from gemma_runtime.server_embeddings import EmbeddingRequest, EmbeddingResponse, embeddings
 from gemma_runtime.server_metrics import CONTENT_TYPE, ServerMetrics
+from gemma_runtime.server_tokenize import check_model, detokenize, tokenize
 from gemma_runtime.structured_output import ANY_OBJECT, StructuredOutputError, UnsupportedSchema
 from gemma_runtime.tool_calls import tool_plan
 
@@ -131,12 +132,6 @@ def models(service: Service) -> dict:
 
 def health(service: Service) -> dict:
     return {"status": "ok", "model": service.name, "replica": service.replica}
-
-
-def check_model(service: Service, model: str | None) -> None:
-    if model not in (None, service.name):
-        raise ApiError(404, f"the model '{model}' does not exist; this server has '{service.name}'", "model",
-                       "model_not_found")
 
 
 def refuse_unsupported(body: api.Request) -> None:
@@ -422,40 +417,6 @@ async def stream(service: Service, choices: Sequence[Choice], queue: asyncio.Que
 
 def _ident(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-
-
-def tokenize(service: Service, body: api.TokenizeRequest) -> dict:
-    check_model(service, body.model)
-    tokenizer = service.model.tokenizer
-    if tokenizer is None:
-        raise ApiError(400, "this artifact has no tokenizer", "prompt")
-    if (body.prompt is None) == (body.messages is None):
-        raise ApiError(400, "give either 'prompt' or 'messages'", "prompt")
-    if body.messages is not None:
-        prompt = chat_prompt(service.model, body.messages)
-        if prompt.images or prompt.audio:
-            raise ApiError(400, "/tokenize counts text: images and audio expand at generation", "messages",
-                           "unsupported_content")
-        text = prompt.text
-    else:
-        text = body.prompt
-    tokens = tokenizer.encode(text, add_bos=body.add_special_tokens)
-    return api.TokenizeResponse(count=len(tokens), max_model_len=service.model.max_seq_len, tokens=tokens,
-                                token_strs=[service.texts.text(t) for t in tokens] if body.return_token_strs
-                                else None).model_dump()
-
-
-def detokenize(service: Service, body: api.DetokenizeRequest) -> dict:
-    check_model(service, body.model)
-    tokenizer = service.model.tokenizer
-    if tokenizer is None:
-        raise ApiError(400, "this artifact has no tokenizer", "tokens")
-    vocab = service.model.manifest.config["vocab_size"]
-    outside = [t for t in body.tokens if not 0 <= t < vocab]
-    if outside:
-        raise ApiError(400, f"token id {outside[0]} is outside the vocabulary (0..{vocab - 1})", "tokens")
-    return api.DetokenizeResponse(prompt=tokenizer.decode(body.tokens)).model_dump()
-
 
 
 # -- HTTP: the routes as functions of a Service (the standalone app and the Ray Serve deployment
