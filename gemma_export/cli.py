@@ -68,6 +68,9 @@ def export(
     force: bool = typer.Option(False, help="replace an existing OUT"),
     text_only: bool = typer.Option(False, "--text-only", help="a multimodal checkpoint: the text decoder alone "
                                    "(no image or audio encoders; prompts are text)"),
+    inline_functions: bool = typer.Option(False, "--inline-functions", help="generic: the project's functions "
+                                          "inlined, a graph of standard ops for runtimes that do not inline them "
+                                          "(OpenVINO)"),
 ) -> None:
     """Export a checkpoint to an artifact folder."""
     from gemma_export.export import export as run_export
@@ -75,7 +78,7 @@ def export(
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
                             keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size,
-                            text_only=text_only)
+                            text_only=text_only, inline_functions=inline_functions)
     progress = _Progress()
     try:
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)
