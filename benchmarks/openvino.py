@@ -17,11 +17,15 @@ import json
 import os
 import platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This file's name would shadow the openvino package: its folder goes last on the path, where
+# benchmarks/checkpoint.py is still found.
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS] + [str(BENCHMARKS)]
 from checkpoint import gemma_2b_checkpoint  # noqa: E402
 
 from gemma_export.bench import format_table, measure, random_prompt  # noqa: E402
@@ -67,11 +71,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="keep artifacts already exported under .cache")
     args = parser.parse_args()
-    import openvino
-    import onnxruntime
-
-    report = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(), "openvino": openvino.__version__,
-                       "onnxruntime": onnxruntime.__version__}, "models": {}}
+    report = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(), "openvino": version("openvino"),
+                       "onnxruntime": version("onnxruntime")}, "models": {}}
     for model in args.models:
         print(f"{model}:", flush=True)
         rows = []

@@ -12,7 +12,8 @@ import typer
 from gemma_export.errors import GemmaExportError
 from gemma_export.targets import DEFAULT_BUDGET, DEFAULT_TARGET, DTYPES, SOURCE_HEADROOM, TARGETS
 
-BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
+BACKEND = typer.Option(None, help="ort | trt | openvino (default: the artifact's first: openvino for the openvino "
+                       "target, else ort)")
 DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
 IMAGE_HELP = ("an image file (repeatable): one per image placeholder of the prompt, in order (<start_of_image> for "
               "Gemma 3, <|image|> for Gemma 4), else put before the text")

@@ -150,11 +150,17 @@ _TARGETS = (
         passes=("tied_lm_head", "fold_weight_transposes", "inline_functions"), dtypes=("fp32",), quants=("none",)),
     Target(
         "openvino",
-        graph="the generic graph with its functions inlined: standard ops of opset 20 only (MatMul/Softmax "
-              "attention with an explicit mask, RoPE from Cos/Sin/Slice/Concat, RMSNorm from ReduceMean/Sqrt)",
+        graph="the generic graph with its functions inlined: standard ops only (MatMul/Softmax attention with "
+              "an explicit mask, RoPE from Cos/Sin/Slice/Concat, RMSNorm from ReduceMean/Sqrt; DequantizeLinear "
+              "weights with --quant)",
         kv_cache="concatenating past/present",
         runs_on="OpenVINO (CPU), onnxruntime, onnx's reference evaluator",
-        passes=("tied_lm_head", "fold_weight_transposes", "inline_functions"), dtypes=("fp32",), quants=("none",),
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "inline_functions",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups"),
+        # OpenVINO reads DequantizeLinear weights (int8, int4 blocks along K: opset 21+, which set_opset
+        # gives) and computes with float activations; onnxruntime fuses them into MatMulNBits, which
+        # rounds its input to int8 (backend ort).
+        quantized_matmul="DequantizeLinear", quants=DEQUANTIZED_QUANTS, dtypes=("fp32",),
         inlines_functions=True, backends=("openvino", "ort")),
 )
 

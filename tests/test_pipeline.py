@@ -130,7 +130,8 @@ GROUPS = {
                  ("inplace_cache_io", "rms_normalization", "rotary_embedding", "geglu", "attention_onnx"),
                  ("drop_project_domain",), *LOW, ("attention_tensorrt",), ("constant_axes",)],
     "generic": [("tied_lm_head",), ("fold_weight_transposes",), ("inline_functions",)],
-    "openvino": [("tied_lm_head",), ("fold_weight_transposes",), ("inline_functions",)],
+    "openvino": [("set_opset",), ("tied_lm_head",), ("fold_weight_transposes",), ("inline_functions",),
+                 *(p for p in LOW if p != ("precision",))],
 }
 
 

@@ -13,6 +13,7 @@ import onnx.reference
 import pytest
 
 import gemma_runtime
+from gemma_export import ort_run
 from gemma_export.errors import GemmaExportError
 from gemma_export.export import export, resolve_options
 from gemma_export.targets import ExportOptions
@@ -22,6 +23,7 @@ from gemma_runtime.backends.ort_concat import OrtConcatBackend
 from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import read_manifest
+from cli_util import cli
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from test_chat_tokens import with_tokenizer
 from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
@@ -83,25 +85,38 @@ def test_stream_joins_to_generate_and_serving_needs_an_in_place_cache(tiny_check
         Engine(model)  # what serve runs: the growing cache keeps no row apart
 
 
-def test_quantization_is_refused():
-    with pytest.raises(GemmaExportError, match="target 'openvino' exports none quantization, not int4"):
-        resolve_options(ExportOptions(target="openvino", quant="int4"))
+class UnfusedOrtSession:
+    """onnxruntime running the graph as written: DequantizeLinear then a float MatMul (its CPU
+    provider would fuse them into a MatMulNBits that rounds activations to int8)."""
+
+    def __init__(self, path):
+        self.session = ort_run.session(onnx.load(path), optimize=False)
+
+    def run(self, output_names, feeds):
+        return self.session.run(output_names, feeds)
 
 
-@pytest.fixture(scope="module")
-def generic_mha(tiny_checkpoints, tmp_path_factory):
-    """gemma-mha exported to generic as it is and with --inline-functions."""
-    root = tmp_path_factory.mktemp("generic-inline")
-    for inline in (False, True):
-        export(tiny_checkpoints["gemma-mha"], root / str(inline),
-               ExportOptions(target="generic", max_seq_len=64, inline_functions=inline))
-    return {inline: root / str(inline) for inline in (False, True)}
+def test_int4_weights_run_on_openvino_as_dequantized(tiny_checkpoints, tmp_path):
+    export(tiny_checkpoints["gemma3"], tmp_path / "int4", ExportOptions(target="openvino", quant="int4-uniform",
+                                                                        max_seq_len=64))
+    manifest = read_manifest(tmp_path / "int4")
+    graph = onnx.load(tmp_path / "int4" / manifest.decoder.file, load_external_data=False).graph
+    assert {n.op_type for n in graph.node if n.op_type == "DequantizeLinear"} and {n.domain for n in graph.node} == {""}
+    ids = prompt(2, 20)
+    openvino = stepwise_logits(gemma_runtime.load(tmp_path / "int4", threads=1), ids, prefill=8)
+    exact = ConcatCacheBackend(UnfusedOrtSession(tmp_path / "int4" / manifest.decoder.file), manifest, "cpu")
+    assert_fp32_parity(openvino, stepwise_logits(SimpleNamespace(backend=exact), ids, prefill=8))
 
 
-def test_generic_with_inline_functions_runs_on_openvino(generic_mha):
-    with pytest.raises(RuntimeInputError, match="OpenVINO cannot load it"):
-        OpenVinoBackend(generic_mha[False], read_manifest(generic_mha[False]), threads=1)
-    backend = OpenVinoBackend(generic_mha[True], read_manifest(generic_mha[True]), threads=1)
+def test_generic_with_inline_functions_runs_on_openvino(tiny_checkpoints, tmp_path, capsys):
+    plain, inlined = tmp_path / "plain", tmp_path / "inlined"
+    export(tiny_checkpoints["gemma-mha"], plain, ExportOptions(target="generic", max_seq_len=64))
+    code, _, err = cli(capsys, "export", tiny_checkpoints["gemma-mha"], "-o", inlined, "--target", "generic",
+                       "--inline-functions", "--max-seq-len", "64")
+    assert code == 0, err
+    with pytest.raises(RuntimeInputError, match="OpenVINO cannot load it .*No conversion rule found for operations: gemma_export.GemmaAttention"):
+        OpenVinoBackend(plain, read_manifest(plain), threads=1)
+    backend = OpenVinoBackend(inlined, read_manifest(inlined), threads=1)
     ids = prompt(1, 20)
     assert_fp32_parity(stepwise_logits(SimpleNamespace(backend=backend), ids, prefill=8),
                        hf_logits(hf_model("gemma-mha"), ids)[7:])

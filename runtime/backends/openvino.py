@@ -30,7 +30,7 @@ class OpenVinoSession:
         try:
             self.compiled = openvino.Core().compile_model(str(model_path), "CPU", config)
         except RuntimeError as e:
-            raise RuntimeInputError(f"{model_path}: OpenVINO cannot load it ({_first_line(e)})") from None
+            raise RuntimeInputError(f"{model_path}: OpenVINO cannot load it ({_reason(e)})") from None
         self.request = self.compiled.create_infer_request()
         self.output_index = {name: i for i, port in enumerate(self.compiled.outputs) for name in port.get_names()}
 
@@ -47,6 +47,8 @@ class OpenVinoBackend(ConcatCacheBackend):
         super().__init__(OpenVinoSession(folder / manifest.decoder.file, threads), manifest, "cpu")
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def _reason(error: Exception) -> str:
+    """OpenVINO's message without the source locations it stacks before it."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.startswith(("Exception from ", "Check '"))]
+    return " ".join(lines) or type(error).__name__
