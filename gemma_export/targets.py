@@ -49,7 +49,7 @@ class Target:
     int8_activations: bool = False  # the CPU kernel rounds a quantized product's input to int8 (calibrate for it)
     ring_caches: bool = False  # sliding-window layers keep a window-sized ring cache
     bf16_compute: bool = False  # bf16 computed in bf16; else bf16 storage with fp32 compute (CPU kernels)
-    inlines_functions: bool = False  # the project's functions inlined into standard ops, always (else where --inline-functions asks)
+    inlines_functions: bool = False  # the project's functions always inlined (else where --inline-functions asks)
     backends: tuple[str, ...] = ("ort",)  # runtime backends that run it, the default first
     devices: tuple[str, ...] = ("cpu",)  # onnxruntime devices, the default first
 

@@ -1,13 +1,13 @@
 """The openvino target: a graph of standard ops only (the generic graph, its functions inlined),
 run by OpenVINO (its default backend; parity for every family in tests/test_conformance.py), by
-onnxruntime (backend="ort") and by onnx's reference evaluator, each against transformers; and
-the generic target's --inline-functions, which OpenVINO runs where it refuses the plain graph."""
+onnxruntime (backend="ort") and by onnx's reference evaluator, each against transformers; its
+--quant weights (DequantizeLinear) on OpenVINO; and the generic target's --inline-functions,
+which OpenVINO runs where it refuses the plain graph."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import onnx
 import onnx.reference
 import pytest

@@ -1,7 +1,7 @@
 """Every project-domain node (GemmaRMSNorm, GemmaRoPE, GemmaGeGLU, GemmaAttention) replaced by its
 function body, then the bodies and the project's opset import dropped: a graph of standard ops
-(opset 20: MatMul/Softmax attention with an explicit mask, RoPE from Cos/Sin/Slice/Concat,
-RMSNorm from ReduceMean/Sqrt) for runtimes that do not inline local functions, OpenVINO among
+(MatMul/Softmax attention with an explicit mask, RoPE from Cos/Sin/Slice/Concat, RMSNorm from
+ReduceMean/Sqrt) for runtimes that do not inline local functions, OpenVINO among
 them. Acts on targets that inline (Target.inlines_functions) and where --inline-functions asks."""
 
 from __future__ import annotations
