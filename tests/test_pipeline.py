@@ -91,7 +91,8 @@ def test_a_pass_left_out_would_have_rewritten_nothing(config, tmp_path):
 
     checkpoint = write_checkpoint(config, tmp_path / config)
     for target in TARGETS:
-        for mix in allowed(target)[:2]:
+        # unquantized mixes: with --quant every quantizer acts (and int4 refuses Gemma 4's 8-wide per-layer inputs)
+        for mix in [m for m in allowed(target) if m[1] == "none"]:
             model, ctx = traced(checkpoint, options(target, *mix))
             built = names(pipeline(ctx.target, ctx.options, ctx.config))
             _, counts = apply(model, ctx, *ctx.target.pass_modules())
