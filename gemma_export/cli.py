@@ -12,7 +12,8 @@ import typer
 from gemma_export.errors import GemmaExportError
 from gemma_export.targets import DEFAULT_BUDGET, DEFAULT_TARGET, DTYPES, SOURCE_HEADROOM, TARGETS
 
-BACKEND = typer.Option(None, help="ort | trt (default: the artifact's first, ort)")
+BACKEND = typer.Option(None, help="ort | trt | openvino (default: the artifact's first: openvino for the openvino "
+                       "target, else ort)")
 DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
 IMAGE_HELP = ("an image file (repeatable): one per image placeholder of the prompt, in order (<start_of_image> for "
               "Gemma 3, <|image|> for Gemma 4), else put before the text")
@@ -68,6 +69,9 @@ def export(
     force: bool = typer.Option(False, help="replace an existing OUT"),
     text_only: bool = typer.Option(False, "--text-only", help="a multimodal checkpoint: the text decoder alone "
                                    "(no image or audio encoders; prompts are text)"),
+    inline_functions: bool = typer.Option(False, "--inline-functions", help="generic: the project's functions "
+                                          "inlined, a graph of standard ops for runtimes that do not inline them "
+                                          "(OpenVINO)"),
 ) -> None:
     """Export a checkpoint to an artifact folder."""
     from gemma_export.export import export as run_export
@@ -75,7 +79,7 @@ def export(
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
                             keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size,
-                            text_only=text_only)
+                            text_only=text_only, inline_functions=inline_functions)
     progress = _Progress()
     try:
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)

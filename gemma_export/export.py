@@ -49,6 +49,10 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
     if options.quant not in target.quants:
         raise GemmaExportError(f"target {target.name!r} exports {' or '.join(target.quants)} quantization, "
                                f"not {options.quant}")
+    if options.inline_functions and "inline_functions" not in target.passes:
+        raise GemmaExportError(f"--inline-functions applies to targets whose graph keeps the project's functions "
+                               f"(generic; openvino always inlines them), not {target.name!r}, whose passes "
+                               "lower those nodes to its own ops")
     if options.max_seq_len < 1:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):

@@ -49,6 +49,7 @@ class Target:
     int8_activations: bool = False  # the CPU kernel rounds a quantized product's input to int8 (calibrate for it)
     ring_caches: bool = False  # sliding-window layers keep a window-sized ring cache
     bf16_compute: bool = False  # bf16 computed in bf16; else bf16 storage with fp32 compute (CPU kernels)
+    inlines_functions: bool = False  # the project's functions always inlined (else where --inline-functions asks)
     backends: tuple[str, ...] = ("ort",)  # runtime backends that run it, the default first
     devices: tuple[str, ...] = ("cpu",)  # onnxruntime devices, the default first
     # the pass list of an embedding model's graph (no cache, no logits); empty: not exported yet
@@ -70,6 +71,7 @@ class ExportOptions:
     max_seq_len: int = 4096
     max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
     text_only: bool = False  # a multimodal checkpoint: the decoder alone, taking token ids only (no encoders)
+    inline_functions: bool = False  # the project's functions inlined (targets whose list has inline_functions)
 
 
 # The passes that store weights quantized (--quant), and with them those that lower the precision
@@ -117,7 +119,7 @@ _TARGETS = (
         "onnx",
         graph="standard ops only, opset 24: RMSNormalization, RotaryEmbedding, Attention, TensorScatter",
         kv_cache="in place, static maximum length; sliding-window layers keep a window-sized ring",
-        runs_on="onnxruntime, other ONNX runtimes",
+        runs_on="onnxruntime (OpenVINO 2026.4 refuses TensorScatter-24 and Attention-24)",
         passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
                 "rms_normalization", "rotary_embedding", "geglu", "attention_onnx",
                 "drop_project_domain",
@@ -149,8 +151,23 @@ _TARGETS = (
         graph="the traced graph: project-domain nodes (GemmaRMSNorm, GemmaRoPE, GemmaGeGLU, "
               "GemmaAttention) with function bodies",
         kv_cache="concatenating past/present",
-        runs_on="any ONNX runtime, unmodified",
-        passes=("tied_lm_head", "fold_weight_transposes"), dtypes=("fp32",), quants=("none",)),
+        runs_on="onnxruntime; with --inline-functions (standard ops only) also OpenVINO and onnx's reference "
+                "evaluator (OpenVINO 2026.4 refuses the functions)",
+        passes=("tied_lm_head", "fold_weight_transposes", "inline_functions"), dtypes=("fp32",), quants=("none",)),
+    Target(
+        "openvino",
+        graph="the generic graph with its functions inlined: standard ops only (MatMul/Softmax attention with "
+              "an explicit mask, RoPE from Cos/Sin/Slice/Concat, RMSNorm from ReduceMean/Sqrt; DequantizeLinear "
+              "weights with --quant)",
+        kv_cache="concatenating past/present",
+        runs_on="OpenVINO (CPU), onnxruntime, onnx's reference evaluator",
+        passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "inline_functions",
+                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups"),
+        # OpenVINO reads DequantizeLinear weights (int8, int4 blocks along K: opset 21+, which set_opset
+        # gives) and computes with float activations; onnxruntime fuses them into MatMulNBits, which
+        # rounds its input to int8 (backend ort).
+        quantized_matmul="DequantizeLinear", quants=DEQUANTIZED_QUANTS, dtypes=("fp32",),
+        inlines_functions=True, backends=("openvino", "ort")),
 )
 
 TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}

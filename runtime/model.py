@@ -41,13 +41,14 @@ class GenerationResult:
     prompt_tokens: int
 
 
-BACKENDS = ("ort", "trt")
+BACKENDS = ("ort", "trt", "openvino")
 
 
 def load(path: Path | str, backend: str | None = None, threads: int | None = None,
          device: str | None = None) -> "Model":
-    """backend and device default to the artifact's (its target's first: `ort`, and `cuda` for
-    ort-cuda, else `cpu`); device="cpu" runs any onnxruntime artifact on the CPU provider."""
+    """backend and device default to the artifact's (its target's first: `ort`, `openvino` for the
+    openvino target; `cuda` for ort-cuda, else `cpu`); device="cpu" runs any onnxruntime artifact on
+    the CPU provider."""
     folder = Path(path)
     manifest = read_manifest(folder)
     execution = manifest.execution
@@ -80,6 +81,9 @@ def _backend(folder: Path, manifest: Manifest, name: str, threads: int | None, d
     if name == "trt":
         from gemma_runtime.backends.trt import TrtBackend
         return TrtBackend(folder, manifest, threads)
+    if name == "openvino":
+        from gemma_runtime.backends.openvino import OpenVinoBackend
+        return OpenVinoBackend(folder, manifest, threads)
     if manifest.kv_cache.update == "concat":
         from gemma_runtime.backends.ort_concat import OrtConcatBackend
         return OrtConcatBackend(folder, manifest, threads, device)

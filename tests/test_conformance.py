@@ -6,8 +6,10 @@ greedy tokens against transformers' generate, and the artifact against its own m
 
 `ort-cuda` runs on onnxruntime's CPU provider in its default precision (fp16: its attention kernel
 has no fp32 CUDA form), so its logits meet an fp16 tolerance; `tensorrt` runs its graph on
-onnxruntime (the engine needs a GPU: tests/test_target_tensorrt.py). What a target's graph is made
-of is the per-target files' business (tests/test_target_*.py)."""
+onnxruntime (the engine needs a GPU: tests/test_target_tensorrt.py); `openvino` runs on OpenVINO,
+its default backend (tests/test_target_openvino.py runs the same graph on onnxruntime and onnx's
+reference evaluator). What a target's graph is made of is the per-target files' business
+(tests/test_target_*.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from gemma_runtime import interface
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
 
-TARGETS = ("generic", "onnx", "ort-cpu", "tensorrt", "ort-cuda")
+TARGETS = ("generic", "onnx", "ort-cpu", "tensorrt", "ort-cuda", "openvino")
+CONCATENATING = ("generic", "openvino")  # the targets whose cache grows by concatenation
 NAMES = (*CONFIGS, *GEMMA4_CONFIGS)
 # fp16 (ort-cuda's precision) moves two tiny Gemma 4 configs beyond any fp16 tolerance on every
 # target, not ort-cuda's alone: gemma4-moe's router picks other experts (up to 57% of the largest
@@ -118,4 +121,4 @@ def test_the_graph_has_the_interface_its_manifest_lists(target, name, target_art
     assert list(manifest.decoder.inputs) == inputs
     for cache in manifest.kv_cache.buffers:
         assert manifest.decoder.inputs[cache.input_name].shape == cache.shape
-        assert (cache.layout == "concat") == (target == "generic")
+        assert (cache.layout == "concat") == (target in CONCATENATING)
