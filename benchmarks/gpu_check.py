@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.append(str(ROOT / "tests"))
+sys.path.append(str(ROOT / "benchmarks"))
 
 ONNXRUNTIME_GPU = "1.31.1"
 PIECE_BYTES = 60 * 2**20  # a call carries 64 MiB

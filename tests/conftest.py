@@ -11,59 +11,39 @@ os.environ.setdefault("GEMMA_EXPORT_CACHE", str(REPO / ".cache" / "gemma-export"
 @pytest.fixture(scope="session", autouse=True)
 def trace_each_config_once():
     """Tracing (torch.export) takes seconds and depends on the config alone, and the suite exports
-    the same tiny configs many times: each config (decoder or encoder) is traced once per session
-    and every export gets a fresh copy of it (its weights hold zeros until export binds the
+    the same tiny configs many times: each config (decoder, encoder or embedder) is traced once per
+    session and every export gets a fresh copy of it (its weights hold zeros until export binds the
     checkpoint's)."""
+    from gemma_export import export as export_module
+    from gemma_export import export_embedding, export_media
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(export_module, "trace", traced_once(export_module.trace))
+    # an encoder's constant buffers keep their values; only its weights (meta tensors) are bound later
+    patch.setattr(export_media, "trace_encoder", traced_once(export_media.trace_encoder, key=repr, meta_only=True))
+    patch.setattr(export_embedding, "trace_embedder", traced_once(export_embedding.trace_embedder))
+    yield
+    patch.undo()
+
+
+def traced_once(trace, key=lambda config: config, meta_only: bool = False):
+    """trace, remembered per key(config) as a serialized model with zeroed weights."""
     import numpy as np
     import onnx_ir as ir
 
-    from gemma_export import export as export_module
+    models = {}
 
-    trace = export_module.trace
-    traced = {}
-
-    def cached(cfg):
-        if cfg not in traced:
-            model = trace(cfg)
+    def cached(config):
+        k = key(config)
+        if k not in models:
+            model = trace(config)
             for value in model.graph.initializers.values():
-                value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
-            traced[cfg] = ir.serde.serialize_model(model)
-        return ir.serde.deserialize_model(traced[cfg])
-
-    from gemma_export import export_media
-
-    trace_encoder = export_media.trace_encoder
-    encoders = {}
-
-    def cached_encoder(encoder):  # its constant buffers keep their values; its weights are bound later
-        key = repr(encoder)
-        if key not in encoders:
-            model = trace_encoder(encoder)
-            for value in model.graph.initializers.values():
-                if getattr(getattr(value.const_value, "raw", None), "is_meta", False):
+                if not meta_only or getattr(getattr(value.const_value, "raw", None), "is_meta", False):
                     value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
-            encoders[key] = ir.serde.serialize_model(model)
-        return ir.serde.deserialize_model(encoders[key])
+            models[k] = ir.serde.serialize_model(model)
+        return ir.serde.deserialize_model(models[k])
 
-    from gemma_export import export_embedding
-
-    trace_embedder = export_embedding.trace_embedder
-    embedders = {}
-
-    def cached_embedder(cfg):
-        if cfg not in embedders:
-            model = trace_embedder(cfg)
-            for value in model.graph.initializers.values():
-                value.const_value = ir.Tensor(np.zeros(value.shape.numpy(), np.float32), name=value.name)
-            embedders[cfg] = ir.serde.serialize_model(model)
-        return ir.serde.deserialize_model(embedders[cfg])
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(export_module, "trace", cached)
-    patch.setattr(export_media, "trace_encoder", cached_encoder)
-    patch.setattr(export_embedding, "trace_embedder", cached_embedder)
-    yield
-    patch.undo()
+    return cached
 
 
 CONFORMANCE_MAX_SEQ_LEN = 64

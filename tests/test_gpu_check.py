@@ -19,7 +19,7 @@ from parity import hf_logits
 from tiny import hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.append(str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 WHEELS = ROOT / ".venv" / "onnxruntime-versions" / "wheels"  # make onnxruntime-versions keeps them

@@ -41,8 +41,8 @@ def test_a_renamed_attribute_leaves_a_role_matching_nothing(sources, monkeypatch
     source = sources["gemma4-moe"]
     original = gemma.DecoderLayer.__init__
 
-    def renamed(self, cfg, layer):
-        original(self, cfg, layer)
+    def renamed(self, cfg, layer, *rest):
+        original(self, cfg, layer, *rest)
         if hasattr(self, "experts"):
             self.moe_experts = self.experts
             del self.experts

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import soak  # noqa: E402
 from test_server import artifact  # noqa: E402,F401  (the tiny artifact with a tokenizer)
 

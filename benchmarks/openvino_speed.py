@@ -6,7 +6,7 @@ tokens), peak RSS, each in a fresh process, timed by gemma_export.bench's loop (
 best of --repeats after a warm-up); and how far the OpenVINO and onnxruntime logits of the same
 graph are apart on the prompt (max |diff| / max |logit|).
 
-Run: .venv/bin/python benchmarks/openvino.py [--models gemma3-270m 2b-4l] [--repeats 3] [--reuse]
+Run: .venv/bin/python benchmarks/openvino_speed.py [--models gemma3-270m 2b-4l] [--repeats 3] [--reuse]
 Writes benchmarks/results/openvino.json and prints a table per model.
 """
 
