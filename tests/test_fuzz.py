@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 import gemma_runtime
 from cli_util import cli
-from fuzz_cases import (CASE_SECONDS, HF_SEEDS, HONEST_ARRAY, TARGETS, ParserBug, allocation_cases, documented_errors, edited_gguf, hf_case_folder,
-                        open_fully, outcome, run_case, set_kv, set_tensor, target_strategy, time_limit, write_folder,
-                        write_seeds)
+from fuzz_cases import (CASE_SECONDS, HF_SEEDS, HONEST_ARRAY, TARGETS, ParserBug, allocation_cases, documented_errors,
+                        edited_gguf, hf_case_folder, open_fully, outcome, run_case, set_kv, set_tensor, target_strategy,
+                        time_limit, write_folder, write_seeds)
 from fuzz_strategies import ARRAY, STRING, UINT8, UINT32, UINT64
 from gemma_export.errors import CheckpointError, ConfigError
 from gemma_export.export import export
