@@ -6,9 +6,8 @@ greedy tokens against transformers' generate, and the artifact against its own m
 
 `ort-cuda` runs on onnxruntime's CPU provider in its default precision (fp16: its attention kernel
 has no fp32 CUDA form), so its logits meet an fp16 tolerance; `tensorrt` runs its graph on
-onnxruntime (the engine needs a GPU: tests/test_target_tensorrt.py); `openvino` runs on OpenVINO,
-its default backend (tests/test_target_openvino.py runs the same graph on onnxruntime and onnx's
-reference evaluator). What a target's graph is made of is the per-target files' business
+onnxruntime (the engine needs a GPU: tests/test_target_tensorrt.py); `openvino` has its own file
+(tests/test_target_openvino.py: OpenVINO, onnxruntime and onnx's reference evaluator). What a target's graph is made of is the per-target files' business
 (tests/test_target_*.py)."""
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ from gemma_runtime import interface
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
 
-TARGETS = ("generic", "onnx", "ort-cpu", "tensorrt", "ort-cuda", "openvino")
+# openvino's families are checked in tests/test_target_openvino.py, after test_fuzz: OpenVINO's
+# threads, once in the process, do not survive test_fuzz's in-process address-space caps (segfault)
+TARGETS = ("generic", "onnx", "ort-cpu", "tensorrt", "ort-cuda")
 CONCATENATING = ("generic", "openvino")  # the targets whose cache grows by concatenation
 NAMES = (*CONFIGS, *GEMMA4_CONFIGS)
 # fp16 (ort-cuda's precision) moves two tiny Gemma 4 configs beyond any fp16 tolerance on every
