@@ -12,6 +12,7 @@ Prints a table, writes benchmarks/results/soak.json. tests/test_soak.py runs a b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import random
@@ -42,11 +43,9 @@ class Server:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + TIMEOUT_S
         while True:
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 if self.get("/health")[0] == 200:
                     break
-            except OSError:
-                pass
             if self.process.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the server did not start: {self.process.stderr.read()[-2000:]}")
             time.sleep(0.2)
