@@ -112,14 +112,7 @@ class CompletionRequest(Sampling):
     @field_validator("prompt", mode="wrap")
     @classmethod
     def _prompt(cls, value, handler):
-        message = "must be a non-empty string, a list of strings, a list of token ids or a list of token-id lists"
-        try:
-            prompt = handler(value)
-        except ValidationError:
-            raise ValueError(message) from None
-        if not prompt or isinstance(prompt, list) and any(not p for p in prompt):
-            raise ValueError(message + ", none of them empty")
-        return prompt
+        return prompt_forms(value, handler)
 
     def prompts(self) -> list[Union[str, list[int]]]:
         """The prompts, each a string or a list of token ids."""
@@ -386,3 +379,16 @@ class ErrorBody(Response):
 
 class ErrorResponse(Response):
     error: ErrorBody
+
+
+def prompt_forms(value, handler):
+    """A field in OpenAI's four prompt forms (a string, strings, token ids, token-id lists), none
+    empty: pydantic's own error replaced by one line saying so."""
+    message = "must be a non-empty string, a list of strings, a list of token ids or a list of token-id lists"
+    try:
+        given = handler(value)
+    except ValidationError:
+        raise ValueError(message) from None
+    if not given or isinstance(given, list) and any(not p for p in given):
+        raise ValueError(message + ", none of them empty")
+    return given

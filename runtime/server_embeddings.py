@@ -12,7 +12,7 @@ import base64
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from gemma_runtime import api_models as api
 from gemma_runtime.api_errors import ApiError
@@ -37,13 +37,7 @@ class EmbeddingRequest(api.Request):
     @field_validator("input", mode="wrap")
     @classmethod
     def _input(cls, value, handler):
-        message = "must be a non-empty string, a list of strings, a list of token ids or a list of token-id lists"
-        try:
-            given = handler(value)
-        except ValidationError:
-            raise ValueError(message) from None
-        if not given or isinstance(given, list) and any(not p for p in given):
-            raise ValueError(message + ", none of them empty")
+        given = api.prompt_forms(value, handler)
         if isinstance(given, list) and len(given) > MAX_INPUTS and not isinstance(given[0], int):
             raise ValueError(f"at most {MAX_INPUTS} inputs")
         return given
