@@ -11,8 +11,10 @@ the one check every case passes: the parser ends in a documented error (GemmaExp
 runtime's RuntimeInputError for a tokenizer the runtime cannot load) or in a source, within a time
 bound and an address-space bound; anything else is raised as a ParserBug.
 
-Run as a script it is the worker of the allocation cases: it opens the files named on its command
-line under an RLIMIT_AS cap set after the imports and prints the outcomes and its peak RSS as JSON.
+Run as a script it is a child process of tests/test_fuzz.py, which caps only its own address space:
+`fuzz` runs one target's bounded cases (see fuzz()); otherwise it is the worker of the allocation
+cases, opening the files named on its command line under an RLIMIT_AS cap set after the imports and
+printing the outcomes and its peak RSS as JSON.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import shutil
 import signal
 import struct
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_strategies import (ARRAY, UINT8, UINT64, GGUFImage, config_files, gguf_files, mutated_checkpoints,
@@ -37,6 +41,9 @@ from fuzz_strategies import (ARRAY, UINT8, UINT64, GGUFImage, config_files, gguf
 
 HERE = Path(__file__).resolve().parent
 CASE_SECONDS = 20.0  # a case that takes longer is a hang (the slowest honest one takes a fraction of a second)
+FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,  # CI's bounded runs
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.large_base_example])
 CASE_ADDRESS_SPACE = 1 << 30  # bytes a case may map on top of what the process had before it
 WORKER_ADDRESS_SPACE = 3 << 30  # the allocation worker's whole cap, set after its imports
 
@@ -153,6 +160,11 @@ class Seeds:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text("Seeds()")
 
+    def paths(self) -> dict:
+        """Where the seeds lie, as JSON: read_seeds(**paths) reads them again (in a child process)."""
+        return {"hf_folders": {s.name: str(s.folder) for s in self.hf},
+                "gguf_paths": {s.name: str(s.path) for s in self.gguf}}
+
 
 HF_SEEDS = ("gemma-mqa", "gemma2", "gemma3", "gemma4-shared")
 GGUF_SEEDS = ("gemma", "gemma2", "gemma3")  # test_gguf's writer, plus a gemma4 file from gemma4-shared
@@ -169,13 +181,6 @@ def write_seeds(root: Path, hf_folders: dict[str, Path] | None = None) -> Seeds:
     for name in HF_SEEDS:
         if name not in hf_folders:
             hf_folders[name] = write_checkpoint(name, root / "hf" / name)
-    hf = []
-    for name in HF_SEEDS:
-        folder = hf_folders[name]
-        blob = (folder / "model.safetensors").read_bytes()
-        (n,) = struct.unpack("<Q", blob[:8])
-        hf.append(HFSeed(name, folder, json.loads((folder / "config.json").read_text()),
-                         json.loads(blob[8:8 + n]), blob[8 + n:]))
     (root / "gguf").mkdir(parents=True, exist_ok=True)
     paths = {}
     for arch in GGUF_SEEDS:
@@ -183,7 +188,19 @@ def write_seeds(root: Path, hf_folders: dict[str, Path] | None = None) -> Seeds:
         write_gguf(paths[arch], arch)
     paths["gemma4"] = root / "gguf" / "gemma4.gguf"
     write_gemma4_gguf(hf_folders["gemma4-shared"], paths["gemma4"])
-    return Seeds(hf, [GGUFSeed(name, path, GGUFImage.read(path)) for name, path in paths.items()])
+    return read_seeds(hf_folders, paths)
+
+
+def read_seeds(hf_folders: dict[str, Path], gguf_paths: dict[str, Path]) -> Seeds:
+    """The seeds from checkpoints already written (by write_seeds, in this or a parent process)."""
+    hf = []
+    for name in HF_SEEDS:
+        folder = Path(hf_folders[name])
+        blob = (folder / "model.safetensors").read_bytes()
+        (n,) = struct.unpack("<Q", blob[:8])
+        hf.append(HFSeed(name, folder, json.loads((folder / "config.json").read_text()),
+                         json.loads(blob[8:8 + n]), blob[8 + n:]))
+    return Seeds(hf, [GGUFSeed(name, Path(path), GGUFImage.read(Path(path))) for name, path in gguf_paths.items()])
 
 
 def write_folder(folder: Path, files: dict[str, bytes | Path]) -> Path:
@@ -278,6 +295,22 @@ def run_case(target: str, case: Any, work: Path) -> str:
     return result
 
 
+def fuzz(target: str, seeds: Seeds, work: Path, examples: int) -> dict[str, int]:
+    """CI's bounded run of one target: `examples` derandomized cases; outcome -> count (a ParserBug
+    raised, with hypothesis's shrunk case printed). Run it in a child process (`fuzz` below): the
+    address-space cap of run_case binds every thread of the process, and threads that earlier tests
+    left (OpenVINO's pool) crash when their allocations fail."""
+    outcomes: Counter = Counter()
+
+    @settings(FUZZ, max_examples=examples)
+    @given(case=target_strategy(target, seeds))
+    def check(case):
+        outcomes[run_case(target, case, work)] += 1
+
+    check()
+    return dict(outcomes)
+
+
 # -- allocation cases: headers claiming sizes far beyond the file ---------------------------------
 
 HONEST_ARRAY = "gguf honest uint8 array of 2^20 items"
@@ -349,5 +382,10 @@ def worker(paths: list[str], warm_up: str, address_space: int = WORKER_ADDRESS_S
 
 
 if __name__ == "__main__":
+    # fuzz_cases.py fuzz TARGET EXAMPLES WORK SEEDS_JSON | fuzz_cases.py WARM_UP PATH...
     sys.path.insert(0, str(HERE))
-    print(json.dumps(worker(sys.argv[2:], sys.argv[1])))
+    if sys.argv[1] == "fuzz":
+        target, examples, work, paths = sys.argv[2:]
+        print(json.dumps(fuzz(target, read_seeds(**json.loads(paths)), Path(work), int(examples))))
+    else:
+        print(json.dumps(worker(sys.argv[2:], sys.argv[1])))
