@@ -300,6 +300,8 @@ def fuzz(target: str, seeds: Seeds, work: Path, examples: int) -> dict[str, int]
     raised, with hypothesis's shrunk case printed). Run it in a child process (`fuzz` below): the
     address-space cap of run_case binds every thread of the process, and threads that earlier tests
     left (OpenVINO's pool) crash when their allocations fail."""
+    for seed in seeds.hf + seeds.gguf:  # whatever the parsers import lazily is imported before any cap
+        open_fully(seed.folder if isinstance(seed, HFSeed) else seed.path)
     outcomes: Counter = Counter()
 
     @settings(FUZZ, max_examples=examples)
