@@ -201,8 +201,6 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
         plan = tool_plan(body)
         if plan.forced_schema is not None:
             sampling["json_schema"], schema_field = plan.forced_schema, "tools"
-        if sampling["json_schema"] is not None and body.stop_token_ids:
-            raise ApiError(400, f"'stop_token_ids' would cut the JSON that {schema_field} asks for", "stop_token_ids")
         media = chat_prompt(service.model, body.messages, plan.tools, body.chat_template_kwargs)
         prompts: list[tuple[Prompt, ChatPrompt | None]] = [(media.text, media)]
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -215,6 +213,8 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
         max_tokens = body.max_tokens
         shape.echo = body.echo
     shape.logprobs = logprobs is not None
+    if sampling["json_schema"] is not None and body.stop_token_ids:
+        raise ApiError(400, f"'stop_token_ids' would cut the JSON that {schema_field} asks for", "stop_token_ids")
     choices = []
     seeds = [None if body.seed is None else body.seed + i for i in range(1, body.n)]
     for p, (prompt, media) in enumerate(prompts):
