@@ -232,6 +232,9 @@ class Engine:
     def copies(self, request: Request, seeds: Sequence[int | None]) -> list[Request]:
         """Requests with request's prompt and settings, one per seed, that copy its cache row once its
         prompt is fed instead of prefilling it (submit them after it; it must not be submitted yet)."""
+        with self._lock:
+            if request.generation is not None or any(q is request for q in self.waiting):
+                raise RuntimeInputError("copies are made of a request before it is submitted")
         copies = [Request(request.prompt, request.max_new_tokens, request.sampler.reseeded(seed), request.stop,
                           None, request.media, request.logprobs, request.prompt_logprobs,
                           request.constraint and request.constraint.copy(), request.stop_token_ids, copy_of=request)
