@@ -293,6 +293,8 @@ def test_choices_of_one_prompt_share_its_prefill(which, request):
     copies = shared.copies(original, [2, 3])
     for r in [original, *copies]:
         shared.submit(r)
+    with pytest.raises(RuntimeInputError, match="before it is submitted"):
+        shared.copies(original, [4])
     drain(shared)
     assert shared.metrics.prompt_tokens == len(other) + len(prompt) + len(copies)
     assert shared.metrics.cached_prompt_tokens == len(copies) * (len(prompt) - 1)
