@@ -16,6 +16,8 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 from gemma_runtime.logprobs import MAX_TOP_LOGPROBS
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_TOKEN_IDS = 64
+MAX_CHOICES = 128  # OpenAI's bound on n
 LOGIT_BIAS_LIMIT = 100.0
 
 
@@ -73,9 +75,13 @@ class Sampling(Request):
     top_k: Optional[int] = Field(None, ge=-1, description="vLLM's extension; -1 or 0: off")
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
+    stop_token_ids: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
+        None, max_length=MAX_STOP_TOKEN_IDS, description="vLLM's extension: token ids that end the generation "
+        "(finish_reason stop), not part of its text or tokens")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    n: int = Field(1, ge=1, description="choices per prompt")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt (the prompt prefilled once); with a "
+                   "seed, choice i samples with seed + i")
     logit_bias: Optional[dict[int, float]] = Field(None, description="token id -> bias in [-100, 100], added "
                                                    "to its logit before sampling")
     frequency_penalty: Optional[float] = Field(None, description="only 0")

@@ -39,6 +39,14 @@ audio (their placeholder tokens do not say which image) or with prompt logprobs 
 prompt position's logits) neither reuse nor leave a prefix. An idle row in a call feeds its pad
 just past what it keeps, so the kept tokens survive the calls of others.
 
+Choices of one prompt (an API's `n`): Engine.copies makes requests that share a request's prompt,
+each with its own sampler (seed) and grammar. A copy admitted into a slot waits (its row feeds a pad
+at position 0, outside the step's prefill calls) until the original's prompt is fed, then takes a
+copy of the original's cache row (Backend.copy_row) and feeds only the prompt's last token, for its
+own first logits: the prompt is prefilled once. A copy still queued then, or whose original ended
+before its prompt was fed, feeds its prompt itself. Its prompt logprobs, if asked for, are the
+original's.
+
 Structured outputs: a request with a JSON schema samples each token under its grammar's mask
 (structured_output.py), computed for its row alone, so rows with different schemas or none share a
 step. The grammars' view of the tokenizer is built on the first such request (seconds for Gemma's
@@ -94,6 +102,7 @@ class Request:
     logprobs: int | None = None  # generated tokens' logprobs, with this many top alternatives
     prompt_logprobs: int | None = None  # prompt tokens' logprobs, with this many top alternatives
     constraint: JsonConstraint | None = None  # the grammar its tokens follow
+    stop_token_ids: frozenset[int] = frozenset()  # beside the model's stop ids
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
     # filled in by the engine
     generation: Generation | None = None  # made when admitted (max_new_tokens may change until then)
@@ -102,7 +111,9 @@ class Request:
     first_token_s: float | None = None  # time to first token
     last_token_at: float | None = None  # perf_counter() when the last token came
     prompt_token_logprobs: list[TokenLogprob | None] = dataclasses.field(default_factory=list)  # [0] None
-    cached_tokens: int = 0  # prompt tokens found in its slot's cache (prefix reuse), not fed
+    cached_tokens: int = 0  # prompt tokens found in its slot's cache (prefix reuse) or copied, not fed
+    copies: list[Request] = dataclasses.field(default_factory=list)  # they copy its prefilled cache row
+    copy_of: Request | None = None  # the request whose prefilled row this one waits for (Engine.copies)
     cancelled: bool = False
     events: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # when on_event is None
     _fed: int = 0  # prompt tokens already in the cache
@@ -188,14 +199,15 @@ class Engine:
                 stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
                 images: Sequence | None = None, audio: Sequence | None = None, logprobs: int | None = None,
                 prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None,
-                json_schema: Mapping[str, Any] | None = None) -> Request:
+                json_schema: Mapping[str, Any] | None = None, stop_token_ids: Sequence[int] = ()) -> Request:
         """A checked request (not yet submitted): the prompt tokenized as Model.generate does (BOS
         once); max_new_tokens None fills the rest of the context, 0 only feeds the prompt.
         images / audio go with a text prompt as in Model.generate; they are decoded and encoded
         here, in the caller's thread. logprobs / prompt_logprobs: record the generated / prompt
         tokens' logprobs with that many top alternatives; logit_bias: token id -> added to its logit
         before sampling; json_schema: the output is a value of it (structured_output.ANY_OBJECT: any
-        JSON object), UnsupportedSchema where it cannot be enforced."""
+        JSON object), UnsupportedSchema where it cannot be enforced; stop_token_ids: tokens that end
+        it as the model's own stop ids do."""
         ids, media = self._prompt(prompt, images, audio)
         room = self.max_seq_len - len(ids)
         if room < (0 if max_new_tokens == 0 else 1):
@@ -208,12 +220,27 @@ class Engine:
         for top in (logprobs, prompt_logprobs):
             if top is not None and not 0 <= top <= vocab:
                 raise RuntimeInputError(f"a number of top logprobs must be in 0..{vocab}, got {top}")
-        outside = [i for i in logit_bias or {} if not 0 <= i < vocab]
-        if outside:
-            raise RuntimeInputError(f"logit_bias: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
+        for name, given in (("logit_bias", logit_bias or {}), ("stop_token_ids", stop_token_ids)):
+            outside = [i for i in given if not 0 <= i < vocab]
+            if outside:
+                raise RuntimeInputError(f"{name}: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
         constraint = None if json_schema is None else self.json_grammars().constraint(json_schema)
         return Request(ids, max_new_tokens, Sampler(temperature, top_k, top_p, seed, logit_bias),
-                       tuple(s for s in stop if s), on_event, media, logprobs, prompt_logprobs, constraint)
+                       tuple(s for s in stop if s), on_event, media, logprobs, prompt_logprobs, constraint,
+                       frozenset(stop_token_ids))
+
+    def copies(self, request: Request, seeds: Sequence[int | None]) -> list[Request]:
+        """Requests with request's prompt and settings, one per seed, that copy its cache row once its
+        prompt is fed instead of prefilling it (submit them after it; it must not be submitted yet)."""
+        with self._lock:
+            if request.generation is not None or any(q is request for q in self.waiting):
+                raise RuntimeInputError("copies are made of a request before it is submitted")
+        copies = [Request(request.prompt, request.max_new_tokens, request.sampler.reseeded(seed), request.stop,
+                          None, request.media, request.logprobs, request.prompt_logprobs,
+                          request.constraint and request.constraint.copy(), request.stop_token_ids, copy_of=request)
+                  for seed in seeds]
+        request.copies += copies
+        return copies
 
     def json_grammars(self) -> JsonGrammars:
         """The grammars of this model's tokenizer, built on first use."""
@@ -293,7 +320,8 @@ class Engine:
         if not self.model.backend.capabilities.row_views:
             self._call(0, 1 + max(busy), self.prefill_chunk, whole_images=True)
             return True
-        prefilling = sorted((r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)),
+        prefilling = sorted((r for r in busy if self.slots[r]._fed < len(self.slots[r].prompt)
+                             and self.slots[r].copy_of is None),
                             key=lambda r: self.slots[r].id)
         budget = self.prefill_budget
         for r in prefilling:
@@ -353,6 +381,7 @@ class Engine:
                 self.metrics.prompt_tokens += int(seq[i])
                 if request._fed < len(request.prompt):
                     continue  # more of the prompt later
+                self._give_copies(r, request)
             self._advance(r, request, logits[i])
         return fed
 
@@ -363,6 +392,8 @@ class Engine:
         if request is None or request._fed >= len(request.prompt):
             return None
         fed = request._fed
+        if request.copy_of is not None:
+            return fed  # it waits for the original's prompt
         end = min(fed + chunk, len(request.prompt))
         if request.media is not None:
             end = request.media.cut(fed, end)
@@ -397,10 +428,11 @@ class Engine:
                 if request.cancelled:
                     request.finish_reason = "cancelled"
                     request.emit(Event("", None, "cancelled"))
+                    self._release_copies(request)
                     continue
-                request.generation = Generation(request.sampler, self.model.stop_ids, request.max_new_tokens,
-                                                self.model.tokenizer, request.stop, request.logprobs,
-                                                request.constraint)
+                request.generation = Generation(request.sampler, self.model.stop_ids | request.stop_token_ids,
+                                                request.max_new_tokens, self.model.tokenizer, request.stop,
+                                                request.logprobs, request.constraint)
                 r, reused = self._slot_for(request)
                 self.slots[r] = request
                 self.past[r] = reused
@@ -413,7 +445,7 @@ class Engine:
         one where reusing gains more than it discards of what the slot keeps (reused - discarded),
         more reuse first among equals, else the slot keeping the least."""
         free = [r for r, q in enumerate(self.slots) if q is None]
-        if not self._reuses(request):
+        if not self._reuses(request) or request.copy_of is not None:
             return min(free, key=lambda r: len(self.kept[r])), 0
         reusable = {r: self._reusable(r, request.prompt) for r in free}
         best = max(free, key=lambda r: (2 * reusable[r] - len(self.kept[r]), reusable[r]))
@@ -430,6 +462,29 @@ class Engine:
 
     def _reuses(self, request: Request) -> bool:
         return self.reuse_prefixes and request.media is None and request.prompt_logprobs is None
+
+    def _give_copies(self, r: int, request: Request) -> None:
+        """Row r's prompt was just fed (nothing after it yet): the copies waiting in slots take its
+        cache row and skip all but the prompt's last token."""
+        for copy in request.copies:
+            if copy.copy_of is not request or copy not in self.slots:
+                continue
+            c = self.slots.index(copy)
+            self.model.backend.copy_row(r, c)
+            copy._fed = copy.cached_tokens = len(copy.prompt) - 1
+            self.past[c] = copy._fed
+            self.metrics.cached_prompt_tokens += copy._fed
+            if copy.prompt_logprobs is not None:
+                copy.prompt_token_logprobs = list(request.prompt_token_logprobs)
+        self._release_copies(request)
+
+    @staticmethod
+    def _release_copies(request: Request) -> None:
+        """Its copies no longer wait for it (those that did not get its row feed their prompt)."""
+        for copy in request.copies:
+            if copy.copy_of is request:
+                copy.copy_of = None
+        request.copies = []
 
     def _idle_position(self, r: int, width: int) -> int:
         """Where an idle row feeds its pad: just past the tokens its slot keeps (which it then keeps
@@ -472,6 +527,7 @@ class Engine:
         failed: the error event follows)."""
         request = self.slots[r]
         self.slots[r] = None
+        self._release_copies(request)
         if reason != "error" and self._reuses(request):
             self.kept[r] = (request.prompt + request.tokens)[:int(self.past[r])]
         if request.generation.finish_reason is None:  # cancelled or failed by the engine

@@ -3,6 +3,8 @@ a logit bias (token id -> added to its logit, as OpenAI's logit_bias) applies fi
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from gemma_runtime.errors import RuntimeInputError
@@ -22,6 +24,12 @@ class Sampler:
         bias = logit_bias or {}
         self._bias_ids = np.fromiter(bias.keys(), np.int64, len(bias))
         self._bias = np.fromiter(bias.values(), np.float32, len(bias))
+
+    def reseeded(self, seed: int | None) -> Sampler:
+        """The same settings with a generator of its own from seed."""
+        other = copy.copy(self)
+        other._rng = np.random.default_rng(seed)
+        return other
 
     def __call__(self, logits: np.ndarray) -> int:
         if len(self._bias_ids):

@@ -17,7 +17,14 @@ its request; the engine frees the slot at its next step. Every response names th
 served it in `x-gemma-replica`.
 
 A completion's `prompt` may be a list (of strings or of token-id lists): each prompt is its own
-engine request and its own choice, in the list's order. `logprobs` (completions: N; chat:
+engine request and its own choice, in the list's order. `n` choices per prompt (choice p * n + i is
+prompt p's i-th) share the prompt's prefill: the first choice's request feeds it, the others copy
+its cache row (Engine.copies); with a `seed`, choice i of a prompt samples with seed + i, so the
+choices differ and each is reproducible (greedy, they are the same). `usage` counts each prompt's
+tokens once and every choice's completion tokens, as OpenAI does. `stop_token_ids` (vLLM's
+extension; OpenAI's `stop` takes strings only) ends a choice "stop" at any of those tokens, which
+is left out of its text and tokens, as a stop string is; with a JSON grammar it is a 400 (it would
+cut the JSON). `logprobs` (completions: N; chat:
 `logprobs` and `top_logprobs`) are the artifact's own logits' (logprobs.py), before logit_bias and
 temperature; `echo` writes the prompt before a completion and, with logprobs, its tokens' logprobs
 (the first null), `max_tokens` 0 then scoring the prompt alone.
@@ -151,6 +158,7 @@ class Choice:
     echo: str = ""  # the prompt's text, with echo
     prompt_text: str = ""  # where the completion's text_offset starts, without echo
     output: ChatOutput | None = None  # a chat answer's reader (content, reasoning, tool calls)
+    first: bool = True  # the first choice of its prompt (usage counts a prompt once)
 
 
 @dataclasses.dataclass
@@ -177,14 +185,11 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
         raise ApiError(400, f"the model '{service.name}' is an embedding model: it answers /v1/embeddings, not "
                        "completions", "model", "unsupported_model")
     refuse_unsupported(body)
-    if body.n > 1:
-        raise ApiError(400, "'n' > 1 is not supported by this server (it would prefill the prompt once per "
-                       "choice: the engine cannot yet copy a prefilled cache row)", "n", "unsupported_parameter")
     stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
     sampling = dict(temperature=1.0 if body.temperature is None else body.temperature,
                     top_p=1.0 if body.top_p is None else body.top_p,
                     top_k=body.top_k if body.top_k is not None and body.top_k > 0 else None,
-                    seed=body.seed, stop=stop, logit_bias=body.logit_bias,
+                    seed=body.seed, stop=stop, stop_token_ids=body.stop_token_ids or (), logit_bias=body.logit_bias,
                     json_schema=_json_schema(body.response_format))
     options = body.stream_options or api.StreamOptions()
     shape = Shape(chat, body.stream, options.include_usage)
@@ -208,14 +213,19 @@ def completion_request(service: Service, body: Union[api.CompletionRequest, api.
         max_tokens = body.max_tokens
         shape.echo = body.echo
     shape.logprobs = logprobs is not None
+    if sampling["json_schema"] is not None and body.stop_token_ids:
+        raise ApiError(400, f"'stop_token_ids' would cut the JSON that {schema_field} asks for", "stop_token_ids")
     choices = []
-    for index, (prompt, media) in enumerate(prompts):
+    seeds = [None if body.seed is None else body.seed + i for i in range(1, body.n)]
+    for p, (prompt, media) in enumerate(prompts):
         request = _engine_request(service, prompt, media, max_tokens, logprobs, prompt_logprobs, sampling, chat,
                                   schema_field)
         if max_tokens is None and not chat:  # the runtime's rule: a default budget shrinks to what fits
             request.max_new_tokens = min(request.max_new_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
         text = "" if chat else _prompt_text(service, prompt)
-        choices.append(Choice(index, request, text if shape.echo else "", text, plan and plan.output(service.model)))
+        for i, each in enumerate([request, *service.engine.copies(request, seeds)]):
+            choices.append(Choice(p * body.n + i, each, text if shape.echo else "", text,
+                                  plan and plan.output(service.model), first=i == 0))
     return choices, shape
 
 
@@ -239,7 +249,8 @@ def _engine_request(service: Service, prompt: Prompt, media: ChatPrompt | None, 
         code = ("unsupported_schema" if e.features else "invalid_schema") if isinstance(e, UnsupportedSchema) else None
         raise ApiError(400, f"{schema_field}: {e}", schema_field, code) from None
     except RuntimeInputError as e:
-        raise ApiError(400, str(e), "logit_bias" if "logit_bias" in str(e) else param) from None
+        field = next((f for f in ("logit_bias", "stop_token_ids") if str(e).startswith(f)), param)
+        raise ApiError(400, str(e), field) from None
 
 
 def _prompt_text(service: Service, prompt: Prompt) -> str:
@@ -296,10 +307,12 @@ async def events(choices: Sequence[Choice], queue: asyncio.Queue) -> AsyncIterat
 
 
 def usage(choices: Sequence[Choice]) -> dict:
-    prompt = sum(len(c.request.prompt) for c in choices)
+    """Each prompt's tokens (and those of them cached) counted once, as OpenAI does with n > 1;
+    every choice's completion tokens."""
+    prompt = sum(len(c.request.prompt) for c in choices if c.first)
     completion = sum(len(c.request.tokens) for c in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(c.request.cached_tokens for c in choices)}}
+            "prompt_tokens_details": {"cached_tokens": sum(c.request.cached_tokens for c in choices if c.first)}}
 
 
 def _failed(event: Event) -> ApiError:

@@ -83,6 +83,10 @@ class JsonConstraint:
         out ^= NEG_INF_BITS
         return out.view(np.float32)
 
+    def copy(self) -> JsonConstraint:
+        """Another constraint in this one's state (a fresh one before any token)."""
+        return JsonConstraint(self._matcher.deep_copy(), self._vocab)
+
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             self._check()

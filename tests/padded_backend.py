@@ -17,6 +17,9 @@ class PaddedBackend:
     def reserve(self, rows: int) -> None:
         self.inner.reserve(rows)
 
+    def copy_row(self, source: int, target: int) -> None:
+        self.inner.copy_row(source, target)
+
     def step(self, ids, past, seq, keep=None, first_row=0, spliced=None):
         assert first_row == 0, "a padded backend runs every reserved row"
         ids, past, seq, keep = step_arrays(ids, past, seq, keep)

@@ -267,3 +267,55 @@ def test_a_later_turn_reuses_the_cached_history_and_generates_the_same_tokens(wh
     sibling = shared.submit(shared.request(system + second[1:], max_new_tokens=2))
     drain(shared)
     assert sibling.cached_tokens == (0 if which == "ring_artifact" else len(system))
+
+
+@pytest.mark.parametrize("which", ["artifact", "ring_artifact", "padded"])
+def test_choices_of_one_prompt_share_its_prefill(which, request):
+    """Engine.copies: the prompt (longer than a chunk, fed beside another request) is prefilled once,
+    each copy feeding only its last token after taking the original's cache row; each copy's
+    tokens are those its seed gives alone; a copy queued behind a full batch feeds its prompt later
+    with the same result; prompt logprobs are the original's."""
+    artifact = request.getfixturevalue("artifact" if which == "padded" else which)
+    vocab = gemma_runtime.load(artifact).manifest.config["vocab_size"]
+    prompt, other = prompts(vocab, [19, 6])
+
+    def engine(max_batch: int) -> Engine:
+        loaded = gemma_runtime.load(artifact)
+        return Engine(padded(loaded) if which == "padded" else loaded, max_batch=max_batch, prefill_chunk=8)
+
+    def sampled(e: Engine, seed: int, **options):
+        return e.request(prompt, 6, temperature=1.0, seed=seed, **options)
+
+    shared = engine(4)
+    shared.submit(shared.request(other, 10))
+    shared.step()
+    original = sampled(shared, 1, prompt_logprobs=1)
+    copies = shared.copies(original, [2, 3])
+    for r in [original, *copies]:
+        shared.submit(r)
+    with pytest.raises(RuntimeInputError, match="before it is submitted"):
+        shared.copies(original, [4])
+    drain(shared)
+    assert shared.metrics.prompt_tokens == len(other) + len(prompt) + len(copies)
+    assert shared.metrics.cached_prompt_tokens == len(copies) * (len(prompt) - 1)
+    assert [c.cached_tokens for c in copies] == [len(prompt) - 1] * 2
+    assert all(c.prompt_token_logprobs == original.prompt_token_logprobs for c in copies)
+    assert len(original.prompt_token_logprobs) == len(prompt)
+
+    queued = engine(2)
+    first = sampled(queued, 1)
+    late = queued.copies(first, [2, 3])
+    for r in [first, *late]:
+        queued.submit(r)
+    drain(queued)
+    assert late[0].cached_tokens == len(prompt) - 1
+    # the last found no free slot: it fed its prompt later, reusing a finished row's where a slot keeps it whole
+    assert late[1].cached_tokens == (0 if which == "ring_artifact" else len(prompt) - 1)
+
+    for seed, got in zip([1, 2, 3], [original, *copies]):
+        alone = engine(1)
+        mine = alone.submit(sampled(alone, seed))
+        drain(alone)
+        assert got.tokens == mine.tokens and len(mine.tokens) == 6
+    assert [r.tokens for r in [first, *late]] == [r.tokens for r in [original, *copies]]
+    assert len({tuple(r.tokens) for r in [original, *copies]}) > 1  # the seeds differ

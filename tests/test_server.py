@@ -130,6 +130,74 @@ def test_stop_strings_cut_the_text(server):
     assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
+def test_n_choices_share_the_prefill_and_each_samples_its_seed(server):
+    """n = 3 of a prompt: choice i equals the same request alone with seed + i, the prompt is fed
+    once (the others copy its cache row and feed its last token), usage counts it once; greedy, the
+    n choices are the same text; a list of prompts gives prompt-major choices; streamed, the same."""
+    metrics = server.service.engine.metrics
+    prompt = "cab dab " * 4
+    fed, cached = metrics.prompt_tokens, metrics.cached_prompt_tokens
+    done = server.client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=1.0, seed=40, n=3)
+    length, reused = done.usage.prompt_tokens, done.usage.prompt_tokens_details.cached_tokens  # from earlier tests
+    assert metrics.prompt_tokens - fed == length - reused + 2
+    assert metrics.cached_prompt_tokens - cached == reused + 2 * (length - 1)
+    alone = [server.client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=1.0, seed=40 + i)
+             for i in range(3)]
+    assert length == alone[0].usage.prompt_tokens > 2
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert [c.text for c in done.choices] == [a.choices[0].text for a in alone]
+    assert len({a.choices[0].text for a in alone}) > 1
+    assert done.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    greedy = server.client.completions.create(model="tiny", prompt=["ab", "ba"], max_tokens=6, temperature=0, n=2)
+    texts = [c.text for c in sorted(greedy.choices, key=lambda c: c.index)]
+    single = [server.client.completions.create(model="tiny", prompt=p, max_tokens=6, temperature=0).choices[0].text
+              for p in ("ab", "ba")]
+    assert texts == [single[0], single[0], single[1], single[1]]
+    chunks = list(server.client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=1.0,
+                                                   seed=40, n=3, stream=True, stream_options={"include_usage": True}))
+    streamed = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(3)]
+    assert streamed == [a.choices[0].text for a in alone]
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (length, done.usage.completion_tokens)
+
+
+def test_chat_n_choices_streamed_and_not(server):
+    messages = [{"role": "user", "content": "abc"}]
+    whole = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=1.0,
+                                                  seed=3, n=2, logprobs=True, top_logprobs=1)
+    assert [c.index for c in whole.choices] == [0, 1] and all(c.logprobs.content for c in whole.choices)
+    stream = list(server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                                        temperature=1.0, seed=3, n=2, stream=True))
+    for choice in whole.choices:
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices[0].index == choice.index]
+        assert "".join(pieces) == choice.message.content
+    second = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=1.0,
+                                                   seed=4)
+    assert second.choices[0].message.content == whole.choices[1].message.content
+
+
+def test_echo_with_n_scores_the_prompt_for_every_choice(server):
+    done = server.client.completions.create(model="tiny", prompt="abc bad", max_tokens=2, temperature=0, n=2,
+                                            echo=True, logprobs=1)
+    first, second = done.choices
+    assert first.text == second.text and first.text.startswith("abc bad")
+    scored = [c.logprobs.token_logprobs for c in done.choices]
+    assert scored[0][0] is None and scored[1][0] is None and len(scored[0]) == len(scored[1])
+    assert np.allclose(scored[0][1:], scored[1][1:], atol=1e-5)  # the prompt's copied, the rest each row's own
+
+
+def test_stop_token_ids_end_the_choice(server, artifact):
+    """vLLM's stop_token_ids: the choice ends "stop" before the first of them, which it leaves out."""
+    model = gemma_runtime.load(artifact)
+    ids = model.generate("ab", max_new_tokens=12).token_ids
+    assert len(ids) >= 4, "the fixed random model should generate tokens to stop at"
+    at = ids.index(ids[3])
+    cut = server.client.completions.create(model="tiny", prompt="ab", max_tokens=12, temperature=0,
+                                           extra_body={"stop_token_ids": [ids[3]]})
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens == at
+    assert cut.choices[0].text == model.tokenizer.decode(ids[:at])
+
+
 @pytest.mark.parametrize("body,status,code", [
     (b"{not json", 400, None),
     ({"model": "tiny", "prompt": 5}, 400, None),
@@ -139,7 +207,10 @@ def test_stop_strings_cut_the_text(server):
     ({"model": "tiny", "prompt": "ab " * 200, "max_tokens": 1}, 400, "context_length_exceeded"),
     ({"model": "tiny", "prompt": "ab", "temperature": 9}, 400, None),
     ({"model": "other", "prompt": "ab"}, 404, "model_not_found"),
-    ({"model": "tiny", "prompt": "ab", "n": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "prompt": "ab", "n": 129}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "stop_token_ids": [99999]}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "stop_token_ids": [-1]}, 400, None),
+    ({"model": "tiny", "prompt": "ab", "stop_token_ids": [3], "response_format": {"type": "json_object"}}, 400, None),
     ({"model": "tiny", "prompt": "ab", "logprobs": 21}, 400, None),
     ({"model": "tiny", "prompt": "ab", "suffix": "cd"}, 400, "unsupported_parameter"),
     ({"model": "tiny", "prompt": "ab", "frequency_penalty": 0.5}, 400, "unsupported_parameter"),

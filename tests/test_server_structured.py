@@ -61,6 +61,17 @@ def test_sampled_output_parses_and_fits_the_schema(server, seed):
     assert choice["finish_reason"] == "stop"
 
 
+def test_n_choices_each_follow_the_schema_with_their_own_seed(server):
+    status, body = server.post("/v1/chat/completions", {"messages": MESSAGES, "response_format": schema_format(PERSON),
+                                                        "temperature": 1.0, "seed": 0, "n": 3})
+    assert status == 200, body
+    contents = [c["message"]["content"] for c in body["choices"]]
+    for content in contents:
+        jsonschema.validate(json.loads(content), PERSON)
+    assert contents == [chat(server, schema_format(PERSON), temperature=1.0, seed=i)["message"]["content"]
+                        for i in range(3)]
+
+
 def test_openai_parse_with_a_pydantic_model(server):
     class Point(pydantic.BaseModel):
         x: int = pydantic.Field(ge=-9, le=9)

@@ -41,6 +41,10 @@ class ConcatCacheBackend:
         self.reserved = rows
         self.lengths = np.zeros(0, np.int64)
 
+    def copy_row(self, source: int, target: int) -> None:
+        raise RuntimeInputError("the growing-cache backend (targets generic, openvino) keeps no row apart: it cannot "
+                                "copy one")
+
     def step(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray | None = None,
              first_row: int = 0, spliced: Sequence[Splice | None] | None = None) -> np.ndarray:
         ids, past, seq, keep = step_arrays(ids, past, seq, keep)

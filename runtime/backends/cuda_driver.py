@@ -1,7 +1,7 @@
 """The few CUDA calls the trt backend needs, made through ctypes on the driver library that every
 NVIDIA install has (no CUDA toolkit, no extra package): whether there is a GPU at all (asked
 before any TensorRT runtime is touched: they crash on engine load without one), its compute
-capability, device buffers and a stream. Everything runs in the device's primary context, the
+capability, device buffers, copies and a stream. Everything runs in the device's primary context, the
 one the TensorRT runtimes use."""
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ class Buffer:
         lib = _driver()
         if lib is not None and getattr(self, "ptr", None):
             lib.cuMemFree_v2(ctypes.c_uint64(self.ptr))
+
+
+def copy_device(target: int, source: int, nbytes: int) -> None:
+    """nbytes from device address source to device address target (synchronous)."""
+    _check(_lib().cuMemcpyDtoD_v2(ctypes.c_uint64(target), ctypes.c_uint64(source), ctypes.c_size_t(nbytes)),
+           "cuMemcpyDtoD")
 
 
 class Stream:

@@ -31,7 +31,9 @@ import numpy as np
 import onnxruntime as ort
 
 from gemma_runtime.backends.ort_session import create_session
-from gemma_runtime.backends.protocol import Capabilities, MediaInputs, check_length, check_reserve, check_rows, step_arrays
+from gemma_runtime.backends import cuda_driver
+from gemma_runtime.backends.protocol import (Capabilities, MediaInputs, check_copy, check_length, check_reserve,
+                                             check_rows, step_arrays)
 from gemma_runtime.interface import LOGITS, CacheTensor, Splice, inplace_feeds
 from gemma_runtime.manifest import Manifest
 
@@ -88,6 +90,18 @@ class OrtInplaceBackend:
         self.session.run_with_iobinding(binding.io)
         return binding.logits.copy()  # the array is the next call's output
 
+    def copy_row(self, source: int, target: int) -> None:
+        check_copy(source, target, self.reserved)
+        if self.device == "cpu":
+            for storage in self.cache:
+                storage[target] = storage[source]
+            return
+        cuda_driver.use_primary_context()  # onnxruntime's, the thread's current one after its first run
+        for buffer, storage in zip(self.buffers, self.cache):
+            row_bytes = self._row_bytes(buffer)
+            cuda_driver.copy_device(storage.data_ptr() + target * row_bytes, storage.data_ptr() + source * row_bytes,
+                                    row_bytes)
+
     def _binding(self, first_row: int, rows: int, width: int, keep: int) -> _Binding:
         key = (first_row, rows, width, keep)
         binding = self._bindings.get(key)
@@ -102,11 +116,13 @@ class OrtInplaceBackend:
 
     def _rows(self, buffer: CacheTensor, storage: np.ndarray | ort.OrtValue, first_row: int, rows: int) -> _RowView:
         """Rows [first_row, first_row + rows) of a cache buffer, by address."""
-        numpy_type, element_type = _CACHE_TYPES[buffer.dtype]
-        shape = [self.reserved, *buffer.shape[1:]]
-        row_bytes = math.prod(shape[1:]) * np.dtype(numpy_type).itemsize
         address = storage.ctypes.data if isinstance(storage, np.ndarray) else storage.data_ptr()
-        return _RowView(self.device, element_type, [rows, *shape[1:]], address + first_row * row_bytes)
+        return _RowView(self.device, _CACHE_TYPES[buffer.dtype][1], [rows, *buffer.shape[1:]],
+                        address + first_row * self._row_bytes(buffer))
+
+    @staticmethod
+    def _row_bytes(buffer: CacheTensor) -> int:
+        return math.prod(buffer.shape[1:]) * np.dtype(_CACHE_TYPES[buffer.dtype][0]).itemsize
 
     def _zeroed(self, shape: tuple[int, ...], dtype: str) -> np.ndarray | ort.OrtValue:
         numpy_type, element_type = _CACHE_TYPES[dtype]

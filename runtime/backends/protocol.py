@@ -7,7 +7,9 @@ rows reserve() made: row b feeds ids[b, :seq[b]] (right-padded, any pad id) at p
 ..., and returns the logits of its columns keep[b] ([rows, k, vocab] float32; keep None: each row's
 last fed token, k = 1). A row fed at past 0 starts a new sequence and overwrites what it reads.
 spliced: per row, the embeddings that replace some of its columns (interface.Splice), for a
-decoder that declares interface.MEDIA_INPUTS.
+decoder that declares interface.MEDIA_INPUTS. copy_row(source, target) makes row target's cache a
+copy of row source's (a backend that keeps rows; the Engine's choices of one prompt share its
+prefill so).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Backend(Protocol):
              first_row: int = 0, spliced: Sequence[Splice | None] | None = None) -> np.ndarray:
         """[rows, k, vocab] float32 logits; see the module docstring."""
 
+    def copy_row(self, source: int, target: int) -> None:
+        """Row target's cache becomes a copy of row source's."""
+
 
 def step_arrays(ids, past, seq, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The step's int64 arrays, keep defaulting to each row's last fed column."""
@@ -56,6 +61,11 @@ def step_arrays(ids, past, seq, keep) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def check_rows(first_row: int, rows: int, reserved: int) -> None:
     if rows < 1 or first_row < 0 or first_row + rows > reserved:
         raise RuntimeInputError(f"a step over rows {first_row}..{first_row + rows - 1}, but {reserved} are reserved")
+
+
+def check_copy(source: int, target: int, reserved: int) -> None:
+    if not (0 <= source < reserved and 0 <= target < reserved):
+        raise RuntimeInputError(f"a copy from row {source} to row {target}, but {reserved} are reserved")
 
 
 def check_length(past: np.ndarray, width: int, max_seq_len: int) -> None:

@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from gemma_runtime.backends import cuda_driver
-from gemma_runtime.backends.protocol import (Capabilities, MediaInputs, check_length, check_reserve, check_rows,
-                                             pad_rows, step_arrays)
+from gemma_runtime.backends.protocol import (Capabilities, MediaInputs, check_copy, check_length, check_reserve,
+                                             check_rows, pad_rows, step_arrays)
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import INPLACE_INPUTS, LOGITS, SPLICED_EMBEDS, Splice, inplace_feeds
 from gemma_runtime.manifest import Manifest
@@ -115,6 +115,12 @@ class TrtBackend:
                 context.set_input_shape(b.input_name, (rows, *b.shape[1:]))
                 context.set_tensor_address(b.input_name, buffer.ptr)
                 context.set_tensor_address(b.output_name, buffer.ptr)
+
+    def copy_row(self, source: int, target: int) -> None:
+        check_copy(source, target, self.reserved)
+        for b, buffer, itemsize in zip(self.buffers, self.cache, self.cache_itemsize):
+            row_bytes = int(np.prod(b.shape[1:])) * itemsize
+            cuda_driver.copy_device(buffer.ptr + target * row_bytes, buffer.ptr + source * row_bytes, row_bytes)
 
     def step(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray | None = None,
              first_row: int = 0, spliced: Sequence[Splice | None] | None = None) -> np.ndarray:
