@@ -19,7 +19,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,serve,ray,test]'
+	$(PY) -m pip install -q -e '.[cpu,serve,ray,test,eval]'
 	touch $@
 
 onnxruntime-versions: $(ONNXRUNTIME_STAMPS)
