@@ -4,6 +4,7 @@ both nodes, all complete, and the answers are the standalone server's. A replica
 streams are in flight: those streams end with an error (no hang), the other replica's complete,
 Ray starts a replacement and new requests are answered."""
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -83,6 +84,14 @@ def replica_states() -> dict[str, int]:
     return dict(serve.status().applications[APP].deployments["GemmaReplica"].replica_states)
 
 
+def finish_reason_or_error(client: openai.OpenAI) -> str:
+    try:
+        answer = client.completions.create(model="tiny", prompt="a", max_tokens=80, temperature=0)
+        return answer.choices[0].finish_reason
+    except openai.APIError as error:
+        return type(error).__name__
+
+
 def test_a_replica_killed_mid_load_is_replaced_and_its_streams_end(deployed):
     _, client = deployed
     client = client.with_options(timeout=REQUEST_GUARD_S)
@@ -95,17 +104,22 @@ def test_a_replica_killed_mid_load_is_replaced_and_its_streams_end(deployed):
         assert next(stream).choices[0].text is not None
         streams.setdefault(raw.headers["x-gemma-replica"], []).append(stream)
     assert len(streams) == 2, streams
-    # the replica that answered last still has its stream in flight: kill its actor
+    # the replica that answered last still has its stream in flight: kill its actor, with requests
+    # (not streamed) on their way to either replica
     victim, survivor = list(streams)[::-1]
     unique_id = victim.split("@")[0]
-    ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP}#GemmaReplica#{unique_id}", namespace="serve"), no_restart=True)
-    started = time.time()
-    with pytest.raises((openai.APIError, openai.APIConnectionError)) as broken:
-        for _ in streams[victim][-1]:
-            pass
-    assert time.time() - started < REQUEST_GUARD_S
-    for stream in streams[survivor]:
-        assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        unary = [pool.submit(finish_reason_or_error, client) for _ in range(4)]
+        ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP}#GemmaReplica#{unique_id}", namespace="serve"), no_restart=True)
+        started = time.time()
+        with pytest.raises(openai.APIError) as broken:
+            for _ in streams[victim][-1]:
+                pass
+        assert time.time() - started < REQUEST_GUARD_S
+        for stream in streams[survivor]:
+            assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
+        outcomes = [f.result(timeout=REQUEST_GUARD_S) for f in unary]
+    assert set(outcomes) <= {"length", "APIConnectionError", "InternalServerError"}, outcomes
     # new requests: each answered or refused with an error while Ray replaces the replica, none hangs;
     # then a new replica serves and two are running again
     answered_by, refused = set(), 0
