@@ -6,11 +6,16 @@ INSTALLED := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
 # The onnxruntime versions the suite proves beside the installed one (tests/test_onnxruntime_floor.py):
-# the floor pyproject states, and onnxruntime-gpu's newest release (its CPU build).
-ONNXRUNTIME_VERSIONS := 1.27.0 1.31.1
+# onnxruntime-gpu's newest release (its CPU build); the floor comes with the dependency floors below.
+ONNXRUNTIME_VERSIONS := 1.31.1
 ONNXRUNTIME_STAMPS := $(ONNXRUNTIME_VERSIONS:%=$(VENV)/onnxruntime-versions/%/.installed)
+# pyproject's lower bounds of what the runtime, the server and the export import, installed together
+# (pip resolves the rest) for tests/test_onnxruntime_floor.py; torch stays the venv's pinned one.
+DEPENDENCY_FLOORS := onnxruntime==1.27.0 numpy==1.23.3 ml_dtypes==0.5.0 onnx==1.17.0 onnx-ir==0.1.16 \
+	onnxscript==0.6.0 safetensors==0.2.8 sentencepiece==0.1.98 tokenizers==0.13.2 jinja2==3.1.6 \
+	fastapi==0.100.0 uvicorn==0.15.0 pydantic==2.5.0 prometheus_client==0.8.0 llguidance==1.7.0
 
-.PHONY: install onnxruntime-versions demo test clean
+.PHONY: install onnxruntime-versions dependency-floors demo test clean
 
 install: $(INSTALLED)
 
@@ -31,11 +36,18 @@ $(VENV)/onnxruntime-versions/%/.installed: $(INSTALLED)
 		$(VENV)/onnxruntime-versions/wheels/onnxruntime-$*-*.whl
 	touch $@
 
+dependency-floors: $(VENV)/dependency-floors/.installed
+
+$(VENV)/dependency-floors/.installed: $(INSTALLED) Makefile
+	rm -rf $(VENV)/dependency-floors
+	$(PY) -m pip install -q --only-binary=:all: --target $(VENV)/dependency-floors $(DEPENDENCY_FLOORS)
+	touch $@
+
 demo: install
 	$(VENV)/bin/gemma-export export -o $(DEMO_OUT) --force
 	$(VENV)/bin/gemma-export generate $(DEMO_OUT) --prompt "The capital of France is" --max-new-tokens 32
 
-test: install onnxruntime-versions
+test: install onnxruntime-versions dependency-floors
 	$(PY) -m pytest -q --durations=30 tests
 
 clean:
