@@ -139,10 +139,12 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(h, cfg.layer_intermediate_size(layer))
         self.input_layernorm = Norm(h, cfg)
         # Gemma 1: the pre-MLP norm. Gemma 2-4: the norm of the attention output.
-        self.post_attention_layernorm = Norm(h, cfg)
+        if not cfg.unnormed_outputs:
+            self.post_attention_layernorm = Norm(h, cfg)
         if cfg.sandwich_norms:
             self.pre_feedforward_layernorm = Norm(h, cfg)
-            self.post_feedforward_layernorm = Norm(h, cfg)
+            if not cfg.unnormed_outputs:
+                self.post_feedforward_layernorm = Norm(h, cfg)
         if cfg.num_experts:
             self.router = Router(cfg)
             self.experts = Experts(cfg)
@@ -162,6 +164,9 @@ class DecoderLayer(nn.Module):
         if not self.cfg.sandwich_norms:
             x = x + a
             return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
+        if self.cfg.unnormed_outputs:
+            x = x + a
+            return x + self.mlp(self.pre_feedforward_layernorm(x)), present_k, present_v
         x = x + self.post_attention_layernorm(a)
         m = self.mlp(self.pre_feedforward_layernorm(x))
         if self.cfg.num_experts:  # the router and the experts read the residual stream
