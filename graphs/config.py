@@ -94,6 +94,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
            proportional_rope=True, image_bidirectional=True, vision_blocks="all", bidirectional_default="vision",
            per_layer_fields=True),
+    # transformers 5.x modeling_embedding_gemma2.py: Gemma 4's layers as an encoder (bidirectional,
+    # embedding models only: no model_type reads as it; checkpoints/embedding_gemma2.py), per-layer
+    # inputs from the projection alone, no K = V, KV sharing, experts or soft-capping.
+    Family("embedding_gemma2", (), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=False,
+           softcaps=False, attn_softcap=None, final_softcap=None, sliding_pattern=6,
+           gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
+           norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
+           per_layer_fields=True),
 )}
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
 MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4", "gemma4_unified": "gemma4_unified"}
@@ -165,7 +173,7 @@ class GemmaConfig:
     attention_k_eq_v: bool = False  # full layers take their values from the key projection
     rope_rotated_fraction: float = 1.0  # full layers: proportional RoPE's partial_rotary_factor
     hidden_size_per_layer_input: int = 0  # per-layer input embeddings of this width (0: none)
-    vocab_size_per_layer_input: int = 0
+    vocab_size_per_layer_input: int = 0  # the per-layer token table's rows (0: none, the projection alone)
     num_kv_shared_layers: int = 0  # the last n layers read the cache of an earlier layer of their type
     double_wide_mlp: bool = False  # KV-shared layers' MLP is 2 x intermediate_size wide
     num_experts: int = 0  # a routed mixture of experts beside each layer's MLP (0: none)
@@ -295,7 +303,7 @@ class GemmaConfig:
                                 f"num_global_key_value_heads ({self.num_global_kv_heads})")
         if self.num_experts and not 0 < self.top_k_experts <= self.num_experts:
             raise InvalidConfig(f"top_k_experts must be 1..{self.num_experts}, got {self.top_k_experts}")
-        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input != self.vocab_size:
+        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input not in (0, self.vocab_size):
             raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
                                 f"vocab_size ({self.vocab_size}); not supported")
 

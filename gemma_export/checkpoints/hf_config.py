@@ -340,6 +340,8 @@ def _gemma4_fields(f: Fields, family: Family, layer_types: tuple[str, ...], head
             f.take(name, int, None)
     per_layer_width = f.take("hidden_size_per_layer_input", int, 256) if family.inputs_and_experts else 0
     per_layer_vocab = f.take("vocab_size_per_layer_input", int, 262_144) if family.inputs_and_experts else 0
+    if per_layer_width and not per_layer_vocab:  # GemmaConfig's projection-only form is EmbeddingGemma 2's
+        raise ConfigError(f"{where}: vocab_size_per_layer_input = 0 with per-layer inputs is not supported")
     return {
         "global_head_dim": global_dim if global_dim is not None else 512,  # transformers' default
         # transformers applies num_global_key_value_heads only when attention_k_eq_v is set
