@@ -8,7 +8,7 @@ from gemma_runtime.manifest import ChatFormat
 
 _START_OF_TURN = ChatFormat("<start_of_turn>", "<end_of_turn>", model_role="model", system="first_user_turn")
 _TURN = ChatFormat("<|turn>", "<turn|>", model_role="model", system="first_user_turn")
-CHAT_FORMATS = {"gemma": _START_OF_TURN, "gemma2": _START_OF_TURN, "gemma3": _START_OF_TURN, "gemma4": _TURN,
+CHAT_FORMATS = {"gemma": _START_OF_TURN, "gemma2": _START_OF_TURN, "vaultgemma": _START_OF_TURN, "gemma3": _START_OF_TURN, "gemma4": _TURN,
                 "gemma4_unified": _TURN}
 # pieces besides eos and the turn end that end a model turn
 EXTRA_STOP_PIECES = {"gemma4": ("<|tool_response>",), "gemma4_unified": ("<|tool_response>",)}

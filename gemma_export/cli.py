@@ -87,6 +87,10 @@ def export(
         progress.close()
     if manifest.multimodal:
         typer.echo(_multimodal_note(manifest.multimodal, text_only), err=True)
+    skipped = manifest.report.get("embedding", {}).get("skipped_towers") if manifest.embedding else None
+    if skipped:
+        typer.echo(f"note: a {manifest.family} checkpoint: exported the text embedder; its {' and '.join(skipped)} "
+                   "tower(s) skipped (no exporter for them)", err=True)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     kind = f"embedding model of {manifest.embedding.dimensions} dimensions, " if manifest.embedding else ""
     typer.echo(f"wrote {out} ({kind}{manifest.family}, target {manifest.target}, {manifest.dtype}, "

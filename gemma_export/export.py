@@ -13,7 +13,7 @@ from gemma_export import __version__, export_embedding, export_media
 from gemma_export.checkpoints import open_source
 from gemma_export.checkpoints.base import Source, WeightSource
 from gemma_export.checkpoints.safetensors_dir import TEXT_PREFIXES
-from gemma_export.checkpoints.sentence_transformers import is_sentence_transformers_folder, open_sentence_transformers
+from gemma_export.checkpoints.sentence_transformers import is_embedding_folder, open_embedding_folder
 from gemma_export.emit import artifact
 from gemma_export.errors import CheckpointError, GemmaExportError
 from gemma_export.frontend.trace import bind_weights, trace
@@ -76,13 +76,13 @@ def export(source_path: Path | str | None, out: Path | str, options: ExportOptio
     # OUT is claimed before the slow part: a second export to the same place fails at once, and
     # what a killed export left there is resolved before this one decides anything about OUT.
     say = progress or (lambda what, done, total: None)
-    embedding = is_sentence_transformers_folder(source_path)
+    embedding = is_embedding_folder(source_path)
     if embedding:
         export_embedding.check_options(options)
     with artifact.claim(out, force, tell=lambda note: say(note, 1, 1)) as claim:
         if embedding:
             say("reading checkpoint", 0, 1)
-            source = open_sentence_transformers(Path(source_path))
+            source = open_embedding_folder(Path(source_path))
             return export_embedding.export_embedding(source, claim, options, dump_ir, say)
         return _export(source_path, claim, options, dump_ir, say)
 

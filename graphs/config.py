@@ -53,6 +53,7 @@ class Family:
     media_blocks: str = "none"  # the layers on which an image's tokens see each other both ways (MEDIA_BLOCKS)
     per_layer_fields: bool = False  # per-layer head dims, K = V, KV sharing, double-wide MLPs
     inputs_and_experts: bool = False  # per-layer input embeddings and a mixture of experts (config fields)
+    output_norms: bool = True  # with sandwich_norms: the attention and MLP outputs are normalised (VaultGemma: not)
 
 
 # Sources: transformers' modeling_gemma{,2,3}.py (the parity reference) and gemma_pytorch.
@@ -64,6 +65,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gemma2", ("gemma2",), rope_theta=10_000.0, rope_local_theta=None, rope_scaling=False,
            softcaps=True, attn_softcap=50.0, final_softcap=30.0, sliding_pattern=2,
            gguf_sliding_window=4096, query_pre_attn_scalar=True, qk_norm=False, sandwich_norms=True),
+    # transformers 5.x modeling_vaultgemma.py: Gemma 2's layers without the post-attention and
+    # post-feedforward norms (the input and pre-feedforward norms stay); its soft-capping and scaling.
+    Family("vaultgemma", ("vaultgemma",), rope_theta=10_000.0, rope_local_theta=None, rope_scaling=False,
+           softcaps=True, attn_softcap=50.0, final_softcap=30.0, sliding_pattern=2,
+           gguf_sliding_window=None, query_pre_attn_scalar=True, qk_norm=False, sandwich_norms=True,
+           output_norms=False),
     # 5 local : 1 global; no soft-capping; the window (512 or 1024) depends on the size, so it is
     # required. An image's tokens see each other on every layer (transformers' Gemma 3 masks).
     Family("gemma3", ("gemma3_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=True,
@@ -87,6 +94,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
            proportional_rope=True, image_bidirectional=True, vision_blocks="all", bidirectional_default="vision",
            per_layer_fields=True),
+    # transformers 5.x modeling_embedding_gemma2.py: Gemma 4's layers as an encoder (bidirectional,
+    # embedding models only: no model_type reads as it; checkpoints/embedding_gemma2.py), per-layer
+    # inputs from the projection alone, no K = V, KV sharing, experts or soft-capping.
+    Family("embedding_gemma2", (), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=False,
+           softcaps=False, attn_softcap=None, final_softcap=None, sliding_pattern=6,
+           gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
+           norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
+           per_layer_fields=True),
 )}
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
 MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4", "gemma4_unified": "gemma4_unified"}
@@ -102,7 +117,7 @@ def family_switches(family: Family) -> dict[str, Any]:
     """The GemmaConfig fields a checkpoint reader takes from the family (no checkpoint states them)."""
     return {"norm_offset": family.norm_offset, "qk_norm": family.qk_norm, "sandwich_norms": family.sandwich_norms,
             "unscaled_queries": family.unscaled_queries, "v_norm": family.v_norm, "layer_scalar": family.layer_scalar,
-            "media_blocks": family.media_blocks}
+            "media_blocks": family.media_blocks, "unnormed_outputs": not family.output_norms}
 
 
 def sliding_layer_types(family: Family, layers: int) -> tuple[str, ...]:
@@ -144,6 +159,7 @@ class GemmaConfig:
     norm_offset: float = 1.0  # RMSNorm multiplies by (norm_offset + w): Gemma 1-3 store w zero-centred
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
     sandwich_norms: bool = False  # attention and MLP outputs normalised before the residual add
+    unnormed_outputs: bool = False  # sandwich_norms without the output norms: only the MLP's input is (VaultGemma)
     unscaled_queries: bool = False  # attention scaling 1.0 (the q/k norms set the scale)
     v_norm: bool = False  # values get a weightless RMSNorm
     layer_scalar: bool = False  # each layer's output is multiplied by its stored layer_scalar
@@ -157,7 +173,7 @@ class GemmaConfig:
     attention_k_eq_v: bool = False  # full layers take their values from the key projection
     rope_rotated_fraction: float = 1.0  # full layers: proportional RoPE's partial_rotary_factor
     hidden_size_per_layer_input: int = 0  # per-layer input embeddings of this width (0: none)
-    vocab_size_per_layer_input: int = 0
+    vocab_size_per_layer_input: int = 0  # the per-layer token table's rows (0: none, the projection alone)
     num_kv_shared_layers: int = 0  # the last n layers read the cache of an earlier layer of their type
     double_wide_mlp: bool = False  # KV-shared layers' MLP is 2 x intermediate_size wide
     num_experts: int = 0  # a routed mixture of experts beside each layer's MLP (0: none)
@@ -287,7 +303,7 @@ class GemmaConfig:
                                 f"num_global_key_value_heads ({self.num_global_kv_heads})")
         if self.num_experts and not 0 < self.top_k_experts <= self.num_experts:
             raise InvalidConfig(f"top_k_experts must be 1..{self.num_experts}, got {self.top_k_experts}")
-        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input != self.vocab_size:
+        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input not in (0, self.vocab_size):
             raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
                                 f"vocab_size ({self.vocab_size}); not supported")
 

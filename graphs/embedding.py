@@ -1,10 +1,14 @@
-"""The embedding model (EmbeddingGemma): a Gemma 3 body whose attention is bidirectional, mean
-pooling over the real tokens, the dense layers and L2 normalisation, as one torch module.
+"""The embedding model (EmbeddingGemma, EmbeddingGemma 2): a Gemma 3 or Gemma 4 body whose
+attention is bidirectional, mean pooling over the real tokens, the dense layers and L2
+normalisation, as one torch module.
 
 sentence-transformers' modules (Transformer, Pooling, Dense, Normalize) over transformers'
-Gemma3TextModel with use_bidirectional_attention are the parity reference: every query sees every
-real key of its row on full layers, and the keys within sliding_window // 2 positions either side
-on sliding layers (transformers' |i - j| < sliding_window // 2 + 1).
+Gemma3TextModel with use_bidirectional_attention, and transformers' EmbeddingGemma2Model, are the
+parity references: every query sees every real key of its row on full layers, and the keys within
+sliding_window // 2 positions either side on sliding layers (transformers' |i - j| <
+sliding_window // 2 + 1 for Gemma 3; EmbeddingGemma 2's config states that radius itself, and its
+reader stores twice it). EmbeddingGemma 2 projects each token to its embedding width before the
+mean; here the projection is the first dense layer, after it (a linear map commutes with a mean).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class BidirectionalAttention(Attention):
         q = self.q_norm(self.q_proj(x).view(b, s, self.heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(b, s, self.kv_heads, self.head_dim))
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim)
+        if cfg.v_norm:
+            v = ops.unit_rms_norm(v, cfg.rms_norm_eps)
         q = ops.rope(q, position_ids, theta, scale, pairs)
         k = ops.rope(k, position_ids, theta, scale, pairs)
         wide = ops.compute_dtype(x.dtype)
@@ -65,9 +71,10 @@ class GemmaEmbedder(nn.Module):
         near = (columns[:, None] - columns[None, :]).abs() <= text.sliding_window // 2 if text.sliding_window else None
         x = self.model.embed_tokens(input_ids)
         x = x * ops.embed_scale(text.hidden_size, x.dtype)
+        per_layer = self.model.per_layer_inputs(input_ids, x) if text.hidden_size_per_layer_input else None
         for i, layer in enumerate(self.model.layers):
             visible = real & near if text.layer_types[i] == "sliding" else real
-            x, _, _ = layer(x, position_ids, visible, None, None)
+            x, _, _ = layer(x, position_ids, visible, None, None, None if per_layer is None else per_layer[:, :, i])
         x = self.model.norm(x)
         # mean pooling as a weighted sum with weights 1 / count: no sum larger than its largest term (fp16)
         weights = attention_mask.to(x.dtype)

@@ -139,10 +139,12 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(h, cfg.layer_intermediate_size(layer))
         self.input_layernorm = Norm(h, cfg)
         # Gemma 1: the pre-MLP norm. Gemma 2-4: the norm of the attention output.
-        self.post_attention_layernorm = Norm(h, cfg)
+        if not cfg.unnormed_outputs:
+            self.post_attention_layernorm = Norm(h, cfg)
         if cfg.sandwich_norms:
             self.pre_feedforward_layernorm = Norm(h, cfg)
-            self.post_feedforward_layernorm = Norm(h, cfg)
+            if not cfg.unnormed_outputs:
+                self.post_feedforward_layernorm = Norm(h, cfg)
         if cfg.num_experts:
             self.router = Router(cfg)
             self.experts = Experts(cfg)
@@ -162,6 +164,9 @@ class DecoderLayer(nn.Module):
         if not self.cfg.sandwich_norms:
             x = x + a
             return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
+        if self.cfg.unnormed_outputs:
+            x = x + a
+            return x + self.mlp(self.pre_feedforward_layernorm(x)), present_k, present_v
         x = x + self.post_attention_layernorm(a)
         m = self.mlp(self.pre_feedforward_layernorm(x))
         if self.cfg.num_experts:  # the router and the experts read the residual stream
@@ -184,11 +189,27 @@ class Body(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention) for i in range(cfg.num_layers))
         self.norm = Norm(cfg.hidden_size, cfg)
+        self.cfg = cfg
         width = cfg.hidden_size_per_layer_input
         if width:  # Gemma 4's per-layer inputs: a token table only ever gathered, and a projection
-            self.embed_tokens_per_layer = nn.Embedding(cfg.vocab_size_per_layer_input, cfg.num_layers * width)
+            if cfg.vocab_size_per_layer_input:
+                self.embed_tokens_per_layer = nn.Embedding(cfg.vocab_size_per_layer_input, cfg.num_layers * width)
             self.per_layer_model_projection = nn.Linear(cfg.hidden_size, cfg.num_layers * width, bias=False)
             self.per_layer_projection_norm = Norm(width, cfg)
+
+    def per_layer_inputs(self, input_ids, x):
+        """Gemma 4: [B, S, layers, width], the gathered per-layer token embeddings and a
+        projection of the scaled embedding x, each normalised, summed and scaled by 2^-0.5; with
+        no token table (EmbeddingGemma 2) the normalised projection alone."""
+        cfg = self.cfg
+        b, s = input_ids.shape
+        width = cfg.hidden_size_per_layer_input
+        projected = self.per_layer_model_projection(x) * cfg.hidden_size ** -0.5
+        projected = self.per_layer_projection_norm(projected.view(b, s, cfg.num_layers, width))
+        if not cfg.vocab_size_per_layer_input:
+            return projected
+        tokens = self.embed_tokens_per_layer(input_ids) * ops.embed_scale(width, x.dtype)
+        return (projected + tokens.view(b, s, cfg.num_layers, width)) * 2.0 ** -0.5
 
 
 def cache_tensors(cfg: GemmaConfig) -> list[CacheTensor]:
@@ -265,7 +286,7 @@ class GemmaForCausalLM(nn.Module):
         x = x * ops.embed_scale(cfg.hidden_size, x.dtype)
         if spliced is not None:  # one-hot rows: a MatMul places each given row at its column exactly
             x = torch.where(replaced[..., None], hit.transpose(1, 2).to(x.dtype) @ embeds.to(x.dtype), x)
-        per_layer = self._per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
+        per_layer = self.model.per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
         return x, per_layer
 
     def layers_from(self, start: int, x, position_ids, attention_mask, past, presents: list, per_layer,
@@ -297,17 +318,6 @@ class GemmaForCausalLM(nn.Module):
         if cfg.final_softcap:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         return logits
-
-    def _per_layer_inputs(self, input_ids, x):
-        """Gemma 4: [B, S, layers, width], the gathered per-layer token embeddings and a
-        projection of the scaled embedding x, each normalised, summed and scaled by 2^-0.5."""
-        cfg, m = self.cfg, self.model
-        b, s = input_ids.shape
-        width = cfg.hidden_size_per_layer_input
-        tokens = m.embed_tokens_per_layer(input_ids) * ops.embed_scale(width, x.dtype)
-        projected = m.per_layer_model_projection(x) * cfg.hidden_size ** -0.5
-        projected = m.per_layer_projection_norm(projected.view(b, s, cfg.num_layers, width))
-        return (projected + tokens.view(b, s, cfg.num_layers, width)) * 2.0 ** -0.5
 
 
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:

@@ -76,7 +76,7 @@ def _roles(config_json: str) -> Roles:
         final_norm=names[id(inner.norm.weight)],
         layers=paths[id(inner.layers)],
         products=tuple(names[id(m.weight)] for m in model.modules() if isinstance(m, nn.Linear)),
-        per_layer_table=names[id(inner.embed_tokens_per_layer.weight)] if per_layer else None,
+        per_layer_table=names[id(inner.embed_tokens_per_layer.weight)] if cfg.vocab_size_per_layer_input else None,
         per_layer_projection=names[id(inner.per_layer_model_projection.weight)] if per_layer else None,
         expert_tables=of(Experts),
         router=of(Router))

@@ -68,7 +68,7 @@ def randomise(model) -> None:
     """Every weight random, norms and Gemma 4's scales and layer scalars included: transformers
     initialises them to a constant, which would hide a wrong 1 + w or a missing scalar. Gemma 4's
     norms multiply by w itself, so they stay around 1."""
-    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified") else 0.0
+    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified", "embedding_gemma2") else 0.0
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "norm" in pname or "scale" in pname:

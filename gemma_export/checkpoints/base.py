@@ -124,3 +124,20 @@ def check_weights(cfg: GemmaConfig, weights: WeightSource, where: str) -> None:
         raise CheckpointError(
             f"{where}: {len(extra)} unexpected tensor(s) for this config, e.g. {sorted(extra)[0]!r}")
 
+
+class RenamedWeights:
+    """A WeightSource whose tensors are other sources' tensors under new names."""
+
+    def __init__(self, names: dict[str, tuple[WeightSource, str]]):
+        self._names = names
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        source, stored = self._names[name]
+        return tuple(source.shape(stored))
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        source, stored = self._names[name]
+        return source.read_rows(stored, start, stop)

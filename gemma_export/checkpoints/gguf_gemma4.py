@@ -109,6 +109,8 @@ def gemma4_config(get: Callable[..., Any], shapes: dict[str, tuple[int, ...]], r
            "moe_intermediate_size": get("expert_feed_forward_length", int, 0) if experts else 0}
     per_layer_width = get("embedding_length_per_layer_input", int, 0)
     table = shapes.get("model.embed_tokens_per_layer.weight")
+    if per_layer_width and not table:
+        raise ConfigError(f"{where}: per-layer inputs of width {per_layer_width} without their token table")
     family = FAMILIES["gemma4"]
     return GemmaConfig(
         family="gemma4",

@@ -43,6 +43,27 @@ _PLACEHOLDER_IDS = ("image_token_index", "image_token_id", "boi_token_index", "b
 _WRAPPER_IGNORED = {"mm_tokens_per_image", "tie_word_embeddings"}
 
 
+# Gemma's relatives in transformers 5.x of an architecture we do not export: model_type -> what it is.
+# (VaultGemma is a family; EmbeddingGemma 2 an embedding model, checkpoints/embedding_gemma2.py.)
+RELATIVES = {
+    "t5gemma": "an encoder-decoder model (T5Gemma)",
+    "t5gemma2": "an encoder-decoder model (T5Gemma 2)",
+    "recurrent_gemma": "a recurrent (Griffin) model: RG-LRU recurrence and local attention",
+    "paligemma": "a vision-language model with prefix-LM attention (PaliGemma)",
+    "diffusion_gemma": "a diffusion language model (it denoises a canvas, no next-token decoding)",
+    "shieldgemma2": "an image-safety classifier (ShieldGemma 2: a yes/no head over Gemma 3)",
+    "gemma3n": "Gemma 3n (AltUp, LAuReL and per-layer inputs of its own)",
+    "gemma4_assistant": "a speculative-decoding draft model (it reads its target model's states)",
+    "gemma4_unified_assistant": "a speculative-decoding draft model (it reads its target model's states)",
+}
+
+
+def refuse_relative(model_type: object, where: str) -> None:
+    """A relative of Gemma we do not export, refused by name with what it is."""
+    if isinstance(model_type, str) and model_type in RELATIVES:
+        raise ConfigError(f"{where}: {model_type} is {RELATIVES[model_type]}: not supported")
+
+
 @dataclasses.dataclass(frozen=True)
 class Multimodal:
     """What a multimodal checkpoint has beside its text decoder."""
@@ -186,6 +207,7 @@ def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body
     Transformer), whose use_bidirectional_attention must be true; a decoder's must not be."""
     model_type = raw.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        refuse_relative(model_type, where)
         supported = [*MODEL_TYPES, *MULTIMODAL_MODEL_TYPES]
         raise ConfigError(f"{where}: unknown model_type {model_type!r} (supported: {', '.join(supported)})")
     family = FAMILIES[MODEL_TYPES[model_type]]
@@ -318,6 +340,8 @@ def _gemma4_fields(f: Fields, family: Family, layer_types: tuple[str, ...], head
             f.take(name, int, None)
     per_layer_width = f.take("hidden_size_per_layer_input", int, 256) if family.inputs_and_experts else 0
     per_layer_vocab = f.take("vocab_size_per_layer_input", int, 262_144) if family.inputs_and_experts else 0
+    if per_layer_width and not per_layer_vocab:  # GemmaConfig's projection-only form is EmbeddingGemma 2's
+        raise ConfigError(f"{where}: vocab_size_per_layer_input = 0 with per-layer inputs is not supported")
     return {
         "global_head_dim": global_dim if global_dim is not None else 512,  # transformers' default
         # transformers applies num_global_key_value_heads only when attention_k_eq_v is set

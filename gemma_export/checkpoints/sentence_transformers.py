@@ -1,7 +1,9 @@
 """A sentence-transformers folder (EmbeddingGemma) -> the embedding model's config, weights,
 tokenizer and prompts. modules.json must list a Transformer (a gemma3_text config with
-use_bidirectional_attention, read by hf_config.py), a mean Pooling, Dense layers with the identity
-activation and a Normalize, in that order; any other module is refused by its name, never dropped.
+use_bidirectional_attention, read by hf_config.py, or an EmbeddingGemma 2 config, read by
+embedding_gemma2.py), a mean Pooling, Dense layers with the identity activation and a Normalize, in
+that order; any other module is refused by its name, never dropped. An EmbeddingGemma 2
+transformers folder without modules.json is read as its Transformer, mean pooling and Normalize.
 Every field of the modules' JSON files is understood or an error, as config.json's are. Both the
 5.x layout (sentence_transformers.models.X, pooling_mode_*_tokens flags) and the 6.x one
 (sentence_transformers.base.modules..., pooling_mode) are read.
@@ -13,9 +15,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from gemma_export.checkpoints.base import WeightSource, check_weights
+from gemma_export.checkpoints.base import RenamedWeights, WeightSource, check_weights
+from gemma_export.checkpoints.embedding_gemma2 import MODEL_TYPES as EMBEDDING_GEMMA2_TYPES
+from gemma_export.checkpoints.embedding_gemma2 import Body, is_embedding_gemma2, open_body
 from gemma_export.checkpoints.hf_config import Fields, parse_hf_config
 from gemma_export.checkpoints.json_files import read_json
 from gemma_export.checkpoints.safetensors_dir import folder_weights
@@ -33,6 +36,18 @@ def is_sentence_transformers_folder(path: Path | str | None) -> bool:
     return path is not None and (Path(path) / MODULES_FILE).is_file()
 
 
+def is_embedding_folder(path: Path | str | None) -> bool:
+    """A sentence-transformers folder, or an EmbeddingGemma 2 transformers folder."""
+    return path is not None and (is_sentence_transformers_folder(path) or is_embedding_gemma2(Path(path)))
+
+
+def open_embedding_folder(folder: Path) -> EmbeddingSource:
+    if is_sentence_transformers_folder(folder):
+        return open_sentence_transformers(folder)
+    body, max_len = _transformer(folder)
+    return _source(folder, body, (), max_len, ("transformers " + body.text.family, "mean pooling", "Normalize"))
+
+
 @dataclasses.dataclass
 class EmbeddingSource:
     """A sentence-transformers folder opened for export."""
@@ -48,6 +63,7 @@ class EmbeddingSource:
     modules: tuple[str, ...]  # the modules.json types, in order
     fingerprints: dict[str, str]
     description: str
+    skipped: tuple[str, ...] = ()  # the checkpoint's towers not exported ("vision", "audio")
 
     def tokenizer(self) -> Tokenizer | None:
         return None if self.tokenizer_file is None else Tokenizer(*self.tokenizer_file, self.config.text.bos_token_id,
@@ -60,48 +76,36 @@ def open_sentence_transformers(folder: Path) -> EmbeddingSource:
     if kinds[:2] != ["Transformer", "Pooling"] or kinds[-1] != "Normalize" or set(kinds[2:-1]) - {"Dense"}:
         raise CheckpointError(f"{folder / MODULES_FILE}: modules {', '.join(kinds)} are not supported (an embedding "
                               "model here is Transformer, Pooling, Dense..., Normalize)")
-    body_dir = modules[0][1]
-    text, max_len = _transformer(body_dir)
-    _pooling(modules[1][1], text.hidden_size)
+    body, max_len = _transformer(modules[0][1])
+    width = body.head[-1].out_features if body.head else body.text.hidden_size
+    _pooling(modules[1][1], width)
     dense, dense_weights, fingerprints = [], {}, {}
-    for i, (_, path, _) in enumerate(modules[2:-1]):
-        layer, source, prints = _dense(path, dense[-1].out_features if dense else text.hidden_size)
+    for i, (_, path, _) in enumerate(modules[2:-1], start=len(body.head)):
+        layer, source, prints = _dense(path, dense[-1].out_features if dense else width)
         dense.append(layer)
         dense_weights[f"dense.{i}.weight"] = (source, "linear.weight")
         if layer.bias:
             dense_weights[f"dense.{i}.bias"] = (source, "linear.bias")
         fingerprints.update({f"{path.name}/{name}": v for name, v in prints.items()})
     _normalize(modules[-1][1])
-    cfg = EmbeddingConfig(text, tuple(dense))
-    body, prints = folder_weights(body_dir)
-    fingerprints.update(prints)
-    body_names = {("model." + n if not n.startswith("model.") else n): (body, n) for n in body.names()}
-    weights = RenamedWeights({**body_names, **dense_weights})
-    check_weights(text, RenamedWeights(body_names), str(body_dir))
+    body = dataclasses.replace(body, fingerprints={**body.fingerprints, **fingerprints})
+    return _source(folder, body, tuple(dense), max_len, tuple(t for _, _, t in modules), dense_weights)
+
+
+def _source(folder: Path, body: Body, dense: tuple[Dense, ...], max_len: int | None, modules: tuple[str, ...],
+            dense_weights: dict | None = None) -> EmbeddingSource:
+    """The source of a body with its head, the folder's prompts and tokenizer."""
+    cfg = EmbeddingConfig(body.text, (*body.head, *dense))
+    weights = RenamedWeights({**body.names, **(dense_weights or {})})
     _check_head(cfg, weights, str(folder))
     prompts, default = _prompts(folder)
+    sentence_transformers = is_sentence_transformers_folder(folder)
+    body_dir = _modules(folder)[0][1] if sentence_transformers else folder
+    kind = "sentence-transformers" if sentence_transformers else "transformers"
     tokenizer_file = _tokenizer_file(body_dir)
-    prefix, suffix = _framing(body_dir, text)
-    return EmbeddingSource(cfg, weights, tokenizer_file, prompts, default, prefix, suffix, max_len,
-                           tuple(t for _, _, t in modules), fingerprints, f"sentence-transformers folder {folder}")
-
-
-class RenamedWeights:
-    """A WeightSource whose tensors are other sources' tensors under new names."""
-
-    def __init__(self, names: dict[str, tuple[WeightSource, str]]):
-        self._names = names
-
-    def names(self) -> list[str]:
-        return list(self._names)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        source, stored = self._names[name]
-        return tuple(source.shape(stored))
-
-    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        source, stored = self._names[name]
-        return source.read_rows(stored, start, stop)
+    prefix, suffix = _framing(body_dir, body.text)
+    return EmbeddingSource(cfg, weights, tokenizer_file, prompts, default, prefix, suffix, max_len, modules,
+                           body.fingerprints, f"{kind} folder {folder}", body.skipped)
 
 
 def _modules(folder: Path) -> list[tuple[str, Path, str]]:
@@ -147,13 +151,13 @@ def _sections(f: Fields) -> None:
         f.expect(name, _SECTIONS)
 
 
-def _transformer(path: Path) -> tuple[GemmaConfig, int | None]:
-    """The body's config and the folder's max_seq_length (sentence_bert_config.json, else the
-    tokenizer's model_max_length), if stated."""
+def _transformer(path: Path) -> tuple[Body, int | None]:
+    """The body (EmbeddingGemma's Gemma 3, or EmbeddingGemma 2's) and the folder's max_seq_length
+    (sentence_bert_config.json, else the tokenizer's model_max_length), if stated."""
     raw = read_json(path / "config.json") if (path / "config.json").is_file() else None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path / 'config.json'}: the Transformer module needs a config.json object")
-    text = parse_hf_config(raw, str(path / "config.json"), bidirectional_body=True)
+    body = open_body(path) if raw.get("model_type") in EMBEDDING_GEMMA2_TYPES else _gemma3_body(raw, path)
     f = _module_config(path, "sentence_bert_config.json")
     max_len = f.take("max_seq_length", int, None)
     f.expect("do_lower_case", (False,))
@@ -171,7 +175,15 @@ def _transformer(path: Path) -> tuple[GemmaConfig, int | None]:
         max_len = limit if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < 2**31 else None
     if max_len is not None and max_len < 1:
         raise ConfigError(f"{path / 'sentence_bert_config.json'}: max_seq_length must be positive, got {max_len}")
-    return text, max_len
+    return body, max_len
+
+
+def _gemma3_body(raw: dict, path: Path) -> Body:
+    text = parse_hf_config(raw, str(path / "config.json"), bidirectional_body=True)
+    weights, prints = folder_weights(path)
+    names = {("model." + n if not n.startswith("model.") else n): (weights, n) for n in weights.names()}
+    check_weights(text, RenamedWeights(names), str(path))
+    return Body(text, (), names, prints, ())
 
 
 def _pooling(path: Path, hidden: int) -> None:
@@ -284,4 +296,5 @@ def _framing(folder: Path, text: GemmaConfig) -> tuple[tuple[int, ...], tuple[in
 def describe_modules(source: EmbeddingSource) -> dict[str, Any]:
     """The manifest's record of the folder's modules, for people."""
     return {"modules": list(source.modules), "pooling": "mean",
-            "dense": [dataclasses.asdict(d) for d in source.config.dense], "normalize": True}
+            "dense": [dataclasses.asdict(d) for d in source.config.dense], "normalize": True,
+            "skipped_towers": list(source.skipped)}
