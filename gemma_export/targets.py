@@ -72,11 +72,12 @@ class ExportOptions:
     max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
     text_only: bool = False  # a multimodal checkpoint: the decoder alone, taking token ids only (no encoders)
     inline_functions: bool = False  # the project's functions inlined (targets whose list has inline_functions)
+    lm_head_candidates: int = 64  # the two-stage lm_head's re-scored candidates (passes/two_stage_lm_head.py); 0: off
 
 
-# The passes that store weights quantized (--quant), and with them those that lower the precision
+# The passes that store weights quantized (--quant; the two-stage lm_head's int4 scan), and with them those that lower the precision
 # (--calibrate, --dtype); each acts only when the options ask for it.
-QUANTIZERS = ("quantize_matmuls", "quantize_embedding", "quantize_lookups")
+QUANTIZERS = ("two_stage_lm_head", "quantize_matmuls", "quantize_embedding", "quantize_lookups")
 LOW_PRECISION = ("activation_scaling", "quant_recipe", *QUANTIZERS, "precision")
 
 # A GGUF's own blocks (--quant source) carry integer zero points and float offsets in MatMulNBits'
@@ -94,8 +95,8 @@ _TARGETS = (
         passes=("set_opset", "tied_lm_head", "fold_weight_transposes", "logits_index", "inplace_cache_io",
                 "attention_gqa", "constant_view_shapes", "rms_norm", "skip_rms_norm", "geglu", "pack_matmuls",
                 "drop_project_domain",
-                "activation_scaling", "quant_recipe", "quantize_matmuls", "quantize_embedding", "quantize_lookups",
-                "precision",
+                "activation_scaling", "quant_recipe", "two_stage_lm_head", "quantize_matmuls", "quantize_embedding",
+                "quantize_lookups", "precision",
                 "split_lm_head"),
         # MatMulNBits at accuracy_level 4 on the CPU quantizes its input to int8 per block.
         quantized_matmul="MatMulNBits", int8_activations=True,
