@@ -104,6 +104,7 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     bind_weights(model, source.weights)
     tokenizer = source.tokenizer()
     ctx = pass_context(cfg, options, tokenizer, source.weights)
+    ctx.copied_bytes = len(source.tokenizer_file()[1]) if source.tokenizer_file() is not None else 0
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes, multimodal)
     template_files: dict[str, bytes] = {}

@@ -140,8 +140,8 @@ def float_bytes(ctx: PassContext) -> int:
 
 def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> blocks.Bytes:
     """A unit's bytes at a width: in the files, exactly the tensors the quantizers write for it
-    (GatherBlockQuantized's own zero points, a byte a block, beside MatMulNBits' packed ones for a
-    table that both read), and streamed per decode step by its products (blocks.streamed_bytes; a
+    (GatherBlockQuantized's own zero points, a byte a block: beside MatMulNBits' packed ones for the
+    tied table, which both read, instead of them for a table only looked up), and streamed per decode step by its products (blocks.streamed_bytes; a
     table only looked up streams just the rows it gathers: nothing here). A tied lm_head read in
     two stages (lm_head_scan) streams its scan and candidate rows, and adds the scan to the files."""
     n, k = unit.shape
@@ -149,7 +149,8 @@ def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> blocks.Bytes:
     nbits = ctx.target.quantized_matmul == "MatMulNBits"
     file = blocks.stored_bytes(n, k, scheme, float_bytes(ctx), "nbits" if nbits else "dequantize_linear")
     if scheme is not None and nbits and unit.stored_as_rows and not scheme.symmetric:
-        file += n * (k // scheme.block)
+        blocks_per_row = k // scheme.block
+        file += n * blocks_per_row - (0 if unit.products else n * (-(-blocks_per_row // 2)))
     if not unit.products:
         return blocks.Bytes(file, 0)
     streamed = blocks.streamed_bytes(n, k, scheme, float_bytes(ctx), prepacked=ctx.target.int8_activations)
