@@ -58,8 +58,9 @@ def test_budget_buys_the_most_kl_per_byte_and_stays_within_it(precision_checkpoi
     by_name = {u.name: u for u in units.units(model.graph, ctx)}
     added = lambda n, w: units.unit_bytes(ctx, by_name[n], w) - units.unit_bytes(ctx, by_name[n], "int4")  # noqa: E731
     rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / max(added(n, w).file, added(n, w).streamed)  # noqa: E731
-    taken = min(rate(n, w) for n, w in ctx.quant_plan.items() if w != "int4")
-    left = [n for n, w in ctx.quant_plan.items() if w == "int4"]
+    greedy = {n: w for n, w in ctx.quant_plan.items() if n != roles(ctx.config).embedding}  # the largest: tried at each width
+    taken = min(rate(n, w) for n, w in greedy.items() if w != "int4")
+    left = [n for n, w in greedy.items() if w == "int4"]
     room = budget * 2**20 - max(q["estimated_mib"], q["estimated_streamed_mib"]) * 2**20
     fits = [n for n in left if max(added(n, "int8").file, added(n, "int8").streamed) <= room]
     assert all(rate(n, "int8") <= taken for n in fits)
@@ -221,3 +222,20 @@ def test_a_given_plan_is_replayed_without_measuring(precision_checkpoints, monke
     ctx.quant_plan = {**measured, "not.a.weight": "int4"}
     with pytest.raises(GemmaExportError, match="does not match this graph's weights"):
         apply(model, ctx, quant_recipe)
+
+
+def test_the_default_budget_holds_for_the_artifact_folder(precision_checkpoints, tmp_path):
+    """`du` of the int4 recipe's folder (weights and the copied tokenizer; the graph and the manifest
+    aside, whose size the recipe cannot know) within the default fraction of the fp32 folder's."""
+    from gemma_export.export import export
+    from gemma_export.targets import DEFAULT_BUDGET, ExportOptions
+    from test_chat_tokens import with_tokenizer
+
+    source = with_tokenizer(precision_checkpoints["peaked"], tmp_path / "ckpt")
+    sizes = {}
+    for quant in ("none", "int4"):
+        export(source, tmp_path / quant, ExportOptions(target="ort-cpu", quant=quant))
+        sizes[quant] = sum(f.stat().st_size for f in (tmp_path / quant).iterdir()
+                           if f.name not in ("model.onnx", "manifest.json"))
+    assert (tmp_path / "int4" / "tokenizer.model").is_file()
+    assert sizes["int4"] <= DEFAULT_BUDGET["int4"] * sizes["none"]
