@@ -5,9 +5,13 @@ set, e.g. from an artifact's manifest: validate --bisect) is replayed as it is, 
 
 `--quant int4` / `int8` start every unit at that width and upgrade the units whose quantization
 hurts most, by measurement (sensitivity.py: the KL divergence of the model's output
-from fp32 on calibration text when that unit alone is quantized), while the estimated size stays
-within a budget: `--max-size` MiB, or by default a fraction of the fp32 size (DEFAULT_BUDGET).
-The upgrades are taken greedily by KL saved per byte added; sensitivities are rounded to
+from fp32 on calibration text when that unit alone is quantized), within a budget: `--max-size`
+MiB, or by default a fraction (DEFAULT_BUDGET) of the fp32 folder (its weights and the tokenizer the
+export copies; ctx.copied_bytes). Bytes are counted two ways (units.unit_bytes) and the budget
+holds both: the files, exactly as the quantizers write them, and what a decode step streams
+(MatMulNBits' prepacked blocks: an fp32 scale and block sum per block; the two-stage lm_head's
+scan instead of the head). The upgrades are taken greedily by KL saved per byte added (the larger
+of the two counts), from each width of the largest unit in turn; sensitivities are rounded to
 SIGNIFICANT_DIGITS and ties broken by name, so the same source and options give the same choices
 whatever the thread count. `--quant int4-uniform` / `int8-uniform`: every unit at that width.
 
