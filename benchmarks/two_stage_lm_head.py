@@ -30,8 +30,9 @@ from gemma_export.bench import format_table, measure  # noqa: E402
 from gemma_export.verify.validate import prompt_ids  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "two_stage_lm_head.json"
-COLUMNS = [("size MiB", "size_mib", "{:.0f}"), ("top-1", "top1_agreement", "{:.2%}"), ("KL", "kl_divergence", "{:.2e}"),
-           ("ppl", "perplexity", "{:.3f}"), ("decode tok/s", "decode", "{:.1f}"), ("prefill tok/s", "prefill", "{:.0f}"),
+COLUMNS = [("size MiB", "size_mib", "{:.0f}"), ("top-1", "top1_agreement", "{:.2%}"),
+           ("KL", "kl_divergence", "{:.2e}"), ("ppl", "perplexity", "{:.3f}"), ("decode tok/s", "decode", "{:.1f}"),
+           ("prefill tok/s", "prefill", "{:.0f}"),
            ("decode vs one-stage", "vs_one_stage", "{:.2f}x"), ("decode per round", "rounds", "{}")]
 
 

@@ -75,11 +75,11 @@ class ExportOptions:
     max_size_mib: float | None = None  # the int8 / int4 / source recipes' budget; None: the recipe's default
     text_only: bool = False  # a multimodal checkpoint: the decoder alone, taking token ids only (no encoders)
     inline_functions: bool = False  # the project's functions inlined (targets whose list has inline_functions)
-    lm_head_candidates: int = 64  # the two-stage lm_head's re-scored candidates (passes/two_stage_lm_head.py); 0: off
+    lm_head_candidates: int = 64  # the two-stage lm_head's re-scored candidates (two_stage_lm_head); 0: off
 
 
-# The passes that store weights quantized (--quant; the two-stage lm_head's int4 scan), and with them those that lower the precision
-# (--calibrate, --dtype); each acts only when the options ask for it.
+# The passes that store weights quantized (--quant; the two-stage lm_head's int4 scan), and with them
+# those that lower the precision (--calibrate, --dtype); each acts only when the options ask for it.
 QUANTIZERS = ("two_stage_lm_head", "quantize_matmuls", "quantize_embedding", "quantize_lookups")
 LOW_PRECISION = ("activation_scaling", "quant_recipe", *QUANTIZERS, "precision")
 

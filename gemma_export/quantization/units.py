@@ -140,10 +140,11 @@ def float_bytes(ctx: PassContext) -> int:
 
 def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> blocks.Bytes:
     """A unit's bytes at a width: in the files, exactly the tensors the quantizers write for it
-    (GatherBlockQuantized's own zero points, a byte a block: beside MatMulNBits' packed ones for the
-    tied table, which both read, instead of them for a table only looked up), and streamed per decode step by its products (blocks.streamed_bytes; a
-    table only looked up streams just the rows it gathers: nothing here). A tied lm_head read in
-    two stages (lm_head_scan) streams its scan and candidate rows, and adds the scan to the files."""
+    (GatherBlockQuantized's own zero points, a byte a block: beside MatMulNBits' packed ones for
+    the tied table, which both read, instead of them for a table only looked up), and streamed per
+    decode step by its products (blocks.streamed_bytes; a table only looked up streams just the
+    rows it gathers: nothing here). A tied lm_head read in two stages (lm_head_scan) streams its
+    scan and candidate rows, and adds the scan to the files."""
     n, k = unit.shape
     scheme = scheme_for_unit(ctx, unit, width)
     nbits = ctx.target.quantized_matmul == "MatMulNBits"
