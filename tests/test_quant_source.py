@@ -45,7 +45,9 @@ def mixed_gguf(tmp_path_factory):
 def test_source_blocks_give_the_fp32_exports_logits(mixed_gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(quantize_matmuls, "ACCURACY_LEVEL", 0)  # fp32 activations: exact products
     fp32 = export(mixed_gguf, tmp_path / "fp32", ExportOptions(max_seq_len=64))
-    source = export(mixed_gguf, tmp_path / "source", ExportOptions(quant="source-uniform", max_seq_len=64))
+    # one-stage lm_head: the two-stage head's tail is an int4 scan (tests/test_pass_two_stage_lm_head.py)
+    source = export(mixed_gguf, tmp_path / "source", ExportOptions(quant="source-uniform", max_seq_len=64,
+                                                                   lm_head_candidates=0))
     report = source.report["quantization"]
     assert set(report["choices"].values()) == {"source"} and not report["requantized"]
     assert report["source_types"]["model.layers.0.self_attn.q_proj+k_proj+v_proj"] == "Q5_0+Q8_0"
