@@ -55,6 +55,8 @@ OURS = {  # name -> export options; max_size_of_fp32: --max-size as a fraction o
     "int8 at 55%": {"quant": "int8", "max_size_of_fp32": 0.55},
     "int8-uniform": {"quant": "int8-uniform"},
     "int4": {"quant": "int4"},
+    "int4-one-stage": {"quant": "int4", "lm_head_candidates": 0},
+    "int8-one-stage": {"quant": "int8", "lm_head_candidates": 0},
     "int4 at 25%": {"quant": "int4", "max_size_of_fp32": 0.25},
     "int4 at 20%": {"quant": "int4", "max_size_of_fp32": 0.20},
     "int4-uniform": {"quant": "int4-uniform"},

@@ -62,6 +62,9 @@ def export(
                                              + f" of the fp32 size; source: {SOURCE_HEADROOM:.0%} over the size with every block kept)"),
     block_size: int = typer.Option(32, help="quantization block: inputs sharing a scale (int8, int4)"),
     calibrate: bool = typer.Option(False, help="activation-aware scaling before quantizing (int8, int4)"),
+    lm_head_candidates: int = typer.Option(64, help="ort-cpu with --quant: the tied lm_head in two stages, an int4 "
+                                           "scan and this many candidates re-scored from the stored rows where it "
+                                           "pays (greedy and top-k <= this are exact); 0: one stage"),
     keep_embeddings_fp: bool = typer.Option(False, help="do not quantize the embedding / lm_head (nor Gemma 4's "
                                             "per-layer table)"),
     max_seq_len: int = typer.Option(4096, help="KV-cache length (clamped to the model's context)"),
@@ -79,7 +82,8 @@ def export(
 
     options = ExportOptions(target=target, dtype=dtype, quant=quant, block_size=block_size, calibrate=calibrate,
                             keep_embeddings_fp=keep_embeddings_fp, max_seq_len=max_seq_len, max_size_mib=max_size,
-                            text_only=text_only, inline_functions=inline_functions)
+                            text_only=text_only, inline_functions=inline_functions,
+                            lm_head_candidates=lm_head_candidates)
     progress = _Progress()
     try:
         manifest = run_export(source, out, options, force=force, dump_ir=dump_ir, progress=progress)

@@ -82,9 +82,10 @@ def quantization(q: dict) -> list[str]:
     widths = Counter(q["choices"].values())
     lines = [f"recipe {q['recipe']}: " + ", ".join(f"{n} x {w}" for w, n in sorted(widths.items()))]
     if "budget_mib" in q:
+        streamed = f", {q['estimated_streamed_mib']} MiB streamed per step" if "estimated_streamed_mib" in q else ""
         lines.append(f"  budget {q['budget_mib']} MiB (fp32 {q['fp32_mib']} MiB, all at the narrowest width "
-                     f"{q['all_narrowest_mib']} MiB), estimated {q['estimated_mib']} MiB; sensitivity: "
-                     f"{q['sensitivity']['measure']} over {q['sensitivity']['tokens']} tokens")
+                     f"{q['all_narrowest_mib']} MiB), estimated {q['estimated_mib']} MiB in files{streamed}; "
+                     f"sensitivity: {q['sensitivity']['measure']} over {q['sensitivity']['tokens']} tokens")
     kl = q.get("sensitivity", {}).get("kl", {})
     types = q.get("source_types", {})
     for name, width in q["choices"].items():
@@ -104,6 +105,11 @@ def low_precision(manifest: Manifest) -> list[str]:
                      + ("" if quant["embeddings_quantized"] else ", embedding kept in floating point"))
     if "quantization" in report:
         lines += quantization(report["quantization"])
+    if "candidates" in report.get("two_stage_lm_head", {}):
+        t = report["two_stage_lm_head"]
+        lines.append(f"lm_head: two stages, an int{t['scan']['bits']} scan (blocks of {t['scan']['block']}) and "
+                     f"{t['candidates']} candidates re-scored from the {t['rows']} rows with fp32 activations; "
+                     f"exact for {t['exact']}; the tail: {t['tail']}")
     if "calibration" in report:
         c = report["calibration"]
         chosen = Counter(c["alpha"].values())

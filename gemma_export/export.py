@@ -57,6 +57,8 @@ def resolve_options(options: ExportOptions) -> ExportOptions:
         raise GemmaExportError(f"--max-seq-len must be positive, got {options.max_seq_len}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise GemmaExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
+    if options.lm_head_candidates < 0:
+        raise GemmaExportError(f"--lm-head-candidates must be 0 (off) or positive, got {options.lm_head_candidates}")
     method = QuantMethod.parse(options.quant)
     if options.calibrate and method.bits is None:
         raise GemmaExportError("--calibrate applies to --quant int8 or int4 (and their -uniform forms)")
@@ -102,6 +104,7 @@ def _export(source_path: Path | str | None, claim: artifact.Claim, options: Expo
     bind_weights(model, source.weights)
     tokenizer = source.tokenizer()
     ctx = pass_context(cfg, options, tokenizer, source.weights)
+    ctx.copied_bytes = len(source.tokenizer_file()[1]) if source.tokenizer_file() is not None else 0
     passes = run_pipeline(model, ctx, dump_ir, on_pass=lambda name, n: say(f"pass {name}", n, n))
     manifest = _manifest(model, source, ctx, passes, multimodal)
     template_files: dict[str, bytes] = {}

@@ -161,7 +161,14 @@ class Model:
         """[len(ids), vocab] float32 logits at every position, ids used as given. With media, ids are
         the expanded prompt and arrays the processor's named arrays as transformers' processor
         returns them (pixel_values, image_position_ids, input_features, input_features_mask;
-        token_type_ids or mm_token_type_ids, if given, must mark exactly the image tokens)."""
+        token_type_ids or mm_token_type_ids, if given, must mark exactly the image tokens).
+
+        An export whose lm_head runs in two stages (manifest report `two_stage_lm_head`, shown by
+        `inspect`: ort-cpu with --quant) returns full logits too, but only its top `candidates` are
+        the int8 head's values with fp32 activations; the tail is an int4 scan's values, each capped
+        at the lowest candidate's. Greedy decoding and top-k sampling with top_k <= candidates see
+        the exact head; other sampling settings (top-p, temperature alone, min-p) and
+        log-probabilities of tail tokens see the int4 tail."""
         self.require_decoder()
         media = self.media_prompt(ids, arrays) if arrays else None
         ids = self._check_ids(ids, media=media is not None)

@@ -10,7 +10,8 @@ import pytest
 from gemma_export import ort_run
 from gemma_export.errors import GemmaExportError
 from gemma_export.quantization.float64_reference import DTYPE
-from gemma_export.passes import quant_recipe, quantize_embedding, quantize_matmuls
+from gemma_export.passes import (quant_recipe, quantize_embedding, quantize_lookups, quantize_matmuls,
+                                  two_stage_lm_head)
 from gemma_export.quantization import blocks, sensitivity
 from gemma_export.quantization import units
 from gemma_graphs.roles import roles
@@ -51,14 +52,18 @@ def test_budget_buys_the_most_kl_per_byte_and_stays_within_it(precision_checkpoi
     for name, by_width in kl.items():
         assert by_width["int4"] >= by_width["int8"] >= by_width["float"] == 0.0
     # every unit left at int4 would have saved less KL per byte than the cheapest upgrade taken
+    assert q["estimated_streamed_mib"] <= budget + 0.01
+    # every unit left at int4 would have saved less KL per byte than the cheapest upgrade taken (a
+    # step's bytes: the larger of what it adds to the files and to the stream)
     by_name = {u.name: u for u in units.units(model.graph, ctx)}
-    rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / (units.unit_bytes(ctx, by_name[n], w)  # noqa: E731
-                                                      - units.unit_bytes(ctx, by_name[n], "int4"))
-    taken = min(rate(n, w) for n, w in ctx.quant_plan.items() if w != "int4")
-    left = [n for n, w in ctx.quant_plan.items() if w == "int4"]
-    room = budget * 2**20 - q["estimated_mib"] * 2**20
-    fits = [n for n in left if units.unit_bytes(ctx, by_name[n], "int8")
-            - units.unit_bytes(ctx, by_name[n], "int4") <= room]
+    added = lambda n, w: units.unit_bytes(ctx, by_name[n], w) - units.unit_bytes(ctx, by_name[n], "int4")  # noqa: E731
+    rate = lambda n, w: (kl[n]["int4"] - kl[n][w]) / max(added(n, w).file, added(n, w).streamed)  # noqa: E731
+    largest = roles(ctx.config).embedding  # tried at each width, not by the greedy's rate
+    greedy = {n: w for n, w in ctx.quant_plan.items() if n != largest}
+    taken = min(rate(n, w) for n, w in greedy.items() if w != "int4")
+    left = [n for n, w in greedy.items() if w == "int4"]
+    room = budget * 2**20 - max(q["estimated_mib"], q["estimated_streamed_mib"]) * 2**20
+    fits = [n for n in left if max(added(n, "int8").file, added(n, "int8").streamed) <= room]
     assert all(rate(n, "int8") <= taken for n in fits)
 
 
@@ -113,6 +118,51 @@ def _kl(ref: np.ndarray, ours: np.ndarray) -> float:
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
     p, q = log_softmax(ref), log_softmax(ours)
     return float((np.exp(p) * (p - q)).sum())
+
+
+@pytest.mark.parametrize("target,quant", [("ort-cpu", "int4-uniform"), ("ort-cpu", "int8-uniform"),
+                                          ("onnx", "int4-uniform"), ("tensorrt", "int8-uniform")])
+def test_byte_model_is_the_emitted_initializers(precision_checkpoints, target, quant):
+    """Each unit's file bytes in the recipe's byte model are exactly the initializers the quantizers
+    leave for it (ort-cpu int8: the tied table read in two stages, its int4 scan included)."""
+    model, ctx, _ = recipe(precision_checkpoints["peaked"], target, quant=quant)
+    found = units.units(model.graph, ctx)
+    done, _ = apply(model, ctx, two_stage_lm_head, quantize_matmuls, quantize_embedding, quantize_lookups)
+    two_stage = "candidates" in ctx.report.get("two_stage_lm_head", {})
+    assert two_stage == (target == "ort-cpu" and quant == "int8-uniform")
+    for unit in found:
+        emitted = sum(v.const_value.nbytes for name, v in done.graph.initializers.items()
+                      if name.startswith(unit.name + ".") and v.dtype != ir.DataType.INT64)
+        assert units.unit_bytes(ctx, unit, ctx.quant_plan[unit.name]).file == emitted, unit.name
+
+
+def test_byte_model_of_a_table_only_looked_up(tmp_path):
+    """Gemma 4's per-layer table at int4 on ort-cpu: GatherBlockQuantized's zero points, a byte a
+    block, and no packed copy; it streams nothing per step but the rows it gathers."""
+    from tiny import write_checkpoint
+
+    from gemma_export.passes import set_opset
+    from gemma_export.targets import ExportOptions
+    from pass_harness import traced
+
+    model, ctx = traced(write_checkpoint("gemma4-shared", tmp_path / "ple"),
+                        ExportOptions(target="ort-cpu", quant="int4-uniform"))
+    table = roles(ctx.config).per_layer_table
+    done, _ = apply(model, ctx, set_opset, quant_recipe, quantize_lookups)  # its products' K of 8 has no block
+    unit = next(u for u in units.units(model.graph, ctx) if u.name == table)
+    emitted = sum(v.const_value.nbytes for name, v in done.graph.initializers.items()
+                  if name.startswith(table + ".") and v.dtype != ir.DataType.INT64)
+    assert units.unit_bytes(ctx, unit, "int4") == blocks.Bytes(emitted, 0)
+
+
+def test_streamed_bytes_are_the_prepacked_blocks():
+    """At blocks of 32 MatMulNBits' prepacked int8 streams 10 bits a weight and int4 6 (the files: 9 and
+    5.125 + a packed zero point)."""
+    int8, int4 = blocks.scheme(8, 32), blocks.scheme(4, 32)
+    assert blocks.streamed_bytes(64, 256, int8, 4, prepacked=True) * 8 == 64 * 256 * 10
+    assert blocks.streamed_bytes(64, 256, int4, 4, prepacked=True) * 8 == 64 * 256 * 6
+    assert blocks.stored_bytes(64, 256, int8, 4) * 8 == 64 * 256 * 9
+    assert blocks.streamed_bytes(64, 256, int4, 4, prepacked=False) == blocks.stored_bytes(64, 256, int4, 4)
 
 
 def test_stored_bytes_match_the_written_tensors():
@@ -174,3 +224,20 @@ def test_a_given_plan_is_replayed_without_measuring(precision_checkpoints, monke
     ctx.quant_plan = {**measured, "not.a.weight": "int4"}
     with pytest.raises(GemmaExportError, match="does not match this graph's weights"):
         apply(model, ctx, quant_recipe)
+
+
+def test_the_default_budget_holds_for_the_artifact_folder(precision_checkpoints, tmp_path):
+    """`du` of the int4 recipe's folder (weights and the copied tokenizer; the graph and the manifest
+    aside, whose size the recipe cannot know) within the default fraction of the fp32 folder's."""
+    from gemma_export.export import export
+    from gemma_export.targets import DEFAULT_BUDGET, ExportOptions
+    from test_chat_tokens import with_tokenizer
+
+    source = with_tokenizer(precision_checkpoints["peaked"], tmp_path / "ckpt")
+    sizes = {}
+    for quant in ("none", "int4"):
+        export(source, tmp_path / quant, ExportOptions(target="ort-cpu", quant=quant))
+        sizes[quant] = sum(f.stat().st_size for f in (tmp_path / quant).iterdir()
+                           if f.name not in ("model.onnx", "manifest.json"))
+    assert (tmp_path / "int4" / "tokenizer.model").is_file()
+    assert sizes["int4"] <= DEFAULT_BUDGET["int4"] * sizes["none"]

@@ -34,6 +34,8 @@ class PassContext:
     weights: WeightSource | None = None
     # weight (initializer) name -> its activation-aware scale s (--calibrate): the graph holds W s, its products read x / s
     input_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # bytes of the files the export copies beside the weights (the tokenizer): a recipe's default budget covers them
+    copied_bytes: int = 0
 
     def left_alone(self, pass_name: str, candidate: str, reason: str) -> None:
         """Records a candidate the pass did not rewrite and why, as onnxscript's rewriter reports a

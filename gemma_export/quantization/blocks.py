@@ -36,6 +36,23 @@ class Scheme:
         return 2 ** self.bits - 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Bytes:
+    """A weight's bytes two ways: in the artifact's files (what `du` counts) and streamed by a
+    decode step (what its speed follows)."""
+    file: int
+    streamed: int
+
+    def __add__(self, other: Bytes) -> Bytes:
+        return Bytes(self.file + other.file, self.streamed + other.streamed)
+
+    def __sub__(self, other: Bytes) -> Bytes:
+        return Bytes(self.file - other.file, self.streamed - other.streamed)
+
+    def within(self, budget: int) -> bool:
+        return self.file <= budget and self.streamed <= budget
+
+
 @dataclasses.dataclass
 class Quantized:
     """value = scale * (code - zero_point) (+ offset), per block along a row."""
@@ -133,15 +150,38 @@ def product_error(x: np.ndarray, stored: np.ndarray, reference: np.ndarray, inpu
     return float(np.square(xq.astype(np.float64) @ stored.astype(np.float64).T - reference).sum())
 
 
-def stored_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int) -> int:
-    """Bytes of an [rows, k] weight as MatMulNBits stores it (codes, float32 scales, packed zero
-    points, float32 offsets where the scheme has them), or in float (s None)."""
+def stored_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int, layout: str = "nbits") -> int:
+    """Bytes of an [rows, k] weight in the artifact's files, exactly as the quantizers write it, or
+    in float (s None). layout "nbits": MatMulNBits' tensors (codes, float32 scales, zero points packed
+    two to a byte per row at 4 bits, float32 offsets where the scheme has them);
+    "dequantize_linear": DequantizeLinear's (codes, float32 scales, zero points of the codes' type,
+    4-bit tensors packed two to a byte over the whole tensor)."""
     if s is None:
         return rows * k * float_bytes
     blocks = k // s.block
-    zero = 0 if s.symmetric else rows * (-(-blocks // 2) if s.bits == 4 else blocks)
     offsets = rows * blocks * 4 if s.offsets else 0
+    if layout == "dequantize_linear":
+        zero = 0 if s.symmetric else -(-rows * blocks * s.bits // 8)
+        return -(-rows * k * s.bits // 8) + rows * blocks * 4 + zero + offsets
+    zero = 0 if s.symmetric else rows * (-(-blocks // 2) if s.bits == 4 else blocks)
     return rows * k * s.bits // 8 + rows * blocks * 4 + zero + offsets
+
+
+# MatMulNBits' CPU kernel at accuracy level 4 prepacks its weight at load: the codes, and per block
+# an fp32 scale and an fp32 block sum (zero point x scale, folded with the input's block sums), zero
+# points included or not. That is what a decode step streams: at blocks of 32, 10 bits a weight at
+# int8 and 6 at int4 (a file holds 9 and 5.125).
+PREPACKED_BLOCK_BYTES = 8
+
+
+def streamed_bytes(rows: int, k: int, s: Scheme | None, float_bytes: int, prepacked: bool) -> int:
+    """Bytes a product reading an [rows, k] weight streams per step: prepacked (MatMulNBits on the CPU
+    at accuracy level 4) codes plus PREPACKED_BLOCK_BYTES a block (and a float offset's term), else as
+    stored (float, or a kernel that reads the stored blocks)."""
+    if s is None or not prepacked:
+        return stored_bytes(rows, k, s, float_bytes)
+    blocks = k // s.block
+    return rows * k * s.bits // 8 + rows * blocks * (PREPACKED_BLOCK_BYTES + (4 if s.offsets else 0))
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:

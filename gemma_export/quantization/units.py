@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from gemma_export.passes.context import PassContext
 from gemma_export.passes.ir_utils import initializer_of
-from gemma_export.quantization import blocks
+from gemma_export.quantization import blocks, lm_head_scan
 from gemma_export.quantization.method import FLOAT, SOURCE, QuantMethod
 from gemma_export.tensors import StreamedTensor, flattened, untransposed
 from gemma_graphs.roles import Roles, roles
@@ -134,6 +134,38 @@ def quantized_units(graph: ir.Graph, ctx: PassContext, kind: Callable[[Unit], bo
     return [(unit, *plan) for unit, plan in chosen if plan is not None]
 
 
-def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> int:
+def float_bytes(ctx: PassContext) -> int:
+    return 4 if ctx.options.dtype == "fp32" else 2
+
+
+def unit_bytes(ctx: PassContext, unit: Unit, width: str) -> blocks.Bytes:
+    """A unit's bytes at a width: in the files, exactly the tensors the quantizers write for it
+    (GatherBlockQuantized's own zero points, a byte a block: beside MatMulNBits' packed ones for
+    the tied table, which both read, instead of them for a table only looked up), and streamed per
+    decode step by its products (blocks.streamed_bytes; a table only looked up streams just the
+    rows it gathers: nothing here). A tied lm_head read in two stages (lm_head_scan) streams its
+    scan and candidate rows, and adds the scan to the files."""
     n, k = unit.shape
-    return blocks.stored_bytes(n, k, scheme_for_unit(ctx, unit, width), 4 if ctx.options.dtype == "fp32" else 2)
+    scheme = scheme_for_unit(ctx, unit, width)
+    nbits = ctx.target.quantized_matmul == "MatMulNBits"
+    file = blocks.stored_bytes(n, k, scheme, float_bytes(ctx), "nbits" if nbits else "dequantize_linear")
+    if scheme is not None and nbits and unit.stored_as_rows and not scheme.symmetric:
+        blocks_per_row = k // scheme.block
+        file += n * blocks_per_row - (0 if unit.products else n * (-(-blocks_per_row // 2)))
+    if not unit.products:
+        return blocks.Bytes(file, 0)
+    streamed = blocks.streamed_bytes(n, k, scheme, float_bytes(ctx), prepacked=ctx.target.int8_activations)
+    if reads_in_two_stages(ctx, unit, width):
+        two_stage = lm_head_scan.two_stage_bytes(ctx, unit, scheme)
+        return blocks.Bytes(file + two_stage.file, two_stage.streamed)
+    return blocks.Bytes(file, streamed)
+
+
+def reads_in_two_stages(ctx: PassContext, unit: Unit, width: str) -> bool:
+    """Whether the tied lm_head at this width is read in two stages (passes/two_stage_lm_head.py):
+    where the target can and its scan streams fewer bytes than the head would."""
+    n, k = unit.shape
+    scheme = scheme_for_unit(ctx, unit, width)
+    two_stage = lm_head_scan.two_stage_bytes(ctx, unit, scheme)
+    return two_stage is not None and two_stage.streamed < blocks.streamed_bytes(
+        n, k, scheme, float_bytes(ctx), prepacked=ctx.target.int8_activations)

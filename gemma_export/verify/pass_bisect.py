@@ -147,7 +147,8 @@ def recorded_options(manifest, cfg: GemmaConfig) -> ExportOptions:
     return resolve_options(ExportOptions(
         target=manifest.target, dtype=manifest.dtype, quant=quant["method"], block_size=quant["block_size"],
         calibrate=quant["calibrated"], keep_embeddings_fp=embedding_float, max_seq_len=manifest.kv_cache.max_seq_len,
-        text_only=not manifest.config.get("media_inputs", False)))
+        text_only=not manifest.config.get("media_inputs", False),
+        lm_head_candidates=manifest.report.get("two_stage_lm_head", {}).get("candidates", 0)))
 
 
 def reexport(source, options: ExportOptions, ids: list[int], folder: Path, plan: dict[str, str] | None = None,
