@@ -8,6 +8,10 @@ rows reserve() made: row b feeds ids[b, :seq[b]] (right-padded, any pad id) at p
 last fed token, k = 1). A row fed at past 0 starts a new sequence and overwrites what it reads.
 spliced: per row, the embeddings that replace some of its columns (interface.Splice), for a
 decoder that declares interface.MEDIA_INPUTS.
+
+rewind(row, length) drops what the row's last call wrote at positions >= length (speculative
+decoding's rejected drafts): a full-length cache needs nothing (the next call overwrites them), a
+window-sized ring gets back the slots they overwrote, a growing cache is cut (one row only).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Backend(Protocol):
     def step(self, ids: np.ndarray, past: np.ndarray, seq: np.ndarray, keep: np.ndarray | None = None,
              first_row: int = 0, spliced: Sequence[Splice | None] | None = None) -> np.ndarray:
         """[rows, k, vocab] float32 logits; see the module docstring."""
+
+    def rewind(self, row: int, length: int) -> None:
+        """The row's cache as if its last call had fed only up to position length; see the module docstring."""
 
 
 def step_arrays(ids, past, seq, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
