@@ -179,3 +179,59 @@ def decode(backend: Backend, prompts: Sequence[list[int]], rows: Sequence[Genera
         for r in plain:
             past[r] += 1
             yield r, rows[r].advance(logits[r - first])
+
+
+# The engine speculates while at most this many slots are busy: verify calls run one row each
+# (onnxruntime's attention refuses several rows continuing by several tokens), so with more rows a
+# shared one-token step makes more tokens per second than their verify calls (benchmarks/speculative.py
+# measures both; see the README's speculative decoding section).
+ENGINE_MAX_ROWS = 1
+
+
+class EngineSpeculation:
+    """The Engine's speculative decoding: at a step where at most max_rows slots are busy, each
+    decoding request with a draft runs its own verify call (row views) and advances by what it
+    accepts, the token after them included; the step's one-token call then carries the rest
+    (verify_rows says which rows it advanced). With more rows busy the step is plain: a step then
+    is bound by compute, not by reading the weights, and a verify call per row costs more than the
+    shared call gains."""
+
+    def __init__(self, drafter: Drafter, ring: int | None, max_rows: int = ENGINE_MAX_ROWS):
+        if max_rows < 1:
+            raise RuntimeInputError(f"speculative rows must be >= 1, got {max_rows}")
+        self.drafter, self.ring, self.max_rows = drafter, ring, max_rows
+        self.stats = Stats()
+
+    def verify_rows(self, engine) -> set[int]:
+        """Runs the step's verify calls; the rows they advanced (or finished)."""
+        if engine.active > self.max_rows:
+            return set()
+        verified = set()
+        for r, request in enumerate(engine.slots):
+            if request is None or request._fed < len(request.prompt) or not request.tokens:
+                continue
+            generation = request.generation
+            context = [*request.prompt, *generation.tokens]
+            draft = self.drafter.draft(context, draft_limit(generation, int(engine.past[r]), engine.max_seq_len,
+                                                            self.ring))
+            if draft:
+                self._verify(engine, r, request, draft)
+                verified.add(r)
+        return verified
+
+    def _verify(self, engine, r: int, request, draft: list[int]) -> None:
+        width = 1 + len(draft)
+        backend = engine.model.backend
+        columns = backend.step(np.asarray([[request.tokens[-1], *draft]]), engine.past[r:r + 1],
+                               np.asarray([width]), np.arange(width)[None], first_row=r)[0]
+        engine.metrics.steps += 1
+        kept = 0
+        for i in range(width):
+            engine.past[r] += 1
+            kept += 1
+            engine._advance(r, request, columns[i])
+            if engine.slots[r] is not request or i == len(draft) or request.tokens[-1] != draft[i]:
+                break  # finished, the bonus token taken, or a draft rejected
+        self.stats.add(len(draft), kept)
+        if kept < width:
+            backend.rewind(r, int(engine.past[r]))

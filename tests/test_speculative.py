@@ -13,10 +13,12 @@ from scipy import stats as scipy_stats
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
+from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.generation import Generation
 from gemma_runtime.sampling import Sampler
 from gemma_runtime.speculative import PromptLookup, drafter, ring_limit, verify
+from padded_backend import padded
 from parity import prompt
 from tiny import write_checkpoint
 
@@ -197,3 +199,35 @@ def test_speculative_option_is_checked():
 def test_several_prompts_need_row_views(models):
     with pytest.raises(RuntimeInputError, match="several prompts needs a backend with row views"):
         models["gemma3", "generic"].generate(PROMPTS, max_new_tokens=4, speculative="prompt-lookup")
+
+
+def engine_run(folder, requests, **options) -> list[tuple[list[int], str]]:
+    """The requests (prompt, request options) submitted one per step to a fresh engine of 4 slots."""
+    engine = Engine(gemma_runtime.load(folder, threads=1), max_batch=4, **options)
+    submitted = []
+    for prompt_ids, kwargs in requests:
+        submitted.append(engine.submit(engine.request(prompt_ids, **kwargs)))
+        engine.step()
+    while engine.step():
+        continue
+    assert engine.speculation is None or engine.speculation.stats.verifies > 0
+    return [(r.tokens, r.finish_reason) for r in submitted]
+
+
+@pytest.mark.parametrize("name,target", [("gemma-mqa", "ort-cpu"), ("gemma3", "onnx")])
+def test_the_engine_speculates_with_the_output_of_plain_steps(name, target, models):
+    folder = models[name, target].folder
+    requests = [(PROMPTS[0], dict(max_new_tokens=30)), (PROMPTS[1], dict(max_new_tokens=None)),  # to the context's end
+                (PROMPTS[2], dict(max_new_tokens=25, logit_bias={17: 3.0, 40: 2.5})),
+                (PROMPTS[1][:7], dict(max_new_tokens=20, temperature=0.8, top_k=20, seed=3))]
+    plain = engine_run(folder, requests)
+    assert plain[1][1] == "length" and len(PROMPTS[1]) + len(plain[1][0]) == MAX_SEQ_LEN
+    oracle = Oracle([p for p, _ in requests], [tokens for tokens, _ in plain], k=6, wrong=3)
+    assert engine_run(folder, requests, speculative=oracle, speculative_rows=4) == plain  # every step speculates
+    assert engine_run(folder, requests, speculative="prompt-lookup") == plain  # only while one slot is busy
+
+
+def test_the_engine_refuses_speculation_without_row_views(models):
+    model = padded(gemma_runtime.load(models["gemma-mqa", "ort-cpu"].folder, threads=1))
+    with pytest.raises(RuntimeInputError, match="needs a backend with row views"):
+        Engine(model, speculative="prompt-lookup")
