@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 import gemma_runtime
+from cli_util import cli
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.engine import Engine
@@ -231,3 +232,29 @@ def test_the_engine_refuses_speculation_without_row_views(models):
     model = padded(gemma_runtime.load(models["gemma-mqa", "ort-cpu"].folder, threads=1))
     with pytest.raises(RuntimeInputError, match="needs a backend with row views"):
         Engine(model, speculative="prompt-lookup")
+
+
+def test_stop_strings_stream_and_the_cli_option(server_artifact, capsys):
+    model = gemma_runtime.load(server_artifact, threads=1)
+    text = "abc abc abc abd abc abc"
+    plain = model.generate(text, max_new_tokens=30)
+    stop = plain.text[len(plain.text) // 2:][:2]
+    assert stop and stop.strip()
+    stopped = model.generate(text, max_new_tokens=30, stop=[stop])
+    assert model.generate(text, max_new_tokens=30, stop=[stop], speculative="prompt-lookup") == stopped
+    assert "".join(model.stream(text, max_new_tokens=30, speculative="prompt-lookup:k=3")) == plain.text
+    code, stdout, _ = cli(capsys, "generate", server_artifact, "--prompt", text, "--max-new-tokens", "30",
+                          "--speculative", "prompt-lookup")
+    assert code == 0 and stdout == plain.text + "\n"
+    code, _, err = cli(capsys, "generate", server_artifact, "--prompt", text, "--speculative", "lookahead")
+    assert code != 0 and "unknown speculative drafter 'lookahead'" in err
+
+
+def test_the_server_option_gives_its_engine_a_drafter(server_artifact):
+    from gemma_runtime.server import Service
+
+    service = Service(server_artifact, max_batch=2, threads=1, speculative="prompt-lookup:k=5")
+    try:
+        assert service.engine.speculation.drafter == PromptLookup(k=5)
+    finally:
+        service.close()
