@@ -285,7 +285,8 @@ class Model:
         capabilities = self.backend.capabilities
         if found is not None and prompts > 1 and not (capabilities.keeps_rows and capabilities.row_views):
             raise RuntimeInputError("speculative decoding of several prompts needs a backend with row views (an "
-                                    "in-place artifact on onnxruntime: targets ort-cpu, ort-cuda, onnx); give one prompt")
+                                    "in-place artifact on onnxruntime: targets ort-cpu, ort-cuda, onnx); "
+                                    "give one prompt")
         return found
 
     def _run(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None = None,
