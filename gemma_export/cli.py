@@ -14,6 +14,8 @@ from gemma_export.targets import DEFAULT_BUDGET, DEFAULT_TARGET, DTYPES, SOURCE_
 
 BACKEND = typer.Option(None, help="ort | trt | openvino (default: the artifact's first: openvino for the openvino "
                        "target, else ort)")
+SPECULATIVE = typer.Option(None, help="speculative decoding (same output, fewer calls where the text quotes itself): "
+                           "prompt-lookup, or with its options prompt-lookup:k=4,n=3,min_n=1")
 DEVICE = typer.Option(None, help="cpu | cuda (default: the artifact's: cuda for ort-cuda, else cpu)")
 IMAGE_HELP = ("an image file (repeatable): one per image placeholder of the prompt, in order (<start_of_image> for "
               "Gemma 3, <|image|> for Gemma 4), else put before the text")
@@ -139,6 +141,7 @@ def generate(
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: every core)"),
     image: Optional[list[Path]] = typer.Option(None, "--image", help=IMAGE_HELP),
     audio: Optional[list[Path]] = typer.Option(None, "--audio", help=AUDIO_HELP),
+    speculative: Optional[str] = SPECULATIVE,
 ) -> None:
     """Generate a continuation, streamed to stdout."""
     import gemma_runtime
@@ -146,7 +149,7 @@ def generate(
     model = gemma_runtime.load(artifact, backend=backend, threads=threads, device=device)
     media = {"images": image or [], "audio": audio or []}
     text = model.chat_prompt([_user_message(model, prompt, media)]) if chat else prompt
-    for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed,
+    for piece in model.stream(text, max_new_tokens=max_new_tokens, seed=seed, speculative=speculative,
                               **_sampling(model, temperature, top_k, top_p), **media):
         typer.echo(piece, nl=False)
     typer.echo()
@@ -385,6 +388,8 @@ def serve(
                                                     "(repeat for several; default none)"),
     max_connections: Optional[int] = typer.Option(None, help="open connections at most, idle ones included (503 "
                                                   "beyond; default 1024)"),
+    speculative: Optional[str] = typer.Option(None, help="speculative decoding while a single request is busy (same "
+                                              "output): prompt-lookup, or prompt-lookup:k=4,n=3,min_n=1"),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /tokenize,
     /detokenize, /health, /metrics) with continuous batching."""
@@ -395,6 +400,12 @@ def serve(
     if ray and (api_key or cors_origin or max_connections):
         raise GemmaExportError("--api-key, --cors-origin and --max-connections are the standalone server's: with "
                                "--ray, put them in front of Ray's proxy")
+    if ray and speculative:
+        raise GemmaExportError("--speculative is the standalone server's (not yet with --ray)")
+    if speculative:
+        from gemma_runtime.speculative import drafter
+
+        drafter(speculative)  # a clear error before anything loads
     if max_body_mib <= 0:
         raise GemmaExportError(f"--max-body-mib must be positive, got {max_body_mib:g}")
     if max_connections is not None and max_connections < 1:
@@ -421,7 +432,8 @@ def serve(
         run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads, log_level)
     else:
         run_server(artifact, host, port, max_batch, max_queue, threads, log_level, api_key,
-                   int(max_body_mib * 2**20), cors_origin or (), max_connections or DEFAULT_MAX_CONNECTIONS)
+                   int(max_body_mib * 2**20), cors_origin or (), max_connections or DEFAULT_MAX_CONNECTIONS,
+                   speculative)
 
 
 def main() -> None:

@@ -47,6 +47,10 @@ own first logits: the prompt is prefilled once. A copy still queued then, or who
 before its prompt was fed, feeds its prompt itself. Its prompt logprobs, if asked for, are the
 original's.
 
+Speculative decoding (speculative=, runtime/speculative.py): while few slots are busy, a decoding
+request with a draft verifies it in a call of its own and advances by every token it accepts; the
+others take the step's one-token call (EngineSpeculation says when and why). Output as without it.
+
 Structured outputs: a request with a JSON schema samples each token under its grammar's mask
 (structured_output.py), computed for its row alone, so rows with different schemas or none share a
 step. The grammars' view of the tokenizer is built on the first such request (seconds for Gemma's
@@ -74,6 +78,7 @@ from gemma_runtime.logprobs import TokenLogprob, token_logprobs
 from gemma_runtime.media.prompt import MediaPrompt
 from gemma_runtime.model import Model, new_token_budget
 from gemma_runtime.sampling import Sampler
+from gemma_runtime.speculative import ENGINE_MAX_ROWS, Drafter, EngineSpeculation, drafter, ring_limit
 from gemma_runtime.structured_output import GrammarError, JsonConstraint, JsonGrammars, StructuredOutputError
 
 logger = logging.getLogger(__name__)
@@ -161,9 +166,12 @@ class Metrics:
 
 class Engine:
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128,
-                 prefill_budget: int | None = None, reuse_prefixes: bool = True):
+                 prefill_budget: int | None = None, reuse_prefixes: bool = True,
+                 speculative: str | Drafter | None = None, speculative_rows: int = ENGINE_MAX_ROWS):
         """prefill_budget: prompt tokens fed per step in chunk calls (default one chunk: a step costs no more
-        than before, and short prompts share it); reuse_prefixes False: every prompt is fed whole."""
+        than before, and short prompts share it); reuse_prefixes False: every prompt is fed whole;
+        speculative: a drafter (Model.generate's speculative=), used while at most speculative_rows
+        slots are busy (row views only)."""
         if not model.backend.capabilities.keeps_rows:
             raise RuntimeInputError("continuous batching needs a backend that keeps each cache row across calls: "
                                     "an artifact with an in-place KV cache (targets ort-cpu, ort-cuda, onnx, tensorrt)")
@@ -172,6 +180,11 @@ class Engine:
             raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")
         if model.engine is not None:
             raise RuntimeInputError("this model already belongs to another Engine")
+        found = drafter(speculative)
+        if found is not None and not model.backend.capabilities.row_views:
+            raise RuntimeInputError("the engine's speculative decoding needs a backend with row views (onnxruntime)")
+        self.speculation = None if found is None else EngineSpeculation(found, ring_limit(model.manifest),
+                                                                         speculative_rows)
         model.backend.reserve(max_batch)  # refused beyond the backend's largest batch
         self.model = model
         model.engine = self
@@ -328,12 +341,13 @@ class Engine:
             if budget < 1:
                 break
             budget -= self._call(r, r + 1, min(self.prefill_chunk, budget), whole_images=True)
-        busy = [r for r, q in enumerate(self.slots) if q is not None]
+        verified = set() if self.speculation is None else self.speculation.verify_rows(self)
+        busy = [r for r, q in enumerate(self.slots) if q is not None and r not in verified]
         if busy:
-            self._call(0, 1 + max(busy), 1, whole_images=False)
+            self._call(busy[0], 1 + busy[-1], 1, whole_images=False, skip={r for r in verified if self.slots[r]})
         return True
 
-    def _call(self, start: int, stop: int, chunk: int, whole_images: bool) -> int:
+    def _call(self, start: int, stop: int, chunk: int, whole_images: bool, skip: set[int] = frozenset()) -> int:
         """One call over slots [start, stop): a busy row feeds up to `chunk` tokens of its prompt, or
         its last token; an idle row a pad at position 0. Returns the prompt and generated tokens fed.
 
@@ -343,8 +357,8 @@ class Engine:
         image's length by another row near the end of the context) waits: it feeds a pad at its
         next position, which its next call overwrites, and advances nothing. A width-clamped image
         waits until the row that clamps the width has finished, at most that row's room in the
-        context later."""
-        slots = self.slots[start:stop]
+        context later. A row in `skip` (verified this step) feeds a pad at its next position too."""
+        slots = [None if start + i in skip else q for i, q in enumerate(self.slots[start:stop])]
         ends = [self._end(q, chunk, whole_images) for q in slots]
         # every row's padded columns must stay inside the cache
         rooms = [self.max_seq_len - int(self.past[start + i]) for i, q in enumerate(slots) if q is not None]
@@ -356,8 +370,8 @@ class Engine:
         for i, (piece, _, _) in enumerate(rows):
             ids[i, :len(piece)] = piece
         seq = np.asarray([len(piece) for piece, _, _ in rows], np.int64)
-        past = np.asarray([self.past[start + i] if q is not None else self._idle_position(start + i, width)
-                           for i, q in enumerate(slots)], np.int64)
+        past = np.asarray([self.past[start + i] if q is not None or start + i in skip
+                           else self._idle_position(start + i, width) for i, q in enumerate(slots)], np.int64)
         spliced = [splice for _, splice, _ in rows]
         # every column's logits only where a prompt with prompt logprobs feeds more than one token
         every_column = any(q is not None and q.prompt_logprobs is not None and advance and len(piece) > 1

@@ -24,6 +24,7 @@ from gemma_runtime.manifest import ChatFormat, Manifest, read_manifest
 from gemma_runtime.media.encoders import Encoders
 from gemma_runtime.media.prompt import MediaPrompt, find_spans
 from gemma_runtime.sampling import Sampler
+from gemma_runtime.speculative import Drafter, Stats, decode, drafter, ring_limit
 from gemma_runtime.tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
@@ -124,6 +125,7 @@ class Model:
         self._lock = threading.Lock()  # not reentrant, and released by whichever thread closes a stream
         self._holder: int | None = None  # the thread that holds the lock
         self.engine = None  # the Engine that owns the backend, if any
+        self.speculation_stats = Stats()  # of the last speculative generate or stream
 
     def chat_format(self) -> ChatFormat:
         """How a conversation is written for this model (chat.render); RuntimeInputError if unknown."""
@@ -214,16 +216,21 @@ class Model:
     def generate(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, stop: Sequence[str] | None = None, images: Sequence | None = None,
-                 audio: Sequence | None = None) -> GenerationResult | list[GenerationResult]:
+                 audio: Sequence | None = None, speculative: str | Drafter | None = None
+                 ) -> GenerationResult | list[GenerationResult]:
         """images / audio: paths, bytes, PIL images or arrays (audio: WAV files or bytes, (samples, rate)
         pairs, or float arrays at the extractor's rate), one placeholder per item in a text prompt
-        (media/processors.py says where they go when it has none)."""
+        (media/processors.py says where they go when it has none). speculative: a drafter
+        (speculative.drafter: "prompt-lookup", "prompt-lookup:k=6,n=3", or a Drafter) whose drafts are
+        verified several tokens per call; the output is what plain decoding gives (greedy: token for
+        token; sampled: the same distribution). speculation_stats then says what it did."""
         self.require_decoder()
         sampler = Sampler(temperature, top_k, top_p, seed)
         prompts, batched, media = self._media_prompts(prompt, images, audio)
         rows = self._generations(prompts, max_new_tokens, sampler, stop or ())
+        drafter = self._drafter(speculative, len(prompts))
         with self._exclusive():
-            for _ in self._run(prompts, rows, media):
+            for _ in self._run(prompts, rows, media, drafter):
                 pass
         results = [GenerationResult(g.tokens, g.text, g.finish_reason, len(p)) for g, p in zip(rows, prompts)]
         return results if batched else results[0]
@@ -231,7 +238,7 @@ class Model:
     def stream(self, prompt: Prompt, max_new_tokens: int | None = None, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str] | None = None, images: Sequence | None = None,
-               audio: Sequence | None = None) -> Iterator[str]:
+               audio: Sequence | None = None, speculative: str | Drafter | None = None) -> Iterator[str]:
         """Text pieces as they are generated; incomplete UTF-8 is held back until whole. The
         arguments are checked here; the model is held from the first piece until the stream ends."""
         self.require_decoder()
@@ -240,11 +247,13 @@ class Model:
         if batched:
             raise RuntimeInputError("stream takes one prompt")
         self._require_tokenizer()
-        return self._stream(prompts, self._generations(prompts, max_new_tokens, sampler, stop or ()), media)
+        drafter = self._drafter(speculative, 1)
+        return self._stream(prompts, self._generations(prompts, max_new_tokens, sampler, stop or ()), media, drafter)
 
-    def _stream(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None) -> Iterator[str]:
+    def _stream(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None,
+                drafter: Drafter | None) -> Iterator[str]:
         with self._exclusive():
-            for _, piece in self._run(prompts, rows, media):
+            for _, piece in self._run(prompts, rows, media, drafter):
                 if piece:
                     yield piece
 
@@ -278,10 +287,20 @@ class Model:
                                   "longest prompt" if len(prompts) > 1 else "prompt")
         return [Generation(sampler, self.stop_ids, budget, self.tokenizer, stops) for _ in prompts]
 
-    def _run(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None = None
-             ) -> Iterator[tuple[int, str]]:
+    def _drafter(self, speculative: str | Drafter | None, prompts: int) -> Drafter | None:
+        found = drafter(speculative)
+        capabilities = self.backend.capabilities
+        if found is not None and prompts > 1 and not (capabilities.keeps_rows and capabilities.row_views):
+            raise RuntimeInputError("speculative decoding of several prompts needs a backend with row views (an "
+                                    "in-place artifact on onnxruntime: targets ort-cpu, ort-cuda, onnx); "
+                                    "give one prompt")
+        return found
+
+    def _run(self, prompts: list[list[int]], rows: list[Generation], media: MediaPrompt | None = None,
+             drafter: Drafter | None = None) -> Iterator[tuple[int, str]]:
         """Steps every row until all have finished; yields (row, text piece) as each advances. A
-        finished row is fed pad tokens until the others finish."""
+        finished row is fed pad tokens until the others finish. With a drafter, the rows decode
+        speculatively after the prompt (speculative.decode)."""
         if rows[0].max_new_tokens == 0:
             for g in rows:
                 g.finish("length")
@@ -294,6 +313,13 @@ class Model:
         self.backend.reserve(n)
         spliced = None if media is None else [media.splice(0, len(prompts[0]))]
         logits = self.backend.step(ids, np.zeros(n, np.int64), past, spliced=spliced)[:, 0]
+        if drafter is not None:
+            self.speculation_stats = Stats()
+            for r, g in enumerate(rows):
+                yield r, g.advance(logits[r])
+            yield from decode(self.backend, prompts, rows, past, drafter, self.pad_id, ring_limit(self.manifest),
+                              self.speculation_stats)
+            return
         while True:
             next_ids = np.full((n, 1), self.pad_id, np.int64)
             for r, g in enumerate(rows):

@@ -110,13 +110,15 @@ class Service:
     """One replica: a loaded artifact, its running engine and its metrics."""
 
     def __init__(self, artifact: Path | str, max_batch: int = 8, max_queue: int | None = None,
-                 threads: int | None = None, name: str | None = None, replica: str | None = None):
+                 threads: int | None = None, name: str | None = None, replica: str | None = None,
+                 speculative: str | None = None):
+        """speculative: the engine's drafter (Engine's speculative=)."""
         import gemma_runtime
 
         self.model = gemma_runtime.load(artifact, threads=threads)
         # an embedding model has no engine: its requests run in worker threads (server_embeddings.py)
         self.engine = None if self.model.embedder else Engine(self.model, max_batch=max_batch,
-                                                              max_queue=max_queue).start()
+                                                              max_queue=max_queue, speculative=speculative).start()
         self.metrics = ServerMetrics(self.engine)
         self.texts = TokenTexts(self.model.tokenizer)
         if self.model.tokenizer is not None:
@@ -567,12 +569,13 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
 def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_queue: int | None = None, threads: int | None = None, log_level: str = "warning",
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          cors_origins: Sequence[str] = (), max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+          cors_origins: Sequence[str] = (), max_connections: int = DEFAULT_MAX_CONNECTIONS,
+          speculative: str | None = None) -> None:
     """api_key None: the environment's GEMMA_EXPORT_API_KEY, if set. Beyond max_connections open
     connections uvicorn answers 503 (an idle or trickling client holds one)."""
     import uvicorn
 
     configure_logging(log_level)
-    service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads)
+    service = Service(artifact, max_batch=max_batch, max_queue=max_queue, threads=threads, speculative=speculative)
     app = create_app(service, api_key or os.environ.get(API_KEY_ENV), max_body_bytes, cors_origins)
     uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections)

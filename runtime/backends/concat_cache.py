@@ -81,3 +81,19 @@ class ConcatCacheBackend:
         logits, *self.cache = self.session.run(self.output_names, feeds)
         self.lengths = past + seq
         return np.take_along_axis(logits, (keep + offset[:, None])[:, :, None], axis=1).astype(np.float32, copy=False)
+
+    def rewind(self, row: int, length: int) -> None:
+        """Cuts the cache back to `length` positions; the rows advance together, so only where one row
+        is reserved."""
+        if not 0 <= length <= (int(self.lengths[row]) if row < len(self.lengths) else -1):
+            raise RuntimeInputError(f"row {row} holds {self.lengths[row] if row < len(self.lengths) else 0} "
+                                    f"positions: it cannot be rewound to {length}")
+        if length == self.lengths[row]:
+            return
+        if len(self.lengths) != 1:
+            raise RuntimeInputError("the growing-cache backend (targets generic, openvino) rewinds a row only where "
+                                    "it is the one reserved: speculative decoding of several prompts needs an "
+                                    "in-place artifact (targets ort-cpu, ort-cuda, onnx)")
+        self.cache = [c[:, :, :length] for c in self.cache]
+        self.mask = self.mask[:, :length]
+        self.lengths = np.asarray([length], np.int64)

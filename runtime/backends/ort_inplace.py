@@ -14,6 +14,11 @@ does not accept) refuses it ("batch_size must be 1 when sequence_length > 1 and 
 given"), and row views make the split cost only the rows' own work. A first prompt (every row at
 past 0) runs batched, right-padded, as the kernel expects, no wider than its longest row.
 
+Window-sized rings (the onnx target's sliding layers): before each call the ring slots it will
+write are copied per row, so that rewind(row, length) can put back those a rejected draft
+overwrote (the call's positions >= length); such rings are numpy arrays (the onnx target runs on
+the CPU).
+
 A step's int64 inputs and its logits are numpy arrays bound once per batch shape (first_row, rows,
 width, keep): the OrtValues share their memory, so a step writes the arrays and runs. The bindings
 of the last few shapes are kept; reserve() drops them.
@@ -34,6 +39,7 @@ from gemma_runtime.backends.ort_session import create_session
 from gemma_runtime.backends import cuda_driver
 from gemma_runtime.backends.protocol import (Capabilities, MediaInputs, check_copy, check_length, check_reserve,
                                              check_rows, step_arrays)
+from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.interface import LOGITS, CacheTensor, Splice, inplace_feeds
 from gemma_runtime.manifest import Manifest
 
@@ -56,6 +62,8 @@ class OrtInplaceBackend:
         self.capabilities = Capabilities(keeps_rows=True, row_views=True, devices=(self.device,), max_batch=None)
         self.cache: list[np.ndarray] | list[ort.OrtValue] = []  # one per buffer, [reserved, ...]
         self.reserved = 0
+        self.rings = [(i, b.shape[2]) for i, b in enumerate(self.buffers) if b.layout == "ring"]  # (buffer, window)
+        self._written: dict[int, _Written] = {}  # row -> what its last call overwrote in the rings
         self._bindings: collections.OrderedDict[tuple[int, ...], _Binding] = collections.OrderedDict()
 
     def reserve(self, rows: int) -> None:
@@ -63,6 +71,7 @@ class OrtInplaceBackend:
         if rows == self.reserved:
             return
         self._bindings.clear()
+        self._written.clear()
         self.cache = [self._zeroed((rows, *b.shape[1:]), b.dtype) for b in self.buffers]
         self.reserved = rows
 
@@ -82,6 +91,8 @@ class OrtInplaceBackend:
             ids, keep = ids[:, :longest], np.minimum(keep, longest - 1)
             width = longest
         media = self.media.feeds(spliced, rows, width)
+        if self.rings:
+            self._remember(first_row, past + seq, width)
         binding = self._binding(first_row, rows, width, keep.shape[1])
         for name, array in inplace_feeds(ids, past, seq, keep).items():
             binding.arrays[name][...] = array
@@ -101,6 +112,36 @@ class OrtInplaceBackend:
             row_bytes = self._row_bytes(buffer)
             cuda_driver.copy_device(storage.data_ptr() + target * row_bytes, storage.data_ptr() + source * row_bytes,
                                     row_bytes)
+
+    def rewind(self, row: int, length: int) -> None:
+        if not self.rings:
+            return  # full-length caches: the next call overwrites what the last one wrote beyond length
+        written = self._written.get(row)
+        if written is None or not 0 <= length <= written.end:
+            raise RuntimeInputError(f"row {row}: no call to rewind to {length}")
+        for (i, window), positions, saved in zip(self.rings, written.positions, written.saved):
+            if len(positions) and length < positions[0]:
+                raise RuntimeInputError(f"row {row}: the last call wrote more than a ring of {window} holds; it "
+                                        f"cannot be rewound to {length}")
+            undo = positions >= length
+            self.cache[i][row][:, positions[undo] % window] = saved[:, undo]
+        self._written[row] = _Written(length, [p[p < length] for p in written.positions],
+                                      [s[:, p < length] for p, s in zip(written.positions, written.saved)])
+
+    def _remember(self, first_row: int, ends: np.ndarray, width: int) -> None:
+        """Before a call: each row's ring slots it writes (the positions before its end, as many as
+        the call's width, at most the window), and their contents."""
+        if self.device != "cpu":
+            raise RuntimeInputError("window-sized ring caches run on the CPU only")
+        positions, saved = [], []
+        for i, window in self.rings:
+            count = min(width, window)
+            at = ends[:, None] - count + np.arange(count)  # [rows, count]
+            rows = self.cache[i][first_row:first_row + len(ends)]
+            positions.append(at)
+            saved.append(np.take_along_axis(rows, (at % window)[:, None, :, None], axis=2))
+        for b in range(len(ends)):
+            self._written[first_row + b] = _Written(int(ends[b]), [p[b] for p in positions], [s[b] for s in saved])
 
     def _binding(self, first_row: int, rows: int, width: int, keep: int) -> _Binding:
         key = (first_row, rows, width, keep)
@@ -131,6 +172,16 @@ class OrtInplaceBackend:
         value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), element_type, self.device, 0)
         value.update_inplace(np.zeros(shape, numpy_type))
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """What a row's last call wrote in the rings, per ring buffer: the positions (ascending) and the
+    slots' contents before the call ([kv_heads, count, head_dim])."""
+
+    end: int  # the position after the row's last fed token
+    positions: list[np.ndarray]
+    saved: list[np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,10 @@ spliced: per row, the embeddings that replace some of its columns (interface.Spl
 decoder that declares interface.MEDIA_INPUTS. copy_row(source, target) makes row target's cache a
 copy of row source's (a backend that keeps rows; the Engine's choices of one prompt share its
 prefill so).
+
+rewind(row, length) drops what the row's last call wrote at positions >= length (speculative
+decoding's rejected drafts): a full-length cache needs nothing (the next call overwrites them), a
+window-sized ring gets back the slots they overwrote, a growing cache is cut (one row only).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Backend(Protocol):
 
     def copy_row(self, source: int, target: int) -> None:
         """Row target's cache becomes a copy of row source's."""
+
+    def rewind(self, row: int, length: int) -> None:
+        """The row's cache as if its last call had fed only up to position length; see the module docstring."""
 
 
 def step_arrays(ids, past, seq, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

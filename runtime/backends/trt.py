@@ -147,6 +147,10 @@ class TrtBackend:
         self.stream.synchronize()
         return self.logits.download(out)[:rows].astype(np.float32)
 
+    def rewind(self, row: int, length: int) -> None:
+        """Nothing to do: the tensorrt target's caches are full-length (no rings), so the next call
+        overwrites what this one wrote beyond length."""
+
 
 def _engine_entry(folder: Path, manifest: Manifest) -> tuple[dict, ModuleType]:
     """The manifest's engine for this machine's GPU, and the library that runs it; every check that
