@@ -47,8 +47,10 @@ demo: install
 	$(VENV)/bin/gemma-export export -o $(DEMO_OUT) --force
 	$(VENV)/bin/gemma-export generate $(DEMO_OUT) --prompt "The capital of France is" --max-new-tokens 32
 
+# Two workers (pytest-xdist), each module whole on one (its module-scoped exports made once): the
+# suite is mostly single-threaded tracing and passes, so on CI's 2 cores this nearly halves it.
 test: install onnxruntime-versions dependency-floors
-	$(PY) -m pytest -q --durations=30 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
