@@ -46,14 +46,29 @@ GEMMA4_CONFIGS = {
 }
 
 
+# Gemma 3n: 4 AltUp streams, LAuReL, per-layer inputs from a table smaller than the vocabulary
+# (ids 320 and up look up row 0), sparse MLPs on layers 0-1, KV sharing of both layer types
+# (4 reads layer 3, 5 reads layer 2), window 6, a final softcap that bites.
+GEMMA3N_CONFIGS = {
+    "gemma3n": ("gemma3n", dict(BASE, num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                                num_hidden_layers=6, layer_types=["sliding_attention", "sliding_attention",
+                                                                  "full_attention"] * 2,
+                                num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+                                hidden_size_per_layer_input=8, vocab_size_per_layer_input=320, laurel_rank=8,
+                                altup_num_inputs=4, final_logit_softcapping=5.0)),
+}
+FAMILY_CONFIGS = {**CONFIGS, **GEMMA4_CONFIGS, **GEMMA3N_CONFIGS}
+
+
 def hf_model(name: str, seed: int = 0, **overrides):
     import transformers
 
-    family, extra = {**CONFIGS, **GEMMA4_CONFIGS}[name]
+    family, extra = FAMILY_CONFIGS[name]
     kw = {**(GEMMA4_BASE if family == "gemma4" else BASE), **extra, **overrides}
     classes = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
                "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
                "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+               "gemma3n": (transformers.Gemma3nTextConfig, transformers.Gemma3nForCausalLM),
                "gemma4": (transformers.Gemma4TextConfig, transformers.Gemma4ForCausalLM)}
     config_class, model_class = classes[family]
     cfg = config_class(**kw)
@@ -68,7 +83,8 @@ def randomise(model) -> None:
     """Every weight random, norms and Gemma 4's scales and layer scalars included: transformers
     initialises them to a constant, which would hide a wrong 1 + w or a missing scalar. Gemma 4's
     norms multiply by w itself, so they stay around 1."""
-    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified") else 0.0
+    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified", "gemma3n",
+                                                    "gemma3n_text") else 0.0
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "norm" in pname or "scale" in pname:
