@@ -307,9 +307,11 @@ class GemmaConfig:
                                 f"num_global_key_value_heads ({self.num_global_kv_heads})")
         if self.num_experts and not 0 < self.top_k_experts <= self.num_experts:
             raise InvalidConfig(f"top_k_experts must be 1..{self.num_experts}, got {self.top_k_experts}")
-        if self.hidden_size_per_layer_input and not 0 < self.vocab_size_per_layer_input <= self.vocab_size:
-            raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) must be 1.."
-                                f"vocab_size ({self.vocab_size})")
+        # Gemma 3n (AltUp) looks ids beyond a smaller per-layer table up as 0; Gemma 4 looks every id up
+        smaller = 0 < self.vocab_size_per_layer_input < self.vocab_size and self.altup_num_inputs
+        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input != self.vocab_size and not smaller:
+            raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
+                                f"vocab_size ({self.vocab_size}); not supported")
         if self.altup_num_inputs and not 0 <= self.altup_active_idx < self.altup_num_inputs:
             raise InvalidConfig(f"altup_active_idx must be 0..{self.altup_num_inputs - 1}, got {self.altup_active_idx}")
         if self.activation_sparsity and (len(self.activation_sparsity) != self.num_layers

@@ -140,6 +140,34 @@ def hf_multimodal_model(family: str, seed: int = 0):
     return model
 
 
+def hf_gemma3n_multimodal_model(seed: int = 0):
+    """A tiny Gemma3nForConditionalGeneration around tests/tiny.py's "gemma3n" decoder with a real
+    (tiny) audio tower and, timm not being installed, a one-layer stand-in for its MobileNet-V5
+    vision tower (the export skips both towers; their tensors are only to be left unread)."""
+    from unittest import mock
+
+    import transformers
+    from torch import nn
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    text = transformers.Gemma3nTextConfig(**GEMMA3N_CONFIGS["gemma3n"][1])
+    vision = transformers.Gemma3nVisionConfig(hidden_size=16, label_names=["a"])
+    audio = transformers.Gemma3nAudioConfig(hidden_size=16, input_feat_size=8, conf_num_attention_heads=2,
+                                            conf_num_hidden_layers=1, sscp_conv_channel_size=(4, 4))
+    cfg = transformers.Gemma3nConfig(text_config=text, vision_config=vision, audio_config=audio)
+    cfg.text_config._attn_implementation = "eager"
+    build = modeling_gemma3n.AutoModel.from_config
+
+    def tower(config, **kwargs):
+        return nn.Linear(3, 16) if isinstance(config, transformers.Gemma3nVisionConfig) else build(config, **kwargs)
+
+    torch.manual_seed(seed)
+    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", tower):
+        model = transformers.Gemma3nForConditionalGeneration(cfg).eval()
+    randomise(model)
+    return model
+
+
 def hf_image_processor(family: str):
     """The image processor of the tiny multimodal checkpoints (their saved preprocessor_config.json)."""
     import transformers

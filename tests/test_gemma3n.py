@@ -1,0 +1,119 @@
+"""Gemma 3n beyond the conformance suite (which runs tests/tiny.py's "gemma3n" on every target): the
+model definition against transformers on AltUp's other settings, a Gemma3nForConditionalGeneration
+folder (its text decoder exported, its towers skipped and recorded), the quantization recipes, and
+the config fields refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+
+import gemma_runtime
+from gemma_export.checkpoints.hf_config import parse_hf_config
+from gemma_export.checkpoints.safetensors_dir import open_hf_folder
+from gemma_export.errors import ConfigError
+from gemma_export.export import export
+from gemma_export.targets import ExportOptions
+from gemma_graphs.gemma import cache_tensors, load_reference
+from gemma_graphs.roles import roles
+from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
+from tiny import GEMMA3N_CONFIGS, hf_gemma3n_multimodal_model, hf_model, write_checkpoint
+
+
+def reference_logits(folder, ids: list[int]) -> np.ndarray:
+    source = open_hf_folder(folder)
+    model = load_reference(source.config, source.weights)
+    past = [torch.zeros(1, c.kv_heads, 0, c.head_dim) for c in cache_tensors(source.config)]
+    n = len(ids)
+    with torch.no_grad():
+        return model(torch.tensor([ids]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.int64), *past)[0][0].numpy()
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(altup_active_idx=1, altup_correct_scale=False),  # another active stream; no output scale
+    dict(altup_num_inputs=2, vocab_size_per_layer_input=384, num_kv_shared_layers=0),  # one extra stream, whole table
+    dict(num_hidden_layers=12, activation_sparsity_pattern=None, layer_types=None, num_kv_shared_layers=5),  # defaults
+])
+def test_the_model_definition_matches_transformers(overrides, tmp_path):
+    """Settings the conformance config leaves at one value, through the fp32 torch reference."""
+    folder = write_checkpoint("gemma3n", tmp_path / "ckpt", **overrides)
+    ids = prompt(1, 24)
+    assert_fp32_parity(reference_logits(folder, ids), hf_logits(hf_model("gemma3n", **overrides), ids))
+
+
+def test_the_default_sparsity_covers_the_first_ten_layers():
+    _, config = GEMMA3N_CONFIGS["gemma3n"]
+    cfg = parse_hf_config({**config, "model_type": "gemma3n_text", "num_hidden_layers": 12, "layer_types": None,
+                           "activation_sparsity_pattern": None})
+    assert cfg.activation_sparsity == (0.95,) * 10 + (0.0,) * 2
+
+
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory):
+    """A Gemma3nForConditionalGeneration folder and its ort-cpu artifact."""
+    root = tmp_path_factory.mktemp("gemma3n-mm")
+    model = hf_gemma3n_multimodal_model()
+    model.save_pretrained(root / "ckpt", safe_serialization=True)
+    export(root / "ckpt", root / "out", ExportOptions(target="ort-cpu", max_seq_len=64))
+    return model, gemma_runtime.load(root / "out", threads=1, device="cpu")
+
+
+def test_a_conditional_generation_folder_exports_its_text_decoder(multimodal):
+    reference, ours = multimodal
+    ids = prompt(7, 30)
+    expected = hf_logits(reference, ids)
+    assert_fp32_parity(ours.logits(ids), expected)
+    assert_fp32_parity(stepwise_logits(ours, ids, prefill=5), expected[4:])
+    with torch.no_grad():
+        greedy = reference.generate(torch.tensor([ids[:9]]), max_new_tokens=8, do_sample=False,
+                                    eos_token_id=None)[0, 9:].tolist()
+    tokens = ours.generate(ids[:9], max_new_tokens=8).token_ids
+    assert tokens and tokens == greedy[:len(tokens)]
+
+
+def test_its_towers_are_recorded_as_skipped(multimodal):
+    manifest = multimodal[1].manifest
+    section = manifest.multimodal
+    assert section["model_type"] == "gemma3n" and section["towers"] == ["vision", "audio"]
+    assert section["skipped"] == ["vision", "audio"] and "image" not in section and "audio" not in section
+    assert manifest.graphs.keys() == {"decoder"}
+
+
+@pytest.mark.parametrize("quant", ["int4", "int8"])
+def test_the_quantization_recipes_keep_altup_float_and_follow_the_reference(quant, gemma3n_checkpoints, tmp_path):
+    folder = gemma3n_checkpoints["gemma3n"]
+    export(folder, tmp_path / "out", ExportOptions(target="ort-cpu", max_seq_len=64, quant=quant))
+    model = gemma_runtime.load(tmp_path / "out", threads=1, device="cpu")
+    choices = model.manifest.report["quantization"]["choices"]
+    named = roles(open_hf_folder(folder).config)
+    assert named.altup and choices and not any(named.kept_float(name) for name in choices)
+    assert named.per_layer_table in choices  # the per-layer table is only gathered: quantized as a lookup
+    graph = ir.load(tmp_path / "out" / model.manifest.decoder.file)
+    altup = [v for v in graph.graph.initializers.values() if ".altup." in v.name and "norm" not in v.name]
+    assert altup and all(v.dtype == ir.DataType.FLOAT for v in altup)
+    ids = prompt(3, 40)
+    ours, ref = model.logits(ids), hf_logits(hf_model("gemma3n"), ids)
+    agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
+    assert agreement >= (0.9 if quant == "int4" else 0.98)
+
+
+BASE = {"model_type": "gemma3n_text", **GEMMA3N_CONFIGS["gemma3n"][1]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"intermediate_size": [96, 96, 96, 96, 96, 192]}, "only one size for every layer"),
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ({"activation_sparsity_pattern": [0.95]}, "activation_sparsity_pattern"),
+    ({"activation_sparsity_pattern": [1.0] * 6}, "activation_sparsity_pattern"),
+    ({"laurel_rank": 0}, "laurel_rank"),
+    ({"altup_num_inputs": 0}, "altup_num_inputs"),
+    ({"altup_active_idx": 4}, "altup_active_idx"),
+    ({"vocab_size_per_layer_input": 500}, "vocab_size_per_layer_input"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0}}}, "RoPE scaling"),
+    ({"altup_frobnicate": 1}, "altup_frobnicate"),
+])
+def test_gemma3n_fields_we_do_not_support_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_hf_config({**BASE, **change})
