@@ -27,11 +27,12 @@ from tiny import FAMILY_CONFIGS, hf_model
 TARGETS = ("generic", "onnx", "ort-cpu", "tensorrt", "ort-cuda")
 CONCATENATING = ("generic", "openvino")  # the targets whose cache grows by concatenation
 NAMES = tuple(FAMILY_CONFIGS)
-# fp16 (ort-cuda's precision) moves two tiny Gemma 4 configs beyond any fp16 tolerance on every
-# target, not ort-cuda's alone: gemma4-moe's router picks other experts (up to 57% of the largest
-# logit), and gemma4-shared's last position moves 11-15% (its other positions 0.5%). Measured with
-# fp16 exports of onnx, ort-cpu and ort-cuda; their fp32 exports meet the fp32 rule below.
-FP16_APART = ("gemma4-moe", "gemma4-shared")
+# fp16 (ort-cuda's precision) moves three tiny configs beyond any fp16 tolerance on every target,
+# not ort-cuda's alone: gemma4-moe's router picks other experts (up to 57% of the largest logit),
+# gemma4-shared's last position moves 11-15% (its other positions 0.5%), gemma3n's logits 1.3-2.0%
+# (tests/test_gemma3n.py holds its ort-cuda graph to 3%). Measured with fp16 exports of onnx,
+# ort-cpu and ort-cuda; their fp32 exports meet the fp32 rule below.
+FP16_APART = ("gemma4-moe", "gemma4-shared", "gemma3n")
 CASES = [pytest.param(target, name, id=f"{target}-{name}") for target in TARGETS for name in NAMES
          if not (target == "ort-cuda" and name in FP16_APART)]
 # fp16 logits against the fp32 reference: relative to the largest |logit|, and the argmax agrees

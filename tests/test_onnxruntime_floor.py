@@ -20,7 +20,7 @@ import pytest
 
 from gemma_runtime.backends.ort_session import MIN_ONNXRUNTIME
 from parity import hf_logits, prompt
-from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
+from tiny import FAMILY_CONFIGS, hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS_DIR = ROOT / ".venv" / "onnxruntime-versions"  # make onnxruntime-versions installs them here
@@ -42,7 +42,7 @@ def plan(target_artifacts, tiny_checkpoints, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("onnxruntime-versions")
     references = root / "references"
     references.mkdir()
-    for name in (*CONFIGS, *GEMMA4_CONFIGS):
+    for name in FAMILY_CONFIGS:
         model = hf_model(name)
         np.savez(references / f"{name}.npz", whole=hf_logits(model, prompt(1, 40)),
                  stepwise=hf_logits(model, prompt(2, 30))[4:])

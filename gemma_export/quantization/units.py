@@ -79,8 +79,10 @@ def units(graph: ir.Graph, ctx: PassContext) -> list[Unit]:
     for node in graph:
         if node.op_type == "MatMul" and node.domain == "":
             weight = initializer_of(node.inputs[1])
+            # an input axis with no block of 16 or more (a tiny rank, Gemma 3n's LAuReL) stays float
             if weight is not None and weight.shape is not None and weight.shape.rank() == 2 \
-                    and weight.dtype == ir.DataType.FLOAT and not named.kept_float(weight.name):
+                    and weight.dtype == ir.DataType.FLOAT and not named.kept_float(weight.name) \
+                    and weight.shape[0] % MIN_BLOCK == 0:
                 found.setdefault(weight.name, Unit(weight, [])).products.append(node)
         elif node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
             weight = initializer_of(node.inputs[0])
