@@ -94,10 +94,16 @@ def test_the_quantization_recipes_keep_altup_float_and_follow_the_reference(quan
     graph = ir.load(tmp_path / "out" / model.manifest.decoder.file)
     altup = [v for v in graph.graph.initializers.values() if ".altup." in v.name and "norm" not in v.name]
     assert altup and all(v.dtype == ir.DataType.FLOAT for v in altup)
+    # The tiny random model is sensitive: int8 round-to-nearest of its weights alone moves its logits by
+    # 29% of the largest (int4: 109%; gemma4-shared's 81% and 107%). So: the argmax wherever the
+    # reference decides by 10% of its largest logit, and the logits within half of it.
     ids = prompt(3, 40)
     ours, ref = model.logits(ids), hf_logits(hf_model("gemma3n"), ids)
-    agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
-    assert agreement >= (0.9 if quant == "int4" else 0.98)
+    scale = np.abs(ref).max()
+    top2 = np.sort(ref, axis=-1)[..., -2:]
+    decided = (top2[..., 1] - top2[..., 0]) > 0.1 * scale
+    assert decided.sum() >= 5 and (ours.argmax(-1) == ref.argmax(-1))[decided].all()
+    assert np.abs(ours - ref).max() < 0.5 * scale
 
 
 def test_ort_cuda_graph_follows_the_reference_at_fp16(target_artifacts):
