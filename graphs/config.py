@@ -54,6 +54,7 @@ class Family:
     per_layer_fields: bool = False  # per-layer head dims, K = V, KV sharing, double-wide MLPs
     inputs_and_experts: bool = False  # per-layer input embeddings and a mixture of experts (config fields)
     output_norms: bool = True  # with sandwich_norms: the attention and MLP outputs are normalised (VaultGemma: not)
+    altup: bool = False  # Gemma 3n: AltUp streams, LAuReL, per-layer inputs, KV sharing, MLP sparsity (config fields)
 
 
 # Sources: transformers' modeling_gemma{,2,3}.py (the parity reference) and gemma_pytorch.
@@ -102,9 +103,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
            norm_offset=0.0, unscaled_queries=True, v_norm=True, layer_scalar=True, last_layer_global=True,
            per_layer_fields=True),
+    # transformers 5.x modeling_gemma3n.py: Gemma 4's norms (w itself), unscaled queries and v norm,
+    # 4 sliding : 1 full by default, no attention softcap, final softcap 30; AltUp, LAuReL, per-layer
+    # inputs, KV sharing and MLP sparsity are config fields (altup).
+    Family("gemma3n", ("gemma3n_text",), rope_theta=1_000_000.0, rope_local_theta=10_000.0, rope_scaling=False,
+           softcaps=True, attn_softcap=None, final_softcap=30.0, sliding_pattern=5,
+           gguf_sliding_window=None, query_pre_attn_scalar=False, qk_norm=True, sandwich_norms=True,
+           norm_offset=0.0, unscaled_queries=True, v_norm=True, altup=True),
 )}
 # Multimodal checkpoints whose text decoder is exported: model_type -> the decoder's family.
-MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4", "gemma4_unified": "gemma4_unified"}
+MULTIMODAL_MODEL_TYPES = {"gemma3": "gemma3", "gemma4": "gemma4", "gemma4_unified": "gemma4_unified",
+                          "gemma3n": "gemma3n"}
 MODEL_TYPES = {model_type: f.name for f in FAMILIES.values() for model_type in f.model_types}
 MEDIA_BLOCKS = ("none", "sliding", "all")
 
@@ -179,6 +188,12 @@ class GemmaConfig:
     num_experts: int = 0  # a routed mixture of experts beside each layer's MLP (0: none)
     top_k_experts: int = 0
     moe_intermediate_size: int = 0
+    # Gemma 3n features, each off at its default.
+    altup_num_inputs: int = 0  # AltUp: the residual stream as this many streams (0: one plain stream)
+    altup_active_idx: int = 0  # the stream the layer computes on (AltUp's prediction it corrects from)
+    altup_correct_scale: bool = False  # the corrected active stream is scaled by correct_output_scale
+    laurel_rank: int = 0  # LAuReL: a low-rank residual of this rank beside attention (0: none)
+    activation_sparsity: tuple[float, ...] = ()  # per layer, the MLP gate's Gaussian top-k target (0: dense)
 
     @property
     def query_scale(self) -> float:
@@ -227,6 +242,9 @@ class GemmaConfig:
             return layer
         return max(i for i in range(first) if self.layer_types[i] == self.layer_types[layer])
 
+    def layer_sparsity(self, layer: int) -> float:
+        return self.activation_sparsity[layer] if self.activation_sparsity else 0.0
+
     def layer_intermediate_size(self, layer: int) -> int:
         wide = self.double_wide_mlp and layer >= self.first_kv_shared_layer
         return self.intermediate_size * (2 if wide else 1)
@@ -234,6 +252,7 @@ class GemmaConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["layer_types"] = list(self.layer_types)
+        d["activation_sparsity"] = list(self.activation_sparsity)
         return d
 
     @classmethod
@@ -248,7 +267,8 @@ class GemmaConfig:
         if missing:
             raise InvalidConfig(f"normalized config lacks fields {sorted(missing)} (written by an older "
                                 "gemma-export: export it again)")
-        return cls(**{**d, "layer_types": tuple(d["layer_types"])})
+        return cls(**{**d, "layer_types": tuple(d["layer_types"]),
+                          "activation_sparsity": tuple(d["activation_sparsity"])})
 
     def validate(self) -> None:
         if self.family not in FAMILIES:
@@ -265,7 +285,7 @@ class GemmaConfig:
             if value is not None and not (value > 0 and _finite(value)):
                 raise InvalidConfig(f"config field {name} must be a positive number, got {value}")
         for name in ("hidden_size_per_layer_input", "vocab_size_per_layer_input", "num_experts", "top_k_experts",
-                     "moe_intermediate_size"):
+                     "moe_intermediate_size", "altup_num_inputs", "laurel_rank"):
             if getattr(self, name) < 0:
                 raise InvalidConfig(f"config field {name} must not be negative, got {getattr(self, name)}")
         if not (self.rms_norm_eps >= 0 and _finite(self.rms_norm_eps)):
@@ -303,9 +323,18 @@ class GemmaConfig:
                                 f"num_global_key_value_heads ({self.num_global_kv_heads})")
         if self.num_experts and not 0 < self.top_k_experts <= self.num_experts:
             raise InvalidConfig(f"top_k_experts must be 1..{self.num_experts}, got {self.top_k_experts}")
-        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input not in (0, self.vocab_size):
+        # Gemma 3n (AltUp) looks ids beyond a smaller per-layer table up as 0; Gemma 4 looks every id up
+        smaller = 0 < self.vocab_size_per_layer_input < self.vocab_size and self.altup_num_inputs
+        if self.hidden_size_per_layer_input and self.vocab_size_per_layer_input not in (0, self.vocab_size) \
+                and not smaller:
             raise InvalidConfig(f"vocab_size_per_layer_input ({self.vocab_size_per_layer_input}) differs from "
                                 f"vocab_size ({self.vocab_size}); not supported")
+        if self.altup_num_inputs and not 0 <= self.altup_active_idx < self.altup_num_inputs:
+            raise InvalidConfig(f"altup_active_idx must be 0..{self.altup_num_inputs - 1}, got {self.altup_active_idx}")
+        if self.activation_sparsity and (len(self.activation_sparsity) != self.num_layers
+                                         or not all(0 <= t < 1 for t in self.activation_sparsity)):
+            raise InvalidConfig(f"activation_sparsity needs one target in [0, 1) per layer "
+                                f"({self.num_layers}), got {list(self.activation_sparsity)}")
 
 
 @dataclasses.dataclass(frozen=True)

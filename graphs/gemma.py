@@ -1,13 +1,14 @@
-"""The Gemma decoder (Gemma 1, 2, 3 and 4 text) as one torch module, written with the project's
+"""The Gemma decoder (Gemma 1, 2, 3, 3n and 4 text) as one torch module, written with the project's
 custom ops. It is what the front end traces and, run eagerly in fp32, the reference.
 
 Parameter names are the HF checkpoint names, so weights bind by name. transformers'
-modeling_gemma{,2,3,4}.py is the parity reference for every detail here; Gemma 4's features are
-config fields that default to off (GemmaConfig).
+modeling_gemma{,2,3,3n,4}.py is the parity reference for every detail here; Gemma 3n's and 4's
+features are config fields that default to off (GemmaConfig).
 """
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
@@ -76,14 +77,66 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
+    """sparsity (Gemma 3n): the gate keeps only what exceeds its mean + std x the normal quantile
+    of this target (Gaussian top-k) before the activation; 0: dense."""
+
+    def __init__(self, hidden: int, intermediate: int, sparsity: float = 0.0):
         super().__init__()
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.cutoff = ops.gaussian_cutoff_multiplier(sparsity) if sparsity else None
 
     def forward(self, x):
-        return self.down_proj(ops.geglu(self.gate_proj(x), self.up_proj(x)))
+        gate = self.gate_proj(x)
+        if self.cutoff is not None:
+            gate = ops.gaussian_top_k(gate, self.cutoff)
+        return self.down_proj(ops.geglu(gate, self.up_proj(x)))
+
+
+class AltUp(nn.Module):
+    """Gemma 3n's AltUp over the residual stream's N streams [N, B, S, H]: predict mixes the
+    streams by coefficients a router reads off the active stream; correct spreads what the layer
+    changed in the active stream to every stream, each by its own router-given coefficient."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        n, h = cfg.altup_num_inputs, cfg.hidden_size
+        self.correct_output_scale = nn.Parameter(torch.zeros(h))
+        self.correction_coefs = nn.Linear(n, n, bias=False)
+        self.prediction_coefs = nn.Linear(n, n * n, bias=False)
+        self.modality_router = nn.Linear(h, n, bias=False)
+        self.router_norm = Norm(h, cfg)
+        self.n, self.active, self.router_scale = n, cfg.altup_active_idx, 1.0 / h
+
+    def _modalities(self, x):
+        routed = self.modality_router(self.router_norm(x) * self.router_scale)
+        return torch.tanh(routed.to(ops.compute_dtype(routed.dtype))).to(x.dtype)
+
+    def predict(self, streams):
+        m = self._modalities(streams[self.active])
+        coefs = self.prediction_coefs(m).view(*m.shape[:-1], self.n, self.n)  # [B, S, to, from]
+        mixed = torch.matmul(streams.permute(1, 2, 3, 0), coefs.transpose(-1, -2))  # [B, S, H, N]
+        return mixed.permute(3, 0, 1, 2) + streams
+
+    def correct(self, predictions, activated):
+        m = self._modalities(activated)
+        innovation = activated - predictions[self.active]
+        coefs = self.correction_coefs(m) + 1.0  # [B, S, N]
+        return innovation[None] * coefs.permute(2, 0, 1)[..., None] + predictions
+
+
+class Laurel(nn.Module):
+    """Gemma 3n's LAuReL: x plus a normalised rank-r product of x."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.linear_left = nn.Linear(cfg.hidden_size, cfg.laurel_rank, bias=False)
+        self.linear_right = nn.Linear(cfg.laurel_rank, cfg.hidden_size, bias=False)
+        self.post_laurel_norm = Norm(cfg.hidden_size, cfg)
+
+    def forward(self, x):
+        return x + self.post_laurel_norm(self.linear_right(self.linear_left(x)))
 
 
 class Router(nn.Module):
@@ -136,7 +189,7 @@ class DecoderLayer(nn.Module):
         h = cfg.hidden_size
         self.cfg = cfg
         self.self_attn = attention(cfg, layer)
-        self.mlp = MLP(h, cfg.layer_intermediate_size(layer))
+        self.mlp = MLP(h, cfg.layer_intermediate_size(layer), cfg.layer_sparsity(layer))
         self.input_layernorm = Norm(h, cfg)
         # Gemma 1: the pre-MLP norm. Gemma 2-4: the norm of the attention output.
         if not cfg.unnormed_outputs:
@@ -157,28 +210,54 @@ class DecoderLayer(nn.Module):
             self.post_per_layer_input_norm = Norm(h, cfg)
         if cfg.layer_scalar:
             self.layer_scalar = nn.Parameter(torch.ones(1))
+        if cfg.altup_num_inputs:
+            self.altup = AltUp(cfg)
+        if cfg.laurel_rank:
+            self.laurel = Laurel(cfg)
 
     def forward(self, x, position_ids, attention_mask, past_k, past_v, per_layer_input=None, lookahead=None):
-        a, present_k, present_v = self.self_attn(
-            self.input_layernorm(x), position_ids, attention_mask, past_k, past_v, lookahead)
-        if not self.cfg.sandwich_norms:
+        """x: the residual stream [B, S, H]; with AltUp its streams [N, B, S, H], of which the
+        layer computes on the active one's prediction."""
+        cfg = self.cfg
+        if cfg.altup_num_inputs:
+            predictions = self.altup.predict(x)
+            x = predictions[cfg.altup_active_idx]
+        normed = self.input_layernorm(x)
+        a, present_k, present_v = self.self_attn(normed, position_ids, attention_mask, past_k, past_v, lookahead)
+        if not cfg.sandwich_norms:
             x = x + a
             return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
         if self.cfg.unnormed_outputs:
             x = x + a
             return x + self.mlp(self.pre_feedforward_layernorm(x)), present_k, present_v
         x = x + self.post_attention_layernorm(a)
+        if cfg.laurel_rank:
+            x = (x + self.laurel(normed)) / math.sqrt(2)
         m = self.mlp(self.pre_feedforward_layernorm(x))
         if self.cfg.num_experts:  # the router and the experts read the residual stream
             routed = self.experts(self.pre_feedforward_layernorm_2(x), *self.router(x))
             m = self.post_feedforward_layernorm_1(m) + self.post_feedforward_layernorm_2(routed)
         x = x + self.post_feedforward_layernorm(m)
+        if cfg.altup_num_inputs:
+            streams = self.altup.correct(predictions, x)
+            if per_layer_input is None:
+                return streams, present_k, present_v
+            active = streams[cfg.altup_active_idx]
+            if cfg.altup_correct_scale:
+                active = active * self.altup.correct_output_scale
+            # transformers adds it to every stream but the first, whichever is active
+            added = self._per_layer_output(active, per_layer_input)[None]
+            return torch.cat([streams[:1], streams[1:] + added]), present_k, present_v
         if per_layer_input is not None:
-            gated = ops.geglu(self.per_layer_input_gate(x), per_layer_input)
-            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gated))
-        if self.cfg.layer_scalar:
+            x = x + self._per_layer_output(x, per_layer_input)
+        if cfg.layer_scalar:
             x = x * self.layer_scalar
         return x, present_k, present_v
+
+    def _per_layer_output(self, x, per_layer_input):
+        """The per-layer input gated by x, projected back to the hidden size and normalised."""
+        gated = ops.geglu(self.per_layer_input_gate(x), per_layer_input)
+        return self.post_per_layer_input_norm(self.per_layer_projection(gated))
 
 
 class Body(nn.Module):
@@ -196,6 +275,12 @@ class Body(nn.Module):
                 self.embed_tokens_per_layer = nn.Embedding(cfg.vocab_size_per_layer_input, cfg.num_layers * width)
             self.per_layer_model_projection = nn.Linear(cfg.hidden_size, cfg.num_layers * width, bias=False)
             self.per_layer_projection_norm = Norm(width, cfg)
+        if cfg.altup_num_inputs:  # Gemma 3n: the extra streams made from the embedding, and folded back
+            streams = range(cfg.altup_num_inputs - 1)
+            self.altup_projections = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+                                                   for _ in streams)
+            self.altup_unembed_projections = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+                                                           for _ in streams)
 
     def per_layer_inputs(self, input_ids, x):
         """Gemma 4: [B, S, layers, width], the gathered per-layer token embeddings and a
@@ -208,6 +293,8 @@ class Body(nn.Module):
         projected = self.per_layer_projection_norm(projected.view(b, s, cfg.num_layers, width))
         if not cfg.vocab_size_per_layer_input:
             return projected
+        if cfg.vocab_size_per_layer_input < cfg.vocab_size:  # Gemma 3n: ids beyond the table are looked up as 0
+            input_ids = torch.where(input_ids < cfg.vocab_size_per_layer_input, input_ids, 0)
         tokens = self.embed_tokens_per_layer(input_ids) * ops.embed_scale(width, x.dtype)
         return (projected + tokens.view(b, s, cfg.num_layers, width)) * 2.0 ** -0.5
 
@@ -287,6 +374,8 @@ class GemmaForCausalLM(nn.Module):
         if spliced is not None:  # one-hot rows: a MatMul places each given row at its column exactly
             x = torch.where(replaced[..., None], hit.transpose(1, 2).to(x.dtype) @ embeds.to(x.dtype), x)
         per_layer = self.model.per_layer_inputs(input_ids, x) if cfg.hidden_size_per_layer_input else None
+        if cfg.altup_num_inputs:  # [N, B, S, H]: x, and each projection of x at x's RMS
+            x = torch.stack([x, *(_rescaled(p(x), x) for p in self.model.altup_projections)])
         return x, per_layer
 
     def layers_from(self, start: int, x, position_ids, attention_mask, past, presents: list, per_layer,
@@ -312,12 +401,22 @@ class GemmaForCausalLM(nn.Module):
         """Logits (at least fp32) of the residual stream: the final norm, the tied lm_head, whose
         input passes lm_head_input (an identity: a place for a hook), and the final softcap."""
         cfg = self.cfg
+        if cfg.altup_num_inputs:  # the mean of the streams, each brought back and to stream 0's RMS
+            x = torch.stack([x[0], *(_rescaled(p(x[i + 1]), x[0])
+                                     for i, p in enumerate(self.model.altup_unembed_projections))]).mean(dim=0)
         x = self.lm_head_input(self.model.norm(x))
         logits = x @ self.model.embed_tokens.weight.t()
         logits = logits.to(ops.compute_dtype(logits.dtype))
         if cfg.final_softcap:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         return logits
+
+
+def _rescaled(y, like):
+    """y scaled to like's RMS over the hidden axis (y's own RMS at least 1e-5 ** 0.5), as
+    transformers' Gemma 3n computes it."""
+    target = like.pow(2).mean(-1, keepdim=True) ** 0.5
+    return y * target / torch.sqrt(y.pow(2).mean(-1, keepdim=True).clamp(min=1e-5))
 
 
 def io_names(cfg: GemmaConfig) -> tuple[list[str], list[str]]:

@@ -45,6 +45,21 @@ def unit_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+def gaussian_cutoff_multiplier(target: float) -> float:
+    """The standard normal's quantile at `target`, computed in fp32 as transformers does (its
+    Normal(0, 1).icdf: erfinv(2p - 1) * sqrt(2)); on the CPU, whatever device the model is built on."""
+    p = torch.tensor(target, dtype=torch.float32, device="cpu")
+    return float(torch.special.erfinv(2 * p - 1) * math.sqrt(2))
+
+
+def gaussian_top_k(x: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """Gemma 3n's activation sparsity: relu(x - (mean + std * multiplier)) over the last axis, the
+    std the population one (the fraction of a Gaussian's values kept is 1 - target); plain ops."""
+    mean = x.mean(-1, keepdim=True)
+    std = (x - mean).pow(2).mean(-1, keepdim=True).sqrt()
+    return torch.relu(x - (mean + std * multiplier))
+
+
 def rope_inv_freq(head_dim: int, theta: float, scale: float, pairs: int | None = None) -> torch.Tensor:
     """Inverse frequencies in fp32, as transformers defines them: the scaling factor divides them
     (linear scaling; proportional RoPE's factor), and frequency pairs from `pairs` on are 0

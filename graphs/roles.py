@@ -1,6 +1,6 @@
 """The model's parameters that quantization treats by role (the tied embedding, the final norm,
-Gemma 4's per-layer token table and projection, each layer's expert tables and router, every
-product's weight), named from the model definition's own attribute paths: the module
+Gemma 4's per-layer token table and projection, each layer's expert tables and router, Gemma 3n's
+AltUp routers, every product's weight), named from the model definition's own attribute paths: the module
 (gemma_graphs.gemma) is built on the meta device for the config and each role is the name
 `named_parameters` gives the module it holds. Renaming an attribute renames its role with it; a
 role of a feature the config enables always names at least one parameter (tests/test_roles.py).
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gemma_graphs.config import GemmaConfig
-from gemma_graphs.gemma import Experts, GemmaForCausalLM, Router
+from gemma_graphs.gemma import AltUp, Experts, GemmaForCausalLM, Router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Roles:
     per_layer_projection: str | None = None
     expert_tables: tuple[str, ...] = ()  # every layer's expert tables [experts, out, in]
     router: tuple[str, ...] = ()  # every parameter of every layer's expert router
+    altup: tuple[str, ...] = ()  # every parameter of every layer's AltUp (its routers and coefficients)
 
     def layer_of(self, parameter: str) -> int | None:
         """The decoder layer a parameter belongs to (None: read before or after the layers)."""
@@ -38,6 +39,12 @@ class Roles:
     def in_router(self, parameter: str) -> bool:
         """A router parameter, or a graph weight made from one (transposed, packed)."""
         return any(parameter.startswith(name.rsplit(".", 1)[0] + ".") for name in self.router)
+
+    def kept_float(self, parameter: str) -> bool:
+        """A parameter (or a graph weight made from one) the quantizers leave in float: a router's,
+        whose few weights choose experts or mix AltUp's streams for every token."""
+        return self.in_router(parameter) or any(parameter.startswith(name.rsplit(".", 1)[0] + ".")
+                                                for name in self.altup)
 
     def named(self) -> dict[str, tuple[str, ...]]:
         """Each role that names parameters (all but `layers`, a prefix) the config enables, and its names."""
@@ -79,4 +86,5 @@ def _roles(config_json: str) -> Roles:
         per_layer_table=names[id(inner.embed_tokens_per_layer.weight)] if cfg.vocab_size_per_layer_input else None,
         per_layer_projection=names[id(inner.per_layer_model_projection.weight)] if per_layer else None,
         expert_tables=of(Experts),
-        router=of(Router))
+        router=of(Router),
+        altup=of(AltUp))

@@ -59,8 +59,17 @@ def gemma4_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def target_artifacts(tiny_checkpoints, gemma4_checkpoints, tmp_path_factory):
-    """target -> {config name -> artifact folder}: every tiny config (Gemma 1-4) exported with the
+def gemma3n_checkpoints(tmp_path_factory):
+    """name -> HF folder of a tiny random Gemma 3n checkpoint (tests/tiny.py's GEMMA3N_CONFIGS)."""
+    from tiny import GEMMA3N_CONFIGS, write_checkpoint
+
+    root = tmp_path_factory.mktemp("gemma3n")
+    return {name: write_checkpoint(name, root / name) for name in GEMMA3N_CONFIGS}
+
+
+@pytest.fixture(scope="session")
+def target_artifacts(tiny_checkpoints, gemma4_checkpoints, gemma3n_checkpoints, tmp_path_factory):
+    """target -> {config name -> artifact folder}: every tiny config (Gemma 1-4, 3n) exported with the
     target's defaults at max_seq_len 64, once per session, when a test first asks for the target.
     The conformance suite and the per-target tests share them."""
     from gemma_export.export import export
@@ -72,7 +81,7 @@ def target_artifacts(tiny_checkpoints, gemma4_checkpoints, tmp_path_factory):
         if target not in exported:
             root = tmp_path_factory.mktemp(f"target-{target}")
             exported[target] = {}
-            for name, folder in {**tiny_checkpoints, **gemma4_checkpoints}.items():
+            for name, folder in {**tiny_checkpoints, **gemma4_checkpoints, **gemma3n_checkpoints}.items():
                 export(folder, root / name, ExportOptions(target=target, max_seq_len=CONFORMANCE_MAX_SEQ_LEN))
                 exported[target][name] = root / name
         return exported[target]

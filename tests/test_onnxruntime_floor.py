@@ -29,7 +29,7 @@ import gemma_runtime
 from gemma_runtime.backends.ort_session import MIN_ONNXRUNTIME
 from parity import hf_logits, prompt
 from test_chat_template import gemma4_tokenizer_json
-from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
+from tiny import FAMILY_CONFIGS, hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR, GPU_NEWEST = "1.27.0", "1.31.1"
@@ -76,7 +76,7 @@ def plan(target_artifacts, tiny_checkpoints, server_artifact, tmp_path_factory) 
     root = tmp_path_factory.mktemp("onnxruntime-versions")
     references = root / "references"
     references.mkdir()
-    for name in (*CONFIGS, *GEMMA4_CONFIGS):
+    for name in FAMILY_CONFIGS:
         model = hf_model(name)
         np.savez(references / f"{name}.npz", whole=hf_logits(model, prompt(1, 40)),
                  stepwise=hf_logits(model, prompt(2, 30))[4:])

@@ -5,7 +5,7 @@ import pytest
 
 from gemma_export.checkpoints import open_source
 from gemma_graphs import gemma, roles
-from tiny import CONFIGS, GEMMA4_CONFIGS, write_checkpoint
+from tiny import FAMILY_CONFIGS, write_checkpoint
 
 
 def unmatched(named: roles.Roles, weights: set[str]) -> list[str]:
@@ -16,10 +16,10 @@ def unmatched(named: roles.Roles, weights: set[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("roles")
-    return {name: open_source(write_checkpoint(name, root / name)) for name in [*CONFIGS, *GEMMA4_CONFIGS]}
+    return {name: open_source(write_checkpoint(name, root / name)) for name in FAMILY_CONFIGS}
 
 
-@pytest.mark.parametrize("name", [*CONFIGS, *GEMMA4_CONFIGS])
+@pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
 def test_every_role_the_config_enables_names_checkpoint_weights(name, sources):
     source = sources[name]
     cfg = source.config
@@ -28,11 +28,13 @@ def test_every_role_the_config_enables_names_checkpoint_weights(name, sources):
     assert {"embedding", "final_norm", "products"} <= enabled
     assert ("per_layer_table" in enabled) == ("per_layer_projection" in enabled) == bool(cfg.hidden_size_per_layer_input)
     assert ("expert_tables" in enabled) == ("router" in enabled) == bool(cfg.num_experts)
+    assert ("altup" in enabled) == bool(cfg.altup_num_inputs)
     weights = set(source.weights.names())
     assert unmatched(named, weights) == []
     in_layers = {named.layer_of(n) for n in weights} - {None}
     assert in_layers == set(range(cfg.num_layers))
     assert all(named.in_router(n) for n in named.router) and not named.in_router(named.embedding)
+    assert all(named.kept_float(n) for n in (*named.router, *named.altup)) and not named.kept_float(named.embedding)
 
 
 def test_a_renamed_attribute_leaves_a_role_matching_nothing(sources, monkeypatch):

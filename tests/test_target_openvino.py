@@ -26,9 +26,9 @@ from gemma_runtime.manifest import read_manifest
 from cli_util import cli
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from test_chat_tokens import with_tokenizer
-from tiny import CONFIGS, GEMMA4_CONFIGS, hf_model
+from tiny import FAMILY_CONFIGS, hf_model
 
-NAMES = (*CONFIGS, *GEMMA4_CONFIGS)
+NAMES = tuple(FAMILY_CONFIGS)
 
 
 class ReferenceSession:

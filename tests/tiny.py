@@ -46,14 +46,29 @@ GEMMA4_CONFIGS = {
 }
 
 
+# Gemma 3n: 4 AltUp streams, LAuReL, per-layer inputs from a table smaller than the vocabulary
+# (ids 320 and up look up row 0), sparse MLPs on layers 0-1, KV sharing of both layer types
+# (4 reads layer 3, 5 reads layer 2), window 6, a final softcap that bites.
+GEMMA3N_CONFIGS = {
+    "gemma3n": ("gemma3n", dict(BASE, num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                                num_hidden_layers=6, layer_types=["sliding_attention", "sliding_attention",
+                                                                  "full_attention"] * 2,
+                                num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+                                hidden_size_per_layer_input=8, vocab_size_per_layer_input=320, laurel_rank=8,
+                                altup_num_inputs=4, final_logit_softcapping=5.0)),
+}
+FAMILY_CONFIGS = {**CONFIGS, **GEMMA4_CONFIGS, **GEMMA3N_CONFIGS}
+
+
 def hf_model(name: str, seed: int = 0, **overrides):
     import transformers
 
-    family, extra = {**CONFIGS, **GEMMA4_CONFIGS}[name]
+    family, extra = FAMILY_CONFIGS[name]
     kw = {**(GEMMA4_BASE if family == "gemma4" else BASE), **extra, **overrides}
     classes = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
                "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
                "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+               "gemma3n": (transformers.Gemma3nTextConfig, transformers.Gemma3nForCausalLM),
                "gemma4": (transformers.Gemma4TextConfig, transformers.Gemma4ForCausalLM)}
     config_class, model_class = classes[family]
     cfg = config_class(**kw)
@@ -68,7 +83,8 @@ def randomise(model) -> None:
     """Every weight random, norms and Gemma 4's scales and layer scalars included: transformers
     initialises them to a constant, which would hide a wrong 1 + w or a missing scalar. Gemma 4's
     norms multiply by w itself, so they stay around 1."""
-    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified", "embedding_gemma2") else 0.0
+    multiplier = 1.0 if model.config.model_type in ("gemma4", "gemma4_text", "gemma4_unified", "embedding_gemma2",
+                                                    "gemma3n", "gemma3n_text") else 0.0
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "norm" in pname or "scale" in pname:
@@ -120,6 +136,34 @@ def hf_multimodal_model(family: str, seed: int = 0):
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = model_class(cfg).eval()
+    randomise(model)
+    return model
+
+
+def hf_gemma3n_multimodal_model(seed: int = 0):
+    """A tiny Gemma3nForConditionalGeneration around tests/tiny.py's "gemma3n" decoder with a real
+    (tiny) audio tower and, timm not being installed, a one-layer stand-in for its MobileNet-V5
+    vision tower (the export skips both towers; their tensors are only to be left unread)."""
+    from unittest import mock
+
+    import transformers
+    from torch import nn
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    text = transformers.Gemma3nTextConfig(**GEMMA3N_CONFIGS["gemma3n"][1])
+    vision = transformers.Gemma3nVisionConfig(hidden_size=16, label_names=["a"])
+    audio = transformers.Gemma3nAudioConfig(hidden_size=16, input_feat_size=8, conf_num_attention_heads=2,
+                                            conf_num_hidden_layers=1, sscp_conv_channel_size=(4, 4))
+    cfg = transformers.Gemma3nConfig(text_config=text, vision_config=vision, audio_config=audio)
+    cfg.text_config._attn_implementation = "eager"
+    build = modeling_gemma3n.AutoModel.from_config
+
+    def tower(config, **kwargs):
+        return nn.Linear(3, 16) if isinstance(config, transformers.Gemma3nVisionConfig) else build(config, **kwargs)
+
+    torch.manual_seed(seed)
+    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", tower):
+        model = transformers.Gemma3nForConditionalGeneration(cfg).eval()
     randomise(model)
     return model
 

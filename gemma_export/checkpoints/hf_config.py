@@ -40,7 +40,9 @@ _TOWERS = {"vision_config": "vision", "audio_config": "audio"}
 _PLACEHOLDER_IDS = ("image_token_index", "image_token_id", "boi_token_index", "boi_token_id", "eoi_token_index",
                     "eoi_token_id", "video_token_id", "audio_token_id", "boa_token_id", "eoa_token_index",
                     "eoa_token_id")
-_WRAPPER_IGNORED = {"mm_tokens_per_image", "tie_word_embeddings"}
+# Gemma 3n's soft-token counts matter to its towers' prompts only, which the export skips.
+_WRAPPER_IGNORED = {"mm_tokens_per_image", "tie_word_embeddings", "audio_soft_tokens_per_image",
+                    "vision_soft_tokens_per_image"}
 
 
 # Gemma's relatives in transformers 5.x of an architecture we do not export: model_type -> what it is.
@@ -52,7 +54,6 @@ RELATIVES = {
     "paligemma": "a vision-language model with prefix-LM attention (PaliGemma)",
     "diffusion_gemma": "a diffusion language model (it denoises a canvas, no next-token decoding)",
     "shieldgemma2": "an image-safety classifier (ShieldGemma 2: a yes/no head over Gemma 3)",
-    "gemma3n": "Gemma 3n (AltUp, LAuReL and per-layer inputs of its own)",
     "gemma4_assistant": "a speculative-decoding draft model (it reads its target model's states)",
     "gemma4_unified_assistant": "a speculative-decoding draft model (it reads its target model's states)",
 }
@@ -140,7 +141,9 @@ def _gemma4_unified_audio(tower: dict, wrapper: dict, text: GemmaConfig, where: 
 _ENCODERS = {"gemma3": {"vision": ("gemma3_vision", _gemma3_vision)},
              "gemma4": {"vision": ("gemma4_vision", _gemma4_vision), "audio": ("gemma4_audio", _gemma4_audio)},
              "gemma4_unified": {"vision": ("gemma4_unified_vision", _gemma4_unified_vision),
-                                "audio": ("gemma4_unified_audio", _gemma4_unified_audio)}}
+                                "audio": ("gemma4_unified_audio", _gemma4_unified_audio)},
+             # MobileNet-V5 (timm) and the USM conformer: no encoder here, both towers skipped
+             "gemma3n": {}}
 
 
 def _read_object(path: Path) -> dict:
@@ -269,7 +272,11 @@ def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body
             raise ConfigError(f"{where}: sliding_window_pattern = {pattern!r} is not supported")
         layer_types = sliding_layer_types(dataclasses.replace(family, sliding_pattern=pattern), layers)
 
-    if family.softcaps:
+    if family.altup:  # transformers' Gemma 3n has no attention softcap and never reads one
+        f.expect("attn_logit_softcapping", (None,))
+        attn_softcap = None
+        final_softcap = f.take("final_logit_softcapping", (int, float, type(None)), family.final_softcap)
+    elif family.softcaps:
         # null turns a cap off (transformers checks `is not None`), whatever the family's default.
         attn_softcap = f.take("attn_logit_softcapping", (int, float, type(None)), family.attn_softcap)
         final_softcap = f.take("final_logit_softcapping", (int, float, type(None)), family.final_softcap)
@@ -280,6 +287,14 @@ def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body
     qpas = f.take("query_pre_attn_scalar", (int, float), head_dim) if family.query_pre_attn_scalar else head_dim
 
     gemma4 = _gemma4_fields(f, family, layer_types, head_dim, where)
+    gemma3n = _gemma3n_fields(f, family, layers, where)
+    intermediate = f.take("intermediate_size", (int, list) if family.altup else int, required=True)
+    if isinstance(intermediate, list):  # Gemma 3n: one per layer
+        if len(intermediate) != layers or len(set(intermediate)) != 1 \
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in intermediate):
+            raise ConfigError(f"{where}: intermediate_size {intermediate!r}: only one size for every layer "
+                              "is supported")
+        intermediate = intermediate[0]
     bos = _token_id(f.take("bos_token_id", (int, list), 2), "bos_token_id", where)
     eos = _token_id(f.take("eos_token_id", (int, list), 1), "eos_token_id", where)
     pad = _token_id(f.take("pad_token_id", (int, list), 0), "pad_token_id", where)
@@ -287,7 +302,7 @@ def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body
         family=family.name,
         vocab_size=f.take("vocab_size", int, required=True),
         hidden_size=hidden,
-        intermediate_size=f.take("intermediate_size", int, required=True),
+        intermediate_size=intermediate,
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
@@ -308,6 +323,7 @@ def parse_hf_config(raw: dict, where: str = "config.json", *, bidirectional_body
         rope_rotated_fraction=rotated,
         **switches,
         **gemma4,
+        **gemma3n,
     )
     f.finish()
     try:
@@ -355,6 +371,40 @@ def _gemma4_fields(f: Fields, family: Family, layer_types: tuple[str, ...], head
         "top_k_experts": top_k if moe else 0,
         "moe_intermediate_size": moe_width if moe else 0,
     }
+
+
+def _gemma3n_fields(f: Fields, family: Family, layers: int, where: str) -> dict:
+    """Gemma 3n's GemmaConfig fields, with transformers' defaults for those a config leaves out."""
+    if not family.altup:
+        return {}
+    # Training-only: the coefficient clip (transformers clamps only while training), the learning-rate
+    # multiplier of the published configs, and query_pre_attn_scalar, which its attention never
+    # reads (the scale is 1.0; the q/k norms set it).
+    f.take("altup_coef_clip", (int, float, type(None)), None)
+    f.take("altup_lr_multiplier", (int, float), None)
+    f.take("query_pre_attn_scalar", (int, float), None)
+    fields = {
+        "altup_num_inputs": f.take("altup_num_inputs", int, 4),
+        "altup_active_idx": f.take("altup_active_idx", int, 0),
+        "altup_correct_scale": f.take("altup_correct_scale", bool, True),
+        "laurel_rank": f.take("laurel_rank", int, 64),
+        "hidden_size_per_layer_input": f.take("hidden_size_per_layer_input", int, 256),
+        "vocab_size_per_layer_input": f.take("vocab_size_per_layer_input", int, 262_144),
+        "num_kv_shared_layers": f.take("num_kv_shared_layers", int, 15),
+    }
+    for name in ("altup_num_inputs", "laurel_rank", "hidden_size_per_layer_input"):
+        if fields[name] < 1:
+            raise ConfigError(f"{where}: {name} = {fields[name]} is not supported (Gemma 3n's layers have them)")
+    pattern = f.take("activation_sparsity_pattern", list, None)
+    if pattern is None:  # transformers' default: the first 10 layers at 0.95 when there are more than 10
+        sparse = 10 if layers > 10 else 0
+        pattern = [0.95] * sparse + [0.0] * (layers - sparse)
+    if len(pattern) != layers or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1
+                                         for t in pattern):
+        raise ConfigError(f"{where}: activation_sparsity_pattern needs one target in [0, 1) per layer "
+                          f"({layers}), got {pattern!r}")
+    fields["activation_sparsity"] = tuple(float(t) for t in pattern) if any(pattern) else ()
+    return fields
 
 
 def _per_layer_config(overrides: dict, layer_types: tuple[str, ...], head_dim: int, global_dim: int | None,

@@ -138,7 +138,8 @@ def _safetensors_files(folder: Path) -> list[Path]:
 # first, other versions wrote the second.
 TEXT_PREFIXES = {"gemma3": ("language_model.model.", "model.language_model."),
                  "gemma4": ("model.language_model.", "language_model.model."),
-                 "gemma4_unified": ("model.language_model.",)}
+                 "gemma4_unified": ("model.language_model.",),
+                 "gemma3n": ("model.language_model.", "language_model.model.")}
 
 
 def folder_weights(folder: Path) -> tuple[SafetensorsWeights, dict[str, str]]:

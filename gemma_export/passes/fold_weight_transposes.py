@@ -15,6 +15,7 @@ NAME = "fold_weight_transposes"
 def run(model: ir.Model, ctx: PassContext) -> int:
     graph = model.graph
     count = 0
+    folded: dict[str, ir.Value] = {}  # a module called twice (Gemma 3n's AltUp router) transposes its weight twice
     for node in list(graph):
         if node.op_type != "Transpose" or node.domain != "":
             continue
@@ -24,7 +25,10 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             continue
         if any(user.op_type != "Transpose" for user, _ in weight.uses()):
             continue  # also read untransposed: a second copy would cost memory
-        new = add_initializer(graph, weight.name + ".T", transposed(weight.const_value, weight.name + ".T"))
+        new = folded.get(weight.name)
+        if new is None:
+            new = add_initializer(graph, weight.name + ".T", transposed(weight.const_value, weight.name + ".T"))
+            folded[weight.name] = new
         replace_value(node.outputs[0], new)
         graph.remove(node, safe=True)
         count += 1

@@ -63,10 +63,11 @@ def _pack(graph: ir.Graph, x: ir.Value, nodes: list[ir.Node]) -> None:
 
 
 def _packed_name(names: list[str]) -> str:
-    """model.layers.0.self_attn.q_proj.weight.T, ...k_proj... -> model.layers.0.self_attn.q_proj+k_proj+v_proj"""
+    """model.layers.0.self_attn.q_proj.weight.T, ...k_proj... -> model.layers.0.self_attn.q_proj+k_proj+v_proj;
+    a list's members keep their index (model.per_layer_model_projection+altup_projections.0+...)."""
     prefix = os.path.commonprefix(names)
     prefix = prefix[: prefix.rfind(".") + 1]
-    return prefix + "+".join(n[len(prefix):].split(".")[0] for n in names)
+    return prefix + "+".join(n[len(prefix):].removesuffix(".T").removesuffix(".weight") for n in names)
 
 
 def _feed_packed_qkv(gqa: ir.Node) -> str | None:

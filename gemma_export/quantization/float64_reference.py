@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class Float64Reference:
         self.parts = {u.name: self._parts(u) for u in units}
 
     def _parts(self, unit: Unit) -> list[str]:
-        names = parameter_names(unit.name)
+        names = parameter_names(unit.name, self.parameters)
         missing = [n for n in names if n not in self.parameters]
         rows = sum(self.parameters[n].numel() // self.parameters[n].shape[-1] for n in names if n not in missing)
         if missing or rows != unit.shape[0]:
@@ -197,12 +197,17 @@ class Float64Reference:
         return self.module.get_submodule(self.parts[unit.name][0].removesuffix(".weight"))
 
 
-def parameter_names(unit_name: str) -> list[str]:
-    """The module parameters a graph weight holds, in row order."""
+def parameter_names(unit_name: str, parameters: Collection[str]) -> list[str]:
+    """The module parameters (of `parameters`) a graph weight holds, in row order."""
     if unit_name.endswith(".weight.T"):
         return [unit_name.removesuffix(".T")]
-    prefix, last = unit_name.rsplit(".", 1) if "." in unit_name else ("", unit_name)
-    if "+" in last:
-        return [f"{prefix}.{part}.weight" for part in last.split("+")]
+    if "+" in unit_name:
+        # packed (passes/pack_matmuls.py): the common prefix, then each module's path below it, which
+        # may hold dots (self_attn.q_proj+laurel.linear_left): the longest prefix naming parameters
+        first, *rest = unit_name.split("+")
+        candidates = [[f"{first[:cut]}.{part}.weight" for part in (first[cut + 1:], *rest)]
+                      for cut in reversed([i for i, c in enumerate(first) if c == "."])]
+        return next((names for names in candidates if all(n in parameters for n in names)),
+                    candidates[0] if candidates else [unit_name])
     return [unit_name]
 

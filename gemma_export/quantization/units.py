@@ -72,14 +72,17 @@ def _lookup_table(weight: ir.Value, ctx: PassContext, named: Roles) -> bool:
 def units(graph: ir.Graph, ctx: PassContext) -> list[Unit]:
     """Every weight the quantizers will take, in graph order. Gemma 4's expert router stays float:
     its few weights choose which experts run, and a rounding there swaps whole experts (llama.cpp
-    keeps it unquantized in every type too)."""
+    keeps it unquantized in every type too); so do Gemma 3n's AltUp routers and coefficients, a
+    few thousand weights that mix every token's streams."""
     named = roles(ctx.config)
     found: dict[str, Unit] = {}
     for node in graph:
         if node.op_type == "MatMul" and node.domain == "":
             weight = initializer_of(node.inputs[1])
+            # an input axis with no block of 16 or more (a tiny rank, Gemma 3n's LAuReL) stays float
             if weight is not None and weight.shape is not None and weight.shape.rank() == 2 \
-                    and weight.dtype == ir.DataType.FLOAT and not named.in_router(weight.name):
+                    and weight.dtype == ir.DataType.FLOAT and not named.kept_float(weight.name) \
+                    and weight.shape[0] % MIN_BLOCK == 0:
                 found.setdefault(weight.name, Unit(weight, [])).products.append(node)
         elif node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
             weight = initializer_of(node.inputs[0])
