@@ -54,6 +54,15 @@ def test_the_engine_serves_one_request_at_a_time_as_generate_does(artifact):
         continue
     assert [r.tokens for r in requests] == expected and all(expected)
     assert engine.metrics.cached_prompt_tokens == 0
+    # an API's n > 1: with no second slot, each copy feeds the prompt itself, one after another
+    original = engine.request(prompts[2], 6, temperature=1.0, seed=4)
+    copies = engine.copies(original, [5, 6])
+    for r in (original, *copies):
+        engine.submit(r)
+    while engine.step():
+        continue
+    assert [r.tokens for r in (original, *copies)] == [
+        expected[2], *(alone.generate(prompts[2], max_new_tokens=6, temperature=1.0, seed=s).token_ids for s in (5, 6))]
 
 
 def test_new_sequences_then_all_rows_together(artifact):
