@@ -371,10 +371,12 @@ def build_engine(
 
 @app.command()
 def serve(
-    artifact: Path = typer.Argument(..., help="artifact folder (targets ort-cpu, ort-cuda, onnx)"),
+    artifact: Path = typer.Argument(..., help="artifact folder (any decoder or embedding artifact)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
-    max_batch: int = typer.Option(8, help="KV-cache slots: requests generated together"),
+    max_batch: Optional[int] = typer.Option(None, help="KV-cache slots: requests generated together (default 8; 1 "
+                                            "for targets generic and openvino, whose growing cache holds one "
+                                            "sequence)"),
     max_queue: Optional[int] = typer.Option(None, help="requests waiting for a slot before 429 (default: 4 x --max-batch)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads per replica (default: every core)"),
     ray: bool = typer.Option(False, "--ray", help="deploy as Ray Serve replicas (RAY_ADDRESS's cluster, else a "
@@ -393,7 +395,7 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /tokenize,
     /detokenize, /health, /metrics) with continuous batching."""
-    if max_queue is not None and max_queue < max_batch:
+    if max_queue is not None and max_batch is not None and max_queue < max_batch:
         raise GemmaExportError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch})")
     if replicas != 1 and not ray:
         raise GemmaExportError("--replicas needs --ray")
@@ -426,10 +428,10 @@ def serve(
     except ModuleNotFoundError as e:
         raise GemmaExportError(f"serving needs the [{extra}] extra ({e.name} is missing): "
                                f"pip install 'gemma-export[{extra}]'") from None
-    typer.echo(f"serving {artifact} on http://{host}:{port} (max batch {max_batch}"
-               + (f", {replicas} Ray Serve replicas" if ray else "") + ")", err=True)
+    typer.echo(f"serving {artifact} on http://{host}:{port}" + (f" (max batch {max_batch})" if max_batch else "")
+               + (f" ({replicas} Ray Serve replicas)" if ray else ""), err=True)
     if ray:
-        run_server(str(artifact.resolve()), host, port, replicas, max_batch, max_queue, threads, log_level)
+        run_server(str(artifact.resolve()), host, port, replicas, max_batch or 8, max_queue, threads, log_level)
     else:
         run_server(artifact, host, port, max_batch, max_queue, threads, log_level, api_key,
                    int(max_body_mib * 2**20), cors_origin or (), max_connections or DEFAULT_MAX_CONNECTIONS,

@@ -7,9 +7,12 @@ most the budget per step, never by its whole prefill); a finished or cancelled r
 slot at once. Each request keeps its own sampling settings, stop strings and random generator, so a
 seed gives the same text whatever else is in the batch.
 
-The engine drives the backend's one step call (backends/protocol.py), which must keep each cache
-row across calls (capabilities.keeps_rows: the in-place artifacts, targets ort-cpu, ort-cuda, onnx,
-tensorrt); with row views a call costs only its rows, so prompt chunks run alone on their rows.
+The engine drives the backend's one step call (backends/protocol.py). To batch, the backend must
+keep each cache row across calls (capabilities.keeps_rows: the in-place artifacts, targets ort-cpu,
+ort-cuda, onnx, tensorrt); with row views a call costs only its rows, so prompt chunks run alone on
+their rows. The growing cache (targets generic, openvino) holds one sequence, so with it the engine
+has one slot: requests run one at a time, each starting the cache anew (no prefix reuse), and the
+same queue, streaming, cancellation and metrics apply.
 Each request's sequence is a Generation, as in Model. A failed step ends every request in flight
 with an error event and is logged with its traceback. Torch-free, like the rest of the runtime.
 
@@ -164,6 +167,11 @@ class Metrics:
     observe_inter_token: Callable[[float], None] = lambda seconds: None
 
 
+def default_max_batch(model: Model) -> int:
+    """The slots a server gives the engine unless told: 8, or 1 where the backend keeps no rows apart."""
+    return 8 if model.backend.capabilities.keeps_rows else 1
+
+
 class Engine:
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int | None = None, prefill_chunk: int = 128,
                  prefill_budget: int | None = None, reuse_prefixes: bool = True,
@@ -173,8 +181,12 @@ class Engine:
         speculative: a drafter (Model.generate's speculative=), used while at most speculative_rows
         slots are busy (row views only)."""
         if not model.backend.capabilities.keeps_rows:
-            raise RuntimeInputError("continuous batching needs a backend that keeps each cache row across calls: "
-                                    "an artifact with an in-place KV cache (targets ort-cpu, ort-cuda, onnx, tensorrt)")
+            if max_batch != 1:
+                raise RuntimeInputError(
+                    f"this artifact's growing KV cache (targets generic, openvino) holds one sequence: it serves one "
+                    f"request at a time (max batch 1, not {max_batch}); an in-place artifact (targets ort-cpu, "
+                    f"ort-cuda, onnx, tensorrt) batches")
+            reuse_prefixes = False  # a new prompt restarts the cache: nothing of the last one is kept
         prefill_budget = prefill_chunk if prefill_budget is None else prefill_budget
         if max_batch < 1 or prefill_chunk < 1 or prefill_budget < 1:
             raise RuntimeInputError("max_batch, prefill_chunk and prefill_budget must be >= 1")

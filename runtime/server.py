@@ -79,7 +79,7 @@ from gemma_runtime import api_models as api, http_errors
 from gemma_runtime.api_errors import ApiError
 from gemma_runtime.api_logprobs import TokenTexts
 from gemma_runtime.chat_request import ChatPrompt, chat_prompt, input_modalities
-from gemma_runtime.engine import Engine, Event, QueueFull, Request
+from gemma_runtime.engine import Engine, Event, QueueFull, Request, default_max_batch
 from gemma_runtime.errors import ContextLengthExceeded, RuntimeInputError
 from gemma_runtime.logs import configure_logging
 from gemma_runtime.request_body import DepthCheckedRoute, Guard
@@ -109,14 +109,16 @@ logger = logging.getLogger(__name__)
 class Service:
     """One replica: a loaded artifact, its running engine and its metrics."""
 
-    def __init__(self, artifact: Path | str, max_batch: int = 8, max_queue: int | None = None,
+    def __init__(self, artifact: Path | str, max_batch: int | None = None, max_queue: int | None = None,
                  threads: int | None = None, name: str | None = None, replica: str | None = None,
                  speculative: str | None = None):
-        """speculative: the engine's drafter (Engine's speculative=)."""
+        """max_batch None: engine.default_max_batch; speculative: the engine's drafter (Engine's speculative=)."""
         import gemma_runtime
 
         self.model = gemma_runtime.load(artifact, threads=threads)
         # an embedding model has no engine: its requests run in worker threads (server_embeddings.py)
+        if max_batch is None:
+            max_batch = default_max_batch(self.model)
         self.engine = None if self.model.embedder else Engine(self.model, max_batch=max_batch,
                                                               max_queue=max_queue, speculative=speculative).start()
         self.metrics = ServerMetrics(self.engine)
@@ -566,7 +568,7 @@ def create_app(service: Service, api_key: str | None = None, max_body_bytes: int
     return app
 
 
-def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
+def serve(artifact: Path | str, host: str = "127.0.0.1", port: int = 8000, max_batch: int | None = None,
           max_queue: int | None = None, threads: int | None = None, log_level: str = "warning",
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           cors_origins: Sequence[str] = (), max_connections: int = DEFAULT_MAX_CONNECTIONS,

@@ -9,7 +9,7 @@ import gemma_runtime
 from gemma_export.export import export
 from gemma_export.targets import ExportOptions
 from gemma_runtime.backends.protocol import Capabilities
-from gemma_runtime.engine import Engine
+from gemma_runtime.engine import Engine, default_max_batch
 from gemma_runtime.errors import RuntimeInputError
 
 REFUSED = "the growing-cache backend .* keeps no row apart"
@@ -26,11 +26,43 @@ def test_capabilities_and_the_engine_refusal(artifact):
     model = gemma_runtime.load(artifact)
     assert model.backend.capabilities == Capabilities(keeps_rows=False, row_views=False, devices=("cpu",),
                                                       max_batch=None)
-    with pytest.raises(RuntimeInputError, match="continuous batching needs a backend that keeps each cache row "
-                                                r"across calls: an artifact with an in-place KV cache \(targets"):
+    assert default_max_batch(model) == 1
+    with pytest.raises(RuntimeInputError, match=r"growing KV cache \(targets generic, openvino\) holds one sequence: "
+                                                r"it serves one request at a time \(max batch 1, not 8\)"):
         Engine(model)
     assert model.engine is None  # still usable directly
     assert len(model.generate([2, 5, 6], max_new_tokens=2).token_ids) <= 2
+
+
+def test_the_engine_serves_one_request_at_a_time_as_generate_does(artifact):
+    """One slot: queued requests (one longer than a prefill chunk, one sampled, one cancelled) each
+    restart the cache, and each gets what generate gives it alone."""
+    alone = gemma_runtime.load(artifact)
+    prompts = [[2, 5, 6, 7], [2, *range(10, 22)], [2, 9, 8]]
+    expected = [alone.generate(prompts[0], max_new_tokens=6).token_ids,
+                alone.generate(prompts[1], max_new_tokens=5).token_ids,
+                alone.generate(prompts[2], max_new_tokens=6, temperature=1.0, seed=4).token_ids]
+    engine = Engine(gemma_runtime.load(artifact), max_batch=1, prefill_chunk=5)
+    assert not engine.reuse_prefixes
+    cancelled = engine.submit(engine.request(prompts[1], 15))
+    requests = [engine.submit(engine.request(prompts[0], 6)), engine.submit(engine.request(prompts[1], 5)),
+                engine.submit(engine.request(prompts[2], 6, temperature=1.0, seed=4))]
+    engine.step()
+    engine.step()
+    cancelled.cancel()
+    while engine.step():
+        continue
+    assert [r.tokens for r in requests] == expected and all(expected)
+    assert engine.metrics.cached_prompt_tokens == 0
+    # an API's n > 1: with no second slot, each copy feeds the prompt itself, one after another
+    original = engine.request(prompts[2], 6, temperature=1.0, seed=4)
+    copies = engine.copies(original, [5, 6])
+    for r in (original, *copies):
+        engine.submit(r)
+    while engine.step():
+        continue
+    assert [r.tokens for r in (original, *copies)] == [
+        expected[2], *(alone.generate(prompts[2], max_new_tokens=6, temperature=1.0, seed=s).token_ids for s in (5, 6))]
 
 
 def test_new_sequences_then_all_rows_together(artifact):

@@ -20,9 +20,9 @@ from gemma_export.targets import ExportOptions
 from gemma_runtime.backends.concat_cache import ConcatCacheBackend
 from gemma_runtime.backends.openvino import OpenVinoBackend
 from gemma_runtime.backends.ort_concat import OrtConcatBackend
-from gemma_runtime.engine import Engine
 from gemma_runtime.errors import RuntimeInputError
 from gemma_runtime.manifest import read_manifest
+from gemma_runtime.server import Service
 from cli_util import cli
 from parity import assert_fp32_parity, hf_logits, prompt, stepwise_logits
 from test_chat_tokens import with_tokenizer
@@ -83,13 +83,19 @@ def test_onnx_reference_evaluator_runs_the_graph_with_parity(name, artifacts):
     assert_fp32_parity(stepwise_logits(SimpleNamespace(backend=backend), ids, prefill=12), expected[11:])
 
 
-def test_stream_joins_to_generate_and_serving_needs_an_in_place_cache(tiny_checkpoints, tmp_path):
+def test_stream_joins_to_generate_and_the_server_runs_one_request_at_a_time(tiny_checkpoints, tmp_path):
     folder = with_tokenizer(tiny_checkpoints["gemma3"], tmp_path / "ckpt")
     export(folder, tmp_path / "out", ExportOptions(target="openvino", max_seq_len=64))
     model = gemma_runtime.load(tmp_path / "out", threads=1)
-    assert "".join(model.stream("hello world", max_new_tokens=8)) == model.generate("hello world", max_new_tokens=8).text
-    with pytest.raises(RuntimeInputError, match="continuous batching needs a backend that keeps each cache row"):
-        Engine(model)  # what serve runs: the growing cache keeps no row apart
+    expected = model.generate("hello world", max_new_tokens=8).text
+    assert "".join(model.stream("hello world", max_new_tokens=8)) == expected
+    service = Service(tmp_path / "out", threads=1)  # what serve runs: one slot, the growing cache holds one sequence
+    try:
+        assert service.engine.max_batch == 1
+        requests = [service.engine.submit(service.engine.request(p, 8)) for p in ("hello world", "abc", "hello world")]
+        assert [r.result(timeout=60).text for r in requests][::2] == [expected, expected]
+    finally:
+        service.close()
 
 
 class UnfusedOrtSession:
