@@ -289,8 +289,10 @@ class Model:
 
     def _drafter(self, speculative: str | Drafter | None, prompts: int) -> Drafter | None:
         found = drafter(speculative)
+        if found is None:
+            return None
         capabilities = self.backend.capabilities
-        if found is not None and prompts > 1 and not (capabilities.keeps_rows and capabilities.row_views):
+        if prompts > 1 and not (capabilities.keeps_rows and capabilities.row_views):
             raise RuntimeInputError("speculative decoding of several prompts needs a backend with row views (an "
                                     "in-place artifact on onnxruntime: targets ort-cpu, ort-cuda, onnx); "
                                     "give one prompt")

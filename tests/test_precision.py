@@ -8,7 +8,7 @@ import pytest
 import gemma_runtime
 from gemma_export.export import export
 from gemma_export.describe import describe
-from gemma_export.targets import ExportOptions
+from gemma_export.targets import DEFAULT_BUDGET, ExportOptions
 from gemma_export.texts import PROMPTS
 from gemma_export.verify.validate import validate
 
@@ -63,7 +63,8 @@ def weight_bytes(folder) -> int:
     return (folder / "model.onnx.data").stat().st_size
 
 
-@pytest.mark.parametrize("name,limit", [("int4", 0.30), ("int8", 0.55), ("fp16", 0.55), ("onnx-int4", 0.30)])
+@pytest.mark.parametrize("name,limit", [("int4", DEFAULT_BUDGET["int4"]), ("int8", 0.55), ("fp16", 0.55),
+                                        ("onnx-int4", DEFAULT_BUDGET["int4"])])
 def test_weights_shrink(name, limit, artifacts):
     assert weight_bytes(artifacts[name]) <= limit * weight_bytes(artifacts["fp32"])
 
