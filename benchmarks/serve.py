@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from decode import WORK  # noqa: E402
+from servers import llama_server_command, ours_command, running  # noqa: E402
 
 from gemma_export.bench import format_table  # noqa: E402
 from gemma_export.texts import PROMPTS  # noqa: E402
@@ -42,29 +40,6 @@ COLUMNS = [("clients", "clients", "{}"), ("requests", "requests", "{}"), ("tok/s
            ("x 1 client", "vs_one_client", "{:.2f}x"), ("TTFT p50 ms", "ttft_p50_ms", "{:.0f}"),
            ("TTFT p99 ms", "ttft_p99_ms", "{:.0f}"), ("ITL p50 ms", "itl_p50_ms", "{:.1f}"),
            ("ITL p99 ms", "itl_p99_ms", "{:.1f}"), ("errors", "errors", "{}")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not become ready")
 
 
 def one_request(client, model: str, prompt: str, max_tokens: int) -> dict:
@@ -113,32 +88,20 @@ def ours(precision: str, args) -> tuple[list[str], str]:
     if not (out / "manifest.json").is_file():
         print(f"  export {precision} ...", flush=True)
         export(None, out, ExportOptions(quant=QUANTS[precision], max_seq_len=args.context), force=True)
-    return [str(ROOT / ".venv" / "bin" / "gemma-export"), "serve", str(out), "--max-batch", str(args.max_batch),
-            "--threads", str(os.cpu_count() or 1)], out.name
+    return ours_command(out, args.max_batch), out.name
 
 
 def llama(server: str, args) -> tuple[list[str], str]:
-    from gemma_export.checkpoints.default_model import default_gguf_path
-
-    return [server, "-m", str(default_gguf_path()), "-np", str(args.max_batch), "-cb", "-c",
-            str(args.context * args.max_batch), "-t", str(os.cpu_count() or 1), "--log-disable"], "gemma"
+    return llama_server_command(server, args.max_batch, args.context), "gemma"
 
 
 def run_server(name: str, command: list[str], model: str, args) -> list[dict]:
-    port = free_port()
-    host = ["--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command + host, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
     rows = []
-    try:
-        wait_ready(url, process)
+    with running(command) as url:
         load(url, model, 1, 1, 8)  # warm-up
         for clients in args.clients:
             print(f"  {name}: {clients} clients ...", flush=True)
             rows.append({"name": name, **load(url, model, clients, args.requests_per_client, args.max_tokens)})
-    finally:
-        process.terminate()
-        process.wait(60)
     one = next((r for r in rows if r["clients"] == 1), None)
     for r in rows:
         if one and one["tokens_per_s"]:
