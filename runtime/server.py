@@ -117,10 +117,9 @@ class Service:
 
         self.model = gemma_runtime.load(artifact, threads=threads)
         # an embedding model has no engine: its requests run in worker threads (server_embeddings.py)
-        if max_batch is None:
-            max_batch = default_max_batch(self.model)
-        self.engine = None if self.model.embedder else Engine(self.model, max_batch=max_batch,
-                                                              max_queue=max_queue, speculative=speculative).start()
+        self.engine = None if self.model.embedder else Engine(
+            self.model, max_batch=default_max_batch(self.model) if max_batch is None else max_batch,
+            max_queue=max_queue, speculative=speculative).start()
         self.metrics = ServerMetrics(self.engine)
         self.texts = TokenTexts(self.model.tokenizer)
         if self.model.tokenizer is not None:
