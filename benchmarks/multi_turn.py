@@ -62,6 +62,15 @@ def conversation(engine: Engine, index: int, turns: int, answer_tokens: int, ttf
         history += request.tokens
 
 
+def run_together(target, arguments: list[tuple]) -> None:
+    """target(*args) for each args at once, one thread each (the conversations), until all return."""
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def summary(ttft: list[list[float]], fed: int, reused: int) -> dict:
     later = [s for per_turn in ttft[1:] for s in per_turn]
     ms = lambda xs, q: statistics.quantiles(xs, n=10, method="inclusive")[q - 1] * 1e3  # noqa: E731
@@ -75,12 +84,7 @@ def run(artifact: Path, reuse: bool, conversations: int, turns: int, answer_toke
     engine = Engine(gemma_runtime.load(artifact), max_batch=conversations, reuse_prefixes=reuse).start()
     try:
         ttft: list[list[float]] = [[] for _ in range(turns)]
-        threads = [threading.Thread(target=conversation, args=(engine, i, turns, answer_tokens, ttft))
-                   for i in range(conversations)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_together(conversation, [(engine, i, turns, answer_tokens, ttft) for i in range(conversations)])
         return {"name": f"ours, reuse {'on' if reuse else 'off'}",
                 **summary(ttft, engine.metrics.prompt_tokens, engine.metrics.cached_prompt_tokens)}
     finally:
@@ -125,13 +129,8 @@ def run_llama(server: str, artifact: Path, conversations: int, turns: int, answe
         llama_turn(url, tokenizer.encode("Hello"), 4, cache_reuse)  # warm-up
         ttft: list[list[float]] = [[] for _ in range(turns)]
         counts: list[tuple[int, int]] = []
-        threads = [threading.Thread(target=llama_conversation,
-                                    args=(url, tokenizer, i, turns, answer_tokens, cache_reuse, ttft, counts))
-                   for i in range(conversations)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_together(llama_conversation, [(url, tokenizer, i, turns, answer_tokens, cache_reuse, ttft, counts)
+                                          for i in range(conversations)])
     return {"name": f"llama-server Q4_K_M, prompt cache (--cache-reuse {cache_reuse})",
             **summary(ttft, sum(c[0] for c in counts), sum(c[1] for c in counts))}
 

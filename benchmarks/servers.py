@@ -27,12 +27,9 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> Non
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=5) as r:  # not up yet
+            if r.status == 200:
+                return
         time.sleep(0.5)
     raise RuntimeError("the server did not become ready")
 
